@@ -1,0 +1,1 @@
+"""Server side of sentrycam: store, ingest, REST API, CLI. Import submodules explicitly."""

@@ -1,0 +1,1 @@
+"""sentrycam.frontend (built in a later issue)."""

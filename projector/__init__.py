@@ -1,0 +1,1 @@
+"""sentrycam.projector (built in a later issue)."""
