@@ -1,0 +1,1 @@
+"""DuckDB store: the only owner of the database file. See :class:`Store`."""
