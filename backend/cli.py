@@ -1,0 +1,145 @@
+"""The ``sentrycam`` command line: serve, demo, inspect, export, sync, stop.
+
+Each subcommand imports what it needs when it runs: ``sentrycam demo`` is a training process and
+must not load the web stack or DuckDB (the server it talks to runs in its own process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from sentrycam.backend.cli_errors import CLIError
+
+log = logging.getLogger("sentrycam.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentrycam", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server: websocket ingest, REST API, dashboard")
+    serve.add_argument("--db", required=True, type=Path, help="DuckDB file (created if missing)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    serve.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    serve.add_argument("--token", default=None,
+                       help="token required from writers and readers (or SENTRYCAM_TOKEN); "
+                            "mandatory on a non-loopback address")
+    serve.add_argument("--idle-timeout", type=float, default=0.0,
+                       help="exit after this many idle seconds (0: never)")
+
+    demo = sub.add_parser("demo", help="train a small CNN on sklearn digits with capture attached")
+    demo.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    demo.add_argument("--db", type=Path, default=None,
+                      help="DuckDB file for a local server (default ./sentrycam-runs/sentrycam.duckdb)")
+    demo.add_argument("--url", default=None, help="stream to this running server instead")
+    demo.add_argument("--every", type=int, default=25, help="snapshot every N steps (default 25)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--exit-when-done", action="store_true",
+                      help="exit after training (stopping the server the demo started)")
+    demo.add_argument("--no-browser", action="store_true", help="do not open a browser")
+
+    inspect = sub.add_parser("inspect", help="summarise the runs of a database or server")
+    where = inspect.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", type=Path, help="DuckDB file (its running server is used if any)")
+    where.add_argument("--url", help="base URL of a running server")
+    inspect.add_argument("--token", default=None, help="server token (or SENTRYCAM_TOKEN)")
+    inspect.add_argument("--run", dest="run_id", default=None, help="one run id (default: all)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    export = sub.add_parser("export", help="write a run's tables as Parquet files")
+    export.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
+    export.add_argument("--run", dest="run_id", required=True, help="run id")
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+
+    sync = sub.add_parser("sync", help="send spooled messages (written while no server answered)")
+    sync.add_argument("--spool", type=Path, default=Path("sentrycam-runs") / "spool")
+    sync.add_argument("--url", required=True, help="base URL of a running server")
+    sync.add_argument("--token", default=None)
+
+    stop = sub.add_parser("stop", help="stop the local server that holds a database file")
+    stop.add_argument("--db", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sentrycam`` console script. Returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commands = {"serve": _serve, "demo": _demo, "inspect": _inspect, "export": _export,
+                "sync": _sync, "stop": _stop}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except CLIError as exc:
+        print(f"sentrycam {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from sentrycam.backend.server import run_server
+    from sentrycam.backend.settings import ServerSettings
+
+    overrides = {"db_path": args.db, "host": args.host, "port": args.port,
+                 "idle_timeout_s": args.idle_timeout}
+    if args.token:
+        overrides["token"] = args.token
+    try:
+        settings = ServerSettings(**overrides)
+    except ValidationError as exc:
+        raise CLIError("; ".join(e["msg"] for e in exc.errors())) from None
+    run_server(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sentrycam.backend.cli_demo import run_demo
+
+    return run_demo(args)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from sentrycam.backend.cli_data import inspect_runs, render_table
+
+    runs = inspect_runs(db=args.db, url=args.url, run_id=args.run_id, token=args.token)
+    print(json.dumps(runs, indent=2, default=str) if args.json else render_table(runs))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from sentrycam.backend.cli_data import export_run
+
+    for path in export_run(db=args.db, run_id=args.run_id, out=args.out):
+        print(path)
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from sentrycam.capture.sender import replay_spool
+
+    if not args.spool.is_dir():
+        raise CLIError(f"no spool folder at {args.spool}")
+    acked = replay_spool(args.spool, args.url, token=args.token)
+    print(f"{acked} spooled messages stored by {args.url}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from sentrycam.capture.launcher import stop_local_server
+
+    stopped = stop_local_server(args.db)
+    print("server stopped" if stopped else f"no running server holds {args.db}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""``sentrycam demo``: train the digits CNN with capture attached while the server shows it.
+
+This runs in the training process, so it imports only the capture side; the server it streams
+to runs in its own process (started here unless ``--url`` names one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import time
+import webbrowser
+from pathlib import Path
+
+from sentrycam.backend.cli_errors import CLIError
+
+log = logging.getLogger("sentrycam.demo")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Train, then keep serving until interrupted (or exit at once with ``--exit-when-done``)."""
+    from sentrycam import capture
+    from sentrycam.capture import demo, launcher
+
+    if args.steps < 1:
+        raise CLIError(f"--steps must be at least 1, got {args.steps}")
+    db = None if args.url else Path(args.db or launcher.default_db_path()).resolve()
+    url, started_here = _server_url(args.url, db)
+    _say(f"sentrycam dashboard: {url}")
+    if not args.no_browser:
+        webbrowser.open(url)
+    attach = functools.partial(capture.attach, url=url, every=args.every,
+                               overhead_budget=None, run_name=f"demo-cnn-seed{args.seed}")
+    started = time.perf_counter()
+    result = demo.train(args.steps, attach=attach, seed=args.seed,
+                        on_epoch=lambda e, loss, acc: log.info(
+                            "epoch %d: val_loss %.4f val_acc %.3f", e + 1, loss, acc))
+    _say(f"demo trained {args.steps} steps in {time.perf_counter() - started:.1f} s: "
+         f"val_loss {result['val_loss']:.4f}, val_acc {result['val_acc']:.3f}")
+    if args.exit_when_done:
+        if started_here:
+            launcher.stop_local_server(db)
+        return 0
+    _say(f"training done; the dashboard stays at {url} (Ctrl-C to stop)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        if started_here:
+            launcher.stop_local_server(db)
+    return 0
+
+
+def _server_url(url: str | None, db: Path | None) -> tuple[str, bool]:
+    """The server to stream to, and whether this call started it."""
+    from sentrycam.capture import launcher
+
+    if url is not None:
+        return url.rstrip("/"), False
+    db.parent.mkdir(parents=True, exist_ok=True)
+    running_before = launcher.running_server_url(db)
+    try:
+        url = launcher.ensure_local_server(db)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
+    return url, running_before is None
+
+
+def _say(text: str) -> None:
+    """The demo's own console output (the CLI's output, not logging)."""
+    print(text, file=sys.stdout, flush=True)
