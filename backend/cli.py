@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="exit after this many idle seconds (0: never)")
 
     demo = sub.add_parser("demo", help="train a small CNN on sklearn digits with capture attached")
-    demo.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
+    demo.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
     demo.add_argument("--db", type=Path, default=None,
                       help="DuckDB file for a local server (default ./sentrycam-runs/sentrycam.duckdb)")
     demo.add_argument("--url", default=None, help="stream to this running server instead")

@@ -1,1 +1,17 @@
-"""DuckDB store: the only owner of the database file. See :class:`Store`."""
+"""DuckDB store: the only owner of the database file. See :class:`Store`.
+
+Modules: ``core`` (the Store), ``schema`` (tables, version, migrations), ``writer``
+(messages -> rows), ``reader`` (queries), ``export`` (Parquet), ``errors``.
+"""
+
+from sentrycam.backend.store.core import Store
+from sentrycam.backend.store.errors import (MissingSnapshotError, StoreClosedError,
+                                            StoreLockedError, StoreReadOnlyError,
+                                            StoreVersionError, UnknownRunError)
+from sentrycam.backend.store.schema import SCHEMA_VERSION
+from sentrycam.backend.store.writer import RetentionSettings
+
+__all__ = [
+    "Store", "UnknownRunError", "RetentionSettings", "MissingSnapshotError", "StoreClosedError",
+    "StoreLockedError", "StoreReadOnlyError", "StoreVersionError", "SCHEMA_VERSION",
+]

@@ -1,0 +1,329 @@
+"""Messages to rows: one batch of ``(seq, message)`` inside one open transaction.
+
+The store opens and commits the transaction; this module only turns messages into rows. Rows
+that arrive in many small messages (scalars, layer statistics, events) are gathered per batch
+and inserted once through Arrow, because DuckDB inserts row by row slowly. Feature vectors
+go in per snapshot and layer, also through Arrow, as float16 bytes in a BLOB column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from sentrycam.capture.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
+                                        Scalars, Snapshot, Status)
+from sentrycam.backend.store.schema import first_row
+
+logger = logging.getLogger(__name__)
+
+#: Names of ``Snapshot.outputs`` stored in ``predictions``, with their Arrow types.
+PREDICTION_COLUMNS: dict[str, pa.DataType] = {
+    "pred": pa.int64(), "confidence": pa.float32(), "loss": pa.float32(),
+    "entropy": pa.float32(), "margin": pa.float32(),
+}
+
+_INCOMING = "_sentrycam_incoming_rows"
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How much the store keeps.
+
+    ``max_snapshots``: per run and layer, feature vectors of only the newest this many
+    snapshots are kept; older ones are deleted after each snapshot write. Snapshot rows,
+    predictions and embeddings are always kept. None keeps everything.
+    """
+
+    max_snapshots: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_snapshots is not None and (
+                isinstance(self.max_snapshots, bool) or not isinstance(self.max_snapshots, int)
+                or self.max_snapshots < 1):
+            raise ValueError(f"RetentionSettings.max_snapshots must be a positive int or None, "
+                             f"got {self.max_snapshots!r}")
+
+
+def utc_now() -> dt.datetime:
+    """Now as a naive UTC datetime (the store's TIMESTAMP columns hold UTC)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def utc_from_epoch(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).replace(tzinfo=None)
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON text: NaN/Inf become "nan"/"inf"/"-inf" (as on the wire), numpy scalars
+    their Python value, anything else unknown its ``str()``."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, np.ndarray):
+            return clean(v.tolist())
+        return v
+    return json.dumps(clean(value), allow_nan=False, default=str, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------------- batch state
+
+@dataclass
+class _RunState:
+    """What one batch changes in a run's row; written back once at the end."""
+
+    last_seq: int
+    last_step: int | None
+    status_values: dict[str, Any] = field(default_factory=dict)
+
+
+class _Columns:
+    """Rows of one table gathered column by column, inserted once per batch."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.data: dict[str, list] = {name: [] for name in schema.names}
+
+    def extend(self, **columns: Iterable) -> None:
+        for name, values in columns.items():
+            self.data[name].extend(values)
+
+    def table(self) -> pa.Table:
+        return pa.table({n: pa.array(v, type=self.schema.field(n).type)
+                         for n, v in self.data.items()}, schema=self.schema)
+
+
+def _pending_tables() -> dict[str, _Columns]:
+    s, f64, i64 = pa.string(), pa.float64(), pa.int64()
+    return {
+        "scalars": _Columns(pa.schema([("run_id", s), ("step", i64), ("name", s),
+                                       ("value", f64), ("wall_time", f64)])),
+        "layer_stats": _Columns(pa.schema([("run_id", s), ("step", i64), ("layer", s),
+                                           ("stat", s), ("value", f64)])),
+        "events": _Columns(pa.schema([("run_id", s), ("step", i64), ("wall_time", f64),
+                                      ("event", s), ("message", s), ("payload", s)])),
+    }
+
+
+def insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table,
+                 constants: Mapping[str, Any] | None = None) -> None:
+    """Bulk insert ``rows`` (column names as in ``table``); ``constants`` fill the columns
+    that are the same on every row, so that they need no array of their own."""
+    if rows.num_rows == 0:
+        return
+    constants = dict(constants or {})
+    columns = list(constants) + rows.column_names
+    select = ", ".join(["?"] * len(constants) + [f'"{c}"' for c in rows.column_names])
+    cur.register(_INCOMING, rows)
+    try:
+        cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM {_INCOMING}",
+                    list(constants.values()))
+    finally:
+        cur.unregister(_INCOMING)
+
+
+def float16_blobs(features: np.ndarray) -> pa.Array:
+    """One BLOB per row of ``features`` (float16 [N, D]), built over the same buffer
+    without a Python loop. Returns a pyarrow binary array of length N."""
+    feats = np.ascontiguousarray(features, dtype="<f2")
+    n, d = feats.shape
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n,
+                                                 [None, pa.py_buffer(feats)])
+    return fixed.cast(pa.binary())
+
+
+# ----------------------------------------------------------------------------- the batch
+
+class BatchWriter:
+    """Writes one batch inside the caller's open transaction on ``cur``."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, retention: RetentionSettings) -> None:
+        self.cur = cur
+        self.retention = retention
+        self.now = utc_now()
+        self.wall_time = time.time()
+        self.runs: dict[str, _RunState] = {}
+        self.pending = _pending_tables()
+        self.snapshot_layers: set[tuple[str, str]] = set()
+
+    def write(self, batch: Sequence[tuple[int, Message]]) -> dict[str, int]:
+        """Store every message not stored yet; return {run_id: highest committed seq}."""
+        self._load_runs({message.run_id for _, message in batch})
+        for seq, message in batch:
+            state = self.runs[message.run_id]
+            if seq <= state.last_seq:
+                continue  # stored by an earlier batch: a replay after a reconnect
+            self._HANDLERS[type(message)](self, message)
+            state.last_seq = int(seq)
+            step = getattr(message, "step", None)
+            if step is not None:
+                state.last_step = max(int(step), -1 if state.last_step is None else state.last_step)
+        for table, columns in self.pending.items():
+            insert_arrow(self.cur, table, columns.table())
+        self._apply_retention()
+        self._save_runs()
+        return {run_id: state.last_seq for run_id, state in self.runs.items()}
+
+    def _load_runs(self, run_ids: set[str]) -> None:
+        """Read each run's last seq/step; give runs without a row a placeholder row."""
+        for run_id in sorted(run_ids):
+            row = first_row(self.cur, "SELECT last_seq, last_step FROM runs WHERE run_id = ?",
+                            [run_id])
+            if row is None:
+                # A message can outrun its RunStart (dropped, or a spool replay); the run
+                # must exist for its rows to be listed. RunStart fills the name in later.
+                self.cur.execute(
+                    "INSERT INTO runs (run_id, name, status, created_at, updated_at, last_seq) "
+                    "VALUES (?, ?, 'running', ?, ?, -1)", [run_id, run_id, self.now, self.now])
+                row = (-1, None)
+            self.runs[run_id] = _RunState(last_seq=int(row[0]), last_step=row[1])
+
+    def _save_runs(self) -> None:
+        for run_id, state in self.runs.items():
+            values = state.status_values
+            self.cur.execute(
+                "UPDATE runs SET last_seq = ?, last_step = ?, updated_at = ?, "
+                "dropped = coalesce(?, dropped), spooled = coalesce(?, spooled), "
+                "capture_overhead = coalesce(?, capture_overhead), "
+                "snapshot_every = coalesce(?, snapshot_every) WHERE run_id = ?",
+                [state.last_seq, state.last_step, self.now, values.get("dropped"),
+                 values.get("spooled"), values.get("capture_overhead"),
+                 values.get("snapshot_every"), run_id])
+
+    # ------------------------------------------------------------------ one kind each
+
+    def _run_start(self, m: RunStart) -> None:
+        # A second RunStart (a re-attach under the same run_id) reopens the run.
+        self.cur.execute(
+            "UPDATE runs SET name = ?, config = ?, created_at = ?, status = 'running', "
+            "ended_at = NULL WHERE run_id = ?",
+            [m.name or m.run_id, to_json(dict(m.config)), utc_from_epoch(m.started_at),
+             m.run_id])
+
+    def _probe(self, m: ProbeSet) -> None:
+        self.cur.execute("DELETE FROM probe_samples WHERE run_id = ?", [m.run_id])
+        rows = pa.table({"sample_id": np.asarray(m.sample_ids, dtype=np.int64),
+                         "label": np.asarray(m.labels, dtype=np.int64),
+                         "split": np.asarray(m.split, dtype=np.uint8)})
+        insert_arrow(self.cur, "probe_samples", rows, {"run_id": m.run_id})
+
+    def _scalars(self, m: Scalars) -> None:
+        names = list(m.values)
+        self.pending["scalars"].extend(
+            run_id=[m.run_id] * len(names), step=[int(m.step)] * len(names), name=names,
+            value=[float(m.values[k]) for k in names], wall_time=[float(m.wall_time)] * len(names))
+
+    def _layer_stats(self, m: LayerStats) -> None:
+        n_layers, n_stats = len(m.layers), len(m.stats)
+        count = n_layers * n_stats
+        self.pending["layer_stats"].extend(
+            run_id=[m.run_id] * count, step=[int(m.step)] * count,
+            layer=np.repeat(np.asarray(m.layers, dtype=object), n_stats).tolist(),
+            stat=np.tile(np.asarray(m.stats, dtype=object), n_layers).tolist(),
+            value=np.asarray(m.values, dtype=np.float64).ravel().tolist())
+
+    def _event(self, m: Event) -> None:
+        self.pending["events"].extend(
+            run_id=[m.run_id], step=[int(m.step)], wall_time=[float(m.wall_time)],
+            event=[m.event], message=[m.message], payload=[to_json(dict(m.payload))])
+
+    def _status(self, m: Status) -> None:
+        self.runs[m.run_id].status_values.update(
+            dropped=int(m.dropped), spooled=int(m.spooled), capture_overhead=float(m.overhead),
+            snapshot_every=int(m.snapshot_every))
+        self.pending["scalars"].extend(
+            run_id=[m.run_id] * 2, step=[int(m.step)] * 2,
+            name=["sentrycam/overhead", "sentrycam/dropped"],
+            value=[float(m.overhead), float(m.dropped)], wall_time=[self.wall_time] * 2)
+
+    def _run_end(self, m: RunEnd) -> None:
+        self.cur.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
+                         [m.status, self.now, m.run_id])
+
+    def _snapshot(self, m: Snapshot) -> None:
+        key = {"run_id": m.run_id, "step": int(m.step)}
+        self._drop_earlier_snapshot(m.run_id, int(m.step))
+        sample_ids = pa.array(np.asarray(m.sample_ids, dtype=np.int64))
+        for layer, raw in m.features.items():
+            feats = np.asarray(raw)
+            if feats.dtype != np.float16:
+                feats = feats.astype(np.float16)
+            # The agent counts before its float16 cast; the cast itself can overflow to Inf.
+            stored_nonfinite = int(feats.size - np.count_nonzero(np.isfinite(feats)))
+            nonfinite = max(int(m.nonfinite.get(layer, 0)), stored_nonfinite)
+            self.cur.execute(
+                "INSERT INTO snapshots (run_id, step, epoch, layer, n, dim, nonfinite, "
+                "has_features, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, true, ?)",
+                [m.run_id, int(m.step), int(m.epoch), layer, feats.shape[0], feats.shape[1],
+                 nonfinite, self.now])
+            rows = pa.table({"sample_id": sample_ids, "vec": float16_blobs(feats)})
+            insert_arrow(self.cur, "features", rows, {**key, "layer": layer})
+            self.snapshot_layers.add((m.run_id, layer))
+        if m.outputs:
+            insert_arrow(self.cur, "predictions", self._prediction_rows(m, sample_ids), key)
+
+    def _prediction_rows(self, m: Snapshot, sample_ids: pa.Array) -> pa.Table:
+        n = len(sample_ids)
+        unknown = sorted(set(m.outputs) - set(PREDICTION_COLUMNS))
+        if unknown:
+            logger.debug("run %s step %s: outputs %s have no column and are not stored",
+                         m.run_id, m.step, unknown)
+        columns = {"sample_id": sample_ids}
+        for name, arrow_type in PREDICTION_COLUMNS.items():
+            if name in m.outputs:
+                values = np.asarray(m.outputs[name], dtype=arrow_type.to_pandas_dtype())
+                columns[name] = pa.array(values, type=arrow_type)
+            else:
+                columns[name] = pa.nulls(n, type=arrow_type)
+        return pa.table(columns)
+
+    def _drop_earlier_snapshot(self, run_id: str, step: int) -> None:
+        """A second snapshot at one step (say the epoch-end one on an every-N step) replaces
+        the first, so that each (run, step, layer) has one set of rows. The projector's output
+        for the first one goes too: it no longer matches the stored features."""
+        params = [run_id, step]
+        seen = first_row(
+            self.cur, "SELECT (SELECT count(*) FROM snapshots WHERE run_id = ? AND step = ?) "
+            "+ (SELECT count(*) FROM predictions WHERE run_id = ? AND step = ?)",
+            params + params)[0]
+        if seen:
+            for table in ("snapshots", "features", "predictions", "embeddings",
+                          "projection_quality"):
+                self.cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND step = ?", params)
+
+    def _apply_retention(self) -> None:
+        keep = self.retention.max_snapshots
+        if keep is None:
+            return
+        for run_id, layer in sorted(self.snapshot_layers):
+            old_steps = [s for (s,) in self.cur.execute(
+                "SELECT step FROM snapshots WHERE run_id = ? AND layer = ? AND has_features "
+                "ORDER BY step DESC OFFSET ?", [run_id, layer, keep]).fetchall()]
+            if not old_steps:
+                continue
+            self.cur.execute(
+                "DELETE FROM features WHERE run_id = ? AND layer = ? AND step <= ? "
+                "AND list_contains(?, step)", [run_id, layer, max(old_steps), old_steps])
+            self.cur.execute(
+                "UPDATE snapshots SET has_features = false WHERE run_id = ? AND layer = ? "
+                "AND list_contains(?, step)", [run_id, layer, old_steps])
+
+    _HANDLERS = {
+        RunStart: _run_start, ProbeSet: _probe, Scalars: _scalars, LayerStats: _layer_stats,
+        Snapshot: _snapshot, Event: _event, Status: _status, RunEnd: _run_end,
+    }
