@@ -1,0 +1,133 @@
+"""The FastAPI application: routes, token guard, activity tracking, and the ingest lifecycle.
+
+``create_app(settings)`` builds an app whose lifespan opens the store (unless one is given),
+starts the :class:`~sentrycam.backend.ingest.IngestWriter`, and on shutdown drains the writer and
+closes the store it opened. Everything the routes need lives in ``app.state``:
+``settings``, ``store``, ``writer``, ``activity``, ``started_at`` (epoch seconds),
+``started_monotonic``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+import sentrycam
+from sentrycam.backend.auth import TokenGuard
+from sentrycam.backend.ingest import IngestWriter
+from sentrycam.backend.routes import health, ingest_ws, pages, runs
+from sentrycam.backend.settings import ServerSettings
+from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
+
+log = logging.getLogger(__name__)
+
+#: How long shutdown waits for queued messages to reach the store.
+DRAIN_TIMEOUT_S = 60.0
+
+
+class Activity:
+    """When the server was last used, and how many requests/websockets are open (thread-safe).
+
+    The idle shutdown of :func:`~sentrycam.backend.server.run_server` reads :meth:`idle_for`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._last = time.monotonic()
+
+    def touch(self) -> None:
+        with self._lock:
+            self._last = time.monotonic()
+
+    def opened(self) -> None:
+        with self._lock:
+            self._open += 1
+            self._last = time.monotonic()
+
+    def closed(self) -> None:
+        with self._lock:
+            self._open -= 1
+            self._last = time.monotonic()
+
+    @property
+    def open_connections(self) -> int:
+        with self._lock:
+            return self._open
+
+    def idle_for(self) -> float:
+        """Seconds since the last activity; 0 while any request or websocket is open."""
+        with self._lock:
+            return 0.0 if self._open > 0 else time.monotonic() - self._last
+
+
+class ActivityTracker:
+    """ASGI middleware that records every HTTP request and websocket in an :class:`Activity`."""
+
+    def __init__(self, app: Any, activity: Activity) -> None:
+        self.app = app
+        self.activity = activity
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        self.activity.opened()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.activity.closed()
+
+
+def open_store(settings: ServerSettings) -> Store:
+    """Open the settings' database read-write with their retention policy."""
+    retention = RetentionSettings(max_snapshots=settings.retention_max_snapshots)
+    return Store(settings.db_path, retention=retention)
+
+
+def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
+    """Build the server app. A ``store`` passed in stays open after shutdown (its owner closes
+    it); without one, the lifespan opens ``settings.db_path`` and closes it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store = store is None
+        app.state.store = open_store(settings) if own_store else store
+        writer = IngestWriter(app.state.store, queue_size=settings.ingest_queue,
+                              batch_max=settings.batch_max, batch_wait_s=settings.batch_wait_s)
+        writer.start()
+        app.state.writer = writer
+        log.info("sentrycam server ready: db %s", settings.db_path)
+        try:
+            yield
+        finally:
+            # Stopping drains the queue; run it off the loop so shutdown stays responsive.
+            await asyncio.to_thread(writer.stop, DRAIN_TIMEOUT_S)
+            if own_store:
+                app.state.store.close()
+
+    app = FastAPI(title="sentrycam", version=sentrycam.__version__, lifespan=lifespan,
+                  description="Live capture of neural-network training: ingest, runs, dashboard.")
+    app.state.settings = settings
+    app.state.activity = Activity()
+    app.state.started_at = time.time()
+    app.state.started_monotonic = time.monotonic()
+    for module in (health, runs, ingest_ws, pages):
+        app.include_router(module.router)
+    app.add_exception_handler(UnknownRunError, _unknown_run)
+    if settings.token:
+        app.add_middleware(TokenGuard, token=settings.token)
+    # Added last, so outermost: refused requests count as activity too.
+    app.add_middleware(ActivityTracker, activity=app.state.activity)
+    return app
+
+
+async def _unknown_run(request: Any, exc: Exception) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"detail": str(exc)})

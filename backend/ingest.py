@@ -1,0 +1,219 @@
+"""The one thread that writes ingested messages to the store.
+
+Websocket handlers validate frames on the event loop and hand ``(sink, seq, message)`` to
+:class:`IngestWriter` with :meth:`IngestWriter.try_submit`, which never blocks: when the queue
+is full it returns False and the handler awaits a little before trying again (backpressure
+reaches the client through the websocket's flow control). The writer thread takes up to
+``batch_max`` messages (or whatever arrived within ``batch_wait_s``), commits them with one
+``store.write`` call, and tells each sink the highest committed ``seq`` of each of its runs.
+
+When a batch fails, the writer retries its messages one by one so that one bad message does
+not cost the others, and reports each failure to its sink as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from sentrycam.capture.messages import Message
+
+log = logging.getLogger(__name__)
+
+
+class AckSink(Protocol):
+    """Receives the outcome of submitted messages. Called from the writer thread; must not block."""
+
+    def ack(self, run_id: str, seq: int) -> None:
+        """Every message of ``run_id`` up to ``seq`` from this sink is committed."""
+
+    def error(self, run_id: str, seq: int, problem: str) -> None:
+        """The message ``seq`` of ``run_id`` could not be stored."""
+
+
+class WriterStopped(RuntimeError):
+    """The writer no longer accepts messages (the server is shutting down)."""
+
+
+@dataclass(frozen=True)
+class _Item:
+    sink: AckSink
+    seq: int
+    message: Message
+
+
+class IngestWriter:
+    """Owns every write to ``store``: a bounded queue and one background thread.
+
+    ``store`` needs ``write(batch: Sequence[tuple[int, Message]]) -> dict[str, int]``.
+    """
+
+    def __init__(self, store: Any, *, queue_size: int = 10_000, batch_max: int = 500,
+                 batch_wait_s: float = 0.02) -> None:
+        if queue_size < 1 or batch_max < 1 or batch_wait_s <= 0:
+            raise ValueError("queue_size and batch_max must be >= 1 and batch_wait_s > 0")
+        self._store = store
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
+        self._batch_max = batch_max
+        self._batch_wait_s = batch_wait_s
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._counts = {"queued": 0, "committed": 0, "batches": 0, "failed_batches": 0,
+                        "failed_messages": 0, "rejected": 0, "sink_errors": 0,
+                        "queue_full": 0}
+        self._in_flight = 0
+        self._last_error: str | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sentrycam-ingest-writer",
+                                        daemon=True)
+        self._started = False
+
+    # ---- producer side (event loop) -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("IngestWriter.start() called twice")
+        self._started = True
+        self._thread.start()
+
+    def try_submit(self, sink: AckSink, seq: int, message: Message) -> bool:
+        """Queue one message without blocking. False when the queue is full (try again later).
+
+        Raises :class:`WriterStopped` once :meth:`stop` has been called.
+        """
+        if self._stopping.is_set() or not self._started:
+            raise WriterStopped("the ingest writer is not running (not started, or the server is "
+                                "shutting down)")
+        with self._lock:
+            try:
+                self._queue.put_nowait(_Item(sink, seq, message))
+            except queue.Full:
+                self._counts["queue_full"] += 1
+                return False
+            self._counts["queued"] += 1
+            self._in_flight += 1
+        return True
+
+    def count_rejected(self) -> None:
+        """Count a frame that failed validation (for ``stats()``)."""
+        with self._lock:
+            self._counts["rejected"] += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start, plus the queue depth and the last store error (if any)."""
+        with self._lock:
+            return {**self._counts, "queue_depth": self._queue.qsize(),
+                    "queue_capacity": self._queue.maxsize, "last_error": self._last_error,
+                    "running": self._thread.is_alive()}
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every submitted message is written (or failed). True if that happened."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new messages, write what is queued, then stop the thread (idempotent)."""
+        self._stopping.set()
+        if self._started and self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("ingest writer did not drain within %.1f s; %d messages left unwritten",
+                          timeout, self._queue.qsize())
+
+    # ---- writer thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception:  # never let the thread die: count, log, carry on
+                    log.exception("unexpected failure in the ingest writer")
+                    self._note_failure("unexpected writer failure; see the server log")
+                finally:
+                    self._done(len(batch))
+            elif self._stopping.is_set():
+                return
+
+    def _next_batch(self) -> list[_Item]:
+        """Up to ``batch_max`` items: waits for the first, then at most ``batch_wait_s`` more."""
+        try:
+            first = self._queue.get(timeout=min(self._batch_wait_s * 5, 0.1))
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._batch_wait_s
+        while len(batch) < self._batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0
+                             else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[_Item]) -> None:
+        try:
+            committed = self._store.write([(item.seq, item.message) for item in batch])
+        except Exception as exc:
+            log.warning("store write of %d messages failed (%s); retrying them one by one",
+                        len(batch), exc)
+            self._note_failure(f"{type(exc).__name__}: {exc}", batch=True)
+            self._write_one_by_one(batch)
+            return
+        with self._lock:
+            self._counts["committed"] += len(batch)
+            self._counts["batches"] += 1
+        self._acknowledge(batch, committed or {})
+
+    def _write_one_by_one(self, batch: list[_Item]) -> None:
+        for item in batch:
+            try:
+                committed = self._store.write([(item.seq, item.message)])
+            except Exception as exc:
+                problem = f"could not store {item.message.kind} seq {item.seq}: {exc}"
+                log.warning("%s", problem)
+                self._note_failure(problem, messages=1)
+                self._notify(item.sink.error, item.message.run_id, item.seq, problem)
+                continue
+            with self._lock:
+                self._counts["committed"] += 1
+            self._acknowledge([item], committed or {})
+
+    def _acknowledge(self, items: Sequence[_Item], committed: dict[str, int]) -> None:
+        """Tell each sink, per run, the highest seq now safe (the store's, or its own latest)."""
+        latest: dict[tuple[int, str], tuple[AckSink, int]] = {}
+        for item in items:
+            key = (id(item.sink), item.message.run_id)
+            previous = latest.get(key, (item.sink, -1))[1]
+            latest[key] = (item.sink, max(previous, item.seq))
+        for (_, run_id), (sink, own_seq) in latest.items():
+            # The store's answer covers duplicates of already committed messages too; it is
+            # the authority when present.
+            self._notify(sink.ack, run_id, committed.get(run_id, own_seq))
+
+    def _notify(self, callback: Any, *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:  # a sink belongs to a connection that may be gone
+            log.debug("ack sink failed", exc_info=True)
+            with self._lock:
+                self._counts["sink_errors"] += 1
+
+    def _note_failure(self, problem: str, *, batch: bool = False, messages: int = 0) -> None:
+        with self._lock:
+            self._last_error = problem
+            self._counts["failed_batches"] += int(batch)
+            self._counts["failed_messages"] += messages
+
+    def _done(self, n: int) -> None:
+        with self._idle:
+            self._in_flight -= n
+            if self._in_flight == 0:
+                self._idle.notify_all()
+

@@ -1,0 +1,139 @@
+"""``/ws/ingest``: the websocket that training processes stream their frames into.
+
+Protocol (see :mod:`sentrycam.capture.wire`): the client sends binary frames, one message each.
+The server answers with JSON text frames:
+
+- ``{"type": "ack", "run_id": R, "seq": N}`` once every message of run R up to N that this
+  connection sent is committed (duplicates of committed messages are acked, not stored again);
+- ``{"type": "error", "run_id": R or null, "seq": N or null, "error": "..."}`` for a frame that
+  was refused or could not be stored. The connection stays open either way.
+
+One connection may carry several runs. A frame over the server's ``max_frame_bytes`` closes
+the connection with code 1009 (the websocket layer refuses to buffer it). Frames are validated on the event loop (cheap: arrays
+are views into the received bytes) and handed to the ingest writer thread without blocking;
+its results come back through :class:`ConnectionSink` onto this connection's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+
+from sentrycam.backend.ingest import IngestWriter, WriterStopped
+from sentrycam.backend.routes import state_of
+from sentrycam.backend.wire_models import FrameRejected, parse_frame
+from sentrycam.capture.messages import Message
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["ingest"])
+
+#: How long a handler waits before retrying when the writer's queue is full.
+BACKPRESSURE_PAUSE_S = 0.005
+TEXT_FRAME_ERROR = ("text frames are not accepted on /ws/ingest: send each message as a binary "
+                    "frame made by sentrycam.capture.wire.encode")
+
+
+def error_reply(problem: str, *, seq: int | None = None, run_id: str | None = None) -> dict:
+    return {"type": "error", "run_id": run_id, "seq": seq, "error": problem}
+
+
+class ConnectionSink:
+    """Carries the writer thread's acks and errors onto one connection's event loop.
+
+    Once the connection is gone, results are dropped: the client will resend whatever it did
+    not see acknowledged, and the store ignores what it already holds.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: asyncio.Queue) -> None:
+        self._loop = loop
+        self._outbox = outbox
+        self._closed = False
+
+    def ack(self, run_id: str, seq: int) -> None:
+        self._post({"type": "ack", "run_id": run_id, "seq": int(seq)})
+
+    def error(self, run_id: str, seq: int, problem: str) -> None:
+        self._post(error_reply(problem, seq=seq, run_id=run_id))
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _post(self, reply: dict) -> None:
+        if self._closed:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, reply)
+        except RuntimeError:  # the loop has already closed: the server is going away
+            self._closed = True
+
+
+@router.websocket("/ws/ingest")
+async def ingest(websocket: WebSocket) -> None:
+    state = state_of(websocket)
+    await websocket.accept()
+    outbox: asyncio.Queue[dict] = asyncio.Queue()
+    sink = ConnectionSink(asyncio.get_running_loop(), outbox)
+    sender = asyncio.create_task(_send_replies(websocket, outbox))
+    try:
+        await _receive_frames(websocket, state, sink, outbox)
+    except Exception:  # a broken connection must never take anything else down
+        log.warning("ingest connection failed", exc_info=True)
+    finally:
+        sink.close()
+        await _stop_sender(sender)
+
+
+async def _receive_frames(websocket: WebSocket, state: Any, sink: ConnectionSink,
+                          outbox: asyncio.Queue) -> None:
+    writer: IngestWriter = state.writer
+    while True:
+        event = await websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        state.activity.touch()
+        data = event.get("bytes")
+        if data is None:
+            writer.count_rejected()
+            outbox.put_nowait(error_reply(TEXT_FRAME_ERROR))
+            continue
+        try:
+            seq, message = parse_frame(data)
+        except FrameRejected as exc:
+            writer.count_rejected()
+            outbox.put_nowait(error_reply(str(exc), seq=exc.seq, run_id=exc.run_id))
+            continue
+        if not await _submit(writer, sink, seq, message):
+            await websocket.close(code=1012, reason="server shutting down; reconnect later")
+            return
+
+
+async def _submit(writer: IngestWriter, sink: ConnectionSink, seq: int, message: Message) -> bool:
+    """Hand one message to the writer, pausing while its queue is full. False if it stopped."""
+    try:
+        while not writer.try_submit(sink, seq, message):
+            # Not reading further frames is the backpressure: the client's sends slow down.
+            await asyncio.sleep(BACKPRESSURE_PAUSE_S)
+    except WriterStopped:
+        return False
+    return True
+
+
+async def _send_replies(websocket: WebSocket, outbox: asyncio.Queue) -> None:
+    while True:
+        reply = await outbox.get()
+        try:
+            await websocket.send_text(json.dumps(reply))
+        except Exception:  # the client went away; the receive loop sees the disconnect
+            log.debug("could not send %s reply; connection closed", reply.get("type"))
+            return
+
+
+async def _stop_sender(sender: asyncio.Task) -> None:
+    sender.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await sender
