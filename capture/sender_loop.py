@@ -1,0 +1,377 @@
+"""The sender thread of :class:`~sentrycam.capture.sender.WebSocketTransport`.
+
+:class:`SenderLoop` owns the websocket, the disk spool and the window of frames sent but not
+yet acknowledged; nothing else touches them. Frames go out in seq order. When the connection
+fails, the window's unacknowledged frames go to the spool first and every message dequeued
+afterwards behind them, so the spool stays in seq order. After reconnecting, the spool is
+replayed from the last acknowledged seq before anything newer, and spool segments are deleted
+once acknowledged. Because the server skips a seq it already committed for a run, a frame
+re-sent after a lost ack is stored once; for the same reason nothing may overtake the backlog.
+
+``websockets`` is imported inside the thread's functions only: importing the capture package
+must stay cheap.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from sentrycam.capture import wire
+from sentrycam.capture.messages import Message
+from sentrycam.capture.queue import BoundedQueue, InFlightWindow, Progress
+from sentrycam.capture.spool import Spool
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+#: How long the sender waits for an ack when it has nothing else to do.
+ACK_POLL_S = 0.02
+#: How long an idle sender waits for new messages before checking for stop and flush requests.
+IDLE_WAIT_S = 0.1
+#: Websocket close code of a server refusing a frame over its size limit.
+MESSAGE_TOO_BIG = 1009
+
+
+def frame_run_id(frame: bytes) -> str:
+    """The run a spooled frame belongs to (from its header); "" if the header is unreadable."""
+    try:
+        return str(wire.split_frame(frame)[0].get("run_id", ""))
+    except wire.FrameError:
+        return ""
+
+
+class LogLimiter:
+    """Logs a warning per key at most once per ``interval`` s, then says how many were held back."""
+
+    def __init__(self, log: logging.Logger, interval: float = 30.0) -> None:
+        self._log, self._interval = log, interval
+        self._last: dict[str, float] = {}
+        self._suppressed: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] += 1
+                return
+            self._last[key] = now
+            held_back = self._suppressed.pop(key, 0)
+        if held_back:
+            msg, args = msg + " (%d similar warnings held back)", (*args, held_back)
+        self._log.warning(msg, *args, exc_info=exc_info)
+
+
+class Counters:
+    """Totals shared by both threads; each update holds the lock for one addition."""
+
+    NAMES = ("dropped", "spooled", "sent", "acked", "errors")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self.NAMES, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+class SenderLoop:
+    """The body of the sender thread. Only that thread touches the socket, spool and window."""
+
+    def __init__(self, ws_url: str, token: str | None, queue: BoundedQueue, spool: Spool | None,
+                 counters: Counters, progress: Progress, stop: threading.Event, *,
+                 window: InFlightWindow, open_timeout: float) -> None:
+        self.ws_url, self.token = ws_url, token
+        self.queue, self.spool, self.counters, self.progress = queue, spool, counters, progress
+        self.stop, self.window, self.open_timeout = stop, window, open_timeout
+        self.log = LogLimiter(logger)
+        #: Messages from an earlier process's spool count as dequeued: they come first.
+        self.last_dequeued = spool.last_seq if spool else 0
+        self.acked_through = 0
+        self.spool_has_data = bool(spool and spool.segments())
+        self.unsynced = False
+        self.reader = None
+        self.backlog = False
+        self.connections = 0
+        self.failed_connects = 0
+        self.skip: set[int] = set()  # seqs the server cannot take (too big)
+        self.retried_for_flush = 0  # the last flush request that got an extra connect
+
+    # -- main loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        delay = BACKOFF_MIN_S
+        while not self.stop.is_set():
+            try:
+                delay = self._cycle(delay)
+            except Exception:
+                self.counters.add("errors")
+                self.log.warning("loop", "sentrycam sender hit an unexpected error; carrying on",
+                                 exc_info=True)
+                self.stop.wait(BACKOFF_MIN_S)
+        try:
+            self._shutdown()
+        except Exception:
+            self.counters.add("errors")
+            logger.warning("sentrycam sender failed while stopping", exc_info=True)
+
+    def _cycle(self, delay: float) -> float:
+        """Connect and stream until the connection ends, or wait out ``delay`` offline.
+
+        Returns the backoff to use next time.
+        """
+        ws = self._connect()
+        if ws is None:
+            self._offline(delay)
+            return min(delay * 2, BACKOFF_MAX_S)
+        self.connections += 1
+        acked_before = self.acked_through
+        try:
+            with ws:
+                self._online(ws)
+        except Exception as exc:
+            from websockets.exceptions import ConnectionClosed
+            if not isinstance(exc, (ConnectionClosed, OSError)):
+                raise
+            self.log.warning("lost", "connection to %s lost (%s); spooling to disk until it is back",
+                             self.ws_url, exc)
+            if getattr(getattr(exc, "rcvd", None), "code", None) == MESSAGE_TOO_BIG:
+                self._drop_oversized()
+        finally:
+            self._after_disconnect()
+        if self.acked_through > acked_before or self.stop.is_set():
+            return BACKOFF_MIN_S
+        # A server that accepts and then drops us without committing anything must not be
+        # hammered in a tight loop: back off as if the connection had failed.
+        self._offline(delay)
+        return min(delay * 2, BACKOFF_MAX_S)
+
+    def _drop_oversized(self) -> None:
+        """The server closed with "message too big": give up on the largest unacknowledged frame,
+        which would otherwise break every reconnection the same way."""
+        if not self.window.frames:
+            return
+        seq = max(self.window.frames, key=lambda s: len(self.window.frames[s].frame))
+        size = len(self.window.frames[seq].frame)
+        self.window.discard(seq)
+        self.skip.add(seq)  # it may sit in the spool too: replay passes over it
+        self.counters.add("dropped")
+        self.counters.add("errors")
+        logger.error("message seq=%d (%d bytes) is larger than the server accepts; it is dropped. "
+                     "Raise the server's max frame size or capture fewer or smaller layers",
+                     seq, size)
+
+    def _connect(self) -> Any:
+        from websockets.exceptions import InvalidHandshake
+        from websockets.sync.client import connect
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            ws = connect(self.ws_url, additional_headers=headers, max_size=None,
+                         open_timeout=self.open_timeout, close_timeout=1.0, compression=None)
+        except InvalidHandshake as exc:  # the server answered but refused: token, path, version
+            self.failed_connects += 1
+            self.counters.add("errors")
+            self.log.warning("refused", "sentrycam server at %s refused the connection (%s); "
+                             "check the url and token. Spooling to disk meanwhile", self.ws_url, exc)
+            return None
+        except (OSError, TimeoutError) as exc:
+            self.failed_connects += 1
+            self.log.warning("connect", "cannot reach sentrycam server at %s (%s); "
+                             "spooling to disk and retrying", self.ws_url, exc)
+            return None
+        except Exception:  # anything else is a bug or a broken server; still an outage for us
+            self.failed_connects += 1
+            self.counters.add("errors")
+            self.log.warning("connectbug", "connecting to %s failed unexpectedly; spooling to disk "
+                             "and retrying", self.ws_url, exc_info=True)
+            return None
+        if self.spool_has_data:
+            logger.info("connected to %s; sending the spooled backlog first", self.ws_url)
+        return ws
+
+    def _online(self, ws: Any) -> None:
+        if self.spool_has_data:
+            self.reader = self.spool.reader(self.acked_through)
+            self.backlog = True
+        while not self.stop.is_set():
+            self._read_replies(ws, 0.0)
+            room = self.window.room()
+            if not room:
+                sent = 0
+            elif self.backlog:
+                sent = self._send_backlog(ws, room)
+            else:
+                sent = self._send_queued(ws, room, 0.0 if self.window.frames else IDLE_WAIT_S)
+            self._settle(connected=True)
+            if not sent and self.window.frames:
+                self._read_replies(ws, ACK_POLL_S)
+
+    def _offline(self, delay: float) -> None:
+        """Spool whatever arrives for ``delay`` s. A new flush request cuts the wait short, so the
+        server is tried once more at once; when that fails too, the spool is fsync'd and the
+        flush is answered."""
+        deadline = time.monotonic() + delay
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._spool_queue(wait=min(remaining, IDLE_WAIT_S))
+            request = self.progress.unanswered()
+            if request > self.retried_for_flush:
+                self.retried_for_flush = request
+                return
+            if request:
+                self._settle(connected=False, answer=request)
+        self._settle(connected=False)
+
+    def _shutdown(self) -> None:
+        self._spool_queue(wait=0.0)
+        self._settle(connected=False, answer=self.progress.unanswered())
+        if self.spool is not None:
+            self.spool.close()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send_queued(self, ws: Any, room: int, wait: float) -> int:
+        """Send up to ``room`` new messages. Each enters the window before it is written, so a
+        write that fails leaves it (and the rest of the batch) to be spooled."""
+        batch = self._encode_batch(self.queue.get_batch(room, timeout=wait))
+        return self._transmit(ws, batch, spooled=False)
+
+    def _send_backlog(self, ws: Any, room: int) -> int:
+        """Replay the next spooled frames. New messages join the spool's tail meanwhile, so that
+        nothing overtakes the backlog (the server skips a seq lower than one it committed)."""
+        self._spool_queue(wait=0.0)
+        batch = self.reader.next_batch(room, max(1, self.window.max_bytes - self.window.nbytes))
+        if not batch:
+            self.backlog = False
+        return self._transmit(ws, [(seq, frame, frame_run_id(frame)) for seq, frame in batch
+                                   if seq not in self.skip], spooled=True)
+
+    def _transmit(self, ws: Any, batch: list[tuple[int, bytes, str]], spooled: bool) -> int:
+        for seq, frame, run_id in batch:
+            self.window.add(seq, frame, spooled, run_id)
+        for _seq, frame, _run_id in batch:
+            ws.send(frame)
+            self.counters.add("sent")
+        return len(batch)
+
+    def _encode_batch(self, items: list[tuple[int, float, Message]]
+                      ) -> list[tuple[int, bytes, str]]:
+        frames = []
+        for seq, sent_at, message in items:
+            self.last_dequeued = seq
+            try:
+                frames.append((seq, wire.encode(message, seq, sent_at), message.run_id))
+            except Exception as exc:
+                self.counters.add("errors")
+                self.counters.add("dropped")
+                self.log.warning("encode", "cannot encode a %s message (%s); it is dropped",
+                                 getattr(message, "kind", type(message).__name__), exc)
+        return frames
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    def _read_replies(self, ws: Any, timeout: float) -> None:
+        """Handle every reply that is waiting; wait up to ``timeout`` s for the first."""
+        while True:
+            try:
+                reply = ws.recv(timeout=timeout)
+            except TimeoutError:
+                return
+            self._handle_reply(reply)
+            timeout = 0.0
+
+    def _handle_reply(self, reply: str | bytes) -> None:
+        try:
+            data = json.loads(reply)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            self.log.warning("reply", "ignoring a reply from the server that is not JSON: %.80r", reply)
+            return
+        if not isinstance(data, dict):
+            return
+        seq = data.get("seq")
+        if data.get("type") == "ack" and isinstance(seq, int):
+            run_id = data.get("run_id")  # acks are per run; one without a run covers all
+            released = self.window.release_through(seq, run_id if isinstance(run_id, str) else None)
+            self.counters.add("acked", released)
+        elif data.get("type") == "error":
+            self.counters.add("errors")
+            self.log.warning("rejected", "the server rejected message seq=%s: %s", seq, data.get("error"))
+            if isinstance(seq, int):
+                self.window.discard(seq)  # settled: re-sending a rejected frame cannot help
+
+    def _settle(self, connected: bool, answer: int = 0) -> None:
+        """Advance what is acknowledged / durable, delete acknowledged spool segments, publish.
+
+        Connected, every flush request is answered (it waits for acks); offline, ``answer``.
+        """
+        if connected:
+            if self.window.frames:
+                done = self.window.min_seq() - 1
+            elif self.backlog:
+                done = self.reader.last_seq
+            else:
+                done = self.last_dequeued
+            if done > self.acked_through:
+                self.acked_through = done
+                if self.spool_has_data:
+                    self._delete_acked_spool(done)
+            self.progress.publish(self.acked_through, self.acked_through,
+                                  answered=self.progress.unanswered())
+            return
+        if self.unsynced:
+            try:
+                self.spool.sync()
+            except OSError as exc:
+                self.log.warning("sync", "cannot fsync the spool in %s: %s", self.spool.directory, exc)
+            self.unsynced = False
+        self.progress.publish(self.acked_through, self.last_dequeued, answered=answer)
+
+    # -- spooling --------------------------------------------------------------------------
+
+    def _delete_acked_spool(self, seq: int) -> None:
+        try:
+            self.spool.ack(seq)
+            self.spool_has_data = bool(self.spool.segments())
+        except OSError as exc:  # retried at the next ack
+            self.log.warning("unlink", "cannot delete acknowledged spool segments in %s: %s",
+                             self.spool.directory, exc)
+
+    def _after_disconnect(self) -> None:
+        for seq, frame in self.window.take_unspooled():
+            self._spool_frame(seq, frame)
+        self.reader, self.backlog = None, False
+
+    def _spool_queue(self, wait: float) -> None:
+        """Move everything queued (waiting up to ``wait`` s for something) to the spool."""
+        items = self.queue.get_batch(self.queue.max_items, timeout=wait)
+        for seq, frame, _run_id in self._encode_batch(items):
+            self._spool_frame(seq, frame)
+
+    def _spool_frame(self, seq: int, frame: bytes) -> None:
+        if self.spool is None:
+            self.counters.add("dropped")
+            self.log.warning("nospool", "no usable spool: a message the server did not get is dropped")
+            return
+        try:
+            self.spool.append(seq, frame)
+        except OSError as exc:
+            self.counters.add("dropped")
+            self.log.warning("spoolfull", "cannot write the spool in %s (%s); messages the server "
+                             "did not get are dropped until it works again", self.spool.directory, exc)
+            return
+        self.counters.add("spooled")
+        self.spool_has_data = self.unsynced = True
