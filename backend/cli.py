@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from sentrycam.backend.server import run_server
+    from sentrycam.backend.server import ServerStartError, run_server
     from sentrycam.backend.settings import ServerSettings
 
     overrides = {"db_path": args.db, "host": args.host, "port": args.port,
@@ -96,8 +96,12 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as exc:
-        raise CLIError("; ".join(e["msg"] for e in exc.errors())) from None
-    run_server(settings)
+        raise CLIError("; ".join(e["msg"].removeprefix("Value error, ")
+                                 for e in exc.errors())) from None
+    try:
+        run_server(settings)
+    except ServerStartError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 
