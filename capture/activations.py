@@ -1,0 +1,78 @@
+"""Per-layer activation statistics of one training batch, reduced on the tensor's device.
+
+:func:`activation_stats` returns a float32 vector in ``STAT_NAMES`` order without any host
+transfer; the run copies the vectors of all layers to the host in one go at the step boundary.
+
+- ``act_mean``, ``act_std``: over every finite value of the layer's tensor.
+- ``dead_frac``: fraction of units (channels, or features of a token/flat layer) that are never
+  > 0 anywhere in the batch: dead ReLU units when read on pre-activations.
+- ``sat_frac``: for modules with bounded outputs (Tanh, Sigmoid, Softsign, Hardtanh and ReLU6),
+  the fraction of values within 1% of a bound (1% of the larger bound's magnitude). For any other
+  layer, the fraction of values with ``|x| > 3``: read as a pre-activation, that is where tanh's
+  derivative drops below 1% (tanh'(3) = 0.0099), i.e. where a saturating nonlinearity would stop
+  passing gradient.
+- ``eff_rank``: exp of the entropy of the normalised singular values of the centred [B, C]
+  matrix of pooled features (1 for rank one, C for a perfectly spread batch; 0 for a constant).
+- ``nonfinite``: count of NaN/Inf values (the other statistics skip them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STAT_NAMES = ("act_mean", "act_std", "dead_frac", "sat_frac", "eff_rank", "nonfinite")
+#: |x| above which a tanh-like nonlinearity has derivative < 1% (see module docstring).
+SATURATION_LEVEL = 3.0
+#: A bounded output is saturated within this fraction of its bound's magnitude.
+SATURATION_MARGIN = 0.01
+
+
+def saturation_bounds(module: nn.Module) -> tuple[float, float] | None:
+    """(low, high) output bounds of a saturating activation module, else None."""
+    if isinstance(module, (nn.Tanh, nn.Softsign)):
+        return (-1.0, 1.0)
+    if isinstance(module, nn.Sigmoid):
+        return (0.0, 1.0)
+    if isinstance(module, nn.Hardtanh):  # ReLU6 is a Hardtanh
+        return (float(module.min_val), float(module.max_val))
+    return None
+
+
+def effective_rank(pooled: torch.Tensor) -> torch.Tensor:
+    """exp(entropy of normalised singular values) of the centred [B, C] matrix; 0-d float32."""
+    x = torch.nan_to_num(pooled.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    x = x - x.mean(0, keepdim=True)
+    singular = torch.linalg.svdvals(x)
+    total = singular.sum()
+    p = singular / total.clamp_min(torch.finfo(torch.float32).tiny)
+    entropy = -torch.special.xlogy(p, p).sum()
+    return torch.where(total > 0, entropy.exp(), torch.zeros_like(entropy))
+
+
+def activation_stats(units: torch.Tensor, pooled: torch.Tensor,
+                     bounds: tuple[float, float] | None) -> torch.Tensor:
+    """Statistics of one layer on one batch: float32 [len(STAT_NAMES)] on the input's device.
+
+    ``units`` [M, C]: every value of the layer, one column per unit (see
+    :func:`sentrycam.capture.layers.unit_matrix`); ``pooled`` [B, C']: one row per sample.
+    """
+    x = units.float()
+    finite = torch.isfinite(x)
+    count = finite.sum()
+    clean = torch.where(finite, x, torch.zeros((), device=x.device))
+    n = count.clamp_min(1).float()
+    mean = clean.sum() / n
+    var = (torch.where(finite, x - mean, torch.zeros((), device=x.device)).square().sum()
+           / (n - 1).clamp_min(1))
+    positive = torch.where(finite, x, torch.full((), float("-inf"), device=x.device)) > 0
+    dead = (~positive.any(0)).float().mean()
+    if bounds is not None:
+        low, high = bounds
+        margin = SATURATION_MARGIN * max(abs(low), abs(high))
+        saturated = (x <= low + margin) | (x >= high - margin)
+    else:
+        saturated = x.abs() > SATURATION_LEVEL
+    sat = (saturated & finite).sum().float() / n
+    nonfinite = (finite.numel() - count).float()
+    return torch.stack([mean, var.sqrt(), dead, sat, effective_rank(pooled), nonfinite]).float()

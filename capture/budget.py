@@ -1,0 +1,211 @@
+"""The overhead controller: keeps capture within a fraction of the training step time.
+
+Every piece of capture code is timed (``time.perf_counter``) and charged here, either to the
+always-on per-step path or to one firing of an activity (``"snapshot"``, ``"telemetry"``,
+``"activations"``). The step time is the wall time between step boundaries (optimizer
+post-hooks), minus the capture time charged in between. From these the controller derives, for
+each activity, the smallest gap in steps between firings that keeps its average cost within its
+share of the budget; the schedule never fires an activity more often than its minimum interval
+(the user's ``every`` for snapshots). With ``budget=None`` every gap is 0: the schedule is fixed.
+
+Budget split: the always-on path is paid first; the rest is shared between activities in
+proportion to ``shares``, and an activity that needs less than its share at its minimum
+interval gives the remainder to the others (water filling). An activity whose cost is not
+measured yet takes no share and runs at its minimum interval.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Mapping
+
+#: Share of the budget per activity: snapshots, what the dashboard is for, get the most.
+DEFAULT_SHARES: Mapping[str, float] = {"snapshot": 0.6, "telemetry": 0.2, "activations": 0.2}
+#: Longest gap ever chosen, so that an activity never disappears for good.
+MAX_GAP = 1_000_000
+#: Gaps are recomputed after a new cost measurement, or at least every this many steps.
+RECOMPUTE_EVERY = 16
+COST_SMOOTHING = 0.3
+STEP_SMOOTHING = 0.1
+
+
+def positive_int(value: Any) -> bool:
+    """True for an int > 0 (bools excluded)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
+def check_schedule(every: Any, budget: Any, stats_every: Any, default_every: int) -> int | str:
+    """ValueError for a bad ``every``, ``overhead_budget`` or ``stats_every``; returns ``every``
+    (``default_every`` when None)."""
+    every = default_every if every is None else every
+    if every != "epoch" and not positive_int(every):
+        raise ValueError(f"every must be a positive number of optimizer steps or 'epoch', "
+                         f"got {every!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
+                               or not 0 < budget <= 1):
+        raise ValueError(f"overhead_budget must be a fraction in (0, 1], e.g. 0.01 for 1% of "
+                         f"the step time, or None for a fixed schedule; got {budget!r}")
+    if not positive_int(stats_every):
+        raise ValueError(f"stats_every must be a positive integer, got {stats_every!r}")
+    return every
+
+
+def allocate(demands: Mapping[str, float], shares: Mapping[str, float],
+             available: float) -> dict[str, float]:
+    """Seconds per step granted to each activity: its demand if its fair share covers it, else
+    its share of what the satisfied activities left over."""
+    granted: dict[str, float] = {}
+    pending, remaining = set(demands), available
+    while pending:
+        total = sum(shares[a] for a in pending)
+        fair = {a: remaining * shares[a] / total for a in pending}
+        met = [a for a in pending if demands[a] <= fair[a]]
+        if not met:
+            granted.update(fair)
+            break
+        for activity in met:
+            granted[activity] = demands[activity]
+            remaining -= demands[activity]
+            pending.discard(activity)
+    return granted
+
+
+def next_due(last: int, every: int, gap: float) -> int:
+    """The first multiple of ``every`` at least ``max(every, gap)`` steps after ``last``."""
+    wait = max(every, math.ceil(min(gap, MAX_GAP)))
+    return -(-(last + wait) // every) * every
+
+
+class OverheadController:
+    """Measures capture cost against step time and says how far apart activities must be.
+
+    The per-step work is a counter and a comparison: step time and the always-on cost are
+    estimated over periods of ``RECOMPUTE_EVERY`` steps (or shorter, right after an activity
+    reported a new cost), from running totals of wall time and charged capture time.
+    """
+
+    def __init__(self, budget: float | None, min_intervals: Mapping[str, float],
+                 shares: Mapping[str, float] = DEFAULT_SHARES) -> None:
+        self.budget = budget
+        self.min_intervals = dict(min_intervals)
+        self.shares = dict(shares)
+        self.cost: dict[str, float] = {}  # smoothed seconds per firing
+        self.step_time: float | None = None  # smoothed training seconds per step, capture excluded
+        self.fixed_cost = 0.0  # always-on capture seconds per step, over the last period
+        self._gaps = {activity: 0.0 for activity in self.shares}
+        self._capture = 0.0  # every capture second charged so far
+        self._fixed = 0.0  # the always-on part of it
+        self._steps = 0  # step boundaries seen
+        self._first: tuple[float, float] | None = None  # (time, capture total) at boundary 1
+        self._last: tuple[float, float] = (0.0, 0.0)  # the same at the latest boundary
+        self._period: tuple[float, float, float, int] | None = None  # start of the open period
+        self._warmed: set[str] = set()  # activities whose warm-up firing is behind them
+        self._dirty = False
+
+    def charge(self, activity: str | None, seconds: float) -> None:
+        """Record capture time: one firing of ``activity``, or always-on work when None.
+
+        The first firing of an activity counts as overhead but not as its cost: it pays
+        one-time warm-up (kernel selection, first allocations) that can be many times the
+        steady cost, and would stretch the interval far beyond need. Until a second firing is
+        measured, the activity keeps its minimum interval.
+        """
+        self._capture += seconds
+        if activity is None:
+            self._fixed += seconds
+            return
+        if activity not in self._warmed:
+            self._warmed.add(activity)
+            return
+        previous = self.cost.get(activity)
+        self.cost[activity] = (seconds if previous is None
+                               else previous + COST_SMOOTHING * (seconds - previous))
+        self._dirty = True
+
+    def step_boundary(self, now: float) -> bool:
+        """Count a step boundary (call at the start of each optimizer post-hook); True when the
+        gaps were recomputed."""
+        self._steps += 1
+        self._last = (now, self._capture)
+        period = self._period
+        if period is None:
+            self._first = self._last
+            self._period = (now, self._capture, self._fixed, self._steps)
+            return False
+        steps = self._steps - period[3]
+        if steps < RECOMPUTE_EVERY and not self._dirty:
+            return False
+        wall = now - period[0]
+        train = (wall - (self._capture - period[1])) / steps
+        if train > 0:
+            weight = 1.0 - (1.0 - STEP_SMOOTHING) ** steps
+            self.step_time = train if self.step_time is None else (
+                self.step_time + weight * (train - self.step_time))
+        self.fixed_cost = (self._fixed - period[2]) / steps
+        self._period = (now, self._capture, self._fixed, self._steps)
+        return self._recompute()
+
+    def set_min_interval(self, activity: str, steps: float) -> None:
+        """Change an activity's minimum interval in steps (epoch-based snapshots learn theirs)."""
+        self.min_intervals[activity] = max(float(steps), 1.0)
+        self._dirty = True
+
+    def gap(self, activity: str) -> float:
+        """Fewest steps between two firings of ``activity`` that fit its budget (0: no limit)."""
+        return self._gaps[activity]
+
+    @property
+    def overhead(self) -> float:
+        """Measured fraction of wall time spent in capture, between the first and the latest
+        step boundary."""
+        if self._first is None or self._last[0] <= self._first[0]:
+            return 0.0
+        return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
+
+    def _recompute(self) -> bool:
+        if self.budget is None:
+            self._dirty = False  # a fixed schedule: nothing to recompute
+            return False
+        if not self.step_time:
+            return False  # stays dirty: retried at the next boundary
+        self._dirty = False
+        allowed = self.budget * self.step_time
+        # When the always-on path alone spends the budget, activities still get a sliver, so
+        # that they become rare rather than disappear.
+        available = max(allowed - self.fixed_cost, 1e-3 * allowed)
+        demands = {a: cost / self.min_intervals.get(a, 1.0) for a, cost in self.cost.items()}
+        for activity, seconds in allocate(demands, self.shares, available).items():
+            gap = self.cost[activity] / seconds if seconds > 0 else MAX_GAP
+            self._gaps[activity] = min(gap, MAX_GAP)
+        return True
+
+
+class Schedule:
+    """When each activity fires next: never more often than its minimum interval (``every``,
+    in steps), and at least :meth:`OverheadController.gap` steps apart. ``next`` holds the step
+    of each activity's next firing, so that the per-step check is one comparison."""
+
+    def __init__(self, controller: OverheadController, every: Mapping[str, int]) -> None:
+        self.controller = controller
+        self.every = dict(every)
+        self.last: dict[str, int | None] = {activity: None for activity in every}
+        self.next: dict[str, int] = {activity: 0 for activity in every}
+
+    def due(self, activity: str, step: int) -> bool:
+        return step >= self.next[activity]
+
+    def fired(self, activity: str, step: int) -> None:
+        self.last[activity] = step
+        self.next[activity] = next_due(step, self.every[activity], self.controller.gap(activity))
+
+    def refresh(self) -> None:
+        """Recompute the next firings after the controller changed its gaps."""
+        for activity, last in self.last.items():
+            if last is not None:
+                self.next[activity] = next_due(last, self.every[activity],
+                                               self.controller.gap(activity))
+
+    def interval(self, activity: str) -> int:
+        """The current distance in steps between two firings of ``activity``."""
+        return next_due(0, self.every[activity], self.controller.gap(activity))

@@ -1,0 +1,301 @@
+"""Per-step optimizer telemetry: step hooks, loss, gradient/weight norms, host copies.
+
+- :class:`OptimizerWatch` finds the model's optimizer and calls back around each of its steps.
+- :class:`LossWatch` keeps the latest training loss from a hooked criterion (no host sync).
+- :class:`ParamTelemetry` reduces gradients and weights on their device: global and per-layer
+  gradient norm, per-layer weight norm, update-to-weight ratio and the cosine between this
+  telemetry step's gradient and the previous one's (both from a strided sample of at most about
+  ``SAMPLE_LIMIT`` elements, so memory stays bounded on large models).
+
+The per-step messages built from these are assembled in :mod:`sentrycam.capture.steps`.
+Per-layer telemetry is per module that owns parameters directly (``model.named_modules()``
+names; ``"(model)"`` for parameters of the model itself).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+from sentrycam.capture.layers import ROOT_NAME
+
+LAYER_STATS = ("grad_norm", "weight_norm", "update_ratio")
+SAMPLE_LIMIT = 1_000_000
+
+
+def holds_parameters(optimizer: torch.optim.Optimizer, param_ids: frozenset[int]) -> bool:
+    """True when ``optimizer`` updates at least one parameter whose id is in ``param_ids``."""
+    return any(id(p) in param_ids for group in optimizer.param_groups for p in group["params"])
+
+
+def check_training_parts(model: Any, criterion: Any, optimizer: Any) -> None:
+    """ValueError for a model without parameters, or a criterion/optimizer that cannot be used."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"attach() needs a torch.nn.Module, got {type(model).__name__}")
+    param_ids = frozenset(id(p) for p in model.parameters())
+    if not param_ids:
+        raise ValueError("the model has no parameters, so there is no training to watch; "
+                         "attach to the module whose parameters the optimizer updates")
+    if criterion is not None and not isinstance(criterion, nn.Module):
+        raise ValueError("criterion must be an nn.Module (e.g. nn.CrossEntropyLoss()) so that "
+                         "its output can be hooked; for a functional loss, use run.log(loss=...)")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got "
+                         f"{type(optimizer).__name__}")
+    if optimizer is not None and not holds_parameters(optimizer, param_ids):
+        raise ValueError("the optimizer updates none of the model's parameters; pass this "
+                         "model's optimizer (or leave optimizer=None to find it automatically)")
+
+
+
+
+def learning_rates(optimizer: Any) -> dict[str, float]:
+    """``lr`` of the first param group, and ``lr_group<i>`` for groups that differ from it.
+    Tensor learning rates on a GPU are skipped: reading them would wait for the device."""
+    groups = optimizer.param_groups
+    if len(groups) == 1 and type(groups[0].get("lr")) is float:  # the common case, kept cheap
+        return {"lr": groups[0]["lr"]}
+    rates: dict[str, float] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor):
+            lr = float(lr) if lr.device.type == "cpu" else None
+        if isinstance(lr, numbers.Real) and (index == 0 or lr != rates.get("lr")):
+            rates["lr" if index == 0 else f"lr_group{index}"] = float(lr)
+    return rates
+
+
+class OptimizerWatch:
+    """Calls ``on_pre(optimizer)`` / ``on_post(optimizer)`` around each step of the optimizer
+    that updates the model's parameters.
+
+    Given an optimizer, its own step hooks are used. Otherwise torch's global step pre-hook
+    watches every optimizer only until the first one holding a model parameter steps; that one
+    gets its own hooks (which torch then calls in that same step, after the global hooks) and the
+    global hook is removed from inside its own pre-hook, once the global hooks of the step have
+    run, so that other optimizers pay nothing afterwards.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], on_pre: Callable[[Any], None],
+                 on_post: Callable[[Any], None], guard: Any) -> None:
+        self._param_ids = frozenset(id(p) for p in params)
+        self._on_pre, self._on_post, self._guard = on_pre, on_post, guard
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._own: list[Any] = []
+        self._global: list[Any] = []
+        self._foreign: weakref.WeakSet = weakref.WeakSet()
+
+    def start(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        if optimizer is not None:
+            self._adopt(optimizer)
+        else:
+            self._global = [register_optimizer_step_pre_hook(self._global_pre)]
+
+    def _adopt(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self._own = [optimizer.register_step_pre_hook(self._own_pre),
+                     optimizer.register_step_post_hook(self._own_post)]
+
+    def _global_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        if self._guard.disabled or self.optimizer is not None or optimizer in self._foreign:
+            return
+        try:
+            if holds_parameters(optimizer, self._param_ids):
+                self._adopt(optimizer)
+            else:
+                self._foreign.add(optimizer)
+        except Exception as exc:
+            self._guard.fail("the optimizer watch", exc)
+
+    def _own_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        if self._global:  # safe here: this step's global pre-hooks have all been called
+            self._remove(self._global)
+        self._on_pre(optimizer)
+
+    def _own_post(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        self._on_post(optimizer)
+
+    @staticmethod
+    def _remove(handles: list[Any]) -> None:
+        while handles:
+            handles.pop().remove()
+
+    def stop(self) -> None:
+        """Remove every hook this watch registered."""
+        self._remove(self._global)
+        self._remove(self._own)
+
+
+class LossWatch:
+    """Keeps the latest training loss from a criterion's forward hook, without reading it.
+
+    Calls made with gradients disabled (a validation loop) are ignored.
+    """
+
+    def __init__(self, criterion: nn.Module, guard: Any) -> None:
+        self.latest: torch.Tensor | None = None
+        self._guard = guard
+        self._handle = criterion.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        # Runs every step inside the forward pass: keep only a reference (detached in take(),
+        # after the step; until then it is the very tensor the training loop holds anyway).
+        if self._guard.disabled:
+            return
+        try:
+            if torch.is_grad_enabled() and isinstance(output, torch.Tensor):
+                self.latest = output
+        except Exception as exc:
+            self._guard.fail("the criterion hook", exc)
+
+    def take(self) -> torch.Tensor | None:
+        """The loss since the last call, as the criterion returned it, or None."""
+        loss, self.latest = self.latest, None
+        return loss
+
+    @staticmethod
+    def scalar(loss: torch.Tensor) -> torch.Tensor:
+        """Detached float32 0-d loss (the mean, for an unreduced criterion)."""
+        loss = loss.detach()
+        return loss if loss.ndim == 0 and loss.dtype == torch.float32 else loss.float().mean()
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def parameter_owners(model: nn.Module) -> tuple[list[str], list[nn.Parameter], list[int]]:
+    """(layer names, parameters, owning layer index per parameter); shared parameters count once."""
+    names: list[str] = []
+    params: list[nn.Parameter] = []
+    owners: list[int] = []
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        if not own:
+            continue
+        names.append(name or ROOT_NAME)
+        for p in own:
+            seen.add(id(p))
+            params.append(p)
+            owners.append(len(names) - 1)
+    return names, params, owners
+
+
+def _dense(grad: torch.Tensor | None) -> torch.Tensor | None:
+    if grad is not None and grad.is_sparse:
+        return grad.coalesce().values()
+    return grad
+
+
+@dataclass
+class _Before:
+    """What ``before_step`` measured, on the device."""
+
+    grad_norm: torch.Tensor
+    layer_grad: torch.Tensor
+    layer_weight: torch.Tensor
+    weight_sample: torch.Tensor
+    grad_sample: torch.Tensor
+
+
+class ParamTelemetry:
+    """Gradient and weight statistics of one optimizer step, reduced on the device.
+
+    Call :meth:`before_step` in the optimizer pre-hook and :meth:`after_step` in its post-hook;
+    the latter returns one float32 vector [3 + 3L]: grad_norm, grad_cos, update_ratio, then per
+    layer grad norms [L], weight norms [L] and update ratios [L]. :meth:`unpack` reads it.
+    """
+
+    def __init__(self, model: nn.Module, sample_limit: int = SAMPLE_LIMIT) -> None:
+        self.layers, self._params, owners = parameter_owners(model)
+        total = sum(p.numel() for p in self._params)
+        self._stride = max(1, math.ceil(total / sample_limit))
+        self._sizes = [math.ceil(p.numel() / self._stride) for p in self._params]
+        self.device = self._params[0].device
+        self._owners = torch.tensor(owners, device=self.device)
+        self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
+        self._before: _Before | None = None
+        self._previous_grad: torch.Tensor | None = None
+
+    def _owners_of(self, present: list[int]) -> torch.Tensor:
+        """Owning layers of a subset of parameters, cached: the set of parameters with gradients
+        rarely changes, and building the index on a GPU would wait for the device each time."""
+        key = tuple(present)
+        if key not in self._owner_subsets:
+            self._owner_subsets[key] = self._owners[torch.tensor(present, device=self.device)]
+        return self._owner_subsets[key]
+
+    @property
+    def vector_size(self) -> int:
+        return 3 + 3 * len(self.layers)
+
+    def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+        return torch.stack([n.to(self.device) for n in norms])
+
+    def _per_layer(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        """Root of summed squares per layer; NaN for layers with no entry. float32 [L]."""
+        squares = torch.zeros(len(self.layers), device=self.device).index_add_(
+            0, owners, norms.square())
+        counts = torch.zeros(len(self.layers), device=self.device).index_add_(
+            0, owners, torch.ones_like(norms))
+        return torch.where(counts > 0, squares.sqrt(), torch.full_like(squares, math.nan))
+
+    def _sample(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        return torch.cat([
+            torch.zeros(size, device=self.device) if t is None or t.is_sparse
+            else t.reshape(-1)[::self._stride].float().to(self.device)
+            for t, size in zip(tensors, self._sizes)])
+
+    def before_step(self) -> None:
+        """Gradients are final and weights not yet updated: measure both, keep samples."""
+        grads = [_dense(p.grad) for p in self._params]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            self._before = None
+            return
+        owners = self._owners if len(present) == len(grads) else self._owners_of(present)
+        grad_norms = self._norms([grads[i] for i in present])
+        weights = [p.detach() for p in self._params]
+        self._before = _Before(
+            grad_norm=torch.linalg.vector_norm(grad_norms),
+            layer_grad=self._per_layer(grad_norms, owners),
+            layer_weight=self._per_layer(self._norms(weights), self._owners),
+            weight_sample=self._sample(weights),
+            grad_sample=self._sample([p.grad for p in self._params]))
+
+    def after_step(self) -> torch.Tensor | None:
+        """The step's telemetry vector (see class docstring), or None without gradients."""
+        before, self._before = self._before, None
+        if before is None:
+            return None
+        old = before.weight_sample
+        diff = self._sample([p.detach() for p in self._params]) - old
+        nan = torch.full((), math.nan, device=self.device)
+        moved = self._per_layer(self._norms(torch.split(diff, self._sizes)), self._owners)
+        size = self._per_layer(self._norms(torch.split(old, self._sizes)), self._owners)
+        layer_ratio = torch.where(size > 0, moved / size, nan)
+        old_norm = torch.linalg.vector_norm(old)
+        ratio = torch.where(old_norm > 0, torch.linalg.vector_norm(diff) / old_norm, nan)
+        previous, self._previous_grad = self._previous_grad, before.grad_sample
+        cosine = (F.cosine_similarity(before.grad_sample, previous, dim=0)
+                  if previous is not None else nan)
+        head = torch.stack([before.grad_norm, cosine, ratio])
+        return torch.cat([head, before.layer_grad, before.layer_weight, layer_ratio])
+
+    def unpack(self, values: Sequence[float]) -> tuple[dict[str, float], np.ndarray]:
+        """(scalars, per-layer float32 [L, len(LAYER_STATS)]) from an :meth:`after_step` vector."""
+        grad_norm, cosine, ratio = values[0], values[1], values[2]
+        scalars = {"grad_norm": grad_norm, "grad_cos": cosine, "update_ratio": ratio,
+                   "nonfinite_grad": 0.0 if math.isfinite(grad_norm) else 1.0}
+        layers = np.asarray(values[3:], dtype=np.float32).reshape(3, len(self.layers)).T
+        return scalars, np.ascontiguousarray(layers)

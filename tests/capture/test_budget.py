@@ -1,0 +1,120 @@
+"""The overhead controller stretches expensive activities to fit the budget."""
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from sentrycam import capture
+from sentrycam.capture.budget import OverheadController, Schedule, allocate, next_due
+from sentrycam.capture.transport import MemoryTransport
+
+EVERY = {"snapshot": 10, "telemetry": 1, "activations": 10}
+
+
+def synthetic_run(controller, steps, step_seconds, costs, warmup=1.0):
+    """Drive ``controller`` with a made-up clock: each step trains ``step_seconds``; at the first
+    step every activity in ``costs`` fires twice: a warm-up firing of ``warmup`` s, then one of
+    its steady cost (seconds per firing)."""
+    now = 0.0
+    controller.step_boundary(now)
+    for activity, seconds in costs.items():
+        for spent in (warmup, seconds):
+            controller.charge(activity, spent)
+            now += spent
+    for _ in range(steps):
+        now += step_seconds
+        controller.step_boundary(now)
+    return controller
+
+
+def test_allocate_gives_cheap_activities_their_need_and_splits_the_rest():
+    granted = allocate({"snapshot": 1.0, "telemetry": 0.01, "activations": 0.5},
+                       {"snapshot": 0.6, "telemetry": 0.2, "activations": 0.2}, 1.0)
+    assert granted["telemetry"] == pytest.approx(0.01)
+    assert granted["snapshot"] == pytest.approx(0.99 * 0.75)
+    assert granted["activations"] == pytest.approx(0.99 * 0.25)
+    assert sum(granted.values()) == pytest.approx(1.0)
+
+
+def test_expensive_snapshots_are_stretched_to_fit_the_budget():
+    controller = synthetic_run(OverheadController(0.01, EVERY), steps=20, step_seconds=0.01,
+                               costs={"snapshot": 0.05})
+    # 1% of a 10 ms step is 100 us per step; a 50 ms snapshot fits once every 500 steps
+    assert controller.gap("snapshot") == pytest.approx(500, rel=1e-6)
+    assert Schedule(controller, EVERY).interval("snapshot") in (500, 510)
+    # the measured overhead counts the warm-up: 1.05 s of capture in 20 steps of 10 ms
+    assert controller.overhead == pytest.approx(1.05 / 1.25)
+
+
+def test_the_warm_up_firing_does_not_set_the_cost():
+    controller = OverheadController(0.01, EVERY)
+    controller.charge("snapshot", 5.0)  # first firing: kernel selection, allocations...
+    assert "snapshot" not in controller.cost and controller.gap("snapshot") == 0
+    controller.charge("snapshot", 0.05)
+    assert controller.cost["snapshot"] == 0.05
+
+
+def test_cheap_activities_keep_their_minimum_interval():
+    controller = synthetic_run(OverheadController(0.01, EVERY), steps=20, step_seconds=0.01,
+                               costs={"snapshot": 0.001, "telemetry": 1e-6})
+    schedule = Schedule(controller, EVERY)
+    assert schedule.interval("telemetry") == 1
+    # 1 ms snapshots need 100 us/step at every=10: just over what telemetry leaves of the
+    # 100 us budget, so the interval goes to the next multiple of every
+    assert schedule.interval("snapshot") == 20
+
+
+def test_without_a_budget_the_schedule_is_fixed():
+    controller = synthetic_run(OverheadController(None, EVERY), steps=20, step_seconds=0.01,
+                               costs={"snapshot": 10.0})
+    assert controller.gap("snapshot") == 0
+    assert Schedule(controller, EVERY).interval("snapshot") == 10
+
+
+def test_schedule_fires_on_multiples_of_every():
+    assert next_due(0, 10, 0) == 10
+    assert next_due(30, 10, 25.5) == 60
+    assert next_due(7, 1, 2.2) == 10
+    controller = OverheadController(None, EVERY)
+    schedule = Schedule(controller, EVERY)
+    assert schedule.due("snapshot", 0)  # the first chance always fires
+    schedule.fired("snapshot", 0)
+    assert [s for s in range(35) if schedule.due("snapshot", s)] == list(range(10, 35))
+    schedule.fired("snapshot", 10)
+    assert not schedule.due("snapshot", 19) and schedule.due("snapshot", 20)
+
+
+class SlowInEval(nn.Module):
+    """Identity that sleeps in eval mode: the probe forward is deliberately expensive."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            time.sleep(0.05)
+        return x
+
+
+@pytest.mark.parametrize("budget", [0.01, None])
+def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budget):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), SlowInEval(), nn.Linear(32, 4))
+    x, y = data("mlp", n=64)
+    transport = MemoryTransport()
+    run = capture.attach(model, probe=(x, y), every=2, overhead_budget=budget,
+                         transport=transport)
+    train(model, x, y, 12)
+    run.detach()
+    snapshots = [s.step for s in transport.of_kind("snapshot")]
+    status = transport.of_kind("status")[-1]
+    if budget is None:
+        assert snapshots == [0, 2, 4, 6, 8, 10]
+        assert status.snapshot_every == 2
+    else:
+        # a warm-up snapshot, a second one to measure the cost, then nothing: 50 ms per
+        # snapshot cannot fit 1% of sub-millisecond steps
+        assert snapshots == [0, 2]
+        assert status.snapshot_every >= 20
+        assert status.snapshot_every % 2 == 0  # still a multiple of the user's every
+    assert status.overhead > 0

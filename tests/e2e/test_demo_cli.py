@@ -1,0 +1,64 @@
+"""The issue's acceptance path, as a user runs it: demo, then inspect, then export."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _sentrycam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sentrycam", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("demo") / "a.duckdb"
+    done = _sentrycam("demo", "--steps", "300", "--db", str(db), "--exit-when-done", "--no-browser")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sentrycam dashboard: http://127.0.0.1:" in done.stdout
+    return db
+
+
+def test_inspect_after_demo_shows_one_complete_run(demo_db):
+    shown = _sentrycam("inspect", "--db", str(demo_db), "--json")
+    assert shown.returncode == 0, shown.stderr
+    runs = json.loads(shown.stdout)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["last_step"] >= 299
+    assert run["n_scalar_rows"] >= 300
+    assert run["n_snapshots"] >= 5
+    assert run["n_probe"] >= 500
+    assert run["dropped"] == 0
+    assert run["status"] == "finished"
+    assert len(run["layers"]) >= 2
+    assert run["capture_overhead"] is not None
+
+
+def test_inspect_human_table_and_unknown_run(demo_db):
+    table = _sentrycam("inspect", "--db", str(demo_db))
+    assert table.returncode == 0 and "demo-cnn-seed0" in table.stdout
+    missing = _sentrycam("inspect", "--db", str(demo_db), "--run", "no-such-run")
+    assert missing.returncode == 2 and "no-such-run" in missing.stderr
+
+
+def test_export_writes_readable_parquet(demo_db, tmp_path):
+    run_id = json.loads(_sentrycam("inspect", "--db", str(demo_db), "--json").stdout)[0]["run_id"]
+    out = tmp_path / "export"
+    done = _sentrycam("export", "--db", str(demo_db), "--run", run_id, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    scalars = pq.read_table(out / "scalars.parquet")
+    assert scalars.num_rows >= 300
+    features = pq.read_table(out / "features.parquet")
+    assert features.num_rows > 0
+
+
+def test_missing_database_is_a_clear_error(tmp_path):
+    done = _sentrycam("inspect", "--db", str(tmp_path / "nope.duckdb"), "--json")
+    assert done.returncode == 2
+    assert "no database file" in done.stderr
