@@ -1,12 +1,14 @@
 """Capture overhead: median step time with and without ``capture.attach`` at its defaults.
 
-Two copies of the same model train side by side in one process, one with capture attached (default
-settings, streaming to a real local server) and one without; their steps alternate (ABBA order, so
-slow drifts of a noisy machine hit both alike), and the ratio of the median step times is printed,
-for the demo CNN and a tiny MLP. A second pass checks that a configured budget holds: the capture
-agent's own measured overhead and the mean step-time ratio against the budget.
+Two copies of the same model train side by side in one process, one with capture attached
+(default settings, streaming to a real local server) and one without. Their steps alternate in
+ABBA order, so slow drifts of a noisy machine hit both alike. Two identical copies are not equally
+fast (memory layout), so each round swaps which copy is watched, and an A/A round with no capture
+on either copy shows the noise floor. Printed per model: the median over rounds of the ratio of
+median step times, and the mean-time ratio (snapshots included). A second pass checks that a
+configured budget holds: the capture agent's own measured overhead against the budget.
 
-    python benchmarks/capture_overhead.py [--steps 1500] [--budget 0.05]
+    python benchmarks/capture_overhead.py [--steps 600] [--rounds 4] [--budget 0.05]
 """
 
 from __future__ import annotations
@@ -32,61 +34,78 @@ def _step(model, optimizer, criterion, xb, yb) -> float:
     return time.perf_counter() - started
 
 
-def measure(kind: str, steps: int, warmup: int, db: Path, **attach_kwargs) -> dict[str, float]:
-    """Train two copies of ``kind`` for ``steps`` steps each, capture on one; return timings."""
+def one_round(kind: str, steps: int, warmup: int, db: Path | None, watched: int,
+              **attach_kwargs) -> dict[str, float]:
+    """Train two copies of ``kind`` side by side; copy ``watched`` (0/1, or -1 for none) has
+    capture attached. Returns median/mean step-time ratios watched/plain (copy 0/copy 1 for A/A)."""
     data = demo.load_digits_data(seed=0)
-    pair = []
+    copies = []
     for _ in range(2):
         model = demo.build_model(kind, seed=0)
-        pair.append((model, torch.optim.Adam(model.parameters(), lr=2e-3), nn.CrossEntropyLoss()))
-    watched, plain = pair
-    run = capture.attach(watched[0], probe=(data.x_train, data.y_train), criterion=watched[2],
-                         db=db, run_name=f"overhead-{kind}", **attach_kwargs)
-    times = {"with": [], "without": []}
+        copies.append((model, torch.optim.Adam(model.parameters(), lr=2e-3), nn.CrossEntropyLoss()))
+    run = None
+    if watched >= 0:
+        model, _, criterion = copies[watched]
+        run = capture.attach(model, probe=(data.x_train, data.y_train), criterion=criterion,
+                             db=db, run_name=f"overhead-{kind}", **attach_kwargs)
+    first = watched if watched >= 0 else 0
+    order = (first, 1 - first)
+    times: list[list[float]] = [[], []]
     batches = demo.batches(data.x_train, data.y_train, batch_size=64, seed=0)
     for i, (xb, yb, _) in zip(range(steps + warmup), batches):
-        order = ((watched, "with"), (plain, "without"))
-        for (model, opt, crit), label in (order if i % 2 == 0 else order[::-1]):
-            elapsed = _step(model, opt, crit, xb, yb)
+        for slot in (order if i % 2 == 0 else order[::-1]):
+            elapsed = _step(*copies[slot], xb, yb)
             if i >= warmup:
-                times[label].append(elapsed)
-    overhead = run.overhead
-    counters = run.counters()
-    run.detach()
-    med_with, med_without = statistics.median(times["with"]), statistics.median(times["without"])
-    return {
-        "median_ms_with": 1e3 * med_with, "median_ms_without": 1e3 * med_without,
-        "median_ratio": med_with / med_without,
-        "mean_ratio": statistics.fmean(times["with"]) / statistics.fmean(times["without"]),
-        "measured_overhead": overhead, "dropped": counters.dropped,
+                times[slot].append(elapsed)
+    result = {
+        "median_ratio": statistics.median(times[order[0]]) / statistics.median(times[order[1]]),
+        "mean_ratio": statistics.fmean(times[order[0]]) / statistics.fmean(times[order[1]]),
+        "median_ms": 1e3 * statistics.median(times[order[1]]),
+        "overhead": 0.0, "dropped": 0,
     }
+    if run is not None:
+        result["overhead"], result["dropped"] = run.overhead, run.counters().dropped
+        run.detach()
+    return result
+
+
+def measure(kind: str, steps: int, warmup: int, rounds: int, db: Path | None,
+            aa: bool = False, **attach_kwargs) -> dict[str, float]:
+    """Median over ``rounds`` rounds (alternating the watched copy) of each round's figures."""
+    results = [one_round(kind, steps, warmup, db, -1 if aa else r % 2, **attach_kwargs)
+               for r in range(rounds)]
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
 def _report(label: str, result: dict[str, float]) -> None:
-    print(f"{label:<28} median {result['median_ms_with']:7.3f} ms with / "
-          f"{result['median_ms_without']:7.3f} ms without  ratio {result['median_ratio']:.4f}  "
-          f"mean ratio {result['mean_ratio']:.4f}  agent-measured overhead "
-          f"{result['measured_overhead']:.4f}  dropped {result['dropped']}", flush=True)
+    print(f"{label:<26} plain step {result['median_ms']:6.3f} ms  median ratio "
+          f"{result['median_ratio']:.4f}  mean ratio {result['mean_ratio']:.4f}  "
+          f"agent-measured overhead {result['overhead']:.4f}  dropped {result['dropped']:.0f}",
+          flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="timed steps per model copy")
+    parser.add_argument("--steps", type=int, default=600, help="timed steps per copy and round")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per measurement (even)")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="a non-default budget to check in the second pass")
     args = parser.parse_args()
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "overhead.duckdb"
         launcher.ensure_local_server(db)
         try:
             print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                  f"{args.steps} timed steps per copy, steps interleaved ABBA", flush=True)
+                  f"{args.rounds} rounds x {args.steps} timed steps per copy, ABBA interleaving, "
+                  f"watched copy swapped each round", flush=True)
             for kind in ("cnn", "mlp"):
-                _report(f"{kind} at defaults", measure(kind, args.steps, args.warmup, db))
+                _report(f"{kind} A/A (no capture)", measure(kind, args.steps, args.warmup,
+                                                           args.rounds, None, aa=True))
+                _report(f"{kind} defaults", measure(kind, args.steps, args.warmup, args.rounds, db))
             for kind in ("cnn", "mlp"):
-                result = measure(kind, args.steps, args.warmup, db, overhead_budget=args.budget)
+                result = measure(kind, 3 * args.steps, args.warmup, 2, db,
+                                 overhead_budget=args.budget)
                 _report(f"{kind} budget {args.budget:g}", result)
         finally:
             launcher.stop_local_server(db)

@@ -29,7 +29,7 @@ import dataclasses
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -51,16 +51,25 @@ def _array_fields(cls: type) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(cls.array_fields), frozenset(cls.array_map_fields)
 
 
-def _to_json_safe(value: Any) -> Any:
-    """Floats NaN/Inf become strings so that the header stays strict JSON."""
+#: How non-finite floats are spelled in JSON: on the wire and in the store (Python's float()
+#: reads them back), and for browsers (JavaScript's Number() reads these).
+WIRE_NONFINITE = ("nan", "inf", "-inf")
+JS_NONFINITE = ("NaN", "Infinity", "-Infinity")
+
+
+def json_safe(value: Any, names: tuple[str, str, str] = WIRE_NONFINITE) -> Any:
+    """A strict-JSON-encodable copy of ``value``: numpy scalars and arrays become Python values,
+    mappings and sequences are copied, and NaN/+Inf/-Inf floats become ``names``."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): _to_json_safe(v) for k, v in value.items()}
+        return names[0] if math.isnan(value) else (names[1] if value > 0 else names[2])
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, names) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _to_json_safe(value.item())
+        return [json_safe(v, names) for v in value]
     return value
 
 
@@ -94,7 +103,7 @@ def encode(message: Message, seq: int, time: float) -> bytes:
         "run_id": message.run_id,
         "seq": int(seq),
         "time": float(time),
-        "body": _to_json_safe(body),
+        "body": json_safe(body),
         "arrays": specs,
     }
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()

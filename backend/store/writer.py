@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,6 +22,7 @@ import pyarrow as pa
 from sentrycam.capture.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store.schema import first_row
+from sentrycam.capture.wire import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -66,19 +66,7 @@ def utc_from_epoch(seconds: float) -> dt.datetime:
 def to_json(value: Any) -> str:
     """Strict JSON text: NaN/Inf become "nan"/"inf"/"-inf" (as on the wire), numpy scalars
     their Python value, anything else unknown its ``str()``."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, np.generic):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        if isinstance(v, Mapping):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, np.ndarray):
-            return clean(v.tolist())
-        return v
-    return json.dumps(clean(value), allow_nan=False, default=str, separators=(",", ":"))
+    return json.dumps(json_safe(value), allow_nan=False, default=str, separators=(",", ":"))
 
 
 # ----------------------------------------------------------------------------- batch state

@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import serve_in_thread
+from tests.servers import serve_in_thread
 from sentrycam.capture import wire
 from sentrycam.capture.messages import (SCHEMA_VERSION, Event, LayerStats, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)

@@ -14,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from conftest import serve_in_thread
+from tests.servers import serve_in_thread
 from sentrycam.capture import wire
 from sentrycam.capture.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
                                         RunStart, Scalars, Snapshot, Status)
