@@ -24,12 +24,13 @@ COPY frontend/ frontend/
 #   docker build --build-arg PIP_EXTRA_INDEX_URL=<the CPU wheel index> -t sentrycam .
 ARG PIP_EXTRA_INDEX_URL=""
 ARG TORCH_SPEC="torch==2.13.0"
+# hadolint ignore=DL3013
 RUN pip install "$TORCH_SPEC" && pip install .
 
-USER sentrycam
+USER 1000
 VOLUME ["/data"]
 EXPOSE 8765
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8765/health', timeout=4)"
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8765/health', timeout=4)"]
 # Binding 0.0.0.0 requires SENTRYCAM_TOKEN: the server refuses to start without one.
 CMD ["sentrycam", "serve", "--db", "/data/sentrycam.duckdb", "--host", "0.0.0.0", "--port", "8765"]
