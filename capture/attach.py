@@ -22,6 +22,7 @@ import time
 import uuid
 import weakref
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -34,7 +35,8 @@ from sentrycam.capture.messages import (SCHEMA_VERSION, Event, Message, RunEnd, 
 from sentrycam.capture.probe import build_probe, check_probe_arguments
 from sentrycam.capture.snapshot import ProbeRunner
 from sentrycam.capture.steps import StepReporter, logged_value, nonfinite_counts
-from sentrycam.capture.telemetry import LossWatch, OptimizerWatch, check_training_parts
+from sentrycam.capture.telemetry import (LossWatch, OptimizerWatch, check_training_parts,
+                                         learning_rates)
 from sentrycam.capture.transport import Transport, TransportCounters
 
 log = logging.getLogger(__name__)
@@ -91,13 +93,19 @@ class Run:
         self._steps, self._epoch_start = 0, 0
         self._epoch: int | None = None
         self._flagged: set[str] = set()
-        self._last_status = time.perf_counter()
+        self._last_status = perf_counter()
+        # Quiet steps (see _after_step) run while step < _quiet_until and perf_counter() <
+        # _quiet_deadline; 0 makes the first step a full one. The controller hears of them at
+        # the next full step: their number (steps since _last_full) and always-on seconds.
+        self._quiet_until, self._quiet_deadline = 0, 0.0
+        self._last_full, self._quiet_seconds = -1, 0.0
         every_steps = 1 if every == "epoch" else every
         minimum = {"snapshot": every_steps, "telemetry": 1, "activations": stats_every}
         self._controller = OverheadController(budget, minimum)
         self._schedule = Schedule(self._controller, minimum)
         self._loss = LossWatch(criterion, guard) if criterion is not None else None
         self._reporter = StepReporter(run_id, model, self._loss)
+        self._held = self._reporter.held  # appended to by the quiet path
         guard.on_fail = self._on_fail
         self._send(RunStart(run_id=run_id, name=name, started_at=time.time(), config={
             **config, "param_layers": list(self._reporter.telemetry.layers)}))
@@ -199,46 +207,107 @@ class Run:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.detach("failed" if exc_type is not None else "finished")
 
-    def _before_step(self, optimizer: Any) -> None:
-        # Off telemetry steps this is two comparisons: too cheap to be worth timing.
-        if self._guard.disabled or self._steps < self._schedule.next["telemetry"]:
+    def _before_step(self, optimizer: Any, args: Any = None, kwargs: Any = None) -> None:
+        """The optimizer pre-hook (torch's signature): starts the telemetry of telemetry steps."""
+        # Off telemetry steps this is one to three comparisons: too cheap to be worth timing.
+        step = self._steps
+        if step < self._quiet_until or self._guard.disabled \
+                or step < self._schedule.next["telemetry"]:
             return
         try:
             self._reporter.before_step()
         except Exception as exc:
             self._guard.fail("the optimizer pre-step hook", exc)
 
-    def _after_step(self, optimizer: Any) -> None:
+    def _after_step(self, optimizer: Any, args: Any = None, kwargs: Any = None) -> None:
+        """The optimizer post-hook (torch's signature). Most steps are quiet (see
+        :meth:`_plan_quiet`): the step's loss and learning rate join the reporter's held batch
+        and the time spent is added up; everything else happens in :meth:`_full_step`.
+
+        The quiet path is :meth:`StepReporter.hold` written out: right after the backward pass
+        none of this code is in the CPU caches, and one call more costs about a microsecond,
+        a sizeable part of the whole. Unlike ``hold`` it does not check for a GPU loss: a GPU
+        run leaves a device copy pending at every full step, so it has no quiet steps (except
+        right after the model moves to the GPU, where ``item()`` then waits for the device).
+        """
+        start = perf_counter()
         step = self._steps
-        if self._guard.disabled:
-            self._steps = step + 1  # still counted, so that run.step and RunEnd stay true
-            return
-        start = time.perf_counter()
         try:
-            # Statistics were computed in this step's forward: charge them before the boundary,
-            # to the window they were spent in.
-            stats = self._collect_stats(step) if self._stats_armed else []
-            if self._controller.step_boundary(start):
-                self._schedule.refresh()
-            self._record_step(optimizer, step, start, stats)
-            if step >= self._schedule.next["snapshot"] and self._runner is not None \
-                    and self._every != "epoch":
-                self._snapshot(step)
-            if step + 1 >= self._schedule.next["activations"]:
-                self._arm_stats()
-            if start - self._last_status >= STATUS_EVERY_S:
-                self._send_status(step)
+            if step < self._quiet_until and start < self._quiet_deadline:
+                watch, loss = self._loss, None
+                if watch is not None:
+                    loss = watch.latest
+                    if loss is not None:
+                        watch.latest = None
+                        try:  # cheaper than looking at ndim first, a call into torch
+                            loss = loss.item()
+                        except RuntimeError:  # an unreduced loss: its mean, as in hold()
+                            loss = LossWatch.scalar(loss).item()
+                groups = optimizer.param_groups
+                rate = groups[0].get("lr") if len(groups) == 1 else None
+                if type(rate) is not float:
+                    rate = learning_rates(optimizer)
+                self._held.append((step, start, loss, rate))
+                self._quiet_seconds += perf_counter() - start
+                return
+            if not self._guard.disabled:  # disabled: still counted, so that run.step and
+                self._full_step(optimizer, step, start)  # RunEnd stay true
         except Exception as exc:
             self._guard.fail("the optimizer post-step hook", exc)
         finally:
             self._steps = step + 1
 
+    def _full_step(self, optimizer: Any, step: int, start: float) -> None:
+        """Everything a step may need: statistics, the controller's boundary, the step's
+        messages, a snapshot, arming statistics for the next step, Status; then plans the
+        quiet steps that follow."""
+        # Statistics were computed in this step's forward: charge them before the boundary,
+        # to the window they were spent in.
+        stats = self._collect_stats(step) if self._stats_armed else []
+        steps, quiet_seconds = step - self._last_full, self._quiet_seconds
+        self._last_full, self._quiet_seconds = step, 0.0
+        if self._controller.step_boundary(start, steps, quiet_seconds):
+            self._schedule.refresh()
+        self._record_step(optimizer, step, start, stats)
+        if step >= self._schedule.next["snapshot"] and self._runner is not None \
+                and self._every != "epoch":
+            self._snapshot(step)
+        if step + 1 >= self._schedule.next["activations"]:
+            self._arm_stats()
+        if start - self._last_status >= STATUS_EVERY_S:
+            self._send_status(step)
+        self._plan_quiet(step, start)
+
+    def _plan_quiet(self, step: int, now: float) -> None:
+        """Set the steps after ``step`` that may be quiet: before the next scheduled activity
+        (statistics are armed one step early), the step that fills the batch, the next Status
+        and the batch's age limit; none while statistics are armed, a device copy is pending or
+        the controller has a new cost to take into account at the next boundary.
+
+        The pre-hook stays registered only if a telemetry step can come before the next full
+        step replans: the first step at or after ``_quiet_until`` is a full one, and
+        ``_quiet_until`` never passes the next telemetry step.
+        """
+        room, deadline = self._reporter.quiet_window(now)
+        due = self._schedule.next
+        if room <= 0 or self._stats_armed or self._controller.recompute_pending:
+            until = step + 1
+        else:
+            until = min(step + 1 + room, due["telemetry"])
+            if self._taps:
+                until = min(until, due["activations"] - 1)
+            if self._runner is not None and self._every != "epoch":
+                until = min(until, due["snapshot"])
+            self._quiet_deadline = min(deadline, self._last_status + STATUS_EVERY_S)
+        self._quiet_until = until
+        self._watch.want_pre(until >= due["telemetry"])
+
     def _record_step(self, optimizer: Any, step: int, start: float,
                      stats: list[tuple[str, torch.Tensor]]) -> None:
         """Send the step's messages and charge their cost: telemetry and the always-on rest."""
         telemetry_step = self._reporter.telemetry_due
-        self._send_all(self._reporter.after_step(optimizer, step, stats))
-        elapsed = time.perf_counter() - start
+        self._send_all(self._reporter.after_step(optimizer, step, stats, start))
+        elapsed = perf_counter() - start
         if telemetry_step:
             self._controller.charge("telemetry", self._reporter.telemetry_seconds)
             self._schedule.fired("telemetry", step)
@@ -281,7 +350,7 @@ class Run:
                          payload={"layer": what, "count": count}))
 
     def _send_status(self, step: int) -> None:
-        self._last_status = time.perf_counter()
+        self._last_status = perf_counter()
         counters = self._transport.counters()
         every = self._schedule.interval("snapshot") if self._runner is not None else 0
         self._send(Status(run_id=self.run_id, step=step, dropped=counters.dropped,
@@ -291,10 +360,11 @@ class Run:
     def _snapshot(self, step: int) -> None:
         if self._schedule.last["snapshot"] == step:
             return  # never two snapshots of one step
-        start = time.perf_counter()
+        start = perf_counter()
         self._send_all([self._runner.take(self.run_id, step, self._epoch or 0)])
         self._schedule.fired("snapshot", step)
-        self._controller.charge("snapshot", time.perf_counter() - start)
+        self._controller.charge("snapshot", perf_counter() - start)
+        self._quiet_until = 0  # a new cost for the controller: the next step is a full one
 
     def _new_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -302,6 +372,7 @@ class Run:
             return
         try:
             self._controller.set_min_interval("snapshot", self._steps - self._epoch_start)
+            self._quiet_until = 0  # the controller recomputes at the next (full) step
             self._epoch_start = self._steps
             if self._schedule.due("snapshot", self._last_step):
                 self._snapshot(self._last_step)
@@ -309,6 +380,7 @@ class Run:
             self._guard.fail("the epoch snapshot", exc)
 
     def _on_fail(self, where: str, exc: BaseException) -> None:
+        self._quiet_until = -1  # first: the quiet path does not check the guard
         for tap in self._taps:
             tap.mode = IDLE  # the hooks stay registered until detach: never removed from a hook
         self._send(Event(run_id=self.run_id, step=self._steps, wall_time=time.time(),

@@ -24,10 +24,14 @@ from typing import Any, Mapping
 DEFAULT_SHARES: Mapping[str, float] = {"snapshot": 0.6, "telemetry": 0.2, "activations": 0.2}
 #: Longest gap ever chosen, so that an activity never disappears for good.
 MAX_GAP = 1_000_000
-#: Gaps are recomputed after a new cost measurement, or at least every this many steps.
-RECOMPUTE_EVERY = 16
+#: Gaps are recomputed at the boundary after a new cost measurement, or at the first boundary
+#: at least this many steps after the last recomputation.
+RECOMPUTE_EVERY = 64
 COST_SMOOTHING = 0.3
 STEP_SMOOTHING = 0.1
+#: The always-on cost comes in lumps (a batch of messages every so many steps): its estimate
+#: remembers about 1 / FIXED_SMOOTHING steps.
+FIXED_SMOOTHING = 0.01
 
 
 def positive_int(value: Any) -> bool:
@@ -80,9 +84,11 @@ def next_due(last: int, every: int, gap: float) -> int:
 class OverheadController:
     """Measures capture cost against step time and says how far apart activities must be.
 
-    The per-step work is a counter and a comparison: step time and the always-on cost are
-    estimated over periods of ``RECOMPUTE_EVERY`` steps (or shorter, right after an activity
-    reported a new cost), from running totals of wall time and charged capture time.
+    Step time and the always-on cost are smoothed estimates over periods of at least
+    ``RECOMPUTE_EVERY`` steps (or shorter, right after an activity reported a new cost), from
+    running totals of wall time and charged capture time; a boundary between two
+    recomputations is a counter and a comparison, and quiet steps may skip it altogether
+    (see :meth:`step_boundary`).
     """
 
     def __init__(self, budget: float | None, min_intervals: Mapping[str, float],
@@ -92,7 +98,8 @@ class OverheadController:
         self.shares = dict(shares)
         self.cost: dict[str, float] = {}  # smoothed seconds per firing
         self.step_time: float | None = None  # smoothed training seconds per step, capture excluded
-        self.fixed_cost = 0.0  # always-on capture seconds per step, over the last period
+        self.fixed_cost = 0.0  # smoothed always-on capture seconds per step
+        self._fixed_measured = False  # a period of RECOMPUTE_EVERY steps went into fixed_cost
         self._gaps = {activity: 0.0 for activity in self.shares}
         self._capture = 0.0  # every capture second charged so far
         self._fixed = 0.0  # the always-on part of it
@@ -123,10 +130,18 @@ class OverheadController:
                                else previous + COST_SMOOTHING * (seconds - previous))
         self._dirty = True
 
-    def step_boundary(self, now: float) -> bool:
-        """Count a step boundary (call at the start of each optimizer post-hook); True when the
-        gaps were recomputed."""
-        self._steps += 1
+    def step_boundary(self, now: float, steps: int = 1, fixed: float = 0.0) -> bool:
+        """Count ``steps`` step boundaries, the latest at ``now`` (the start of an optimizer
+        post-hook); True when the gaps were recomputed.
+
+        A caller may skip the boundaries of quiet steps (only the always-on path ran, nothing was
+        charged) and report them with the next one: ``steps`` counts them all, ``fixed`` is the
+        always-on seconds they spent. Only totals between boundaries are used, so this gives the
+        same estimates as calling every step, updated at the reported boundaries only.
+        """
+        self._capture += fixed
+        self._fixed += fixed
+        self._steps += steps
         self._last = (now, self._capture)
         period = self._period
         if period is None:
@@ -142,9 +157,22 @@ class OverheadController:
             weight = 1.0 - (1.0 - STEP_SMOOTHING) ** steps
             self.step_time = train if self.step_time is None else (
                 self.step_time + weight * (train - self.step_time))
-        self.fixed_cost = (self._fixed - period[2]) / steps
+        # Periods vary from one step (right after an activity reported a cost) to many: each
+        # counts by its number of steps, so that one short period cannot swing the estimate.
+        fixed = (self._fixed - period[2]) / steps
+        if self._fixed_measured:
+            weight = 1.0 - (1.0 - FIXED_SMOOTHING) ** steps
+            self.fixed_cost += weight * (fixed - self.fixed_cost)
+        else:  # until a full-length period was measured, the latest period is the estimate
+            self.fixed_cost = fixed
+            self._fixed_measured = steps >= RECOMPUTE_EVERY
         self._period = (now, self._capture, self._fixed, self._steps)
         return self._recompute()
+
+    @property
+    def recompute_pending(self) -> bool:
+        """True when the next step boundary will recompute the gaps (a new cost was measured)."""
+        return self._dirty
 
     def set_min_interval(self, activity: str, steps: float) -> None:
         """Change an activity's minimum interval in steps (epoch-based snapshots learn theirs)."""

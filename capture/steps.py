@@ -78,7 +78,7 @@ class _StepValues(NamedTuple):
 
 
 #: Plain CPU steps are reported in batches: at most this many steps, or this many seconds, late.
-BATCH_STEPS = 16
+BATCH_STEPS = 64
 BATCH_SECONDS = 1.0
 
 
@@ -92,7 +92,11 @@ class StepReporter:
     messages of plain steps (no telemetry, no statistics) are held and sent together every
     ``BATCH_STEPS`` steps or ``BATCH_SECONDS``, whichever comes first: building and queueing a
     message right after the backward pass, with the CPU caches full of training data, costs
-    several times what it costs in a burst, and this is the path every step pays.
+    several times what it costs in a burst, and this is the path every step pays. A held step
+    keeps only its loss and learning rate (Python floats) and its ``perf_counter`` time; its
+    message is built when the batch is released.
+
+    Times (``now``) are ``time.perf_counter()`` seconds; messages carry ``time.time()``.
     """
 
     def __init__(self, run_id: str, model: nn.Module, loss: LossWatch | None) -> None:
@@ -102,7 +106,10 @@ class StepReporter:
         self.telemetry_seconds = 0.0  # cost of the last telemetry step, both hooks
         self.telemetry_post_seconds = 0.0  # the part of it spent in after_step
         self._stager = HostStager()
-        self._batch: list[tuple[int, float, dict[str, float]]] = []
+        #: Plain steps waiting for the next batch, in step order: (step, perf_counter time,
+        #: loss float or None, ``lr`` float or a :func:`learning_rates` dict). Run's quiet path
+        #: appends to it directly (see :meth:`hold`); the list object is never replaced.
+        self.held: list[tuple[int, float, float | None, Any]] = []
 
     def before_step(self) -> None:
         """Call in the optimizer pre-hook of a telemetry step."""
@@ -111,21 +118,54 @@ class StepReporter:
         self.telemetry_due = True
         self.telemetry_seconds = time.perf_counter() - start
 
-    def after_step(self, optimizer: Any, step: int,
-                   stats: Sequence[tuple[str, torch.Tensor]] = ()) -> list[Message]:
-        """Messages ready now. ``stats``: (layer, float32 [len(STAT_NAMES)]) on the device."""
-        loss = self.loss.take() if self.loss is not None else None
-        if not (stats or self.telemetry_due or self._stager.pending) and (
-                loss is None or not loss.is_cuda):
-            # The always-on path: nothing to reduce, nothing to wait for.
-            values = learning_rates(optimizer)
+    def quiet_window(self, now: float) -> tuple[int, float]:
+        """``(steps, deadline)``: how many of the next steps :meth:`hold` may take without the
+        batch becoming due, provided they start before ``deadline`` (perf_counter seconds).
+        ``(0, now)`` while a step waits for its device copy or telemetry is under way."""
+        if self._stager.pending or self.telemetry_due:
+            return 0, now
+        held = self.held
+        first = held[0][1] if held else now  # empty: the next held step starts the batch later
+        return BATCH_STEPS - 1 - len(held), first + BATCH_SECONDS
+
+    def hold(self, optimizer: Any, step: int, now: float) -> bool:
+        """Hold a plain step (no telemetry, no statistics) for the next batch, without checking
+        whether the batch is due (see :meth:`quiet_window`). False, and nothing done, when the
+        loss is on a GPU: such a step needs the device copy of :meth:`after_step`. Only call it
+        when no device copy is pending. ``Run._after_step`` has an inline twin of this for its
+        quiet steps: keep the two alike."""
+        watch = self.loss
+        loss = None
+        if watch is not None:
+            loss = watch.latest
             if loss is not None:
-                values["loss"] = loss.item() if loss.ndim == 0 else LossWatch.scalar(loss).item()
-            now = time.time()
-            self._batch.append((step, now, values))
-            if len(self._batch) < BATCH_STEPS and now - self._batch[0][1] < BATCH_SECONDS:
+                if loss.is_cuda:
+                    return False
+                watch.latest = None
+                try:
+                    loss = loss.item()
+                except RuntimeError:  # an unreduced loss (more than one element): its mean
+                    loss = LossWatch.scalar(loss).item()
+        groups = optimizer.param_groups
+        rate = groups[0].get("lr") if len(groups) == 1 else None
+        if type(rate) is not float:  # the common case above stays cheap
+            rate = learning_rates(optimizer)
+        self.held.append((step, now, loss, rate))
+        return True
+
+    def after_step(self, optimizer: Any, step: int,
+                   stats: Sequence[tuple[str, torch.Tensor]] = (),
+                   now: float | None = None) -> list[Message]:
+        """Messages ready now. ``stats``: (layer, float32 [len(STAT_NAMES)]) on the device;
+        ``now``: the step's perf_counter time (default: now)."""
+        now = time.perf_counter() if now is None else now
+        if not (stats or self.telemetry_due or self._stager.pending) \
+                and self.hold(optimizer, step, now):
+            held = self.held
+            if len(held) < BATCH_STEPS and now - held[0][1] < BATCH_SECONDS:
                 return []
             return self.release_batch()
+        loss = self.loss.take() if self.loss is not None else None
         ready = self.release_batch()
         parts = [LossWatch.scalar(loss)] if loss is not None else []
         vector = None
@@ -152,10 +192,22 @@ class StepReporter:
                        for m in self._messages(meta, values)]
 
     def release_batch(self) -> list[Message]:
-        """The Scalars of the plain CPU steps held so far."""
-        batch, self._batch = self._batch, []
-        return [Scalars(run_id=self.run_id, step=step, wall_time=wall, values=values)
-                for step, wall, values in batch]
+        """The Scalars of the plain CPU steps held so far, in step order."""
+        if not self.held:
+            return []
+        held = self.held.copy()
+        self.held.clear()
+        # perf_counter is what the hook reads anyway; one wall-clock reading per batch maps
+        # it to time.time() (the clocks do not drift apart measurably within a batch).
+        offset = time.time() - time.perf_counter()
+        messages: list[Message] = []
+        for step, at, loss, rate in held:
+            values = {"lr": rate} if type(rate) is float else rate
+            if loss is not None:
+                values["loss"] = loss
+            messages.append(Scalars(run_id=self.run_id, step=step, wall_time=at + offset,
+                                    values=values))
+        return messages
 
     def _messages(self, meta: _StepValues, values: list[float]) -> list[Message]:
         scalars = dict(meta.scalars)

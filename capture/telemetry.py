@@ -75,22 +75,28 @@ def learning_rates(optimizer: Any) -> dict[str, float]:
 
 
 class OptimizerWatch:
-    """Calls ``on_pre(optimizer)`` / ``on_post(optimizer)`` around each step of the optimizer
-    that updates the model's parameters.
+    """Calls ``on_pre`` / ``on_post`` around each step of the optimizer that updates the
+    model's parameters, as that optimizer's own step hooks: ``(optimizer, args, kwargs)``.
 
-    Given an optimizer, its own step hooks are used. Otherwise torch's global step pre-hook
-    watches every optimizer only until the first one holding a model parameter steps; that one
-    gets its own hooks (which torch then calls in that same step, after the global hooks) and the
-    global hook is removed from inside its own pre-hook, once the global hooks of the step have
-    run, so that other optimizers pay nothing afterwards.
+    Given an optimizer, the callbacks are registered on it at once. Otherwise torch's global
+    step pre-hook watches every optimizer only until the first one holding a model parameter
+    steps; that one gets its own hooks (which torch then calls in that same step, after the
+    global hooks), and other optimizers pay nothing afterwards. The global hook cannot be removed
+    while torch iterates the global hooks, so that step's own pre-hook is a wrapper that removes
+    it; :meth:`want_pre` later puts ``on_pre`` itself in its place.
+
+    ``on_pre`` can be switched off (:meth:`want_pre`) for steps that need nothing before the
+    update, so that they do not pay for a call.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], on_pre: Callable[[Any], None],
-                 on_post: Callable[[Any], None], guard: Any) -> None:
+    def __init__(self, params: Iterable[nn.Parameter], on_pre: Callable[[Any, tuple, dict], None],
+                 on_post: Callable[[Any, tuple, dict], None], guard: Any) -> None:
         self._param_ids = frozenset(id(p) for p in params)
         self._on_pre, self._on_post, self._guard = on_pre, on_post, guard
         self.optimizer: torch.optim.Optimizer | None = None
-        self._own: list[Any] = []
+        self._pre: Any = None  # handle of the own pre-hook while registered
+        self._post: Any = None
+        self._wrapped = False  # the own pre-hook is _first_pre
         self._global: list[Any] = []
         self._foreign: weakref.WeakSet = weakref.WeakSet()
 
@@ -102,8 +108,10 @@ class OptimizerWatch:
 
     def _adopt(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
-        self._own = [optimizer.register_step_pre_hook(self._own_pre),
-                     optimizer.register_step_post_hook(self._own_post)]
+        self._wrapped = bool(self._global)
+        self._pre = optimizer.register_step_pre_hook(
+            self._first_pre if self._wrapped else self._on_pre)
+        self._post = optimizer.register_step_post_hook(self._on_post)
 
     def _global_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
         if self._guard.disabled or self.optimizer is not None or optimizer in self._foreign:
@@ -116,13 +124,27 @@ class OptimizerWatch:
         except Exception as exc:
             self._guard.fail("the optimizer watch", exc)
 
-    def _own_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
-        if self._global:  # safe here: this step's global pre-hooks have all been called
-            self._remove(self._global)
-        self._on_pre(optimizer)
+    def _first_pre(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
+        self._remove(self._global)  # safe here: this step's global pre-hooks have all been called
+        self._on_pre(optimizer, args, kwargs)
 
-    def _own_post(self, optimizer: Any, args: tuple, kwargs: dict) -> None:
-        self._on_post(optimizer)
+    def want_pre(self, wanted: bool) -> None:
+        """Have ``on_pre`` called from the next step on, or not. Call it from ``on_post`` (or
+        between steps), never while torch runs the pre-hooks; cheap when nothing changes."""
+        if self._post is None:  # not adopted yet, or stopped
+            return
+        if self._wrapped and not self._global:
+            self._wrapped = False
+            self._remove_pre()
+        if wanted and self._pre is None:
+            self._pre = self.optimizer.register_step_pre_hook(self._on_pre)
+        elif not wanted and self._pre is not None and not self._wrapped:
+            self._remove_pre()
+
+    def _remove_pre(self) -> None:
+        handle, self._pre = self._pre, None
+        if handle is not None:
+            handle.remove()
 
     @staticmethod
     def _remove(handles: list[Any]) -> None:
@@ -132,11 +154,16 @@ class OptimizerWatch:
     def stop(self) -> None:
         """Remove every hook this watch registered."""
         self._remove(self._global)
-        self._remove(self._own)
+        self._remove_pre()
+        if self._post is not None:
+            self._post.remove()
+            self._post = None
+        self._wrapped = False
 
 
 class LossWatch:
-    """Keeps the latest training loss from a criterion's forward hook, without reading it.
+    """Keeps the latest training loss (detached) from a criterion's forward hook, without
+    reading it: reading it would wait for the device.
 
     Calls made with gradients disabled (a validation loop) are ignored.
     """
@@ -147,18 +174,19 @@ class LossWatch:
         self._handle = criterion.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        # Runs every step inside the forward pass: keep only a reference (detached in take(),
-        # after the step; until then it is the very tensor the training loop holds anyway).
-        if self._guard.disabled:
-            return
+        # Runs every step inside the forward pass, so it does one thing: keep a detached view
+        # (no copy). Holding the loss itself would keep its autograd graph alive until the
+        # optimizer post-hook, and freeing the graph there would cost far more than this view.
         try:
-            if torch.is_grad_enabled() and isinstance(output, torch.Tensor):
-                self.latest = output
+            if torch.is_grad_enabled() and not self._guard.disabled \
+                    and isinstance(output, torch.Tensor):
+                self.latest = output.detach()
         except Exception as exc:
             self._guard.fail("the criterion hook", exc)
 
     def take(self) -> torch.Tensor | None:
-        """The loss since the last call, as the criterion returned it, or None."""
+        """The loss since the last call (detached, shape and dtype as the criterion returned
+        it), or None."""
         loss, self.latest = self.latest, None
         return loss
 
