@@ -18,6 +18,7 @@ import atexit
 import functools
 import logging
 import os
+import sys
 import time
 import uuid
 import weakref
@@ -399,6 +400,15 @@ class Run:
         atexit.unregister(self._at_exit)
 
 
+def _announce(text: str) -> None:
+    """Tell the user where the dashboard is: through logging when the application configured
+    it, else once on stderr, because a plain script shows no INFO log and this line matters."""
+    if logging.getLogger("sentrycam").hasHandlers():
+        log.info(text)
+    else:
+        sys.stderr.write(text + "\n")
+
+
 def _detach_at_exit(ref: weakref.ref) -> None:
     run = ref()
     if run is not None:
@@ -487,7 +497,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
               stats_every=stats_every, budget=overhead_budget, criterion=criterion,
               optimizer=optimizer, config=config)
     if url is not None:
-        log.info("sentrycam: run %s streams to %s", run_id, url)
+        _announce(f"sentrycam: dashboard at {url} (run {run_id})")
     return run
 
 
