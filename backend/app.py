@@ -3,7 +3,8 @@
 ``create_app(settings)`` builds an app whose lifespan opens the store (unless one is given),
 starts the :class:`~sentrycam.backend.ingest.IngestWriter`, and on shutdown drains the writer and
 closes the store it opened. Everything the routes need lives in ``app.state``:
-``settings``, ``store``, ``writer``, ``activity``, ``started_at`` (epoch seconds),
+``settings``, ``store``, ``writer``, ``feed`` (the :class:`~sentrycam.backend.feed.ChangeFeed`
+that announces what was stored), ``activity``, ``started_at`` (epoch seconds),
 ``started_monotonic``.
 """
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 import sentrycam
 from sentrycam.backend.auth import TokenGuard
+from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.ingest import IngestWriter
 from sentrycam.backend.routes import health, ingest_ws, pages, runs
 from sentrycam.backend.settings import ServerSettings
@@ -101,7 +103,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         own_store = store is None
         app.state.store = open_store(settings) if own_store else store
         writer = IngestWriter(app.state.store, queue_size=settings.ingest_queue,
-                              batch_max=settings.batch_max, batch_wait_s=settings.batch_wait_s)
+                              batch_max=settings.batch_max, batch_wait_s=settings.batch_wait_s,
+                              feed=app.state.feed)
         writer.start()
         app.state.writer = writer
         log.info("sentrycam server ready: db %s", settings.db_path)
@@ -117,6 +120,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                   description="Live capture of neural-network training: ingest, runs, dashboard.")
     app.state.settings = settings
     app.state.activity = Activity()
+    app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
     for module in (health, runs, ingest_ws, pages):

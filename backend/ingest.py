@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
+from sentrycam.backend.feed import ChangeFeed, changes_of
 from sentrycam.capture.messages import Message
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,17 @@ class _Item:
 class IngestWriter:
     """Owns every write to ``store``: a bounded queue and one background thread.
 
-    ``store`` needs ``write(batch: Sequence[tuple[int, Message]]) -> dict[str, int]``.
+    ``store`` needs ``write(batch: Sequence[tuple[int, Message]]) -> dict[str, int]`` (and a
+    ``stored=`` list keyword when a ``feed`` is given: newly stored messages are published
+    there after each commit).
     """
 
     def __init__(self, store: Any, *, queue_size: int = 10_000, batch_max: int = 500,
-                 batch_wait_s: float = 0.02) -> None:
+                 batch_wait_s: float = 0.02, feed: ChangeFeed | None = None) -> None:
         if queue_size < 1 or batch_max < 1 or batch_wait_s <= 0:
             raise ValueError("queue_size and batch_max must be >= 1 and batch_wait_s > 0")
         self._store = store
+        self._feed = feed
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
@@ -159,7 +163,7 @@ class IngestWriter:
 
     def _write(self, batch: list[_Item]) -> None:
         try:
-            committed = self._store.write([(item.seq, item.message) for item in batch])
+            committed = self._store_write([(item.seq, item.message) for item in batch])
         except Exception as exc:
             log.warning("store write of %d messages failed (%s); retrying them one by one",
                         len(batch), exc)
@@ -171,10 +175,18 @@ class IngestWriter:
             self._counts["batches"] += 1
         self._acknowledge(batch, committed or {})
 
+    def _store_write(self, batch: list[tuple[int, Message]]) -> dict[str, int]:
+        if self._feed is None:
+            return self._store.write(batch)
+        stored: list[Message] = []
+        committed = self._store.write(batch, stored=stored)
+        self._feed.publish(changes_of(stored))
+        return committed
+
     def _write_one_by_one(self, batch: list[_Item]) -> None:
         for item in batch:
             try:
-                committed = self._store.write([(item.seq, item.message)])
+                committed = self._store_write([(item.seq, item.message)])
             except Exception as exc:
                 problem = f"could not store {item.message.kind} seq {item.seq}: {exc}"
                 log.warning("%s", problem)

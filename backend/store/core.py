@@ -114,11 +114,13 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def write(self, batch: Sequence[tuple[int, Message]]) -> dict[str, int]:
+    def write(self, batch: Sequence[tuple[int, Message]], *,
+              stored: list[Message] | None = None) -> dict[str, int]:
         """Store a batch of ``(seq, message)`` in arrival order, in one transaction.
 
         A message whose seq is <= its run's stored ``last_seq`` was stored before and is
         skipped. A message of a run without a row creates a placeholder row (name = run_id).
+        ``stored``, when given, receives (after the commit) the messages that were new.
         Returns {run_id: highest seq now committed} for every run in the batch. Raises
         ValueError, with nothing written, if an item is malformed.
         """
@@ -135,11 +137,14 @@ class Store:
             cur = self._writer
             cur.begin()
             try:
-                committed = BatchWriter(cur, self.retention).write(batch)
+                batch_writer = BatchWriter(cur, self.retention)
+                committed = batch_writer.write(batch)
                 cur.commit()
             except BaseException:
                 self._rollback(cur)
                 raise
+        if stored is not None:
+            stored.extend(batch_writer.stored)
         return committed
 
     def _rollback(self, cur: duckdb.DuckDBPyConnection) -> None:

@@ -148,6 +148,7 @@ class BatchWriter:
         self.runs: dict[str, _RunState] = {}
         self.pending = _pending_tables()
         self.snapshot_layers: set[tuple[str, str]] = set()
+        self.stored: list[Message] = []  # the messages this batch stored, in order
 
     def write(self, batch: Sequence[tuple[int, Message]]) -> dict[str, int]:
         """Store every message not stored yet; return {run_id: highest committed seq}."""
@@ -157,6 +158,7 @@ class BatchWriter:
             if seq <= state.last_seq:
                 continue  # stored by an earlier batch: a replay after a reconnect
             self._HANDLERS[type(message)](self, message)
+            self.stored.append(message)
             state.last_seq = int(seq)
             step = getattr(message, "step", None)
             if step is not None:
