@@ -1,0 +1,161 @@
+"""Projector vs umap-learn, snapshot by snapshot, side by side in one process.
+
+Data: (1) real snapshots: penultimate features (128-d) of all 1,797 digits from the demo CNN,
+captured at several points of its training; (2) a synthetic drifting mixture of 10 clusters in
+512 dimensions at 2,000 and 10,000 points. For every snapshot it times ``Projector.update`` and
+umap-learn's ``fit_transform`` (numba warmed for both first), then computes nn@15 and
+trustworthiness@15 of both maps (off the clock) and, at the end, the temporal ranking of both
+sequences. Prints one line per snapshot and a median summary with the quality bars.
+
+    python benchmarks/projector_vs_umap.py [--quick] [--snapshots 8] [--sizes 2000 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from sentrycam.projector import Projector, metrics
+
+log = logging.getLogger("projector_vs_umap")
+METRIC_ROWS = 2000  # quality on (up to) this many query points; neighbours among all points
+
+
+def drifting_mixture(n: int, dim: int, n_snapshots: int, seed: int
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Snapshots (features float32 [n, dim], labels [n]) of 10 clusters, each a 10-d subspace
+    blob, whose centres drift and whose blobs tighten over time, like features during training."""
+    rng = np.random.default_rng(seed)
+    n_clusters, intrinsic = 10, 10
+    labels = rng.integers(0, n_clusters, n)
+    centres = rng.normal(size=(n_clusters, dim)) * 1.5
+    bases = rng.normal(size=(n_clusters, intrinsic, dim)) / np.sqrt(intrinsic)
+    latent = rng.normal(size=(n, intrinsic))
+    noise = rng.normal(size=(n, dim)) * 0.15
+    for t in range(n_snapshots):
+        centres = centres + rng.normal(size=centres.shape) * 0.25
+        latent = latent + rng.normal(size=latent.shape) * 0.15
+        spread = 1.5 - 0.08 * t
+        features = centres[labels] + spread * np.einsum("ni,nid->nd", latent, bases[labels])
+        yield (features + noise).astype(np.float32), labels
+
+
+def digits_snapshots(n_snapshots: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Penultimate CNN features float32 [1797, 128] of all digits at ``n_snapshots`` points of
+    training (after 0, 15, 30, ... steps, spaced out), with the digit labels."""
+    from sentrycam.capture.demo import batches, build_model, load_digits_data
+
+    data = load_digits_data(seed)
+    x_all = torch.cat([data.x_train, data.x_val])
+    labels = torch.cat([data.y_train, data.y_val]).numpy()
+    model = build_model("cnn", seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    stream = batches(data.x_train, data.y_train, 64, seed)
+    for t in range(n_snapshots):
+        for _ in range(15 + 10 * t):
+            x, y, _ = next(stream)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            features = model.features(x_all).numpy().astype(np.float32)
+        model.train()
+        yield features, labels
+
+
+def warm_numba() -> None:
+    """Compile pynndescent, umap-learn and the projector's graph code once, off the clock."""
+    import umap
+
+    warm = np.random.default_rng(1).normal(size=(600, 32)).astype(np.float32)
+    umap.UMAP(n_neighbors=15, min_dist=0.1).fit_transform(warm)
+    Projector(seed=1, first_steps=2).update(warm, np.arange(len(warm)))
+
+
+def run_sequence(name: str, snapshots: Iterator[tuple[np.ndarray, np.ndarray]],
+                 seed: int) -> dict[str, float]:
+    import umap
+
+    projector = Projector(seed=seed)
+    rows: list[dict[str, float]] = []
+    highs, ours, theirs = [], [], []
+    for t, (features, labels) in enumerate(snapshots):
+        ids = np.arange(len(features))
+        started = time.perf_counter()
+        coords = projector.update(features, ids, labels)
+        ours_s = time.perf_counter() - started
+        started = time.perf_counter()
+        baseline = umap.UMAP(n_neighbors=15, min_dist=0.1).fit_transform(features)
+        umap_s = time.perf_counter() - started
+        query = np.random.default_rng(t).choice(len(features), min(METRIC_ROWS, len(features)),
+                                                replace=False)
+        row = {"t": t, "n": len(features), "ours_s": ours_s, "umap_s": umap_s,
+               "ratio": ours_s / umap_s, "fraction": projector.last_info["fraction"],
+               "nn_ours": metrics.neighbour_preservation(features, coords, 15, query),
+               "nn_umap": metrics.neighbour_preservation(features, baseline, 15, query),
+               "trust_ours": metrics.trustworthiness(features, coords, 15, query),
+               "trust_umap": metrics.trustworthiness(features, baseline, 15, query)}
+        rows.append(row)
+        highs.append(features)
+        ours.append(coords)
+        theirs.append(baseline)
+        print(f"{name:>14} t={t} n={row['n']:>5} ours {ours_s:6.2f}s umap {umap_s:6.2f}s "
+              f"ratio {row['ratio']:.3f} frac {row['fraction']:.2f} | nn@15 {row['nn_ours']:.3f}"
+              f" vs {row['nn_umap']:.3f} | trust@15 {row['trust_ours']:.3f} vs "
+              f"{row['trust_umap']:.3f}", flush=True)
+    summary = {key: float(np.median([r[key] for r in rows]))
+               for key in ("ratio", "nn_ours", "nn_umap", "trust_ours", "trust_umap")}
+    sample = np.random.default_rng(0).choice(len(highs[0]), min(2000, len(highs[0])),
+                                             replace=False)
+    summary["tr_ours"] = metrics.temporal_ranking([h[sample] for h in highs],
+                                                  [y[sample] for y in ours])
+    summary["tr_umap"] = metrics.temporal_ranking([h[sample] for h in highs],
+                                                  [y[sample] for y in theirs])
+    return summary
+
+
+def report(name: str, s: dict[str, float]) -> bool:
+    ok_time = s["ratio"] <= 0.25
+    ok_nn = s["nn_ours"] >= s["nn_umap"] - 0.05
+    ok_trust = s["trust_ours"] >= s["trust_umap"] - 0.05
+    ok_tr = s["tr_ours"] > s["tr_umap"]
+    print(f"{name:>14} MEDIAN ratio {s['ratio']:.3f} [{'ok' if ok_time else 'MISSED'}] | nn@15 "
+          f"{s['nn_ours']:.3f} vs {s['nn_umap']:.3f} [{'ok' if ok_nn else 'MISSED'}] | trust@15 "
+          f"{s['trust_ours']:.3f} vs {s['trust_umap']:.3f} [{'ok' if ok_trust else 'MISSED'}] | "
+          f"temporal ranking {s['tr_ours']:.3f} vs {s['tr_umap']:.3f} "
+          f"[{'ok' if ok_tr else 'MISSED'}]", flush=True)
+    return ok_time and ok_nn and ok_trust and ok_tr
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="6 snapshots, 2,000 synthetic points and digits only")
+    parser.add_argument("--snapshots", type=int, default=8)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    n_snapshots = 6 if args.quick else max(args.snapshots, 6)
+    sizes = [2000] if args.quick else args.sizes
+    print(f"torch threads {torch.get_num_threads()}; warming numba ...", flush=True)
+    warm_numba()
+    results = {"digits-cnn": run_sequence("digits-cnn", digits_snapshots(n_snapshots, args.seed),
+                                          args.seed)}
+    for size in sizes:
+        name = f"mixture-{size}"
+        results[name] = run_sequence(name, drifting_mixture(size, 512, n_snapshots, args.seed),
+                                     args.seed)
+    passed = [report(name, summary) for name, summary in results.items()]
+    return 0 if all(passed) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
