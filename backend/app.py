@@ -24,7 +24,8 @@ import sentrycam
 from sentrycam.backend.auth import TokenGuard
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.ingest import IngestWriter
-from sentrycam.backend.routes import health, ingest_ws, pages, runs
+from sentrycam.backend.projection import ProjectionWorker
+from sentrycam.backend.routes import health, ingest_ws, pages, projector, runs
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
 
@@ -107,12 +108,19 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                               feed=app.state.feed)
         writer.start()
         app.state.writer = writer
+        app.state.projection = None
+        if settings.projector:
+            app.state.projection = ProjectionWorker(app.state.store, app.state.feed,
+                                                    device=settings.projector_device)
+            app.state.projection.start()
         log.info("sentrycam server ready: db %s", settings.db_path)
         try:
             yield
         finally:
             # Stopping drains the queue; run it off the loop so shutdown stays responsive.
             await asyncio.to_thread(writer.stop, DRAIN_TIMEOUT_S)
+            if app.state.projection is not None:  # after the writer: it feeds the projector
+                await asyncio.to_thread(app.state.projection.stop, settings.projector_drain_s)
             if own_store:
                 app.state.store.close()
 
@@ -123,7 +131,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
-    for module in (health, runs, ingest_ws, pages):
+    for module in (health, runs, ingest_ws, pages, projector):
         app.include_router(module.router)
     app.add_exception_handler(UnknownRunError, _unknown_run)
     if settings.token:

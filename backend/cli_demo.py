@@ -18,6 +18,9 @@ from sentrycam.backend.cli_errors import CLIError
 
 log = logging.getLogger("sentrycam.demo")
 
+#: How long ``--exit-when-done`` waits for the server's projector to catch up.
+PROJECTOR_WAIT_S = 300.0
+
 
 def run_demo(args: argparse.Namespace) -> int:
     """Train, then keep serving until interrupted (or exit at once with ``--exit-when-done``)."""
@@ -41,6 +44,7 @@ def run_demo(args: argparse.Namespace) -> int:
          f"val_loss {result['val_loss']:.4f}, val_acc {result['val_acc']:.3f}")
     if args.exit_when_done:
         if started_here:
+            _wait_for_projector(url)
             launcher.stop_local_server(db)
         return 0
     _say(f"training done; the dashboard stays at {url} (Ctrl-C to stop)")
@@ -66,6 +70,34 @@ def _server_url(url: str | None, db: Path | None) -> tuple[str, bool]:
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
     return url, running_before is None
+
+
+def _wait_for_projector(url: str, timeout: float = PROJECTOR_WAIT_S) -> None:
+    """Let the server's projector finish the queued snapshots before the server is stopped
+    (it reports on ``GET /api/projector``); gives up quietly after ``timeout`` s."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    idle_since = None
+    said = False
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/projector", timeout=5) as response:
+                state = json.load(response)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read the projector state (%s); not waiting for it", exc)
+            return
+        idle = state.get("state") in ("off", "ready") and not state.get("queue_depth") \
+            and not state.get("busy_with") and not state.get("quality_queue")
+        idle_since = (idle_since or time.monotonic()) if idle else None
+        if idle_since is not None and time.monotonic() - idle_since >= 1.0:
+            return
+        if not said:
+            _say("waiting for the projector to draw the last snapshots ...")
+            said = True
+        time.sleep(0.25)
+    log.warning("the projector was still busy after %.0f s; stopping the server anyway", timeout)
 
 
 def _say(text: str) -> None:

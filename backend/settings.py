@@ -38,7 +38,11 @@ class ServerSettings(BaseSettings):
 
     ``port`` 0 picks a free port; ``idle_timeout_s`` 0 never exits on idleness;
     ``info_file`` defaults to ``<db_path>.server.json``; ``retention_max_snapshots`` keeps at
-    most that many snapshots' feature vectors per run (None keeps all).
+    most that many snapshots' feature vectors per run (None keeps all). ``projector`` runs the
+    resident projector worker (``SENTRYCAM_PROJECTOR=off`` disables it, e.g. in tests that do not
+    need 2D maps: it compiles numba for ~25 s of CPU at start); ``projector_device`` "auto" uses
+    CUDA when present; ``projector_drain_s`` bounds how long shutdown waits for queued
+    projections.
     """
 
     model_config = SettingsConfigDict(env_prefix="SENTRYCAM_", extra="forbid",
@@ -55,6 +59,9 @@ class ServerSettings(BaseSettings):
     batch_max: int = Field(500, ge=1)
     batch_wait_s: float = Field(0.02, gt=0.0, le=10.0)
     retention_max_snapshots: int | None = Field(None, ge=1)
+    projector: bool = True
+    projector_device: str = "auto"
+    projector_drain_s: float = Field(15.0, ge=0.0)
 
     @field_validator("host")
     @classmethod

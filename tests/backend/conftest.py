@@ -22,6 +22,8 @@ def _no_sentrycam_environment(monkeypatch):
     """Settings come only from the test: a SENTRYCAM_TOKEN in the caller's shell must not leak in."""
     for name in [n for n in os.environ if n.startswith("SENTRYCAM_")]:
         monkeypatch.delenv(name)
+    # The projector worker compiles numba for ~25 s of CPU: only the tests that ask get one.
+    monkeypatch.setenv("SENTRYCAM_PROJECTOR", "off")
 
 
 @pytest.fixture
