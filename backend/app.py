@@ -110,8 +110,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         app.state.writer = writer
         app.state.projection = None
         if settings.projector:
-            app.state.projection = ProjectionWorker(app.state.store, app.state.feed,
-                                                    device=settings.projector_device)
+            app.state.projection = ProjectionWorker(
+                app.state.store, app.state.feed, device=settings.projector_device,
+                max_layers=settings.projector_max_layers, max_backlog=settings.projector_backlog)
             app.state.projection.start()
         log.info("sentrycam server ready: db %s", settings.db_path)
         try:

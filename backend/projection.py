@@ -2,9 +2,10 @@
 
 It subscribes to the change feed for ``snapshot`` changes and keeps one
 :class:`~sentrycam.projector.Projector` per (run_id, layer), resumed from the store's newest
-checkpoint after a restart. Ingest never waits for it: the feed callback only files the job
-under its (run_id, layer); a job still waiting when a newer snapshot of the same layer arrives
-is replaced (the older snapshot is skipped, counted and logged). Per job: project, store the
+checkpoint after a restart. Ingest never waits for it: the feed callback only queues the job. A job
+waits behind at most ``max_backlog`` others of its layer; beyond that the oldest waiting one is
+skipped (counted and logged). Only the deepest ``max_layers`` layers of each snapshot are
+projected (all with 0), so a CPU-only server keeps up with a trainer. Per job: project, store the
 coords and the projector checkpoint, publish ``embedding``; then a second thread computes the
 quality metrics off the latency path, stores them and publishes ``quality``. A snapshot the
 projector refuses (NaN/Inf features, a dimension change) is marked not projectable and the
@@ -17,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,16 +45,25 @@ class Job:
     queued_at: float
 
 
+def projected_layers(features: dict[str, Any], max_layers: int) -> list[tuple[str, Any]]:
+    """The (layer, features) pairs to project: the deepest ``max_layers`` layers of a snapshot
+    (capture lists layers in model order), all of them when ``max_layers`` is 0."""
+    layers = list(features.items())
+    return layers if max_layers <= 0 else layers[-max_layers:]
+
+
 class ProjectionWorker:
     """Background projection of snapshots (see module doc). ``start()``/``stop(timeout)``;
     :meth:`state` is what ``GET /api/projector`` shows."""
 
     def __init__(self, store: Store, feed: ChangeFeed, *, device: str = "auto",
-                 projector_settings: dict[str, Any] | None = None) -> None:
+                 projector_settings: dict[str, Any] | None = None, max_layers: int = 2,
+                 max_backlog: int = 12) -> None:
         self.store, self.feed, self.device = store, feed, device
         self.projector_settings = dict(projector_settings or {})
+        self.max_layers, self.max_backlog = max_layers, max_backlog
         self._lock = threading.Condition()
-        self._pending: OrderedDict[tuple[str, str], Job] = OrderedDict()
+        self._pending: deque[Job] = deque()
         self._quality: queue.Queue = queue.Queue(QUALITY_QUEUE)
         self._projectors: dict[tuple[str, str], Any] = {}
         self._windows: dict[tuple[str, str], Any] = {}
@@ -120,7 +130,7 @@ class ProjectionWorker:
 
     def state(self) -> dict[str, Any]:
         with self._lock:
-            oldest = min((job.queued_at for job in self._pending.values()), default=None)
+            oldest = min((job.queued_at for job in self._pending), default=None)
             busy = self._busy_with
             return {
                 "state": "busy" if busy and self._status == "ready" else self._status,
@@ -141,22 +151,24 @@ class ProjectionWorker:
                 continue
             snapshot = change.message
             with self._lock:
-                for layer, features in snapshot.features.items():
+                for layer, features in projected_layers(snapshot.features, self.max_layers):
                     self._enqueue(Job(change.run_id, layer, int(snapshot.step),
                                       np.asarray(snapshot.sample_ids, np.int64), features,
                                       time.monotonic()))
                 self._lock.notify_all()
 
     def _enqueue(self, job: Job) -> None:
-        key = (job.run_id, job.layer)
+        """Queue ``job``; beyond ``max_backlog`` waiting snapshots of its (run, layer), the
+        oldest waiting one is skipped: a worker that is behind jumps to the newest."""
         self._counts["received"] += 1
-        older = self._pending.get(key)
-        if older is not None:
+        same_layer = [j for j in self._pending if (j.run_id, j.layer) == (job.run_id, job.layer)]
+        if len(same_layer) >= self.max_backlog:
+            oldest = same_layer[0]
+            self._pending.remove(oldest)
             self._counts["skipped"] += 1
-            log.info("projector behind: skipping step %d of %s/%s for step %d", older.step,
-                     job.run_id, job.layer, job.step)
-            job = Job(job.run_id, job.layer, job.step, job.ids, job.features, older.queued_at)
-        self._pending[key] = job  # keeps the key's place in line
+            log.info("projector behind: skipping step %d of %s/%s (step %d arrived)",
+                     oldest.step, job.run_id, job.layer, job.step)
+        self._pending.append(job)
 
     # -- projection thread --------------------------------------------------------------------
 
@@ -168,7 +180,7 @@ class ProjectionWorker:
                     self._lock.wait(0.5)
                 if self._stopping:
                     return
-                _, job = self._pending.popitem(last=False)
+                job = self._pending.popleft()
                 self._busy_with = (job.run_id, job.layer, job.step)
             try:
                 self._project(job)

@@ -42,7 +42,8 @@ class ServerSettings(BaseSettings):
     resident projector worker (``SENTRYCAM_PROJECTOR=off`` disables it, e.g. in tests that do not
     need 2D maps: it compiles numba for ~25 s of CPU at start); ``projector_device`` "auto" uses
     CUDA when present; ``projector_drain_s`` bounds how long shutdown waits for queued
-    projections.
+    projections; ``projector_max_layers`` projects the deepest that many layers of each snapshot
+    (0: all); ``projector_backlog`` snapshots of a layer may wait before the oldest is skipped.
     """
 
     model_config = SettingsConfigDict(env_prefix="SENTRYCAM_", extra="forbid",
@@ -62,6 +63,8 @@ class ServerSettings(BaseSettings):
     projector: bool = True
     projector_device: str = "auto"
     projector_drain_s: float = Field(15.0, ge=0.0)
+    projector_max_layers: int = Field(2, ge=0)
+    projector_backlog: int = Field(12, ge=1)
 
     @field_validator("host")
     @classmethod

@@ -45,7 +45,7 @@ class ProjectorConfig:
     min_dist: float = 0.1
     hidden: tuple[int, ...] = DEFAULT_HIDDEN
     first_steps: int = 600
-    steps: int = 60
+    steps: int = 40
     time_limit_s: float | None = None
     max_fraction: float = 1.0
     sample_above: int = 1000

@@ -23,8 +23,8 @@ from sentrycam.projector.network import GNBNAutoencoder
 class TrainConfig:
     """Optimisation settings of one snapshot (see :class:`~sentrycam.projector.Projector`)."""
 
-    edge_batch: int = 2048
-    temporal_batch: int = 512
+    edge_batch: int = 1024
+    temporal_batch: int = 256
     negatives: int = 5
     reconstruction_batch: int = 256
     reconstruction_weight: float = 0.1

@@ -97,7 +97,7 @@ def test_a_worker_behind_skips_to_the_newest_snapshot_and_says_so(store):
     feed = ChangeFeed()
     embedded = []
     feed.subscribe(lambda changes: embedded.extend(c for c in changes if c.kind == "embedding"))
-    worker = ProjectionWorker(store, feed, device="cpu", projector_settings=FAST)
+    worker = ProjectionWorker(store, feed, device="cpu", projector_settings=FAST, max_backlog=1)
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, N)
     store.write([(0, RunStart(RUN, "toy", 1.7e9, {})),
