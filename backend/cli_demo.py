@@ -19,7 +19,7 @@ from sentrycam.backend.cli_errors import CLIError
 log = logging.getLogger("sentrycam.demo")
 
 #: How long ``--exit-when-done`` waits for the server's projector to catch up.
-PROJECTOR_WAIT_S = 300.0
+PROJECTOR_WAIT_S = 600.0
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ from sentrycam.backend.store import Store
 log = logging.getLogger(__name__)
 
 QUALITY_QUEUE = 64
+#: Per-snapshot training budget in the server: latency stays bounded on a busy machine.
+SERVER_PROJECTOR_SETTINGS = {"time_limit_s": 4.0, "first_time_limit_s": 30.0}
 RECENT_PROBLEMS = 20
 
 
@@ -60,7 +62,7 @@ class ProjectionWorker:
                  projector_settings: dict[str, Any] | None = None, max_layers: int = 2,
                  max_backlog: int = 12) -> None:
         self.store, self.feed, self.device = store, feed, device
-        self.projector_settings = dict(projector_settings or {})
+        self.projector_settings = {**SERVER_PROJECTOR_SETTINGS, **(projector_settings or {})}
         self.max_layers, self.max_backlog = max_layers, max_backlog
         self._lock = threading.Condition()
         self._pending: deque[Job] = deque()

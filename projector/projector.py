@@ -36,8 +36,9 @@ ENCODE_CHUNK = 16_384
 @dataclass(frozen=True)
 class ProjectorConfig:
     """Settings of a projector. ``first_steps``/``steps``: Adam steps of the first and of each
-    later snapshot; ``time_limit_s`` optionally cuts a snapshot's training short (then results
-    depend on machine speed); ``max_fraction`` caps the sampled share of points; ``sample_above``:
+    later snapshot; ``time_limit_s`` / ``first_time_limit_s`` optionally cut a later / the first
+    snapshot's training short (bounded latency on a busy machine; results then depend on its
+    speed); ``max_fraction`` caps the sampled share of points; ``sample_above``:
     snapshots with fewer points are never thinned."""
 
     seed: int = 0
@@ -47,6 +48,7 @@ class ProjectorConfig:
     first_steps: int = 600
     steps: int = 40
     time_limit_s: float | None = None
+    first_time_limit_s: float | None = None
     max_fraction: float = 1.0
     sample_above: int = 1000
     temporal_offsets: tuple[int, ...] = DEFAULT_OFFSETS
@@ -111,9 +113,10 @@ class Projector:
                                graph.weights, temporal)
         features_t = torch.from_numpy(scaled).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        terms = train_snapshot(self.network, self.optimizer, features_t, edges,
-                               self.config.first_steps if first else self.config.steps,
-                               self.config.train, self.curve, generator, self.config.time_limit_s)
+        steps, limit = ((self.config.first_steps, self.config.first_time_limit_s) if first
+                        else (self.config.steps, self.config.time_limit_s))
+        terms = train_snapshot(self.network, self.optimizer, features_t, edges, steps,
+                               self.config.train, self.curve, generator, limit)
         clock = _lap(timings, "train", clock)
         coords = self._encode(features_t)
         _lap(timings, "encode", clock)
