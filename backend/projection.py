@@ -68,6 +68,7 @@ class ProjectionWorker:
         self._pending: deque[Job] = deque()
         self._quality: queue.Queue = queue.Queue(QUALITY_QUEUE)
         self._projectors: dict[tuple[str, str], Any] = {}
+        self._resumed_at: dict[tuple[str, str], int] = {}
         self._windows: dict[tuple[str, str], Any] = {}
         self._labels: dict[str, dict[int, int]] = {}
         self._status = "stopped"
@@ -199,7 +200,9 @@ class ProjectionWorker:
             from sentrycam.projector import Projector
 
             warm = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
-            Projector(seed=0, first_steps=2).update(warm, np.arange(len(warm)))
+            projector = Projector(seed=0, first_steps=2, steps=2)
+            for _ in range(2):  # the second update compiles NN-descent's warm-start path
+                projector.update(warm, np.arange(len(warm)))
             log.info("projector warmed up in %.1f s", time.perf_counter() - started)
         except Exception as exc:
             log.exception("projector warm-up failed")
@@ -245,15 +248,14 @@ class ProjectionWorker:
             checkpoint = self.store.latest_checkpoint(job.run_id, job.layer)
             if checkpoint is not None:
                 self._projectors[key] = Projector.from_bytes(checkpoint[1], device=self.device)
-                self._projectors[key].resumed_step = checkpoint[0]
+                self._resumed_at[key] = checkpoint[0]
                 log.info("projector of %s/%s resumed at step %d", *key, checkpoint[0])
             else:
                 self._projectors[key] = Projector(seed=0, device=self.device,
                                                   **self.projector_settings)
-        projector = self._projectors[key]
-        if job.step <= getattr(projector, "resumed_step", -1):
+        if job.step <= self._resumed_at.get(key, -1):
             return None  # replayed after a restart: already projected
-        return projector
+        return self._projectors[key]
 
     def _labels_of(self, job: Job) -> np.ndarray | None:
         if job.run_id not in self._labels:

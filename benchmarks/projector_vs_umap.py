@@ -76,7 +76,9 @@ def warm_numba() -> None:
 
     warm = np.random.default_rng(1).normal(size=(600, 32)).astype(np.float32)
     umap.UMAP(n_neighbors=15, min_dist=0.1).fit_transform(warm)
-    Projector(seed=1, first_steps=2).update(warm, np.arange(len(warm)))
+    projector = Projector(seed=1, first_steps=2, steps=2)
+    for _ in range(2):  # the second update compiles NN-descent's warm-start path
+        projector.update(warm, np.arange(len(warm)))
 
 
 def run_sequence(name: str, snapshots: Iterator[tuple[np.ndarray, np.ndarray]],
