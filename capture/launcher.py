@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 LOG_NAME = "server.log"
 _LOG_TAIL_BYTES = 4000
 _POLL_S = 0.1
+#: Niceness added to the embedded server process (a lower scheduling priority than the trainer).
+EMBEDDED_SERVER_NICENESS = 10
 
 
 def default_db_path() -> Path:
@@ -156,6 +158,7 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
         # A new session: Ctrl-C in the trainer's terminal must not take the dashboard down.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
+    _lower_priority(process.pid)
     logger.info("starting a sentrycam server (pid %d) at %s for %s", process.pid, url, db_path)
     while time.monotonic() < deadline:
         code = process.poll()
@@ -173,6 +176,18 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
     _terminate(process)
     raise RuntimeError(f"the sentrycam server for {db_path} did not become healthy at {url} in "
                        f"time. The end of {log_path}:\n{_log_tail(log_path, start)}")
+
+
+def _lower_priority(pid: int) -> None:
+    """Run the embedded server below the trainer's priority: on a machine with few cores its
+    ingest and projection work must yield to the training it watches."""
+    if not hasattr(os, "setpriority"):
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, pid)
+        os.setpriority(os.PRIO_PROCESS, pid, min(current + EMBEDDED_SERVER_NICENESS, 19))
+    except OSError as exc:  # not permitted here: the server still works at normal priority
+        logger.debug("could not lower the embedded server's priority: %s", exc)
 
 
 def _terminate(process: subprocess.Popen) -> None:

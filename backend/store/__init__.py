@@ -1,17 +1,20 @@
 """DuckDB store: the only owner of the database file. See :class:`Store`.
 
 Modules: ``core`` (the Store), ``schema`` (tables, version, migrations), ``writer``
-(messages -> rows), ``reader`` (queries), ``export`` (Parquet), ``errors``.
+(messages -> rows), ``reader`` (queries), ``derived`` (embeddings, quality, alerts),
+``export`` (Parquet), ``errors``.
 """
 
 from sentrycam.backend.store.core import Store
 from sentrycam.backend.store.errors import (MissingSnapshotError, StoreClosedError,
                                             StoreLockedError, StoreReadOnlyError,
-                                            StoreVersionError, UnknownRunError)
+                                            StoreVersionError, UnknownAlertError,
+                                            UnknownRunError)
 from sentrycam.backend.store.schema import SCHEMA_VERSION
 from sentrycam.backend.store.writer import RetentionSettings
 
 __all__ = [
     "Store", "UnknownRunError", "RetentionSettings", "MissingSnapshotError", "StoreClosedError",
     "StoreLockedError", "StoreReadOnlyError", "StoreVersionError", "SCHEMA_VERSION",
+    "UnknownAlertError",
 ]

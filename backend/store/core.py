@@ -16,13 +16,13 @@ import logging
 import os
 import pathlib
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import duckdb
 import numpy as np
 
 from sentrycam.capture.messages import Message
-from sentrycam.backend.store import export, reader, schema
+from sentrycam.backend.store import derived, export, reader, schema
 from sentrycam.backend.store.errors import (StoreClosedError, StoreLockedError,
                                             StoreReadOnlyError)
 from sentrycam.backend.store.validate import validate_batch
@@ -124,28 +124,70 @@ class Store:
         Returns {run_id: highest seq now committed} for every run in the batch. Raises
         ValueError, with nothing written, if an item is malformed.
         """
-        if self.read_only:
-            raise StoreReadOnlyError(f"the store {self.path} was opened read-only; writes go "
-                                     "through the sentrycam server that owns the file")
+        self._require_writable()
         batch = list(batch)
         validate_batch(batch)
         if not batch:
             return {}
+        batch_writer = None
+
+        def write_batch(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
+            nonlocal batch_writer
+            batch_writer = BatchWriter(cur, self.retention)
+            return batch_writer.write(batch)
+
+        committed = self._transaction(write_batch)
+        if stored is not None:
+            stored.extend(batch_writer.stored)
+        return committed
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise StoreReadOnlyError(f"the store {self.path} was opened read-only; writes go "
+                                     "through the sentrycam server that owns the file")
+
+    def _transaction(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
+        """Run ``work(cursor)`` in one transaction on the writer cursor, under the write lock."""
+        self._require_writable()
         with self._write_lock:
             if self._closed:
                 raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
             cur = self._writer
             cur.begin()
             try:
-                batch_writer = BatchWriter(cur, self.retention)
-                committed = batch_writer.write(batch)
+                result = work(cur)
                 cur.commit()
             except BaseException:
                 self._rollback(cur)
                 raise
-        if stored is not None:
-            stored.extend(batch_writer.stored)
-        return committed
+        return result
+
+    # ------------------------------------------------------------------ derived data
+
+    def write_embedding(self, run_id: str, layer: str, step: int, sample_ids: np.ndarray,
+                        coords: np.ndarray, checkpoint: bytes | None = None) -> None:
+        """Store the 2D map of (run_id, layer, step), replacing an earlier one.
+
+        sample_ids int64 [N]; coords float32 [N, 2]; ``checkpoint``: the projector's state as
+        bytes (the newest :data:`~.derived.CHECKPOINTS_KEPT` per (run_id, layer) are kept).
+        """
+        self._transaction(lambda cur: derived.write_embedding(
+            cur, run_id, layer, step, sample_ids, coords, checkpoint))
+
+    def write_quality(self, run_id: str, layer: str, step: int,
+                      metrics: Mapping[str, float]) -> None:
+        """Store the projection-quality metrics {name: value} of (run_id, layer, step)."""
+        self._transaction(lambda cur: derived.write_quality(cur, run_id, layer, step, metrics))
+
+    def upsert_alert(self, run_id: str, alert: Mapping[str, Any],
+                     alert_id: int | None = None) -> int:
+        """Insert an alert (keys: :data:`~.derived.ALERT_FIELDS`) or update ``alert_id``
+        (every field but its first step). Returns the alert_id."""
+        return self._transaction(lambda cur: derived.upsert_alert(cur, run_id, alert, alert_id))
+
+    def acknowledge_alert(self, alert_id: int) -> None:
+        """Mark an alert acknowledged; UnknownAlertError if there is none."""
+        self._transaction(lambda cur: derived.acknowledge_alert(cur, alert_id))
 
     def _rollback(self, cur: duckdb.DuckDBPyConnection) -> None:
         try:
@@ -202,6 +244,37 @@ class Store:
     def events(self, run_id: str) -> list[dict]:
         with self._cursor() as cur:
             return reader.events(cur, run_id)
+
+    def embedding_index(self, run_id: str) -> list[dict]:
+        """[{step, layer, n}] of the stored 2D maps in (step, layer) order."""
+        with self._cursor() as cur:
+            return derived.embedding_index(cur, run_id)
+
+    def embedding(self, run_id: str, layer: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample_ids int64 [N], coords float32 [N, 2]) in sample_id order."""
+        with self._cursor() as cur:
+            return derived.embedding(cur, run_id, layer, step)
+
+    def embedding_trails(self, run_id: str, layer: str,
+                         sample_ids: Sequence[int]) -> dict[str, np.ndarray]:
+        """{sample_id, step, x, y} arrays [M] of every stored position of the samples."""
+        with self._cursor() as cur:
+            return derived.embedding_trails(cur, run_id, layer, sample_ids)
+
+    def projection_quality(self, run_id: str, layer: str | None = None) -> dict[str, list]:
+        """Columnar {step, layer, metric, value}."""
+        with self._cursor() as cur:
+            return derived.projection_quality(cur, run_id, layer)
+
+    def latest_checkpoint(self, run_id: str, layer: str) -> tuple[int, bytes] | None:
+        """(step, state bytes) of the newest projector checkpoint of (run_id, layer)."""
+        with self._cursor() as cur:
+            return derived.latest_checkpoint(cur, run_id, layer)
+
+    def alerts(self, run_id: str | None = None, min_severity: int = 0) -> list[dict]:
+        """Alerts (all columns) in (step, alert_id) order, of one run or all."""
+        with self._cursor() as cur:
+            return derived.alerts(cur, run_id, min_severity)
 
     def export_run(self, run_id: str, out_dir: str | os.PathLike) -> list[pathlib.Path]:
         """One Parquet file per table with the run's rows; see :mod:`.export`."""

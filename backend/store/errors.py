@@ -30,6 +30,15 @@ class MissingSnapshotError(_KeyErrorWithText):
         self.layer = layer
 
 
+class UnknownAlertError(_KeyErrorWithText):
+    """No alert with this ``alert_id`` is stored."""
+
+    def __init__(self, alert_id: int) -> None:
+        super().__init__(f"unknown alert_id {alert_id}; list alerts with `sentrycam alerts` or "
+                         "the server's alerts route")
+        self.alert_id = alert_id
+
+
 class StoreLockedError(RuntimeError):
     """Another process holds the database file (DuckDB allows one read-write process)."""
 

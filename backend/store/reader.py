@@ -29,7 +29,7 @@ def require_run(cur: Cursor, run_id: str) -> None:
         raise UnknownRunError(run_id)
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso_utc(value: dt.datetime | None) -> str | None:
     """TIMESTAMP columns hold naive UTC; say so in the ISO text."""
     return None if value is None else value.replace(tzinfo=dt.timezone.utc).isoformat()
 
@@ -83,7 +83,7 @@ def run_summaries(cur: Cursor, run_id: str | None = None) -> list[dict]:
     for row in rows:
         summary = dict(zip(_SUMMARY_KEYS, row))
         for key in ("created_at", "updated_at", "ended_at"):
-            summary[key] = _iso(summary[key])
+            summary[key] = iso_utc(summary[key])
         summary["config"] = json.loads(summary["config"]) if summary["config"] else {}
         summary["layers"] = list(summary["layers"])
         summaries.append(summary)

@@ -50,6 +50,8 @@ def test_starts_a_server_then_reuses_it_and_stop_ends_it(db_path):
     info = read_server_info(db_path)
     assert info["pid"] == health["pid"] and info["url"] == url
     assert (db_path.parent / "server.log").exists()
+    # The embedded server yields the CPU to the trainer it watches.
+    assert os.getpriority(os.PRIO_PROCESS, info["pid"]) > os.getpriority(os.PRIO_PROCESS, 0)
 
     assert ensure_local_server(db_path, timeout=60) == url
     assert _health(url)["pid"] == info["pid"]  # the same process, not a second one
