@@ -24,7 +24,8 @@ import sentrycam
 from sentrycam.backend.auth import TokenGuard
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.ingest import IngestWriter
-from sentrycam.backend.routes import health, ingest_ws, pages, runs
+from sentrycam.backend.audit.service import start_audit, stop_audit
+from sentrycam.backend.routes import alerts, audit, health, ingest_ws, pages, runs
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
 
@@ -107,12 +108,14 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                               feed=app.state.feed)
         writer.start()
         app.state.writer = writer
+        start_audit(app.state, settings)
         log.info("sentrycam server ready: db %s", settings.db_path)
         try:
             yield
         finally:
             # Stopping drains the queue; run it off the loop so shutdown stays responsive.
             await asyncio.to_thread(writer.stop, DRAIN_TIMEOUT_S)
+            await asyncio.to_thread(stop_audit, app.state)
             if own_store:
                 app.state.store.close()
 
@@ -123,7 +126,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
-    for module in (health, runs, ingest_ws, pages):
+    for module in (health, runs, alerts, audit, ingest_ws, pages):
         app.include_router(module.router)
     app.add_exception_handler(UnknownRunError, _unknown_run)
     if settings.token:

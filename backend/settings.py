@@ -38,7 +38,9 @@ class ServerSettings(BaseSettings):
 
     ``port`` 0 picks a free port; ``idle_timeout_s`` 0 never exits on idleness;
     ``info_file`` defaults to ``<db_path>.server.json``; ``retention_max_snapshots`` keeps at
-    most that many snapshots' feature vectors per run (None keeps all).
+    most that many snapshots' feature vectors per run (None keeps all). ``audit`` runs the
+    audit engine; ``alert_webhook_url`` (opt-in, none by default) receives a POST for each alert
+    that reaches ``alert_webhook_min_severity``.
     """
 
     model_config = SettingsConfigDict(env_prefix="SENTRYCAM_", extra="forbid",
@@ -55,6 +57,9 @@ class ServerSettings(BaseSettings):
     batch_max: int = Field(500, ge=1)
     batch_wait_s: float = Field(0.02, gt=0.0, le=10.0)
     retention_max_snapshots: int | None = Field(None, ge=1)
+    audit: bool = True
+    alert_webhook_url: str | None = None
+    alert_webhook_min_severity: int = Field(3, ge=1, le=3)
 
     @field_validator("host")
     @classmethod

@@ -55,13 +55,15 @@ class Alert:
     suggestion: str
     confidence: float
     alert_id: int | None = None
+    confirmed_step: int | None = None  # first step at severity >= 2
 
     def record(self) -> dict[str, Any]:
         """The mapping ``Store.upsert_alert`` takes (JSON-safe magnitude)."""
         data = asdict(self)
-        for key in ("run_id", "alert_id", "last_step"):
+        for key in ("run_id", "alert_id", "last_step", "confirmed_step"):
             data.pop(key)
-        data["evidence"] = {**self.evidence, "last_step": self.last_step}
+        data["evidence"] = {**self.evidence, "last_step": self.last_step,
+                            "confirmed_step": self.confirmed_step}
         if not math.isfinite(data["magnitude"]):
             data["magnitude"] = None
         return data
@@ -121,7 +123,8 @@ class AlertBook:
                      step=finding.step, last_step=finding.step, severity=finding.level,
                      magnitude=finding.magnitude, duration=0, evidence=dict(finding.evidence),
                      message=finding.message, suggestion=finding.suggestion,
-                     confidence=finding.confidence)
+                     confidence=finding.confidence,
+                     confirmed_step=finding.step if finding.level >= 2 else None)
 
     def _extend(self, episode: _Episode, finding: Finding) -> Alert | None:
         old = episode.alert
@@ -137,7 +140,9 @@ class AlertBook:
             evidence=dict(finding.evidence) if (escalated or stronger) else old.evidence,
             message=finding.message if escalated else old.message,
             suggestion=finding.suggestion if escalated else old.suggestion,
-            confidence=max(old.confidence, finding.confidence))
+            confidence=max(old.confidence, finding.confidence),
+            confirmed_step=old.confirmed_step if old.confirmed_step is not None
+            else (finding.step if finding.level >= 2 else None))
         episode.alert = updated
         if escalated or episode.since_write >= REWRITE_EVERY:
             episode.since_write = 0

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import Levels, RunningBest
+from sentrycam.backend.audit.baselines import Levels, RobustWindow, RunningBest
 from sentrycam.backend.audit.detectors.base import (Detector, MapView, ProbeView, SeriesWatch,
                                                     finding)
 from sentrycam.backend.audit.geometry import class_geometry
@@ -41,13 +41,22 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
 }
 
 
+def rank_watch() -> SeriesWatch:
+    """Effective rank falls naturally while classes form (features concentrate on the class
+    directions), so it is judged against its recent snapshots in log space, not its best: a
+    sudden fall is a collapse, a steady decline is learning."""
+    return SeriesWatch(RobustWindow(window=8, lag=0, min_count=3, floor=0.1), LEVELS,
+                       direction=-1.0)
+
+
 class LayerGeometry:
     """Watches of one layer's metrics, and their history."""
 
     def __init__(self) -> None:
         self.watches = {metric: SeriesWatch(RunningBest(higher, noise_window=20, min_count=3),
                                             LEVELS)
-                        for metric, (_, higher, _, _) in METRICS.items()}
+                        for metric, (_, higher, _, _) in METRICS.items() if metric != "eff_rank"}
+        self.watches["eff_rank"] = rank_watch()
         self.classes: dict[int, SeriesWatch] = {}
         self.history: list[dict[str, Any]] = []
 
@@ -95,6 +104,8 @@ class GeometryDetector(Detector):
                 state: LayerGeometry) -> Finding:
         alert_name, higher, meaning, suggestion = METRICS[metric]
         value, watch = float(metrics[metric]), state.watches[metric]
+        if metric == "eff_rank":
+            return self._rank(step, layer, value, watch, meaning, suggestion)
         if metric in ("knn_consistency", "leaving"):
             p = value if 0 < value < 1 else 0.5
             floor = math.sqrt(p * (1 - p) / metrics["n"])
@@ -111,6 +122,19 @@ class GeometryDetector(Detector):
                                     intra=round(metrics["intra"], 6)),
             message=f"{meaning} of {layer} ({where}) degraded to {value:.4g}, {score or 0:.1f} "
                     f"noise units worse than its best ({watch.baseline.best:.4g})",
+            suggestion=suggestion, confidence=0.5)
+
+    def _rank(self, step: int, layer: str, value: float, watch: SeriesWatch, meaning: str,
+              suggestion: str) -> Finding:
+        level, score = watch.observe(step, math.log(max(value, 1e-9)))
+        center, _ = watch.baseline.center_scale()
+        where = "2D map" if self.prefix else "features"
+        return finding(
+            self.prefix + "effective_rank", step, level, score, layer=layer,
+            evidence=watch.evidence(series=f"log {meaning} ({where})", layer=layer),
+            message=f"{meaning} of {layer} fell to {value:.3g} from about "
+                    f"{math.exp(center) if math.isfinite(center) else float('nan'):.3g} "
+                    f"({score or 0:.1f} robust scales)",
             suggestion=suggestion, confidence=0.5)
 
     def _classes(self, step: int, layer: str, separation: dict[int, float],
