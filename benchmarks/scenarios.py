@@ -32,9 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scenario_models import Injection, build  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
-from sentrycam.backend.audit.baselines import RunningBest  # noqa: E402
-from sentrycam.backend.audit.detectors.base import SeriesWatch  # noqa: E402
-from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS  # noqa: E402
+from sentrycam.backend.audit.detectors.outputs import snapshot_watch  # noqa: E402
 
 log = logging.getLogger("sentrycam.scenarios")
 
@@ -45,7 +43,7 @@ FAMILY = {"lr_spike": "instability", "slow_divergence": "instability",
           "optimizer_corruption": "instability", "dead_units": "collapse",
           "vanishing_gradients": "collapse", "label_noise": "data", "overfitting": "overfitting",
           "forgetting": "forgetting", "healthy": "healthy"}
-LEARNING_RATES = {"mlp": 2e-3, "cnn": 3e-3, "gru": 3e-3}
+LEARNING_RATES = {"mlp": 2e-3, "cnn": 6e-3, "gru": 3e-3}
 BATCH = 32
 SNAPSHOT_EVERY = 25
 
@@ -105,7 +103,7 @@ def train_run(url: str, arch: str, kind: str, seed: int, steps: int, at: int) ->
     injection = Injection(kind, at, model, optimizer, task, seed)
     steps_per_epoch = len(task.y_train) // BATCH
     generator = torch.Generator().manual_seed(seed)
-    subset = torch.randperm(len(task.y_train), generator=generator)[:48]
+    subset = torch.randperm(len(task.y_train), generator=generator)[:32]
     val_curve: list[tuple[int, float]] = []
     try:
         model.train()
@@ -143,7 +141,7 @@ def validation_trigger(curve: list[tuple[int, float]], at: int) -> int | None:
     """First step (at or after ``at``) where the validation loss is confirmed degraded by the
     same rule the snapshot detectors use: distance from the best value in units of its own
     movement, level >= 2 (see docs/scenarios.md)."""
-    watch = SeriesWatch(RunningBest(False, noise_window=20, min_count=3), SNAPSHOT_LEVELS)
+    watch = snapshot_watch(higher_is_better=False)
     for step, value in curve:
         level, _ = watch.observe(step, value)
         if level >= 2 and step >= at:
@@ -255,6 +253,7 @@ def run_benchmark(quick: bool, db_path: Path) -> dict[str, Any]:
                    "run_id": result["run_id"],
                    **score_run(server.alerts(result["run_id"]), kind, at, trigger,
                                result["steps_per_epoch"]),
+                   "val_loss": [[step, round(value, 5)] for step, value in result["val_curve"]],
                    "seconds": round(time.monotonic() - t0, 1)}
             rows.append(row)
             log.info("%-34s detected=%s first=%s %s lead=%s FA=%d (%.0fs)", row["scenario"],

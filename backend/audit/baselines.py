@@ -100,6 +100,7 @@ class RunningBest:
         self.count = 0
         self._diffs: deque[float] = deque(maxlen=noise_window)
         self._last = math.nan
+        self._last_anomalous = False
 
     def scale(self) -> float:
         """Typical size of one observation's move (median |difference| as a standard deviation,
@@ -116,12 +117,14 @@ class RunningBest:
             return None
         return self.sign * (self.best - value) / self.scale()
 
-    def update(self, value: float) -> None:
+    def update(self, value: float, anomalous: bool = False) -> None:
+        """Add ``value``. The move into or out of an ``anomalous`` value stays out of the noise
+        scale, so that an incident does not widen the yardstick it is measured with."""
         if not math.isfinite(value):
             return
-        if math.isfinite(self._last):
+        if math.isfinite(self._last) and not (anomalous or self._last_anomalous):
             self._diffs.append(value - self._last)
-        self._last = value
+        self._last, self._last_anomalous = value, anomalous
         self.count += 1
         if not math.isfinite(self.best) or self.sign * (value - self.best) > 0:
             self.best = value

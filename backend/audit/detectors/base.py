@@ -95,7 +95,10 @@ class SeriesWatch:
     def observe(self, step: int, value: float) -> tuple[int, float | None]:
         score = self.score(value)
         level = self.escalation.level(score)
-        self.baseline.update(value)
+        if isinstance(self.baseline, RunningBest):
+            self.baseline.update(value, anomalous=level >= 1)
+        else:
+            self.baseline.update(value)
         self.points.append((int(step), float(value)))
         self.last_score = score
         return level, score

@@ -10,19 +10,24 @@ intra-class variance against inter-class distance over time).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import Levels, RobustWindow, RunningBest
+from sentrycam.backend.audit.baselines import RobustWindow
 from sentrycam.backend.audit.detectors.base import (Detector, MapView, ProbeView, SeriesWatch,
                                                     finding)
+from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS as LEVELS
+from sentrycam.backend.audit.detectors.outputs import snapshot_watch
 from sentrycam.backend.audit.geometry import class_geometry
 
-LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
-#: Smallest noise scale of a ratio-like metric, relative to its best value (2%).
-RELATIVE_FLOOR = 0.02
+#: Smallest noise scale of a ratio-like metric, relative to its best value (5%): snapshots of
+#: a healthy run wander by a few percent.
+RELATIVE_FLOOR = 0.05
+#: Per-class separation takes the worst of all classes, so its floor is wider (10%).
+CLASS_FLOOR = 0.10
 
 #: metric -> (alert name, higher is better, what it means, suggestion)
 METRICS: dict[str, tuple[str, bool, str, str]] = {
@@ -53,12 +58,21 @@ class LayerGeometry:
     """Watches of one layer's metrics, and their history."""
 
     def __init__(self) -> None:
-        self.watches = {metric: SeriesWatch(RunningBest(higher, noise_window=20, min_count=3),
-                                            LEVELS)
+        self.watches = {metric: snapshot_watch(higher)
                         for metric, (_, higher, _, _) in METRICS.items() if metric != "eff_rank"}
         self.watches["eff_rank"] = rank_watch()
         self.classes: dict[int, SeriesWatch] = {}
         self.history: list[dict[str, Any]] = []
+        self.structured = False  # has this layer ever separated the classes?
+
+    def note_structure(self, knn: float, labels: np.ndarray) -> None:
+        """A layer has class structure once its kNN label consistency was at least halfway
+        between chance (the agreement of random neighbours) and perfect. Layers that never got
+        there (early convolutions, pooled inputs) have no structure to lose: their geometry is
+        recorded but not alerted on."""
+        _, counts = np.unique(labels[labels >= 0], return_counts=True)
+        chance = float(((counts / counts.sum()) ** 2).sum()) if counts.size else 1.0
+        self.structured = self.structured or knn >= (1.0 + chance) / 2.0
 
 
 class GeometryDetector(Detector):
@@ -96,8 +110,12 @@ class GeometryDetector(Detector):
         state.history.append({"step": step, **{k: v for k, v in metrics.items()
                                                if k != "class_separation"}})
         del state.history[:-200]
+        was_structured = state.structured
+        state.note_structure(metrics["knn_consistency"], labels)
         found = [self._metric(step, layer, metric, metrics, state) for metric in METRICS]
         found.append(self._classes(step, layer, metrics["class_separation"], state))
+        if not was_structured:  # calibrating: watches learn, nothing is alerted
+            found = [replace(f, level=0) for f in found]
         return found
 
     def _metric(self, step: int, layer: str, metric: str, metrics: dict[str, Any],
@@ -141,10 +159,9 @@ class GeometryDetector(Detector):
                  state: LayerGeometry) -> Finding:
         worst: tuple[float, int, int] | None = None
         for label, value in separation.items():
-            watch = state.classes.setdefault(label, SeriesWatch(
-                RunningBest(True, noise_window=20, min_count=3), LEVELS))
+            watch = state.classes.setdefault(label, snapshot_watch(True))
             best = watch.baseline.best
-            watch.baseline.floor = RELATIVE_FLOOR * abs(best if math.isfinite(best) else value)
+            watch.baseline.floor = CLASS_FLOOR * abs(best if math.isfinite(best) else value)
             level, score = watch.observe(step, value)
             if score is not None and (worst is None or (level, score) > worst[:2]):
                 worst = (level, score, label)

@@ -20,9 +20,14 @@ from sentrycam.capture.messages import LayerStats, Scalars
 LOG_FLOOR = 0.05
 
 
+#: Per-step series calibrate on this many observations before any judgement: early training
+#: moves every statistic fast, and a decision needs a baseline of the run's own normal.
+CALIBRATION = 80
+
+
 def fast_window() -> RobustWindow:
     """Trailing 100 observations, 5 back: the run's recent normal."""
-    return RobustWindow(window=100, lag=5, min_count=20, floor=LOG_FLOOR)
+    return RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=LOG_FLOOR)
 
 
 class GradientExplosion(Detector):
@@ -40,7 +45,9 @@ class GradientExplosion(Detector):
                                                        persist=3))
         self.slow = RobustWindow(window=100, lag=50, min_count=30, floor=LOG_FLOOR)
         self.cusum = Cusum(self.DRIFT_SLACK)
-        self.drift = Escalation(Levels(develop=30.0, confirm=80.0, critical=400.0, persist=5))
+        # A slow rise alone is only "developing": healthy runs' gradient norms often climb for
+        # a while (the loss sharpens); confirmation needs a sudden jump or other detectors.
+        self.drift = Escalation(Levels(develop=30.0, confirm=1e9, persist=5, max_level=1))
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
         x = finite_log(item.values.get("grad_norm", math.nan))
@@ -169,7 +176,7 @@ class WeightDrift(Detector):
             return []
         rate = abs(x - previous[1]) / (step - previous[0])
         watch = self.watches.setdefault(layer, SeriesWatch(
-            RobustWindow(window=100, lag=5, min_count=20, floor=1e-6, rel_floor=0.2),
+            RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=1e-6, rel_floor=0.2),
             Levels(develop=10.0, confirm=25.0, critical=100.0, persist=5)))
         level, z = watch.observe(step, rate)
         return [finding(

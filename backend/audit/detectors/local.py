@@ -16,6 +16,7 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import Levels, RobustWindow, finite_log
 from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.backend.audit.detectors.gradients import CALIBRATION
 from sentrycam.capture.messages import LayerStats
 
 #: Fractions (dead, saturated) are judged against a noise floor of one unit in fifty.
@@ -60,8 +61,9 @@ class PerLayer(Detector):
 
 
 def fraction_watch() -> SeriesWatch:
-    """A fraction statistic observed every few steps: 30 observations back, 2 lagged."""
-    return SeriesWatch(RobustWindow(window=30, lag=2, min_count=5, floor=FRACTION_FLOOR),
+    """A fraction statistic observed every few steps, against its last 10 observations: a
+    sudden jump is a failure; a steady creep (activations growing as the net trains) is not."""
+    return SeriesWatch(RobustWindow(window=10, lag=1, min_count=5, floor=FRACTION_FLOOR),
                        Levels(develop=5.0, confirm=12.0, critical=30.0, persist=2))
 
 
@@ -126,7 +128,7 @@ class GradientFlow(PerLayer):
         return {layer: float(v - center) for layer, v in zip(item.layers, logs)}
 
     def new_watch(self) -> SeriesWatch:
-        return SeriesWatch(RobustWindow(window=100, lag=5, min_count=20, floor=0.1),
+        return SeriesWatch(RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=0.1),
                            Levels(develop=8.0, confirm=16.0, critical=60.0, persist=3),
                            direction=-1.0)
 
@@ -152,7 +154,7 @@ class WeightNormImbalance(PerLayer):
     values: Callable[..., dict[str, float]] = GradientFlow.values
 
     def new_watch(self) -> SeriesWatch:
-        return SeriesWatch(RobustWindow(window=100, lag=5, min_count=20, floor=LOG_REL),
+        return SeriesWatch(RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=LOG_REL),
                            Levels(develop=8.0, confirm=16.0, critical=60.0, persist=5),
                            direction=0.0)
 

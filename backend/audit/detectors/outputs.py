@@ -19,9 +19,16 @@ from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWa
 SNAPSHOT_LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
 
 
+#: Snapshot-to-snapshot movement is measured over the last few snapshots only, so that the
+#: fast improvement of early training does not set the yardstick for later degradations.
+SNAPSHOT_NOISE_WINDOW = 6
+
+
 def snapshot_watch(higher_is_better: bool) -> SeriesWatch:
-    return SeriesWatch(RunningBest(higher_is_better, noise_window=20, min_count=3),
-                       SNAPSHOT_LEVELS)
+    """The rule for a series sampled every snapshot or epoch: distance from its best value in
+    units of its recent movement (also the benchmark's validation-loss trigger)."""
+    return SeriesWatch(RunningBest(higher_is_better, noise_window=SNAPSHOT_NOISE_WINDOW,
+                                   min_count=3), SNAPSHOT_LEVELS)
 
 
 def train_rows(view: ProbeView) -> np.ndarray:

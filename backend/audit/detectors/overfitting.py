@@ -14,35 +14,44 @@ import math
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import Levels, RunningBest
-from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWatch, finding
+from sentrycam.backend.audit.detectors.base import Detector, ProbeView, finding
+from sentrycam.backend.audit.detectors.outputs import snapshot_watch
 from sentrycam.capture.messages import Scalars
 
-LEVELS = Levels(develop=3.0, confirm=8.0, critical=40.0, persist=3)
+#: Consecutive held-out observations above the best one: 2 is developing, 3 confirmed.
+DEVELOP_AFTER, CONFIRM_AFTER = 2, 3
 
 
 class GapTrack:
-    """Held-out loss against its best, and the train/held-out gap against its smallest."""
+    """The held-out loss against its best, with the training loss and the gap at that best.
+
+    Overfitting is declared the way the TEVID labelling protocol reads it (rising validation
+    loss, falling training loss, a gap grown beyond its history), made causal and
+    self-calibrating: the held-out loss has stayed above its best for several consecutive
+    observations, each time by more than its own recent movement, while the training loss is
+    no worse than at the best and the gap is wider than it was then.
+    """
 
     def __init__(self) -> None:
-        self.heldout = SeriesWatch(RunningBest(False, noise_window=20, min_count=3), LEVELS)
-        self.gap = RunningBest(False, noise_window=20, min_count=3)
-        self.train_best = math.inf
+        self.heldout = snapshot_watch(False)
+        self.at_best: tuple[float, float] | None = None  # (train, gap) when heldout was best
+        self.above = 0
 
     def add(self, step: int, heldout: float, train: float) -> tuple[int, float | None, float]:
         gap = heldout - train
-        gap_score = self.gap.degradation(gap)
         score = self.heldout.score(heldout)
-        train_improving = train <= self.train_best + 1e-12 or \
-            (math.isfinite(self.train_best) and train < self.train_best * 1.05)
-        widening = gap_score is not None and gap_score > LEVELS.develop
-        judged = score if (train_improving and widening) else None
-        level = self.heldout.escalation.level(judged)
-        self.heldout.baseline.update(heldout)
+        best = self.heldout.baseline.best
+        worse = score is not None and score > 1.0
+        if worse and self.at_best is not None:
+            train_at_best, gap_at_best = self.at_best
+            worse = train <= train_at_best * 1.02 and gap > gap_at_best
+        self.above = self.above + 1 if worse else 0
+        level = 2 if self.above >= CONFIRM_AFTER else (1 if self.above >= DEVELOP_AFTER else 0)
+        if not math.isfinite(best) or heldout <= best:
+            self.at_best = (train, gap)
+        self.heldout.baseline.update(heldout, anomalous=score is not None and score > 1.0)
         self.heldout.points.append((step, heldout))
-        self.gap.update(gap)
-        self.train_best = min(self.train_best, train)
-        return level, judged, gap
+        return level, score, gap
 
 
 class Overfitting(Detector):
@@ -95,8 +104,9 @@ class Overfitting(Detector):
         return finding(
             self.name, step, level, score, layer=None,
             evidence=track.heldout.evidence(series=what, source=source, gap=round(gap, 5)),
-            message=f"{what} rose {score or 0:.1f} noise units above its lowest while the "
-                    f"training loss kept improving (gap now {gap:.3g})",
+            message=f"{what} has stayed above its lowest for {track.above} observations "
+                    f"({score or 0:.1f} noise units now) while the training loss kept improving "
+                    f"(gap now {gap:.3g})",
             suggestion="the model is memorising the training set; more data or augmentation, "
                        "stronger regularisation (weight decay, dropout) or early stopping",
             confidence=0.6)

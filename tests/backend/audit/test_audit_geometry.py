@@ -8,7 +8,7 @@ import pytest
 from sentrycam.backend.audit.detectors.base import MapView
 from sentrycam.backend.audit.detectors.geometry import GeometryDetector, MapGeometryDetector
 from sentrycam.backend.audit.geometry import class_geometry
-from tests.backend.audit.streams import first_confirmed, levels, max_level, probe_view
+from tests.backend.audit.streams import first_confirmed, max_level, probe_view
 
 CLASSES, PER_CLASS = 5, 60
 

@@ -37,10 +37,12 @@ def test_outlier_batch_confirms_repeated_spikes_only():
     single = loss.copy()
     single[AT] *= 20
     assert max_level(levels(OutlierBatch(), "scalars", scalars(STEPS, loss=single))) == 1
-    repeated = loss.copy()
-    repeated[[AT, AT + 20, AT + 40]] *= 20
+    few, many = loss.copy(), loss.copy()
+    few[[AT, AT + 20, AT + 40]] *= 20  # three heavy batches: still "developing"
+    assert max_level(levels(OutlierBatch(), "scalars", scalars(STEPS, loss=few))) == 1
+    many[AT:AT + 100:20] *= 20
     assert first_confirmed(levels(OutlierBatch(), "scalars",
-                                  scalars(STEPS, loss=repeated))) == AT + 40
+                                  scalars(STEPS, loss=many))) == AT + 80
 
 
 def test_oscillation_fires_on_bouncing_loss_and_not_on_noise():
@@ -76,10 +78,11 @@ def test_gradient_explosion_sudden_and_slow_drift():
     assert first is not None and AT <= first <= AT + 3
     drift = grad.copy()
     drift[AT:] *= 1.02 ** np.arange(STEPS - AT)  # 2.7x after 50 steps: no single big jump
-    first = first_confirmed(levels(GradientExplosion(), "scalars",
-                                   scalars(STEPS, grad_norm=drift)))
-    assert first is not None and AT < first < STEPS
-    assert max_level(levels(GradientExplosion(), "scalars", scalars(STEPS, grad_norm=grad))) < 2
+    found = levels(GradientExplosion(), "scalars", scalars(STEPS, grad_norm=drift))
+    developing = [step for step, level in found.items() if level >= 1]
+    # A slow climb alone is reported as developing, never confirmed (healthy runs climb too).
+    assert developing and min(developing) > AT and max_level(found) == 1
+    assert max_level(levels(GradientExplosion(), "scalars", scalars(STEPS, grad_norm=grad))) == 0
 
 
 def test_vanishing_gradients():
