@@ -68,6 +68,15 @@ class ServerSettings(BaseSettings):
             raise ValueError("host must not be empty; use 127.0.0.1 for this machine only")
         return host.strip()
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"alert_webhook_url must be an http:// or https:// URL, got {url!r}")
+        return url
+
     @field_validator("token")
     @classmethod
     def _blank_token_is_none(cls, token: str | None) -> str | None:

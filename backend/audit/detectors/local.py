@@ -9,6 +9,7 @@ telemetry steps. Each (detector, layer) pair keeps its own baseline.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Callable
 
 import numpy as np
@@ -60,11 +61,35 @@ class PerLayer(Detector):
         raise NotImplementedError
 
 
+class JumpWatch(SeriesWatch):
+    """A fraction judged against its last 10 observations, but only while it got there by a
+    jump: the score is the smaller of the level z-score and the largest of the last 3 step
+    changes in units of the usual step change. A sudden jump (units dying at once) scores high;
+    a steady creep (activations growing while the network trains) does not."""
+
+    RECENT = 3
+
+    def __init__(self) -> None:
+        super().__init__(RobustWindow(window=10, lag=1, min_count=5, floor=FRACTION_FLOOR),
+                         Levels(develop=5.0, confirm=12.0, critical=30.0, persist=2))
+        self.steps = RobustWindow(window=10, lag=1, min_count=4, floor=FRACTION_FLOOR)
+        self.jumps: deque[float] = deque(maxlen=self.RECENT)
+        self.previous = math.nan
+
+    def score(self, value: float) -> float | None:
+        level = super().score(value)
+        change = value - self.previous if math.isfinite(self.previous) else math.nan
+        jump = self.steps.zscore(change)
+        self.steps.update(change)
+        self.previous = value
+        self.jumps.append(jump if jump is not None else 0.0)
+        if level is None:
+            return None
+        return min(level, max(self.jumps))
+
+
 def fraction_watch() -> SeriesWatch:
-    """A fraction statistic observed every few steps, against its last 10 observations: a
-    sudden jump is a failure; a steady creep (activations growing as the net trains) is not."""
-    return SeriesWatch(RobustWindow(window=10, lag=1, min_count=5, floor=FRACTION_FLOOR),
-                       Levels(develop=5.0, confirm=12.0, critical=30.0, persist=2))
+    return JumpWatch()
 
 
 class DeadUnits(PerLayer):

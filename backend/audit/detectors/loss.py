@@ -21,6 +21,7 @@ from sentrycam.capture.messages import LayerStats, Scalars
 SMOOTH = 5          # causal median over the last 5 losses
 WARMUP = 80         # losses before any judgement (early training moves fast)
 NOISE_WINDOW = 100  # losses the per-step noise is measured over
+RECENT_NOISE = 25   # ... and over the most recent of them
 
 
 class LossTrack:
@@ -46,11 +47,14 @@ class LossTrack:
         return smooth
 
     def noise(self) -> float:
-        """Robust per-step spread of log-loss around its trailing median (>= 1e-3)."""
+        """Robust per-step spread of log-loss around its trailing median (>= 1e-3): the larger
+        of its value over the last 100 and the last 25 steps, so that a quiet phase (a loss
+        stuck at chance at the start) does not set the yardstick once the loss moves."""
         if len(self.residuals) < 2:
             return math.nan
         _, scale = robust_center_scale(self.residuals, 1e-3)
-        return scale
+        _, recent = robust_center_scale(list(self.residuals)[-RECENT_NOISE:], 1e-3)
+        return max(scale, recent)
 
     def evidence(self, **extra: Any) -> dict[str, Any]:
         points = list(self.smooth_hist)[-40:]

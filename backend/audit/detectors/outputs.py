@@ -3,7 +3,8 @@ confidence collapse, entropy drift, falling correct rate (label noise, forgettin
 the per-sample loss distribution.
 
 Each series is compared with the best value the run reached (:class:`RunningBest`), in units of
-its own snapshot-to-snapshot movement, floored by its sampling error over the probe.
+its own snapshot-to-snapshot movement. The probe is the same samples at every snapshot, so the
+floor of that scale is the series' resolution (one sample's worth), not a sampling error.
 """
 
 from __future__ import annotations
@@ -17,23 +18,42 @@ from sentrycam.backend.audit.baselines import Levels, RunningBest
 from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWatch, finding
 
 SNAPSHOT_LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
+#: Smallest noise scale of the tail log-loss: a 2% change.
+TAIL_FLOOR = 0.02
 
 
 #: Snapshot-to-snapshot movement is measured over the last few snapshots only, so that the
 #: fast improvement of early training does not set the yardstick for later degradations.
 SNAPSHOT_NOISE_WINDOW = 6
+#: Observations (snapshots, epochs) that calibrate a series before it is judged.
+SNAPSHOT_CALIBRATION = 4
 
 
 def snapshot_watch(higher_is_better: bool) -> SeriesWatch:
     """The rule for a series sampled every snapshot or epoch: distance from its best value in
     units of its recent movement (also the benchmark's validation-loss trigger)."""
     return SeriesWatch(RunningBest(higher_is_better, noise_window=SNAPSHOT_NOISE_WINDOW,
-                                   min_count=3), SNAPSHOT_LEVELS)
+                                   min_count=SNAPSHOT_CALIBRATION), SNAPSHOT_LEVELS)
 
 
 def train_rows(view: ProbeView) -> np.ndarray:
     """Boolean [N]: the probe samples of the training split."""
     return ~view.heldout
+
+
+def has_left_chance(view: ProbeView) -> bool:
+    """True once the model commits to predictions: mean confidence on the probe at least twice
+    the chance level 1/K (for two classes, halfway to certainty). Before that, every output series sits at its chance value and its
+    movement says nothing about the noise of a learning model (calibration waits)."""
+    confidence = view.outputs.get("confidence")
+    pred = view.outputs.get("pred")
+    if confidence is None or pred is None or not len(pred):
+        return False
+    known = view.labels[view.labels >= 0]
+    classes = len(np.unique(known)) if known.size else int(np.max(pred)) + 1
+    chance = 1.0 / max(classes, 2)
+    committed = min(2.0 * chance, (1.0 + chance) / 2.0)  # binary: halfway to certainty
+    return float(np.nanmean(np.asarray(confidence, dtype=np.float64))) >= committed
 
 
 class OutputSeries(Detector):
@@ -47,6 +67,7 @@ class OutputSeries(Detector):
     def __init__(self) -> None:
         super().__init__()
         self.watch = snapshot_watch(self.higher_is_better)
+        self.learning = False
 
     def summarise(self, view: ProbeView) -> tuple[float, float] | None:
         """(value, its sampling standard error) or None when the snapshot lacks the input."""
@@ -60,6 +81,11 @@ class OutputSeries(Detector):
         return float(values.mean()), float(values.std() / math.sqrt(values.size))
 
     def observe(self, kind: str, item: ProbeView) -> list[Finding]:
+        if not self.learning:
+            self.learning = has_left_chance(item)
+            if not self.learning:
+                self.inactive_reason = "waiting for the model to leave chance level"
+                return []
         summary = self.summarise(item)
         if summary is None:
             return []
@@ -123,10 +149,8 @@ class FallingCorrectRate(OutputSeries):
                 self.inactive_reason = "no probe labels (pass labels with the probe)"
             return None
         correct = (np.asarray(pred)[rows] == view.labels[rows]).astype(np.float64)
-        p = float(correct.mean())
-        best = self.watch.baseline.best
-        q = best if math.isfinite(best) else p
-        return p, math.sqrt(max(q * (1 - q), 1.0 / rows.sum()) / rows.sum())
+        # The probe is the same samples every time: the floor is one sample's worth.
+        return float(correct.mean()), 1.0 / rows.sum()
 
     def judge(self, view, value, level, score) -> Finding:
         return finding(
@@ -140,8 +164,9 @@ class FallingCorrectRate(OutputSeries):
 
 
 class LossDistributionShift(OutputSeries):
-    """The upper tail (90th percentile) of per-sample log-losses over the probe rises well above
-    the lowest the run reached: some samples become much harder while the mean may hide it."""
+    """The upper tail (mean of the worst tenth) of per-sample log-losses over the probe rises
+    well above the lowest the run reached: some samples become much harder while the mean may
+    hide it."""
 
     name = "loss_distribution_shift"
     waiting_for = "no snapshot with per-sample losses yet (they need probe labels)"
@@ -156,14 +181,16 @@ class LossDistributionShift(OutputSeries):
         values = np.log(np.clip(values[np.isfinite(values)], 1e-6, None))
         if values.size < 20:
             return None
-        tail = float(np.quantile(values, self.QUANTILE))
-        return tail, float(values.std() * 2.0 / math.sqrt(values.size))
+        # The mean of the worst tenth (not a quantile, which jumps when the error rate
+        # crosses it).
+        tail = float(np.sort(values)[int(self.QUANTILE * values.size):].mean())
+        return tail, TAIL_FLOOR
 
     def judge(self, view, value, level, score) -> Finding:
         return finding(
             self.name, view.step, level, score,
-            evidence=self.watch.evidence(series="90th percentile of per-sample log-loss"),
-            message=f"the hardest tenth of probe samples got much harder (90th-percentile loss "
-                    f"{math.exp(value):.3g}, {score or 0:.1f} noise units above its lowest)",
+            evidence=self.watch.evidence(series="mean log-loss of the worst tenth of the probe"),
+            message=f"the hardest tenth of probe samples got much harder (their geometric-mean "
+                    f"loss {math.exp(value):.3g}, {score or 0:.1f} noise units above its lowest)",
             suggestion="the per-sample loss distribution shifted: a data-pipeline change, label "
                        "noise, or forgetting of some classes", confidence=0.45)

@@ -20,6 +20,9 @@ from sentrycam.capture.messages import Scalars
 
 #: Consecutive held-out observations above the best one: 2 is developing, 3 confirmed.
 DEVELOP_AFTER, CONFIRM_AFTER = 2, 3
+#: Rises smaller than 5% of the best held-out loss are not counted (practical significance:
+#: a converged model's held-out loss wanders by a few percent).
+PRACTICAL = 0.05
 
 
 class GapTrack:
@@ -28,28 +31,35 @@ class GapTrack:
     Overfitting is declared the way the TEVID labelling protocol reads it (rising validation
     loss, falling training loss, a gap grown beyond its history), made causal and
     self-calibrating: the held-out loss has stayed above its best for several consecutive
-    observations, each time by more than its own recent movement, while the training loss is
-    no worse than at the best and the gap is wider than it was then.
+    observations without falling back below where it first rose to, while the training loss
+    is no worse than at the best and the gap is wider than it was then. The reported magnitude
+    is the rise in units of the held-out loss's own recent movement.
     """
 
     def __init__(self) -> None:
         self.heldout = snapshot_watch(False)
         self.at_best: tuple[float, float] | None = None  # (train, gap) when heldout was best
         self.above = 0
+        self.first_above = math.nan
 
     def add(self, step: int, heldout: float, train: float) -> tuple[int, float | None, float]:
         gap = heldout - train
         score = self.heldout.score(heldout)
         best = self.heldout.baseline.best
-        worse = score is not None and score > 1.0
+        # Beyond its own recent movement, and by a practically significant fraction.
+        worse = score is not None and score >= 1.0 and heldout > best * (1 + PRACTICAL)
         if worse and self.at_best is not None:
             train_at_best, gap_at_best = self.at_best
-            worse = train <= train_at_best * 1.02 and gap > gap_at_best
+            worse = train <= train_at_best * (1 + PRACTICAL) and gap > gap_at_best
+        if worse and self.above:  # still rising overall since it first left its best
+            worse = heldout >= self.first_above
+        if worse and not self.above:
+            self.first_above = heldout
         self.above = self.above + 1 if worse else 0
         level = 2 if self.above >= CONFIRM_AFTER else (1 if self.above >= DEVELOP_AFTER else 0)
         if not math.isfinite(best) or heldout <= best:
             self.at_best = (train, gap)
-        self.heldout.baseline.update(heldout, anomalous=score is not None and score > 1.0)
+        self.heldout.baseline.update(heldout, anomalous=worse)
         self.heldout.points.append((step, heldout))
         return level, score, gap
 

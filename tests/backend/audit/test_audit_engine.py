@@ -120,3 +120,10 @@ def test_webhook_is_opt_in_and_posts_alerts_at_the_configured_severity(make_sett
         assert posted and all(a["severity"] >= 2 and a["run_id"] == run_id for a in posted)
     finally:
         hook.shutdown()
+
+
+def test_bad_webhook_url_is_refused_clearly(make_settings):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="http:// or https://"):
+        make_settings(alert_webhook_url="ftp://example.invalid/hook")
