@@ -127,3 +127,26 @@ def test_bad_webhook_url_is_refused_clearly(make_settings):
 
     with pytest.raises(ValidationError, match="http:// or https://"):
         make_settings(alert_webhook_url="ftp://example.invalid/hook")
+
+
+def test_map_geometry_activates_when_embeddings_arrive(make_settings):
+    """The projector's announcement of a stored 2D map switches the map detectors on."""
+    import numpy as np
+
+    from sentrycam.backend.feed import Change
+
+    with serve_in_thread(make_settings()) as server:
+        run_id = train_streamed(server.url, steps=100)
+        settle(server)
+        store = server.store
+        assert "map_geometry" in server.app.state.audit.run_status(run_id)["inactive"]
+        last = store.snapshot_index(run_id)[-1]
+        ids, features = store.features(run_id, last["step"], last["layer"])
+        for step in range(0, 8 * 25, 25):  # a stable map, drawn from the features
+            store.write_embedding(run_id, last["layer"], step, ids,
+                                  features[:, :2].astype(np.float32))
+            server.app.state.feed.publish([Change(run_id, "embedding", step, last["layer"])])
+        assert server.app.state.audit.wait_idle(30)
+        status = server.app.state.audit.run_status(run_id)
+        assert "map_geometry" in status["active"]
+        assert last["layer"] in status["geometry"]["map_geometry"]
