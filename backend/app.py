@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds an app whose lifespan opens the store (unless one is given),
 starts the :class:`~sentrycam.backend.ingest.IngestWriter`, and on shutdown drains the writer and
 closes the store it opened. Everything the routes need lives in ``app.state``:
-``settings``, ``store``, ``writer``, ``feed`` (the :class:`~sentrycam.backend.feed.ChangeFeed`
+``settings``, ``store``, ``writer``, ``hub`` (the push hub), ``feed`` (the :class:`~sentrycam.backend.feed.ChangeFeed`
 that announces what was stored), ``activity``, ``started_at`` (epoch seconds),
 ``started_monotonic``.
 """
@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 import sentrycam
 from sentrycam.backend.auth import TokenGuard
 from sentrycam.backend.feed import ChangeFeed
+from sentrycam.backend.hub import PushHub
 from sentrycam.backend.ingest import IngestWriter
-from sentrycam.backend.routes import health, ingest_ws, pages, runs
+from sentrycam.backend.routes import derived, health, ingest_ws, pages, push_ws, runs
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
 
@@ -107,10 +108,13 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                               feed=app.state.feed)
         writer.start()
         app.state.writer = writer
+        app.state.hub = PushHub(app.state.store, app.state.feed)
+        app.state.hub.start()
         log.info("sentrycam server ready: db %s", settings.db_path)
         try:
             yield
         finally:
+            app.state.hub.stop()
             # Stopping drains the queue; run it off the loop so shutdown stays responsive.
             await asyncio.to_thread(writer.stop, DRAIN_TIMEOUT_S)
             if own_store:
@@ -123,8 +127,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
-    for module in (health, runs, ingest_ws, pages):
+    for module in (health, runs, derived, ingest_ws, push_ws):
         app.include_router(module.router)
+    pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
     if settings.token:
         app.add_middleware(TokenGuard, token=settings.token)
