@@ -205,7 +205,8 @@ class EmbeddingView:
         self.shown, self._pending = key, None
         self.source.data = {**self._columns, "c": self._colour_values()}
         self.figure.title.text = f"{key[0]} at step {key[1]}  ({len(ids)} probe samples)"
-        self.caption.object = f"step {key[1]}" + (" (live)" if self.live.value else "")
+        self.caption.object = (f"<span class='sc-map-step'>step {key[1]}</span>"
+                               + (" (live)" if self.live.value else ""))
         self._show_quality()
 
     def _colour_values(self) -> np.ndarray:

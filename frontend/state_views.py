@@ -154,7 +154,7 @@ class StatusView:
                  f"capture overhead {_percent(v.get('overhead'))}",
                  f"dropped by capture {_count(v.get('dropped'))}",
                  f"dropped on the way to this page {_count(v.get('hub_dropped', 0))}"]
-        return " &middot; ".join(p for p in parts if p)
+        return "<div class='sc-status-text'>" + " &middot; ".join(p for p in parts if p) + "</div>"
 
     def _map_state(self) -> str:
         v = self.values
