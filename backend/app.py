@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import sentrycam
-from sentrycam.backend.auth import TokenGuard
+from sentrycam.backend.auth import OPEN_PATHS, TokenGuard
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.hub import PushHub
 from sentrycam.backend.ingest import IngestWriter
@@ -132,7 +132,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
     if settings.token:
-        app.add_middleware(TokenGuard, token=settings.token)
+        app.add_middleware(TokenGuard, token=settings.token,
+                           open_paths=OPEN_PATHS | pages.OPEN_PATHS,
+                           open_prefixes=pages.OPEN_PREFIXES)
     # Added last, so outermost: refused requests count as activity too.
     app.add_middleware(ActivityTracker, activity=app.state.activity)
     return app

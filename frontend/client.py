@@ -119,6 +119,12 @@ class PushSubscription:
             socket.close()
         self._thread.join(timeout)
 
+    def resync(self) -> None:
+        """Drop the connection; the thread reconnects and receives the catch-up again."""
+        socket = self._socket
+        if socket is not None:
+            socket.close()
+
     @property
     def connected(self) -> bool:
         return self._socket is not None

@@ -40,6 +40,8 @@ class EmbeddingView:
         self.labels: dict[int, int] = {}
         self.shown: tuple[str, int] | None = None
         self._pending: tuple[str, int] | None = None
+        self._user_layer = False  # once the user picks a layer, new layers do not move it
+        self._setting_layer = False
         self.source = ColumnDataSource(_empty_points(), name="sc-embedding-points")
         self.trail_source = ColumnDataSource({"xs": [], "ys": []}, name="sc-embedding-trails")
         self.mapper = LinearColorMapper(palette=Category10_10, low=-0.5, high=9.5,
@@ -75,7 +77,7 @@ class EmbeddingView:
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        controls = pn.Row(self.layer, self.colour, self.live, self.player)
+        controls = pn.Column(pn.Row(self.layer, self.colour, self.live), self.player)
         return pn.Column(controls, self.caption, pn.pane.Bokeh(self.figure), self.quality_text,
                          css_classes=["sc-embedding"], sizing_mode="stretch_width")
 
@@ -148,8 +150,12 @@ class EmbeddingView:
         layers = sorted(self.steps)
         if layers != list(self.layer.options):
             self.layer.options = layers
-        if self.layer.value not in layers and layers:
-            self.layer.value = _default_layer(layers)
+        if layers and (self.layer.value not in layers or not self._user_layer):
+            self._setting_layer = True
+            try:
+                self.layer.value = _default_layer(layers)
+            finally:
+                self._setting_layer = False
         steps = self.steps.get(self.layer.value) or []
         if steps:
             self.player.disabled = False
@@ -159,6 +165,7 @@ class EmbeddingView:
                 self.player.value = len(steps) - 1
 
     def _on_layer(self, layer: str) -> None:
+        self._user_layer = self._user_layer or not self._setting_layer
         self.trail_source.data = {"xs": [], "ys": []}
         self._refresh_controls()
         steps = self.steps.get(layer) or []
@@ -196,11 +203,12 @@ class EmbeddingView:
         ids = arrays["sample_id"]
         labels = np.array([self.labels.get(i, -1) for i in ids.tolist()], dtype=np.int64)
         pred = arrays["pred"]
+        # 32-bit columns: BokehJS takes them as typed arrays, half the bytes of 64-bit ones.
         self._columns = {
-            "x": arrays["xy"][:, 0], "y": arrays["xy"][:, 1], "sample_id": ids,
-            "label": labels, "pred": pred,
-            "correct": np.where((pred >= 0) & (labels >= 0), (pred == labels).astype(float),
-                                np.nan),
+            "x": arrays["xy"][:, 0], "y": arrays["xy"][:, 1], "sample_id": ids.astype(np.int32),
+            "label": labels.astype(np.int32), "pred": pred.astype(np.int32),
+            "correct": np.where((pred >= 0) & (labels >= 0), (pred == labels),
+                                np.nan).astype(np.float32),
             "loss": arrays["loss"], "confidence": arrays["confidence"]}
         self.shown, self._pending = key, None
         self.source.data = {**self._columns, "c": self._colour_values()}
@@ -213,7 +221,7 @@ class EmbeddingView:
         mode, cols = self.colour.value, self._columns
         values = {"label": cols["label"], "prediction": cols["pred"],
                   "correctness": cols["correct"], "loss": cols["loss"],
-                  "confidence": cols["confidence"]}[mode].astype(np.float64)
+                  "confidence": cols["confidence"]}[mode].astype(np.float32)
         if mode in ("label", "prediction"):
             values = np.where(values < 0, np.nan, values)
             classes = int(np.nanmax(values)) + 1 if np.isfinite(values).any() else 10

@@ -12,7 +12,7 @@ One frame carries one update of one run (new scalars, layer statistics, a 2D map
 Points travel as packed numpy arrays, never as one JSON object per point: 2,000 probe samples'
 coordinates are 16 kB of float32. Only numpy and json are needed on either side, so the
 backend (which encodes) and the frontend's API client (which decodes) share this module.
-Frame types and their fields are listed in docs/dashboard.md.
+Frame types and their fields are listed in :mod:`sentrycam.backend.push_frames`.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ class DashboardPage:
                                         css_classes=["sc-runs"])
         self.second = pn.widgets.Select(name="side by side with", options={NONE: NONE},
                                         value=NONE, width=320, css_classes=["sc-compare"])
-        self.slots = [pn.Column(sizing_mode="stretch_width"),
-                      pn.Column(sizing_mode="stretch_width", visible=False)]
+        self.slots = [pn.Column(pn.Spacer(height=0), sizing_mode="stretch_width"),
+                      pn.Column(pn.Spacer(height=0), sizing_mode="stretch_width", visible=False)]
         self.dashboards: list[RunDashboard | None] = [None, None]
         self._wanted = [run_id, compare]
         self.empty = pn.pane.HTML("waiting for the first run: attach capture to a model with "
@@ -114,7 +114,7 @@ class DashboardPage:
             current.close()
         self.dashboards[slot] = None
         if run_id is None:
-            self.slots[slot].objects = []
+            self.slots[slot].objects = [pn.Spacer(height=0)]
             self.slots[slot].visible = slot == 0
             return
         dashboard = RunDashboard(self.client, run_id).start()

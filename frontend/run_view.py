@@ -45,9 +45,11 @@ class RunDashboard:
         self.status = StatusView()
         self.snapshot_steps: set[int] = set()
         self.applied = 0
+        self.hub_dropped = 0
         self.last_applied_at: float | None = None
         self.embedding.layer.param.watch(lambda e: self._layer_changed(), "value")
         self._callback = None
+        self._closed = False
         self.subscription = client.subscribe(run_id, lambda h, a: self.inbox.append((h, a)))
         self._pool.submit(self._fetch_projector_state)
 
@@ -57,6 +59,7 @@ class RunDashboard:
         return self
 
     def close(self) -> None:
+        self._closed = True
         if self._callback is not None:
             self._callback.stop()
         self.subscription.close(timeout=1.0)
@@ -82,7 +85,6 @@ class RunDashboard:
                 log.exception("dashboard could not apply a %s frame", header.get("type"))
             self.applied += 1
             self.last_applied_at = time.time()
-        self.status.update(hub_dropped=self._hub_dropped())
 
     def apply(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         kind = header["type"]
@@ -145,7 +147,11 @@ class RunDashboard:
         self.embedding.take_trails(arrays)
 
     def _on_dropped(self, header: dict, arrays: dict) -> None:
-        self._dropped_by_hub = int(header.get("count", 0))
+        """This page read too slowly and the hub dropped frames: count them, and subscribe
+        afresh, whose catch-up fills the holes (views skip what they already hold)."""
+        self.hub_dropped += int(header.get("count", 0))
+        self.status.update(hub_dropped=self.hub_dropped)
+        self.subscription.resync()
 
     def _saw_steps(self, steps: np.ndarray) -> None:
         if len(steps):
@@ -159,19 +165,20 @@ class RunDashboard:
         self.health.show_layer(self.embedding.layer.value)
         self._count_maps()
 
-    def _hub_dropped(self) -> int:
-        return getattr(self, "_dropped_by_hub", 0)
-
     # ------------------------------------------------------------------ worker threads
     def _fetch_map(self, layer: str, step: int) -> None:
-        self._pool.submit(self._background, lambda: self.client.embedding(self.run_id, layer, step))
+        self._submit(lambda: self.client.embedding(self.run_id, layer, step))
 
     def _fetch_trails(self, layer: str, sample_ids: list[int]) -> None:
-        self._pool.submit(self._background, lambda: (
-            {"type": "trails"}, self.client.trails(self.run_id, layer, sample_ids)))
+        self._submit(lambda: ({"type": "trails"},
+                              self.client.trails(self.run_id, layer, sample_ids)))
 
     def _acknowledge(self, alert_id: int) -> None:
-        self._pool.submit(self._background, lambda: self.client.acknowledge(alert_id))
+        self._submit(lambda: self.client.acknowledge(alert_id))
+
+    def _submit(self, fetch: Any) -> None:
+        if not self._closed:  # widgets may still fire while a closed session is torn down
+            self._pool.submit(self._background, fetch)
 
     def _fetch_projector_state(self) -> None:
         try:

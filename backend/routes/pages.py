@@ -8,12 +8,19 @@ from the server. Each browser session reads through the server's HTTP API and pu
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import FastAPI
 
 from sentrycam.backend.settings import ServerSettings, is_loopback
 
 #: Origins whose pages may open the dashboard's websocket on a loopback server.
 LOOPBACK_ORIGINS = ("localhost:*", "127.0.0.1:*", "[::1]:*")
+#: What a browser fetches without the page's ``?token=`` and the token guard lets through:
+#: BokehJS/Panel bundles (public files), and the page's own websocket, which Bokeh admits only
+#: with a session token signed by this server when it served the (token-guarded) page.
+OPEN_PATHS = frozenset({"/ws"})
+OPEN_PREFIXES = ("/static/",)
 
 
 def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
@@ -24,5 +31,7 @@ def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
     from sentrycam.frontend.page import session_page
 
     origins = list(LOOPBACK_ORIGINS) if is_loopback(settings.host) else ["*"]
-    add_applications({"/": session_page}, app=app, title="sentrycam",
-                     websocket_origin=origins)
+    # Signed sessions: a websocket must present a session token this server minted, and a
+    # fresh secret per server means no token outlives it.
+    add_applications({"/": session_page}, app=app, title="sentrycam", websocket_origin=origins,
+                     secret_key=secrets.token_bytes(32), sign_sessions=True)

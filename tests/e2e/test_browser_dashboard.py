@@ -115,3 +115,18 @@ def test_a_dashboard_opened_after_training_ends_replays_the_whole_run(server_pro
     else:
         assert "no 2D map yet" in status
     assert "finished" in status
+
+
+def test_a_server_with_a_token_serves_the_dashboard_only_to_token_holders(tmp_path, page,
+                                                                         trainer):
+    settings = ServerSettings(db_path=tmp_path / "guarded.duckdb", port=0, token="s3cret")
+    with serve_in_thread(settings) as server:
+        run = capture.attach(trainer.model, _probe(trainer, 100), url=server.url, every=10,
+                             optimizer=trainer.optimizer, token="s3cret", run_name="guarded")
+        trainer.train(12)
+        assert httpx.get(server.url).status_code == 401
+        page.goto(f"{server.url}/?token=s3cret")
+        wait_until(lambda: latest_step(page) is not None, what="the guarded run's steps")
+        for part in PARTS:
+            assert page.locator(f".{part}").count() >= 1, part
+        run.detach()
