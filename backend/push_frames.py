@@ -10,10 +10,12 @@ Frame types, with their header fields and arrays:
   int32, ``value`` float64 [R].
 - ``snapshots``: ``steps`` (every snapshot step so far); sent on connect and per new snapshot.
 - ``embedding_index``: ``entries`` [[step, layer, n], ...].
-- ``embedding``: ``step``, ``layer``, ``health`` {intra, inter}; arrays ``sample_id`` int64
+- ``embedding``: ``step``, ``layer``, ``health`` {intra, inter, classes, spread (per
+  class)}; arrays ``sample_id`` int64
   [N], ``xy`` float32 [N, 2], ``pred`` int64 [N] (-1: unknown), ``confidence``/``loss``
   float32 [N] (NaN: unknown).
-- ``health``: ``layer``; arrays ``step`` int64, ``intra``/``inter`` float64 [S].
+- ``health``: ``layer``, ``classes``; arrays ``step`` int64, ``intra``/``inter`` float64
+  [S], ``spread`` float64 [S, C] (each class's spread on each map).
 - ``quality``: ``rows`` [[step, layer, metric, value], ...].
 - ``alerts``: ``alerts`` (every alert of the run, as the store lists them).
 - ``status``: the capture agent's counters (dropped, spooled, overhead, ...).
@@ -31,7 +33,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sentrycam.backend.cluster_health import cluster_health
+from sentrycam.backend.cluster_health import class_spreads, cluster_health
 from sentrycam.backend.feed import Change
 from sentrycam.backend.routes import json_safe
 from sentrycam.backend.store import MissingSnapshotError, Store
@@ -120,10 +122,8 @@ class FrameBuilder:
         cluster health. Raises MissingSnapshotError when it is not stored."""
         sample_ids, coords = self.store.embedding(run_id, layer, step)
         outputs = self._outputs(run_id, step, sample_ids)
-        ids, labels = self.labels(run_id)
-        intra, inter = cluster_health(coords, _aligned(ids, labels, sample_ids, -1))
         return encode_frame("embedding", run_id, step=int(step), layer=layer,
-                            health=json_safe({"intra": intra, "inter": inter}),
+                            health=json_safe(self.health(run_id, sample_ids, coords)),
                             arrays={"sample_id": sample_ids, "xy": coords, **outputs})
 
     def _outputs(self, run_id: str, step: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -136,21 +136,35 @@ class FrameBuilder:
                 **{name: _aligned(ids, predictions.get(name), sample_ids, np.nan)
                    .astype(np.float32) for name in ("confidence", "loss")}}
 
-    def health_columns(self, run_id: str, layer: str, steps: Sequence[int]) -> dict[str, np.ndarray]:
-        """Cluster health of the stored maps of ``layer`` at ``steps`` (the newest
-        :data:`HEALTH_HISTORY`): step int64, intra/inter float64 [S]."""
+    def health(self, run_id: str, sample_ids: np.ndarray, coords: np.ndarray) -> dict[str, Any]:
+        """Cluster health of one map: intra, inter (floats), classes (the probe's labels) and
+        spread (list, one per class; see :mod:`sentrycam.backend.cluster_health`)."""
         ids, labels = self.labels(run_id)
-        rows = []
-        for step in list(steps)[-HEALTH_HISTORY:]:
-            sample_ids, coords = self.store.embedding(run_id, layer, step)
-            rows.append((step, *cluster_health(coords, _aligned(ids, labels, sample_ids, -1))))
-        step, intra, inter = zip(*rows) if rows else ((), (), ())
-        return {"step": np.asarray(step, dtype=np.int64), "intra": np.asarray(intra, np.float64),
-                "inter": np.asarray(inter, np.float64)}
+        aligned = _aligned(ids, labels, sample_ids, -1)
+        classes = np.unique(labels[labels >= 0])
+        intra, inter = cluster_health(coords, aligned)
+        spread, _ = class_spreads(coords, aligned, classes)
+        return {"intra": intra, "inter": inter, "classes": classes.tolist(),
+                "spread": spread.tolist()}
+
+    def health_columns(self, run_id: str, layer: str, steps: Sequence[int]) -> dict[str, Any]:
+        """Cluster health of the stored maps of ``layer`` at ``steps`` (the newest
+        :data:`HEALTH_HISTORY`): step int64, intra/inter float64 [S], spread float64 [S, C],
+        and ``classes`` (list [C])."""
+        rows = [self.health(run_id, *self.store.embedding(run_id, layer, step))
+                for step in list(steps)[-HEALTH_HISTORY:]]
+        classes = self.labels(run_id)[1]
+        classes = np.unique(classes[classes >= 0]).tolist()
+        return {"step": np.asarray(list(steps)[-HEALTH_HISTORY:], dtype=np.int64),
+                "intra": np.asarray([r["intra"] for r in rows], np.float64),
+                "inter": np.asarray([r["inter"] for r in rows], np.float64),
+                "spread": np.asarray([r["spread"] for r in rows], np.float64).reshape(
+                    len(rows), len(classes)), "classes": classes}
 
     def health_frame(self, run_id: str, layer: str, steps: Sequence[int]) -> bytes:
-        return encode_frame("health", run_id, layer=layer,
-                            arrays=self.health_columns(run_id, layer, steps))
+        columns = self.health_columns(run_id, layer, steps)
+        return encode_frame("health", run_id, layer=layer, classes=columns.pop("classes"),
+                            arrays=columns)
 
     def quality_frame(self, run_id: str, layer: str | None = None,
                       step: int | None = None) -> bytes:

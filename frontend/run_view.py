@@ -41,7 +41,7 @@ class RunDashboard:
         self.heatmaps = HeatmapView(self.embedding.show_step)
         self.curves = CurvesView()
         self.alerts = AlertsView(self._acknowledge)
-        self.health = HealthView()
+        self.health = HealthView(self.embedding.show_step)
         self.status = StatusView()
         self.snapshot_steps: set[int] = set()
         self.applied = 0
@@ -123,11 +123,13 @@ class RunDashboard:
         self.embedding.take_map(header, arrays)
         health = header.get("health") or {}
         self.health.take(header["layer"], [header["step"]], [_num(health.get("intra"))],
-                         [_num(health.get("inter"))])
+                         [_num(health.get("inter"))], [[_num(v) for v in health.get("spread", [])]],
+                         health.get("classes", []))
         self._count_maps()
 
     def _on_health(self, header: dict, arrays: dict) -> None:
-        self.health.take(header["layer"], arrays["step"], arrays["intra"], arrays["inter"])
+        self.health.take(header["layer"], arrays["step"], arrays["intra"], arrays["inter"],
+                         arrays["spread"], header.get("classes", []))
 
     def _on_quality(self, header: dict, arrays: dict) -> None:
         self.embedding.take_quality(header["rows"])

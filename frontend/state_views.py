@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LinearColorMapper
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
@@ -71,45 +71,68 @@ class AlertsView:
 
 
 class HealthView:
-    """Cluster-health trajectory of the shown layer: intra-class variance (y) against
-    inter-class distance (x), one point per snapshot, coloured by step."""
+    """Cluster health of the shown layer's maps: the trajectory of intra-class variance (y)
+    against inter-class distance (x), one point per snapshot coloured by step; and a class x
+    snapshot heatmap of each class's spread, where clicking a cell calls ``on_pick(step)``."""
 
-    def __init__(self) -> None:
-        self.rows: dict[str, dict[int, tuple[float, float]]] = {}
+    def __init__(self, on_pick: Callable[[int], None]) -> None:
+        self._on_pick = on_pick
+        self.rows: dict[str, dict[int, tuple[float, float, list[float]]]] = {}
+        self.classes: dict[str, list[str]] = {}
         self.layer: str | None = None
         self.source = ColumnDataSource({"step": [], "intra": [], "inter": []},
                                        name="sc-health-points")
+        self.class_source = ColumnDataSource({"step": [], "cls": [], "spread": []},
+                                             name="sc-health-classes")
         self.mapper = LinearColorMapper(palette=Viridis256, low=0, high=1)
-        self.figure = figure(height=260, sizing_mode="stretch_width",
-                             title="cluster health (2D map)", x_axis_label="inter-class distance",
-                             y_axis_label="intra-class variance", tools="pan,wheel_zoom,reset")
-        self.figure.line("inter", "intra", source=self.source, line_color="#aaaaaa")
-        self.figure.scatter("inter", "intra", source=self.source, size=7,
-                            fill_color={"field": "step", "transform": self.mapper},
-                            line_color=None)
-        self.figure.add_tools(HoverTool(tooltips=[("step", "@step"), ("intra", "@intra{0.000}"),
-                                                  ("inter", "@inter{0.000}")]))
+        self.spread_mapper = LinearColorMapper(palette=Viridis256, low=0, high=1,
+                                               nan_color="#eeeeee")
+        self.figure = self._trajectory()
+        self.class_figure = figure(height=200, sizing_mode="stretch_width",
+                                   title="spread of each class per snapshot (2D map)",
+                                   y_range=FactorRange(factors=[]), tools="tap,xpan,reset",
+                                   x_axis_label="step")
+        self._cells = self.class_figure.rect(
+            "step", "cls", width=1, height=0.95, source=self.class_source, line_color=None,
+            fill_color={"field": "spread", "transform": self.spread_mapper})
+        self.class_figure.add_tools(HoverTool(tooltips=[("class", "@cls"), ("step", "@step"),
+                                                        ("spread", "@spread{0.000}")]))
+        self.class_source.selected.on_change("indices", lambda a, o, new: self._picked(new))
+
+    def _trajectory(self) -> Any:
+        fig = figure(height=260, sizing_mode="stretch_width", title="cluster health (2D map)",
+                     x_axis_label="inter-class distance", y_axis_label="intra-class variance",
+                     tools="pan,wheel_zoom,reset")
+        fig.line("inter", "intra", source=self.source, line_color="#aaaaaa")
+        fig.scatter("inter", "intra", source=self.source, size=7, line_color=None,
+                    fill_color={"field": "step", "transform": self.mapper})
+        fig.add_tools(HoverTool(tooltips=[("step", "@step"), ("intra", "@intra{0.000}"),
+                                          ("inter", "@inter{0.000}")]))
+        return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(pn.pane.Bokeh(self.figure), css_classes=["sc-health"],
-                         sizing_mode="stretch_width")
+        return pn.Column(pn.pane.Bokeh(self.figure), pn.pane.Bokeh(self.class_figure),
+                         css_classes=["sc-health"], sizing_mode="stretch_width")
 
-    def take(self, layer: str, steps: np.ndarray, intra: np.ndarray, inter: np.ndarray) -> None:
+    def take(self, layer: str, steps: Any, intra: Any, inter: Any, spread: Any,
+             classes: list[Any]) -> None:
+        """Add maps' health: per step, intra/inter and ``spread`` [S, C] for ``classes``."""
         points = self.rows.setdefault(layer, {})
-        fresh = {int(s): (float(a), float(b)) for s, a, b in zip(steps, intra, inter)
-                 if math.isfinite(a) and math.isfinite(b)}
-        new_steps = [s for s in fresh if s not in points]
-        points.update(fresh)
-        if layer != self.layer:
+        self.classes[layer] = [str(c) for c in classes]
+        new_steps = []
+        for i, step in enumerate(int(s) for s in steps):
+            if step not in points and math.isfinite(intra[i]) and math.isfinite(inter[i]):
+                new_steps.append(step)
+            points[step] = (float(intra[i]), float(inter[i]), [float(v) for v in spread[i]])
+        if layer != self.layer or not new_steps:
             return
-        last = max(self.source.data["step"], default=-1)
-        if new_steps and min(new_steps) > last:
+        if min(new_steps) > max(self.source.data["step"], default=-1):
             new_steps.sort()
-            self.source.stream({"step": new_steps, "intra": [points[s][0] for s in new_steps],
-                                "inter": [points[s][1] for s in new_steps]})
-        elif new_steps:
+            self.source.stream(self._trajectory_columns(new_steps))
+            self.class_source.stream(self._class_columns(new_steps))
+            self._rescale()
+        else:
             self._redraw()
-        self.mapper.update(low=min(points, default=0), high=max(max(points, default=1), 1))
 
     def show_layer(self, layer: str | None) -> None:
         if layer != self.layer:
@@ -117,11 +140,40 @@ class HealthView:
             self.figure.title.text = f"cluster health of {layer} (2D map)"
             self._redraw()
 
-    def _redraw(self) -> None:
+    def _trajectory_columns(self, steps: list[int]) -> dict[str, list]:
         points = self.rows.get(self.layer, {})
-        steps = sorted(points)
-        self.source.data = {"step": steps, "intra": [points[s][0] for s in steps],
-                            "inter": [points[s][1] for s in steps]}
+        return {"step": steps, "intra": [points[s][0] for s in steps],
+                "inter": [points[s][1] for s in steps]}
+
+    def _class_columns(self, steps: list[int]) -> dict[str, list]:
+        points, classes = self.rows.get(self.layer, {}), self.classes.get(self.layer, [])
+        cells = [(s, c, points[s][2][i]) for s in steps for i, c in enumerate(classes)
+                 if i < len(points[s][2])]
+        return {"step": [s for s, _, _ in cells], "cls": [c for _, c, _ in cells],
+                "spread": [v for _, _, v in cells]}
+
+    def _redraw(self) -> None:
+        steps = sorted(s for s, row in self.rows.get(self.layer, {}).items()
+                       if math.isfinite(row[0]) and math.isfinite(row[1]))
+        self.source.data = self._trajectory_columns(steps)
+        self.class_source.data = self._class_columns(sorted(self.rows.get(self.layer, {})))
+        self._rescale()
+
+    def _rescale(self) -> None:
+        steps = self.source.data["step"]
+        self.mapper.update(low=min(steps, default=0), high=max(max(steps, default=1), 1))
+        self.class_figure.y_range.factors = self.classes.get(self.layer, [])
+        gaps = np.diff(sorted(set(self.class_source.data["step"])))
+        self._cells.glyph.width = float(np.median(gaps)) if len(gaps) else 1.0
+        spreads = np.asarray(self.class_source.data["spread"], dtype=np.float64)
+        finite = spreads[np.isfinite(spreads)]
+        if len(finite):
+            self.spread_mapper.update(low=float(finite.min()),
+                                      high=float(max(finite.max(), finite.min() + 1e-9)))
+
+    def _picked(self, indices: list[int]) -> None:
+        if indices:
+            self._on_pick(int(self.class_source.data["step"][indices[0]]))
 
 
 class StatusView:

@@ -76,7 +76,8 @@ def get_quality(run_id: str, request: Request,
 @router.get("/api/runs/{run_id}/cluster-health")
 def get_cluster_health(run_id: str, request: Request, layer: Layer) -> dict[str, Any]:
     """Intra-class variance and inter-class distance of each stored map of ``layer``
-    (columns step, intra, inter; see :mod:`sentrycam.backend.cluster_health`)."""
+    (columns step, intra, inter; spread [step][class] with the list of classes; see
+    :mod:`sentrycam.backend.cluster_health`)."""
     state = state_of(request)
     steps = [e["step"] for e in state.store.embedding_index(run_id) if e["layer"] == layer]
     columns = state.hub.builder.health_columns(run_id, layer, steps)

@@ -50,6 +50,7 @@ def test_embedding_index_map_trails_quality_and_health(filled):
         health = http.get(f"/api/runs/{RUN}/cluster-health", params={"layer": LAYER}).json()
         assert health["step"] == [0, 2] and all(i < j for i, j in zip(health["intra"],
                                                                       health["inter"]))
+        assert health["classes"] == [0, 1, 2, 3] and len(health["spread"][0]) == 4
         assert http.get("/api/runs/nope/embeddings").status_code == 404
 
 

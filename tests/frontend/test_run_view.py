@@ -44,6 +44,9 @@ def test_catch_up_fills_every_view(dashboard):
     heat = dashboard.heatmaps.sources["grad_norm"].data
     assert sorted(set(heat["layer"])) == ["conv", "fc"] and len(heat["step"]) == 8
     _drain_until(dashboard, lambda: len(dashboard.health.source.data["step"]) == 2)
+    cells = dashboard.health.class_source.data
+    assert len(cells["step"]) == 2 * 4 and sorted(set(cells["cls"])) == ["0", "1", "2", "3"]
+    assert max(cells["spread"]) < 2  # each class sits in a tight blob of the test maps
     assert "trustworthiness" in dashboard.embedding.quality_text.object
     assert "latest step <span class='sc-latest-step'>3</span>" in dashboard.status.pane.object
     assert "2 of 2 snapshots mapped" in dashboard.status.pane.object
@@ -66,6 +69,8 @@ def test_live_rows_stream_and_slider_replays_an_earlier_snapshot(dashboard, serv
     dashboard.heatmaps._picked(dashboard.heatmaps.sources["grad_norm"], [
         dashboard.heatmaps.sources["grad_norm"].data["step"].index(3)])
     _drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 3))
+    dashboard.health._picked([dashboard.health.class_source.data["step"].index(0)])
+    _drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 0))
 
 
 def test_selection_draws_trails_and_alerts_replace_the_empty_state(dashboard, server):
