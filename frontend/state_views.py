@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 from typing import Any, Callable
 
@@ -15,8 +16,10 @@ from bokeh.plotting import figure
 
 SEVERITY = {0: "none", 1: "developing", 2: "confirmed", 3: "critical"}
 SEVERITY_COLOUR = {0: "#999999", 1: "#f0ad4e", 2: "#e8590c", 3: "#c92a2a"}
-ALERT_COLUMNS = ("alert_id", "step", "severity", "detector", "layer", "message", "suggestion",
-                 "confidence", "acknowledged")
+ALERT_COLUMNS = ("alert_id", "step", "severity", "detector", "layer", "message", "evidence",
+                 "suggestion", "confidence", "acknowledged")
+#: Evidence (the series a detector fired on) is shown cut to this many characters.
+EVIDENCE_CHARS = 120
 NO_ALERTS = ("No alerts yet. The audit engine raises them here (severity, evidence, a "
              "suggested next step) when a detector sees a warning sign in this run.")
 
@@ -58,6 +61,9 @@ class AlertsView:
         rows = [{c: a.get(c) for c in ALERT_COLUMNS} for a in alerts]
         for row in rows:
             row["severity"] = f"{row['severity']} {SEVERITY.get(row['severity'], '')}"
+            evidence = json.dumps(row["evidence"]) if row["evidence"] is not None else ""
+            row["evidence"] = evidence[:EVIDENCE_CHARS] + ("..." if len(evidence) >
+                                                           EVIDENCE_CHARS else "")
         self.table.value = pd.DataFrame(rows, columns=list(ALERT_COLUMNS))
         self.source.data = {
             "step": [a["step"] for a in alerts], "severity": [a["severity"] for a in alerts],
