@@ -13,7 +13,10 @@ Without a projector worker in the server (``app.state.projector``), a stand-in w
 the moment the snapshot is stored, so the figures then cover ingest + push hub + dashboard +
 browser, not the projector's own time (see docs/benchmarks.md for the projector's figures).
 
-    python benchmarks/dashboard_latency.py [--sizes 2000 20000] [--snapshots 20]
+Also measured: the time to ingest 3,000 scalar messages with no dashboard subscribed and with
+10 subscribed to the same run (``--fanout``), side by side in one server.
+
+    python benchmarks/dashboard_latency.py [--sizes 2000 20000] [--snapshots 20] [--fanout 10]
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import uvicorn
@@ -37,7 +41,7 @@ from sentrycam.backend.feed import Change
 from sentrycam.backend.server import bind_socket, uvicorn_config
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.capture import wire
-from sentrycam.capture.messages import SPLIT_TRAIN, ProbeSet, RunStart, Snapshot
+from sentrycam.capture.messages import SPLIT_TRAIN, ProbeSet, RunStart, Scalars, Snapshot
 
 LAYER = "fc:input"
 DIM = 64
@@ -175,6 +179,57 @@ def measure(n: int, snapshots: int, pause_s: float, chromium: str) -> dict:
             "projector": "worker" if hasattr(app.state, "projector") else "stand-in"}
 
 
+def ingest_seconds(url: str, run_id: str, messages: int) -> float:
+    """Seconds to send ``messages`` scalar messages and have the last one acknowledged
+    (committed by the store)."""
+    with connect(url.replace("http", "ws") + "/ws/ingest", max_size=None) as ingest:
+        started = time.perf_counter()
+        for step in range(messages):
+            ingest.send(wire.encode(Scalars(run_id, step, time.time(), {
+                "loss": 1.0 / (step + 1), "lr": 1e-3, "grad_norm": 1.0}), step + 1, time.time()))
+        while json.loads(ingest.recv()).get("seq", 0) < messages:
+            pass
+        return time.perf_counter() - started
+
+
+def measure_fanout(subscribers: int, messages: int) -> dict:
+    """Median ingest time with no dashboard subscribed and with ``subscribers`` reading the
+    run, three trials each in ABBAAB order."""
+    workdir = Path(tempfile.mkdtemp(prefix="sc-fanout-"))
+    with serve(workdir / "fanout.duckdb") as (url, app):
+        timings: dict[int, list[float]] = {0: [], subscribers: []}
+        for trial, count in enumerate((0, subscribers, subscribers, 0, 0, subscribers)):
+            run_id = f"fanout{trial}"
+            with connect(url.replace("http", "ws") + "/ws/ingest") as ingest:
+                ingest.send(wire.encode(RunStart(run_id, run_id, time.time(), {}), 1, time.time()))
+                ingest.recv()
+            # Readers in their own processes: in-process threads would share the server's GIL.
+            stop = multiprocessing.Event()
+            readers = [multiprocessing.Process(target=_read_until, args=(url, run_id, stop),
+                                               daemon=True) for _ in range(count)]
+            for reader in readers:
+                reader.start()
+            time.sleep(1.0)
+            timings[count].append(ingest_seconds(url, run_id, messages))
+            stop.set()
+            for reader in readers:
+                reader.join(10)
+        sent = app.state.hub.stats()
+    shutil.rmtree(workdir, ignore_errors=True)
+    alone, shared = float(np.median(timings[0])), float(np.median(timings[subscribers]))
+    return {"messages": messages, "subscribers": subscribers, "seconds_alone": alone,
+            "seconds_with_subscribers": shared, "ratio": shared / alone, "hub": sent}
+
+
+def _read_until(url: str, run_id: str, stop: Any) -> None:
+    with connect(url.replace("http", "ws") + f"/ws/runs/{run_id}", max_size=None) as socket:
+        while not stop.is_set():
+            try:
+                socket.recv(timeout=0.2)
+            except TimeoutError:
+                pass
+
+
 def _push_bytes(hub) -> int:
     """Bytes the hub has sent to its subscribers so far."""
     return sum(s.bytes_sent for group in hub._subscribers.values() for s in group)
@@ -182,12 +237,21 @@ def _push_bytes(hub) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 20000])
     parser.add_argument("--snapshots", type=int, default=20)
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between snapshots")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--fanout", type=int, default=10,
+                        help="dashboards subscribed while ingest is timed (0: skip)")
     args = parser.parse_args()
+    if args.fanout:
+        fanout = measure_fanout(args.fanout, 3000)
+        print(f"ingest of {fanout['messages']} messages: {fanout['seconds_alone']:.2f} s alone, "
+              f"{fanout['seconds_with_subscribers']:.2f} s with {args.fanout} dashboards "
+              f"subscribed (ratio {fanout['ratio']:.2f}); hub {fanout['hub']}")
     results = [measure(n, args.snapshots, args.pause, args.chromium) for n in args.sizes]
+    if not results:
+        return
     print("| probe samples | drawn | p50 (s) | p95 (s) | push bytes/snapshot | browser bytes/"
           "snapshot | longest main-thread task (ms) | 50 ms timer lag p95 (ms) | projector |")
     print("|---|---|---|---|---|---|---|---|---|")
