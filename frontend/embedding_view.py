@@ -41,14 +41,14 @@ class EmbeddingView:
         self.shown: tuple[str, int] | None = None
         self._pending: tuple[str, int] | None = None
         self._user_layer = False  # once the user picks a layer, new layers do not move it
-        self._setting_layer = False
+        self._setting_layer = 0  # > 0 while the view itself changes the layer picker
         self.source = ColumnDataSource(_empty_points(), name="sc-embedding-points")
         self.trail_source = ColumnDataSource({"xs": [], "ys": []}, name="sc-embedding-trails")
         self.mapper = LinearColorMapper(palette=Category10_10, low=-0.5, high=9.5,
                                         nan_color="#bbbbbb")
         self.figure = self._figure()
-        self.layer = pn.widgets.Select(name="layer", options=[], width=180)
-        self.colour = pn.widgets.Select(name="colour by", options=list(COLOUR_BY), width=130)
+        self.layer = pn.widgets.Select(name="layer", options=[], width=150)
+        self.colour = pn.widgets.Select(name="colour by", options=list(COLOUR_BY), width=110)
         self.live = pn.widgets.Toggle(name="live", value=True, button_type="success", width=70)
         self.player = pn.widgets.Player(name="snapshot", start=0, end=0, value=0, interval=700,
                                         loop_policy="once", show_loop_controls=False,
@@ -148,14 +148,14 @@ class EmbeddingView:
 
     def _refresh_controls(self) -> None:
         layers = sorted(self.steps)
-        if layers != list(self.layer.options):
-            self.layer.options = layers
-        if layers and (self.layer.value not in layers or not self._user_layer):
-            self._setting_layer = True
-            try:
+        self._setting_layer += 1  # Select picks a value itself when its options change
+        try:
+            if layers != list(self.layer.options):
+                self.layer.options = layers
+            if layers and (self.layer.value not in layers or not self._user_layer):
                 self.layer.value = _default_layer(layers)
-            finally:
-                self._setting_layer = False
+        finally:
+            self._setting_layer -= 1
         steps = self.steps.get(self.layer.value) or []
         if steps:
             self.player.disabled = False
@@ -165,7 +165,7 @@ class EmbeddingView:
                 self.player.value = len(steps) - 1
 
     def _on_layer(self, layer: str) -> None:
-        self._user_layer = self._user_layer or not self._setting_layer
+        self._user_layer = self._user_layer or self._setting_layer == 0
         self.trail_source.data = {"xs": [], "ys": []}
         self._refresh_controls()
         steps = self.steps.get(layer) or []

@@ -88,3 +88,24 @@ def test_selection_draws_trails_and_alerts_replace_the_empty_state(dashboard, se
     dashboard.embedding.colour.value = "correctness"
     colours = np.asarray(points.data["c"])
     assert np.nansum(colours == 0) == 5  # the five wrong predictions
+
+
+def test_the_classifier_input_is_shown_first_until_the_user_picks_a_layer(server, ingest):
+    start_run(ingest, steps=1)
+    for layer in ("conv", "fc:input"):
+        server.store.write_embedding(RUN, layer, 0, np.arange(N_PROBE, dtype=np.int64),
+                                     coords(0))
+        server.app.state.feed.publish([Change(RUN, "embedding", 0, layer)])
+    client = ApiClient(server.url)
+    dashboard = RunDashboard(client, RUN)
+    try:
+        _drain_until(dashboard, lambda: dashboard.embedding.shown == ("fc:input", 0))
+        dashboard.embedding.layer.value = "conv"  # the user's choice sticks
+        server.store.write_embedding(RUN, "fc:input", 1, np.arange(N_PROBE, dtype=np.int64),
+                                     coords(1))
+        server.app.state.feed.publish([Change(RUN, "embedding", 1, "fc:input")])
+        _drain_until(dashboard, lambda: dashboard.embedding.steps.get("fc:input") == [0, 1])
+        assert dashboard.embedding.layer.value == "conv"
+    finally:
+        dashboard.close()
+        client.close()
