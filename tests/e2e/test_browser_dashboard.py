@@ -55,8 +55,8 @@ def test_dashboard_follows_a_training_run_and_replays_earlier_snapshots(live_ser
     wait_until(lambda: points(page)["n"] == run.probe_size, what="the probe's points drawn")
     assert run.probe_size == 300
 
-    layer = _maps(live_server.url, run.run_id)[0]["layer"]
-    first_step = _maps(live_server.url, run.run_id)[0]["step"]
+    layer = page.locator(".sc-embedding select").first.input_value()  # the layer shown
+    first_step = min(m["step"] for m in _maps(live_server.url, run.run_id) if m["layer"] == layer)
     _replay_first_snapshot(page)
     wait_until(lambda: f"step {first_step}" in page.locator(".sc-map-step").first.inner_text(),
                what="the slider to replay the first snapshot")
