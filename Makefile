@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sentrycam-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean chromium
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/capture_overhead.py
+	$(PY) benchmarks/dashboard_latency.py
+
+# Debian's chromium for the browser tests (as root, or through sudo when there is one).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "chromium is missing and this user cannot install it (not root, no sudo)" >&2; exit 1; fi; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
 
 clean:
 	rm -rf $(VENV) sentrycam-runs .pytest_cache

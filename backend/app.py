@@ -3,7 +3,7 @@
 ``create_app(settings)`` builds an app whose lifespan opens the store (unless one is given),
 starts the :class:`~sentrycam.backend.ingest.IngestWriter`, and on shutdown drains the writer and
 closes the store it opened. Everything the routes need lives in ``app.state``:
-``settings``, ``store``, ``writer``, ``feed`` (the :class:`~sentrycam.backend.feed.ChangeFeed`
+``settings``, ``store``, ``writer``, ``hub`` (the push hub), ``feed`` (the :class:`~sentrycam.backend.feed.ChangeFeed`
 that announces what was stored), ``activity``, ``started_at`` (epoch seconds),
 ``started_monotonic``.
 """
@@ -21,11 +21,14 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import sentrycam
-from sentrycam.backend.auth import TokenGuard
+from sentrycam.backend.auth import OPEN_PATHS, TokenGuard
 from sentrycam.backend.feed import ChangeFeed
+from sentrycam.backend.hub import PushHub
 from sentrycam.backend.ingest import IngestWriter
+from sentrycam.backend.audit.service import start_audit, stop_audit
 from sentrycam.backend.projection import ProjectionWorker
-from sentrycam.backend.routes import health, ingest_ws, pages, projector, runs
+from sentrycam.backend.routes import (audit, derived, health, ingest_ws, pages, projector,
+                                      push_ws, runs)
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
 
@@ -108,6 +111,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                               feed=app.state.feed)
         writer.start()
         app.state.writer = writer
+        app.state.hub = PushHub(app.state.store, app.state.feed)
+        app.state.hub.start()
+        start_audit(app.state, settings)
         app.state.projection = None
         if settings.projector:
             app.state.projection = ProjectionWorker(
@@ -118,10 +124,12 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.hub.stop()
             # Stopping drains the queue; run it off the loop so shutdown stays responsive.
             await asyncio.to_thread(writer.stop, DRAIN_TIMEOUT_S)
             if app.state.projection is not None:  # after the writer: it feeds the projector
                 await asyncio.to_thread(app.state.projection.stop, settings.projector_drain_s)
+            await asyncio.to_thread(stop_audit, app.state)
             if own_store:
                 app.state.store.close()
 
@@ -132,11 +140,14 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
-    for module in (health, runs, ingest_ws, pages, projector):
+    for module in (health, runs, derived, audit, ingest_ws, push_ws, projector):
         app.include_router(module.router)
+    pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
     if settings.token:
-        app.add_middleware(TokenGuard, token=settings.token)
+        app.add_middleware(TokenGuard, token=settings.token,
+                           open_paths=OPEN_PATHS | pages.OPEN_PATHS,
+                           open_prefixes=pages.OPEN_PREFIXES)
     # Added last, so outermost: refused requests count as activity too.
     app.add_middleware(ActivityTracker, activity=app.state.activity)
     return app

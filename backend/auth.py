@@ -47,15 +47,19 @@ def token_matches(expected: str, presented: str | None) -> bool:
 class TokenGuard:
     """ASGI middleware: 401 for HTTP and websocket handshakes without the right token."""
 
-    def __init__(self, app: ASGIApp, token: str, open_paths: Iterable[str] = OPEN_PATHS) -> None:
+    def __init__(self, app: ASGIApp, token: str, open_paths: Iterable[str] = OPEN_PATHS,
+                 open_prefixes: Iterable[str] = ()) -> None:
         if not token:
             raise ValueError("TokenGuard needs a non-empty token")
         self.app = app
         self._token = token
         self._open_paths = frozenset(open_paths)
+        self._open_prefixes = tuple(open_prefixes)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket") or scope.get("path") in self._open_paths:
+        path = scope.get("path") or ""
+        if (scope["type"] not in ("http", "websocket") or path in self._open_paths
+                or path.startswith(self._open_prefixes)):
             await self.app(scope, receive, send)
             return
         presented = presented_token(scope.get("headers", []), scope.get("query_string", b""))

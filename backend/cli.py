@@ -1,4 +1,4 @@
-"""The ``sentrycam`` command line: serve, demo, inspect, export, sync, stop.
+"""The ``sentrycam`` command line: serve, demo, inspect, alerts, export, sync, stop.
 
 Each subcommand imports what it needs when it runs: ``sentrycam demo`` is a training process and
 must not load the web stack or DuckDB (the server it talks to runs in its own process).
@@ -52,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--run", dest="run_id", default=None, help="one run id (default: all)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
 
+    alerts = sub.add_parser("alerts", help="list the audit engine's alerts")
+    where = alerts.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", type=Path, help="DuckDB file (its running server is used if any)")
+    where.add_argument("--url", help="base URL of a running server")
+    alerts.add_argument("--token", default=None, help="server token (or SENTRYCAM_TOKEN)")
+    alerts.add_argument("--run", dest="run_id", default=None, help="one run id (default: all)")
+    alerts.add_argument("--min-severity", type=int, default=0, choices=range(4),
+                        help="only alerts of at least this severity (0-3)")
+    alerts.add_argument("--json", action="store_true", help="print JSON")
+
     export = sub.add_parser("export", help="write a run's tables as Parquet files")
     export.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
     export.add_argument("--run", dest="run_id", required=True, help="run id")
@@ -72,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    commands = {"serve": _serve, "demo": _demo, "inspect": _inspect, "export": _export,
+    commands = {"serve": _serve, "demo": _demo, "inspect": _inspect, "alerts": _alerts,
+                "export": _export,
                 "sync": _sync, "stop": _stop}
     try:
         return commands[args.command](args)
@@ -116,6 +127,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
     runs = inspect_runs(db=args.db, url=args.url, run_id=args.run_id, token=args.token)
     print(json.dumps(runs, indent=2, default=str) if args.json else render_table(runs))
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from sentrycam.backend.cli_alerts import list_alerts, render_alerts
+
+    found = list_alerts(db=args.db, url=args.url, run_id=args.run_id, token=args.token,
+                        min_severity=args.min_severity)
+    print(json.dumps(found, indent=2, default=str) if args.json else render_alerts(found))
     return 0
 
 

@@ -38,7 +38,9 @@ class ServerSettings(BaseSettings):
 
     ``port`` 0 picks a free port; ``idle_timeout_s`` 0 never exits on idleness;
     ``info_file`` defaults to ``<db_path>.server.json``; ``retention_max_snapshots`` keeps at
-    most that many snapshots' feature vectors per run (None keeps all). ``projector`` runs the
+    most that many snapshots' feature vectors per run (None keeps all). ``audit`` runs the
+    audit engine; ``alert_webhook_url`` (opt-in, none by default) receives a POST for each alert
+    that reaches ``alert_webhook_min_severity``. ``projector`` runs the
     resident projector worker (``SENTRYCAM_PROJECTOR=off`` disables it, e.g. in tests that do not
     need 2D maps: it compiles numba for ~25 s of CPU at start); ``projector_device`` "auto" uses
     CUDA when present; ``projector_drain_s`` bounds how long shutdown waits for queued
@@ -65,6 +67,9 @@ class ServerSettings(BaseSettings):
     projector_drain_s: float = Field(15.0, ge=0.0)
     projector_max_layers: int = Field(2, ge=0)
     projector_backlog: int = Field(12, ge=1)
+    audit: bool = True
+    alert_webhook_url: str | None = None
+    alert_webhook_min_severity: int = Field(3, ge=1, le=3)
 
     @field_validator("host")
     @classmethod
@@ -72,6 +77,15 @@ class ServerSettings(BaseSettings):
         if not host.strip():
             raise ValueError("host must not be empty; use 127.0.0.1 for this machine only")
         return host.strip()
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook_is_http(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"alert_webhook_url must be an http:// or https:// URL, got {url!r}")
+        return url
 
     @field_validator("token")
     @classmethod

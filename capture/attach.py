@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
 from sentrycam.capture.budget import OverheadController, Schedule, check_schedule
 from sentrycam.capture.layers import IDLE, STATS, LayerTap, check_token_pool, choose_layers
 from sentrycam.capture.messages import (SCHEMA_VERSION, Event, Message, RunEnd, RunStart,
@@ -83,7 +84,8 @@ class Run:
                  owns_transport: bool, url: str | None, guard: Guard, taps: list[LayerTap],
                  runner: ProbeRunner | None, every: int | str,
                  stats_every: int, budget: float | None, criterion: nn.Module | None,
-                 optimizer: torch.optim.Optimizer | None, config: dict[str, Any]) -> None:
+                 optimizer: torch.optim.Optimizer | None, config: dict[str, Any],
+                 on_alert: AlertCallback | None = None) -> None:
         self.run_id, self.url, self._model = run_id, url, model
         self._transport, self._owns_transport = transport, owns_transport
         self._guard, self._taps, self._runner = guard, taps, runner
@@ -108,6 +110,13 @@ class Run:
         self._reporter = StepReporter(run_id, model, self._loss)
         self._held = self._reporter.held  # appended to by the quiet path
         guard.on_fail = self._on_fail
+        self._inbox = AlertInbox(on_alert, self._wake) if on_alert is not None else None
+        if self._inbox is not None:
+            if hasattr(transport, "set_alert_callback"):
+                transport.set_alert_callback(self._inbox.receive)
+            else:
+                log.warning("sentrycam: this transport cannot carry alerts back; on_alert is "
+                            "never called")
         self._send(RunStart(run_id=run_id, name=name, started_at=time.time(), config={
             **config, "param_layers": list(self._reporter.telemetry.layers)}))
         if runner is not None:
@@ -125,6 +134,7 @@ class Run:
         """A run that captures nothing (a non-zero rank under torch.distributed)."""
         run = cls.__new__(cls)
         run.run_id, run.url, run._closed, run._steps = None, None, True, 0
+        run._inbox = None
         run._taps, run._runner, run._controller, run._transport = [], None, None, None
         log.info("sentrycam captures on rank 0 only; rank %d runs unwatched", rank)
         return run
@@ -137,6 +147,14 @@ class Run:
     @property
     def _last_step(self) -> int:
         return max(self._steps - 1, 0)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once an ``on_alert`` callback called ``control.stop()``."""
+        return self._inbox is not None and self._inbox.stop_requested
+
+    def _wake(self) -> None:
+        self._quiet_until = 0  # from the sender thread: the next step is a full one
 
     @property
     def layers(self) -> list[str]:
@@ -180,6 +198,15 @@ class Run:
             self._snapshot(self._last_step)
         except Exception as exc:
             self._guard.fail("a snapshot", exc)
+
+    def dashboard(self, *, token: str | None = None) -> Any:
+        """Show this run's live panels inline in Jupyter (embedding view, heatmaps, curves,
+        alerts), read from the server this run streams to; returns the Panel object."""
+        if self.url is None:
+            raise RuntimeError("this run has no server URL (a custom transport or rank > 0); "
+                               "use sentrycam.frontend.show(url=..., run_id=...) instead")
+        from sentrycam import frontend  # the web stack, only when a dashboard is asked for
+        return frontend.show(url=self.url, run_id=self.run_id, token=token)
 
     def detach(self, status: str = "finished") -> None:
         """Remove every hook, send the last Status and RunEnd(``status``), flush the transport."""
@@ -278,6 +305,8 @@ class Run:
         if start - self._last_status >= STATUS_EVERY_S:
             self._send_status(step)
         self._plan_quiet(step, start)
+        if self._inbox:  # opt-in alert callback, on this (the training) thread
+            self._inbox.deliver(optimizer)
 
     def _plan_quiet(self, step: int, now: float) -> None:
         """Set the steps after ``step`` that may be quiet: before the next scheduled activity
@@ -421,7 +450,8 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
            db: str | os.PathLike | None = None, run_name: str | None = None,
            overhead_budget: float | None = 0.01, heldout: Any = None, probe_size: int = 2000,
            token: str | None = None, transport: Transport | None = None, seed: int = 0,
-           token_pool: str = "mean", stats_every: int = DEFAULT_STATS_EVERY) -> Run:
+           token_pool: str = "mean", stats_every: int = DEFAULT_STATS_EVERY,
+           on_alert: AlertCallback | None = None) -> Run:
     """Watch ``model`` while it trains; returns the :class:`Run` handle.
 
     ``probe``: ``(inputs [N, ...], labels int [N] or None)``, a map-style Dataset or a DataLoader
@@ -438,7 +468,10 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     env ``SENTRYCAM_TOKEN``): the server's token. ``overhead_budget``: fraction of step time that
     capture may use (None: fixed schedule). ``token_pool``: ``"mean"`` or ``"cls"`` for token
     sequences. ``stats_every``: minimum interval of activation statistics.
-    ``transport`` (advanced): a Transport to use instead of a server.
+    ``transport`` (advanced): a Transport to use instead of a server. ``on_alert`` (opt-in):
+    ``callback(alert, control)`` called on the training thread for each alert the server's audit
+    engine raises on this run; ``control.lower_lr(f)`` / ``control.stop()`` (see
+    :mod:`sentrycam.capture.alert_actions`). Default: alerts are only reported.
 
     Steps are counted in optimizer steps; every message carries the 0-based index of its step,
     and a snapshot labelled ``s`` shows the model right after the update of step ``s``
@@ -449,6 +482,8 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     every = check_schedule(every, overhead_budget, stats_every, DEFAULT_EVERY)
     check_probe_arguments(probe, heldout, probe_size)
     check_token_pool(token_pool)
+    if on_alert is not None and not callable(on_alert):
+        raise ValueError("on_alert must be a callable taking (alert, control)")
     if transport is not None and not isinstance(transport, Transport):
         raise ValueError("transport must implement send/flush/close/counters (see "
                          "sentrycam.capture.transport.Transport)")
@@ -495,7 +530,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     run = Run(model, run_id=run_id, name=name, transport=transport, owns_transport=owns,
               url=url, guard=guard, taps=taps, runner=runner, every=every,
               stats_every=stats_every, budget=overhead_budget, criterion=criterion,
-              optimizer=optimizer, config=config)
+              optimizer=optimizer, config=config, on_alert=on_alert)
     if url is not None:
         _announce(f"sentrycam: dashboard at {url} (run {run_id})")
     return run

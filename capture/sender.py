@@ -136,6 +136,11 @@ class WebSocketTransport:
             return f"its run_id {message.run_id!r} is not a non-empty string"
         return None
 
+    def set_alert_callback(self, callback) -> None:
+        """Have ``callback(alert_dict)`` called, on the sender thread, for each alert the server
+        sends back for the runs this transport carries (see ``attach(on_alert=...)``)."""
+        self._loop.on_alert = callback
+
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until every message sent so far is acknowledged by the server,
         or, if the server cannot be reached (tried once more at once), fsync'd to the spool."""

@@ -106,6 +106,8 @@ class SenderLoop:
         self.backlog = False
         self.connections = 0
         self.failed_connects = 0
+        #: Called (on this thread) with each alert the server sends back; None: ignored.
+        self.on_alert = None
         self.skip: set[int] = set()  # seqs the server cannot take (too big)
         self.retried_for_flush = 0  # the last flush request that got an extra connect
 
@@ -307,6 +309,12 @@ class SenderLoop:
             run_id = data.get("run_id")  # acks are per run; one without a run covers all
             released = self.window.release_through(seq, run_id if isinstance(run_id, str) else None)
             self.counters.add("acked", released)
+        elif data.get("type") == "alert":
+            if self.on_alert is not None and isinstance(data.get("alert"), dict):
+                try:
+                    self.on_alert(data["alert"])
+                except Exception as exc:  # the user's side must never stop the sender
+                    self.log.warning("alert", "the alert callback failed: %r", exc)
         elif data.get("type") == "error":
             self.counters.add("errors")
             self.log.warning("rejected", "the server rejected message seq=%s: %s", seq, data.get("error"))

@@ -1,1 +1,46 @@
-"""sentrycam.frontend (built in a later issue)."""
+"""sentrycam.frontend: the live dashboard (Panel + Bokeh), in a browser or inline in Jupyter.
+
+``sentrycam serve`` serves :func:`~sentrycam.frontend.page.session_page` at its root URL. In a
+notebook, :func:`show` displays the same panels inline and keeps them live::
+
+    from sentrycam import frontend
+    frontend.show(url="http://127.0.0.1:8765", run_id=run.run_id)
+
+Everything is read through :class:`~sentrycam.frontend.client.ApiClient` (REST + the push
+websocket), never from the store. Panel is imported on first use, so ``import
+sentrycam.frontend`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["show", "dashboard"]
+
+
+def dashboard(url: str, run_id: str | None = None, *, token: str | None = None,
+              compare: str | None = None) -> Any:
+    """The dashboard's Panel object for the server at ``url``: one run's panels when
+    ``run_id`` is given (the embedding view, heatmaps, curves, alerts), else the whole page
+    with its run picker. Updates start at once and keep coming while it is displayed."""
+    import panel as pn
+
+    from sentrycam.frontend.client import ApiClient
+    from sentrycam.frontend.page import DashboardPage
+    from sentrycam.frontend.run_view import RunDashboard
+
+    pn.extension("tabulator")
+    client = ApiClient(url, token=token)
+    if run_id is not None and compare is None:
+        return RunDashboard(client, run_id).start().panel()
+    return DashboardPage(client, run_id=run_id, compare=compare).start().panel()
+
+
+def show(url: str, run_id: str | None = None, *, token: str | None = None,
+         compare: str | None = None) -> Any:
+    """Display the dashboard inline in Jupyter (see :func:`dashboard`) and return it."""
+    from IPython.display import display
+
+    panel = dashboard(url, run_id, token=token, compare=compare)
+    display(panel)
+    return panel

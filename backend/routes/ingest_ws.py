@@ -6,7 +6,9 @@ The server answers with JSON text frames:
 - ``{"type": "ack", "run_id": R, "seq": N}`` once every message of run R up to N that this
   connection sent is committed (duplicates of committed messages are acked, not stored again);
 - ``{"type": "error", "run_id": R or null, "seq": N or null, "error": "..."}`` for a frame that
-  was refused or could not be stored. The connection stays open either way.
+  was refused or could not be stored. The connection stays open either way;
+- ``{"type": "alert", "run_id": R, "alert": {...}}`` for each alert the audit engine raises or
+  updates on a run this connection carries (see :mod:`sentrycam.backend.audit.relay`).
 
 One connection may carry several runs. A frame over the server's ``max_frame_bytes`` closes
 the connection with code 1009 (the websocket layer refuses to buffer it). Frames are validated on the event loop (cheap: arrays
@@ -60,6 +62,10 @@ class ConnectionSink:
     def error(self, run_id: str, seq: int, problem: str) -> None:
         self._post(error_reply(problem, seq=seq, run_id=run_id))
 
+    def notify(self, reply: dict) -> None:
+        """Any other reply (an alert), from any thread."""
+        self._post(reply)
+
     def close(self) -> None:
         self._closed = True
 
@@ -85,12 +91,16 @@ async def ingest(websocket: WebSocket) -> None:
         log.warning("ingest connection failed", exc_info=True)
     finally:
         sink.close()
+        relay = getattr(state, "alert_relay", None)
+        if relay is not None:
+            relay.forget(sink)
         await _stop_sender(sender)
 
 
 async def _receive_frames(websocket: WebSocket, state: Any, sink: ConnectionSink,
                           outbox: asyncio.Queue) -> None:
     writer: IngestWriter = state.writer
+    relay, relayed = getattr(state, "alert_relay", None), set()
     while True:
         event = await websocket.receive()
         if event["type"] == "websocket.disconnect":
@@ -107,6 +117,9 @@ async def _receive_frames(websocket: WebSocket, state: Any, sink: ConnectionSink
             writer.count_rejected()
             outbox.put_nowait(error_reply(str(exc), seq=exc.seq, run_id=exc.run_id))
             continue
+        if relay is not None and message.run_id not in relayed:
+            relayed.add(message.run_id)
+            relay.watch(message.run_id, sink)
         if not await _submit(writer, sink, seq, message):
             await websocket.close(code=1012, reason="server shutting down; reconnect later")
             return

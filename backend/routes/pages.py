@@ -1,84 +1,37 @@
-"""``GET /``: a small self-refreshing HTML list of runs (no JavaScript).
+"""``GET /``: the live dashboard (Panel + Bokeh), served by this same uvicorn process.
 
-A placeholder until the Panel dashboard replaces it: it shows that the server is alive and what
-it has received. The page reloads itself every 2 s with a meta refresh, which keeps the URL and
-so a ``?token=`` the user opened it with.
+:func:`mount_dashboard` adds the Panel application at the root URL with ``bokeh-fastapi``:
+the page, BokehJS's static files (``/static``) and the page's own websocket (``/ws``) all come
+from the server. Each browser session reads through the server's HTTP API and push websocket
+(:mod:`sentrycam.frontend.page`), like any other client.
 """
 
 from __future__ import annotations
 
-import math
-from html import escape
-from typing import Any
+import secrets
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI
 
-from sentrycam.backend.routes import state_of
+from sentrycam.backend.settings import ServerSettings, is_loopback
 
-router = APIRouter(tags=["pages"])
-
-REFRESH_S = 2
-COLUMNS = ("name", "status", "last step", "snapshots", "dropped", "overhead")
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{refresh}">
-<title>sentrycam</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; }}
-th, td {{ padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
-td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
-.live {{ color: #0a7d28; font-weight: 600; }}
-.muted {{ color: #777; }}
-</style></head>
-<body><h1>sentrycam</h1>
-{content}
-<p class="muted">{db} &middot; refreshes every {refresh} s</p>
-</body></html>
-"""
+#: Origins whose pages may open the dashboard's websocket on a loopback server.
+LOOPBACK_ORIGINS = ("localhost:*", "127.0.0.1:*", "[::1]:*")
+#: What a browser fetches without the page's ``?token=`` and the token guard lets through:
+#: BokehJS/Panel bundles (public files), and the page's own websocket, which Bokeh admits only
+#: with a session token signed by this server when it served the (token-guarded) page.
+OPEN_PATHS = frozenset({"/ws"})
+OPEN_PREFIXES = ("/static/",)
 
 
-@router.get("/", response_class=HTMLResponse)
-def index(request: Request) -> HTMLResponse:
-    state = state_of(request)
-    runs = state.store.run_summaries()
-    content = _runs_table(runs) if runs else (
-        '<p class="muted">waiting for the first run: attach capture to a model with '
-        "<code>capture.attach(model)</code> and it appears here</p>")
-    page = _PAGE.format(refresh=REFRESH_S, content=content, db=escape(str(state.store.path)))
-    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
+    """Serve the dashboard at ``/`` of ``app``. On a loopback server only pages from this
+    machine may connect; a server bound elsewhere requires its token anyway."""
+    from panel.io.fastapi import add_applications
 
+    from sentrycam.frontend.page import session_page
 
-def _runs_table(runs: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{escape(c)}</th>" for c in COLUMNS)
-    rows = "\n".join(_run_row(run) for run in runs)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{rows}\n</tbody></table>"
-
-
-def _run_row(run: dict[str, Any]) -> str:
-    status = str(run.get("status") or "unknown")
-    shown = '<span class="live">live</span>' if status == "running" else escape(status)
-    cells = [
-        f'<td title="{escape(str(run.get("run_id", "")))}">{escape(str(run.get("name") or "-"))}</td>',
-        f"<td>{shown}</td>",
-        f'<td class="num">{_number(run.get("last_step"))}</td>',
-        f'<td class="num">{_number(run.get("n_snapshots"))}</td>',
-        f'<td class="num">{_number(run.get("dropped"))}</td>',
-        f'<td class="num">{_percent(run.get("capture_overhead"))}</td>',
-    ]
-    return "<tr>" + "".join(cells) + "</tr>"
-
-
-def _number(value: Any) -> str:
-    return "-" if value is None else escape(str(value))
-
-
-def _percent(fraction: Any) -> str:
-    """Capture overhead is a fraction of step time; shown as a percentage."""
-    try:
-        value = float(fraction)
-    except (TypeError, ValueError):
-        return "-"
-    return f"{100.0 * value:.2f}%" if math.isfinite(value) else "-"
+    origins = list(LOOPBACK_ORIGINS) if is_loopback(settings.host) else ["*"]
+    # Signed sessions: a websocket must present a session token this server minted, and a
+    # fresh secret per server means no token outlives it.
+    add_applications({"/": session_page}, app=app, title="sentrycam", websocket_origin=origins,
+                     secret_key=secrets.token_bytes(32), sign_sessions=True)

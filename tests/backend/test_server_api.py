@@ -115,19 +115,13 @@ def test_openapi_schema_is_published(http):
     assert {"/health", "/api/runs", "/api/runs/{run_id}/scalars"} <= set(paths)
 
 
-def test_page_waits_for_the_first_run_then_lists_runs(server, http):
-    empty = http.get("/")
-    assert "<title>sentrycam</title>" in empty.text
-    assert "waiting for the first run" in empty.text
-    assert 'http-equiv="refresh" content="2"' in empty.text
-    _fill(server.store, name="<b>live-one</b>")
-    _fill(server.store, run_id="done1", name="done-run", finished=True)
-    page = http.get("/").text
-    assert "&lt;b&gt;live-one&lt;/b&gt;" in page and "<b>live-one" not in page
-    live_row = next(row for row in page.split("<tr>") if "live-one" in row)
-    assert ">live<" in live_row and "1.23%" in live_row and ">7<" in live_row
-    done_row = next(row for row in page.split("<tr>") if "done-run" in row)
-    assert "finished" in done_row and ">live<" not in done_row
+def test_root_serves_the_dashboard_page(server, http):
+    """The Panel page and its BokehJS come from this server (what it draws: tests/e2e)."""
+    page = http.get("/")
+    assert page.status_code == 200 and "<title>sentrycam</title>" in page.text
+    script = next(part.split('"')[0] for part in page.text.split('src="')[1:]
+                  if "bokeh.min.js" in part)
+    assert http.get(script).status_code == 200
 
 
 # ---- token --------------------------------------------------------------------------------------
@@ -150,7 +144,7 @@ def test_without_the_token_every_route_but_health_is_401(guarded):
         assert http.get("/health").json()["token_required"] is True
         by_header = http.get("/api/runs", headers={"Authorization": f"Bearer {TOKEN}"})
         assert [r["run_id"] for r in by_header.json()] == [RUN]
-        assert "live" in http.get("/", params={"token": TOKEN}).text
+        assert "<title>sentrycam</title>" in http.get("/", params={"token": TOKEN}).text
 
 
 def test_websocket_ingest_needs_the_token_too(guarded):

@@ -1,0 +1,35 @@
+"""The audit detectors, in small families (one concern per module).
+
+:func:`build_detectors` returns a fresh set for one run: every detector keeps per-run state.
+"""
+
+from __future__ import annotations
+
+from sentrycam.backend.audit.detectors.base import Detector, MapView, ProbeView
+from sentrycam.backend.audit.detectors.geometry import GeometryDetector, MapGeometryDetector
+from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, OptimizerState,
+                                                         VanishingGradients, WeightDrift)
+from sentrycam.backend.audit.detectors.local import (DeadUnits, GradientFlow, Saturation,
+                                                     WeightNormImbalance)
+from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, Oscillation,
+                                                    OutlierBatch, Stagnation)
+from sentrycam.backend.audit.detectors.outputs import (ConfidenceCollapse, EntropyDrift,
+                                                       FallingCorrectRate,
+                                                       LossDistributionShift)
+from sentrycam.backend.audit.detectors.overfitting import Overfitting
+
+DETECTOR_TYPES: tuple[type[Detector], ...] = (
+    NonFinite, LossDivergence, OutlierBatch, Oscillation, Stagnation,
+    GradientExplosion, VanishingGradients, OptimizerState, WeightDrift,
+    DeadUnits, Saturation, GradientFlow, WeightNormImbalance,
+    ConfidenceCollapse, EntropyDrift, FallingCorrectRate, LossDistributionShift,
+    Overfitting, GeometryDetector, MapGeometryDetector,
+)
+
+
+def build_detectors() -> list[Detector]:
+    """One fresh instance of every detector (per-run state)."""
+    return [cls() for cls in DETECTOR_TYPES]
+
+
+__all__ = ["Detector", "ProbeView", "MapView", "DETECTOR_TYPES", "build_detectors"]

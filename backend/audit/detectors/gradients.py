@@ -1,0 +1,189 @@
+"""Gradient and update detectors: explosion (sudden or a slow drift), vanishing gradients,
+optimizer-state corruption, and weight-norm drift.
+
+Scalars read: ``grad_norm`` (global gradient norm), ``update_ratio`` (|update| / |weights|) and
+``lr`` from the capture telemetry; per-layer ``weight_norm`` from parameter-layer LayerStats.
+All series are taken in log space, so their baselines are scale-free.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sentrycam.backend.audit.alerts import Finding
+from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, RobustWindow,
+                                               finite_log)
+from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.capture.messages import LayerStats, Scalars
+
+#: Smallest scale of a log-series baseline: 5% relative change.
+LOG_FLOOR = 0.05
+
+
+#: Per-step series calibrate on this many observations before any judgement: early training
+#: moves every statistic fast, and a decision needs a baseline of the run's own normal.
+CALIBRATION = 80
+
+
+def fast_window() -> RobustWindow:
+    """Trailing 100 observations, 5 back: the run's recent normal."""
+    return RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=LOG_FLOOR)
+
+
+class GradientExplosion(Detector):
+    """Gradient norm far above its trailing baseline (sudden), or drifting above a slow baseline
+    (a CUSUM of z-scores against the median of 100 observations that ended 50 back)."""
+
+    name = "gradient_explosion"
+    kinds = frozenset({"scalars"})
+    waiting_for = "no gradient norm yet (capture telemetry sends grad_norm at telemetry steps)"
+    DRIFT_SLACK = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch = SeriesWatch(fast_window(), Levels(develop=5.0, confirm=10.0, critical=25.0,
+                                                       persist=3))
+        self.slow = RobustWindow(window=100, lag=50, min_count=30, floor=LOG_FLOOR)
+        self.cusum = Cusum(self.DRIFT_SLACK)
+        # A slow rise alone is only "developing": healthy runs' gradient norms often climb for
+        # a while (the loss sharpens); confirmation needs a sudden jump or other detectors.
+        self.drift = Escalation(Levels(develop=30.0, confirm=1e9, persist=5, max_level=1))
+
+    def observe(self, kind: str, item: Scalars) -> list[Finding]:
+        x = finite_log(item.values.get("grad_norm", math.nan))
+        if math.isnan(x):
+            return []
+        self.seen()
+        slow_z = self.slow.zscore(x)
+        self.slow.update(x)
+        drift = self.cusum.update(slow_z)
+        if slow_z is not None and slow_z < 0:
+            self.cusum.value *= 0.9  # a healthy fall bleeds the accumulated drift away
+        drift_level = self.drift.level(drift)
+        level, z = self.watch.observe(item.step, x)
+        score = max(z or 0.0, drift / 10.0)
+        both = max(level, drift_level)
+        kind_text = "jumped to" if level >= drift_level else "has been drifting up to"
+        return [finding(
+            self.name, item.step, both, score,
+            evidence=self.watch.evidence(series="log grad_norm", drift_cusum=round(drift, 2)),
+            message=f"gradient norm {math.exp(x):.4g} {kind_text} {z or 0:.1f} robust scales above "
+                    f"this run's trailing baseline (drift statistic {drift:.0f})",
+            suggestion="the learning rate is too high or an instability is building; lower the "
+                       "learning rate or clip gradients", confidence=0.6 if both >= 2 else 0.45)]
+
+
+class VanishingGradients(Detector):
+    """Gradient norm collapses far below its trailing baseline."""
+
+    name = "vanishing_gradients"
+    kinds = frozenset({"scalars"})
+    waiting_for = GradientExplosion.waiting_for
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch = SeriesWatch(fast_window(), Levels(develop=8.0, confirm=16.0, critical=60.0,
+                                                       persist=3), direction=-1.0)
+
+    def observe(self, kind: str, item: Scalars) -> list[Finding]:
+        x = finite_log(item.values.get("grad_norm", math.nan))
+        if math.isnan(x):
+            return []
+        self.seen()
+        level, z = self.watch.observe(item.step, x)
+        return [finding(
+            self.name, item.step, level, z, evidence=self.watch.evidence(series="log grad_norm"),
+            message=f"gradient norm {math.exp(x):.3g} fell {z or 0:.1f} robust scales below this "
+                    "run's trailing baseline",
+            suggestion="gradients are vanishing (saturated activations, a blocked path, or a loss "
+                       "scaled to nothing); lowering the learning rate would make this worse",
+            confidence=0.55)]
+
+
+class OptimizerState(Detector):
+    """Optimizer-state corruption, derived server-side: the step size per unit learning rate
+    (update_ratio / lr) jumps while the gradient norm stays normal, i.e. the update no longer
+    follows from the gradient and the learning rate: the moment buffers disagree with them."""
+
+    name = "optimizer_state"
+    kinds = frozenset({"scalars"})
+    waiting_for = "no update_ratio/lr telemetry yet"
+
+    def __init__(self) -> None:
+        super().__init__()
+        levels = Levels(develop=6.0, confirm=12.0, critical=40.0, persist=3)
+        self.watch = SeriesWatch(fast_window(), levels)
+        self.grads = fast_window()
+
+    def observe(self, kind: str, item: Scalars) -> list[Finding]:
+        ratio, lr = item.values.get("update_ratio"), item.values.get("lr")
+        grad = finite_log(item.values.get("grad_norm", math.nan))
+        if ratio is None or lr is None or not lr > 0 or math.isnan(grad):
+            return []
+        x = finite_log(ratio / lr)
+        if math.isnan(x):
+            return []
+        self.seen()
+        grad_z = self.grads.zscore(grad)
+        self.grads.update(grad)
+        grads_normal = grad_z is not None and abs(grad_z) < 4.0
+        score = self.watch.score(x)
+        level, _ = self.watch.observe(item.step, x)
+        if not grads_normal and level < 3:
+            # With the gradient itself anomalous, a large update is explained by it.
+            self.watch.escalation.run = 0
+            level = 0
+        return [finding(
+            self.name, item.step, level, score,
+            evidence=self.watch.evidence(series="log(update_ratio / lr)",
+                                         grad_z=round(grad_z, 2) if grad_z is not None else None),
+            message=f"the update per unit learning rate jumped {score or 0:.1f} robust scales "
+                    "above its baseline while the gradient norm stayed normal",
+            suggestion="the optimizer's moment buffers no longer match the gradients (corrupted "
+                       "or stale state, e.g. after a restore or an explosion); reset the "
+                       "optimizer state", confidence=0.5)]
+
+
+class WeightDrift(Detector):
+    """Per layer, the rate of change of log |W| jumps above its trailing baseline: weights
+    growing (or shrinking) much faster than this run's layers did."""
+
+    name = "weight_drift"
+    kinds = frozenset({"layer_stats"})
+    waiting_for = "no per-layer weight norms yet"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watches: dict[str, SeriesWatch] = {}
+        self.last: dict[str, tuple[int, float]] = {}
+
+    def observe(self, kind: str, item: LayerStats) -> list[Finding]:
+        if "weight_norm" not in item.stats:
+            return []
+        self.seen()
+        column = item.values[:, item.stats.index("weight_norm")]
+        found = []
+        for layer, norm in zip(item.layers, column):
+            found.extend(self._layer(item.step, layer, finite_log(float(norm))))
+        return found
+
+    def _layer(self, step: int, layer: str, x: float) -> list[Finding]:
+        previous = self.last.get(layer)
+        if math.isnan(x):
+            return []
+        self.last[layer] = (step, x)
+        if previous is None or step <= previous[0]:
+            return []
+        rate = abs(x - previous[1]) / (step - previous[0])
+        watch = self.watches.setdefault(layer, SeriesWatch(
+            RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=1e-6, rel_floor=0.2),
+            Levels(develop=10.0, confirm=25.0, critical=100.0, persist=5)))
+        level, z = watch.observe(step, rate)
+        return [finding(
+            self.name, step, level, z, layer=layer,
+            evidence=watch.evidence(series="|d log weight_norm| per step", layer=layer),
+            message=f"weights of {layer} change {z or 0:.1f} robust scales faster than this "
+                    "run's trailing baseline",
+            suggestion="updates are too large for this layer (learning rate, or a drift towards "
+                       "an unstable region); representations may be collapsing onto few "
+                       "directions", confidence=0.45)]

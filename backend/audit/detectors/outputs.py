@@ -1,0 +1,196 @@
+"""Detectors on the model's outputs for the probe at each snapshot (training-split samples):
+confidence collapse, entropy drift, falling correct rate (label noise, forgetting), and a shift of
+the per-sample loss distribution.
+
+Each series is compared with the best value the run reached (:class:`RunningBest`), in units of
+its own snapshot-to-snapshot movement. The probe is the same samples at every snapshot, so the
+floor of that scale is the series' resolution (one sample's worth), not a sampling error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sentrycam.backend.audit.alerts import Finding
+from sentrycam.backend.audit.baselines import Levels, RunningBest
+from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWatch, finding
+
+SNAPSHOT_LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
+#: Smallest noise scale of the tail log-loss: a 2% change.
+TAIL_FLOOR = 0.02
+
+
+#: Snapshot-to-snapshot movement is measured over the last few snapshots only, so that the
+#: fast improvement of early training does not set the yardstick for later degradations.
+SNAPSHOT_NOISE_WINDOW = 6
+#: Observations (snapshots, epochs) that calibrate a series before it is judged.
+SNAPSHOT_CALIBRATION = 4
+
+
+def snapshot_watch(higher_is_better: bool) -> SeriesWatch:
+    """The rule for a series sampled every snapshot or epoch: distance from its best value in
+    units of its recent movement (also the benchmark's validation-loss trigger)."""
+    return SeriesWatch(RunningBest(higher_is_better, noise_window=SNAPSHOT_NOISE_WINDOW,
+                                   min_count=SNAPSHOT_CALIBRATION), SNAPSHOT_LEVELS)
+
+
+def train_rows(view: ProbeView) -> np.ndarray:
+    """Boolean [N]: the probe samples of the training split."""
+    return ~view.heldout
+
+
+def has_left_chance(view: ProbeView) -> bool:
+    """True once the model commits to predictions: mean confidence on the probe at least twice
+    the chance level 1/K (for two classes, halfway to certainty). Before that, every output series sits at its chance value and its
+    movement says nothing about the noise of a learning model (calibration waits)."""
+    confidence = view.outputs.get("confidence")
+    pred = view.outputs.get("pred")
+    if confidence is None or pred is None or not len(pred):
+        return False
+    known = view.labels[view.labels >= 0]
+    classes = len(np.unique(known)) if known.size else int(np.max(pred)) + 1
+    chance = 1.0 / max(classes, 2)
+    committed = min(2.0 * chance, (1.0 + chance) / 2.0)  # binary: halfway to certainty
+    return float(np.nanmean(np.asarray(confidence, dtype=np.float64))) >= committed
+
+
+class OutputSeries(Detector):
+    """One summary of the probe outputs per snapshot, watched against its best so far."""
+
+    kinds = frozenset({"snapshot"})
+    waiting_for = "no snapshot with model outputs yet (the model output must be [N, classes])"
+    higher_is_better = True
+    output = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch = snapshot_watch(self.higher_is_better)
+        self.learning = False
+
+    def summarise(self, view: ProbeView) -> tuple[float, float] | None:
+        """(value, its sampling standard error) or None when the snapshot lacks the input."""
+        values = view.outputs.get(self.output)
+        if values is None:
+            return None
+        values = np.asarray(values, dtype=np.float64)[train_rows(view)]
+        values = values[np.isfinite(values)]
+        if values.size < 10:
+            return None
+        return float(values.mean()), float(values.std() / math.sqrt(values.size))
+
+    def observe(self, kind: str, item: ProbeView) -> list[Finding]:
+        if not self.learning:
+            self.learning = has_left_chance(item)
+            if not self.learning:
+                self.inactive_reason = "waiting for the model to leave chance level"
+                return []
+        summary = self.summarise(item)
+        if summary is None:
+            return []
+        self.seen()
+        value, error = summary
+        self.watch.baseline.floor = max(self.watch.baseline.floor, error)
+        level, score = self.watch.observe(item.step, value)
+        return [self.judge(item, value, level, score)]
+
+    def judge(self, view: ProbeView, value: float, level: int, score: float | None) -> Finding:
+        raise NotImplementedError
+
+
+class ConfidenceCollapse(OutputSeries):
+    """Mean top-class probability over the probe falls well below the best the run reached."""
+
+    name = "confidence_collapse"
+    output = "confidence"
+
+    def judge(self, view, value, level, score) -> Finding:
+        return finding(
+            self.name, view.step, level, score,
+            evidence=self.watch.evidence(series="mean probe confidence"),
+            message=f"mean confidence on the probe fell to {value:.3f} ({score or 0:.1f} noise "
+                    f"units below the best, {self.watch.baseline.best:.3f})",
+            suggestion="the model's discriminative representation is degrading (instability, "
+                       "a data or task change); inspect the embedding view for mixing classes",
+            confidence=0.5)
+
+
+class EntropyDrift(OutputSeries):
+    """Mean prediction entropy over the probe rises well above the lowest the run reached."""
+
+    name = "entropy_drift"
+    output = "entropy"
+    higher_is_better = False
+
+    def judge(self, view, value, level, score) -> Finding:
+        return finding(
+            self.name, view.step, level, score,
+            evidence=self.watch.evidence(series="mean probe entropy (nats)"),
+            message=f"mean prediction entropy on the probe rose to {value:.3f} nats ({score or 0:.1f} "
+                    f"noise units above the lowest, {self.watch.baseline.best:.3f})",
+            suggestion="predictions are becoming uniform: label noise or out-of-distribution "
+                       "data entering training, or a learning rate that destabilises the head",
+            confidence=0.45)
+
+
+class FallingCorrectRate(OutputSeries):
+    """The fraction of training-split probe samples predicted correctly falls well below the
+    best the run reached (label noise, forgetting after a task switch)."""
+
+    name = "falling_correct_rate"
+    waiting_for = "no snapshot with predictions and probe labels yet"
+
+    def summarise(self, view: ProbeView) -> tuple[float, float] | None:
+        pred = view.outputs.get("pred")
+        rows = train_rows(view) & (view.labels >= 0)
+        if pred is None or rows.sum() < 10:
+            if pred is not None:
+                self.inactive_reason = "no probe labels (pass labels with the probe)"
+            return None
+        correct = (np.asarray(pred)[rows] == view.labels[rows]).astype(np.float64)
+        # The probe is the same samples every time: the floor is one sample's worth.
+        return float(correct.mean()), 1.0 / rows.sum()
+
+    def judge(self, view, value, level, score) -> Finding:
+        return finding(
+            self.name, view.step, level, score,
+            evidence=self.watch.evidence(series="probe correct rate (training split)"),
+            message=f"correct rate on the probe fell to {value:.1%} (best {self.watch.baseline.best:.1%}; "
+                    f"{score or 0:.1f} noise units)",
+            suggestion="the model is un-learning what it knew: noisy labels in recent batches, a "
+                       "task or data switch (forgetting), or an unstable step size",
+            confidence=0.55)
+
+
+class LossDistributionShift(OutputSeries):
+    """The upper tail (mean of the worst tenth) of per-sample log-losses over the probe rises
+    well above the lowest the run reached: some samples become much harder while the mean may
+    hide it."""
+
+    name = "loss_distribution_shift"
+    waiting_for = "no snapshot with per-sample losses yet (they need probe labels)"
+    higher_is_better = False
+    QUANTILE = 0.9
+
+    def summarise(self, view: ProbeView) -> tuple[float, float] | None:
+        losses = view.outputs.get("loss")
+        if losses is None:
+            return None
+        values = np.asarray(losses, dtype=np.float64)[train_rows(view)]
+        values = np.log(np.clip(values[np.isfinite(values)], 1e-6, None))
+        if values.size < 20:
+            return None
+        # The mean of the worst tenth (not a quantile, which jumps when the error rate
+        # crosses it).
+        tail = float(np.sort(values)[int(self.QUANTILE * values.size):].mean())
+        return tail, TAIL_FLOOR
+
+    def judge(self, view, value, level, score) -> Finding:
+        return finding(
+            self.name, view.step, level, score,
+            evidence=self.watch.evidence(series="mean log-loss of the worst tenth of the probe"),
+            message=f"the hardest tenth of probe samples got much harder (their geometric-mean "
+                    f"loss {math.exp(value):.3g}, {score or 0:.1f} noise units above its lowest)",
+            suggestion="the per-sample loss distribution shifted: a data-pipeline change, label "
+                       "noise, or forgetting of some classes", confidence=0.45)

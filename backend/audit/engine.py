@@ -1,0 +1,239 @@
+"""The audit engine: runs every detector on each run's streams as the server stores them.
+
+:class:`AuditEngine` subscribes to the server's change feed. The feed calls back on the ingest
+writer's thread, so the callback only puts the changes on the engine's own queue; the engine's
+thread takes them off in order and hands each to the run's :class:`RunAudit`. An error in a
+detector is logged and counted, never fatal: the engine thread carries on with the next change.
+Alerts are stored with ``Store.upsert_alert`` and announced as ``Change(run_id, "alert", step,
+layer, message=<alert dict>)`` on the same feed (the dashboard push hub, the webhook action).
+
+Causality: a detector only ever sees what was stored up to the observation it judges; each
+observation is judged before it joins the detector's baseline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sentrycam.backend.audit.alerts import Alert, AlertBook, Finding
+from sentrycam.backend.audit.detectors import Detector, MapView, ProbeView, build_detectors
+from sentrycam.backend.feed import Change, ChangeFeed
+from sentrycam.capture.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
+
+log = logging.getLogger(__name__)
+
+KINDS = frozenset({"probe", "scalars", "layer_stats", "snapshot", "embedding", "run_end"})
+_STOP = object()
+
+
+class RunAudit:
+    """Every detector of one run, its probe labels and its open alerts."""
+
+    def __init__(self, run_id: str, store: Any, publish: Callable[[Alert], None]) -> None:
+        self.run_id, self.store = run_id, store
+        self.detectors: list[Detector] = build_detectors()
+        self.book = AlertBook(run_id, self._write)
+        self._publish = publish
+        self.labels: dict[int, tuple[int, bool]] = {}  # sample_id -> (label, heldout)
+        self.errors = 0
+        self.last_step: int | None = None
+        self.ended = False
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def handle(self, change: Change) -> None:
+        if change.step is not None:
+            self.last_step = max(self.last_step or 0, int(change.step))
+        if change.kind == "probe":
+            self._probe(change.message)
+        elif change.kind == "snapshot":
+            self._judge("snapshot", self._probe_view(change.message))
+        elif change.kind == "embedding":
+            view = self._map_view(change)
+            if view is not None:
+                self._judge("embedding", view)
+        elif change.kind == "run_end":
+            self.ended = True
+            self._announce(self.book.flush())
+        elif change.message is not None:
+            self._judge(change.kind, change.message)
+
+    def _probe(self, message: ProbeSet | None) -> None:
+        if message is None:
+            return
+        for sample_id, label, split in zip(message.sample_ids.tolist(), message.labels.tolist(),
+                                           message.split.tolist()):
+            self.labels[int(sample_id)] = (int(label), int(split) == SPLIT_HELDOUT)
+
+    def _ensure_labels(self) -> None:
+        """Labels of a run whose probe message came before this engine started (restart)."""
+        if self.labels:
+            return
+        try:
+            probe = self.store.probe(self.run_id)
+        except Exception:
+            log.debug("no probe stored for run %s", self.run_id, exc_info=True)
+            return
+        for sample_id, label, split in zip(probe["sample_id"].tolist(), probe["label"].tolist(),
+                                           probe["split"].tolist()):
+            self.labels[int(sample_id)] = (int(label), int(split) == SPLIT_HELDOUT)
+
+    def _aligned(self, sample_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._ensure_labels()
+        pairs = [self.labels.get(int(s), (-1, False)) for s in sample_ids.tolist()]
+        labels = np.array([p[0] for p in pairs], dtype=np.int64)
+        heldout = np.array([p[1] for p in pairs], dtype=bool)
+        return labels, heldout
+
+    def _probe_view(self, snapshot: Snapshot) -> ProbeView:
+        labels, heldout = self._aligned(np.asarray(snapshot.sample_ids))
+        return ProbeView(step=snapshot.step, epoch=snapshot.epoch,
+                         sample_ids=np.asarray(snapshot.sample_ids), labels=labels,
+                         heldout=heldout, outputs=dict(snapshot.outputs),
+                         features=dict(snapshot.features), nonfinite=dict(snapshot.nonfinite))
+
+    def _map_view(self, change: Change) -> MapView | None:
+        if change.layer is None or change.step is None:
+            return None
+        sample_ids, coords = self.store.embedding(self.run_id, change.layer, int(change.step))
+        labels, heldout = self._aligned(sample_ids)
+        labels = np.where(heldout, -1, labels)  # geometry of the training split, as on features
+        return MapView(step=int(change.step), layer=change.layer, coords=coords, labels=labels)
+
+    # -- detectors and alerts ---------------------------------------------------------------
+
+    def _judge(self, kind: str, item: Any) -> None:
+        findings: list[Finding] = []
+        for detector in self.detectors:
+            if kind not in detector.kinds:
+                continue
+            try:
+                findings.extend(detector.observe(kind, item))
+            except Exception:
+                self.errors += 1
+                log.exception("audit detector %s failed on %s of run %s", detector.name, kind,
+                              self.run_id)
+        if findings:
+            self._announce(self.book.fold(findings))
+
+    def _write(self, alert: Alert) -> int:
+        return self.store.upsert_alert(self.run_id, alert.record(), alert.alert_id)
+
+    def _announce(self, alerts: Sequence[Alert]) -> None:
+        for alert in alerts:
+            self._publish(alert)
+
+    def status(self) -> dict[str, Any]:
+        detectors = [d.status() for d in self.detectors]
+        geometry = {d.name: d.trajectory() for d in self.detectors if hasattr(d, "trajectory")}
+        return {"run_id": self.run_id, "last_step": self.last_step, "ended": self.ended,
+                "errors": self.errors, "alerts_raised": self.book.raised,
+                "open_alerts": [a.record() | {"alert_id": a.alert_id}
+                                for a in self.book.open_alerts()],
+                "active": sorted(d["detector"] for d in detectors if d["active"]),
+                "inactive": {d["detector"]: d["reason"] for d in detectors if not d["active"]},
+                "detectors": detectors, "geometry": geometry}
+
+
+class AuditEngine:
+    """Background worker: one :class:`RunAudit` per run, fed from the change feed."""
+
+    def __init__(self, store: Any, feed: ChangeFeed, *, queue_size: int = 100_000) -> None:
+        self.store, self.feed = store, feed
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._runs: dict[str, RunAudit] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._subscription = None
+        self.counts = {"changes": 0, "dropped": 0, "errors": 0, "alerts": 0}
+        self._pending = 0  # changes queued and not yet processed
+        self._settled = threading.Condition(self._lock)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._subscription = self.feed.subscribe(self._on_changes, name="audit")
+        self._thread = threading.Thread(target=self._loop, name="sentrycam-audit", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Unsubscribe, finish what is queued, store the open alerts' latest state, stop."""
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the audit engine did not stop within %.0f s", timeout)
+        for audit in list(self._runs.values()):
+            try:
+                audit.book.flush()
+            except Exception:
+                log.exception("could not store the open alerts of run %s", audit.run_id)
+
+    def _on_changes(self, changes: Sequence[Change]) -> None:
+        """Feed callback (writer thread): queue and return at once; drop when full."""
+        wanted = [c for c in changes if c.kind in KINDS]
+        if not wanted:
+            return
+        try:
+            with self._lock:
+                self._queue.put_nowait(wanted)
+                self._pending += len(wanted)
+        except queue.Full:
+            with self._lock:
+                self.counts["dropped"] += len(wanted)
+            log.warning("audit queue full: %d changes not audited", len(wanted))
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """True once everything queued so far was processed (tests, benchmarks)."""
+        with self._settled:
+            return self._settled.wait_for(lambda: self._pending == 0, timeout)
+
+    # -- worker -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is _STOP:
+                return
+            for change in batch:
+                self._process(change)
+            with self._settled:
+                self._pending -= len(batch)
+                self._settled.notify_all()
+
+    def _process(self, change: Change) -> None:
+        try:
+            audit = self._runs.get(change.run_id)
+            if audit is None:
+                audit = self._runs.setdefault(change.run_id, RunAudit(
+                    change.run_id, self.store, self._publish))
+            audit.handle(change)
+            with self._lock:
+                self.counts["changes"] += 1
+        except Exception:  # never let one bad change stop the audit of every run
+            with self._lock:
+                self.counts["errors"] += 1
+            log.exception("audit of %s change of run %s failed", change.kind, change.run_id)
+
+    def _publish(self, alert: Alert) -> None:
+        with self._lock:
+            self.counts["alerts"] += 1
+        record = alert.record() | {"alert_id": alert.alert_id, "run_id": alert.run_id}
+        self.feed.publish([Change(alert.run_id, "alert", alert.step, alert.layer, record)])
+
+    # -- status -------------------------------------------------------------------------------
+
+    def run_status(self, run_id: str) -> dict[str, Any] | None:
+        audit = self._runs.get(run_id)
+        return audit.status() if audit is not None else None
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self.counts, "runs": len(self._runs), "queued": self._queue.qsize()}

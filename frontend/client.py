@@ -1,0 +1,159 @@
+"""The frontend's only way to the data: HTTP reads and the push websocket of a sentrycam server.
+
+:class:`ApiClient` wraps the REST routes; :class:`PushSubscription` keeps a background thread
+subscribed to ``/ws/runs/{run_id}`` and hands each decoded frame to a callback (on that
+thread: the callback must only queue it). Neither ever touches the store, even when the
+dashboard runs inside the server process: the DuckDB file belongs to the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+from urllib.parse import quote, urlencode, urlsplit
+
+import httpx
+import numpy as np
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from sentrycam.frontend.frames import decode_frame
+
+log = logging.getLogger(__name__)
+
+Frame = tuple[dict[str, Any], dict[str, np.ndarray]]
+#: Seconds between reconnection attempts of a push subscription.
+RECONNECT_S = 1.0
+HTTP_TIMEOUT_S = 30.0
+
+
+class ApiClient:
+    """HTTP access to one server: ``url`` like ``http://127.0.0.1:8765``; ``token`` when the
+    server requires one. Thread-safe (one httpx client, which is)."""
+
+    def __init__(self, url: str, token: str | None = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
+        self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        self.token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _get(self, path: str, **params: Any) -> Any:
+        response = self._http.get(path, params={k: v for k, v in params.items()
+                                                if v is not None})
+        response.raise_for_status()
+        return response
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run (newest first), as the server summarises them."""
+        return self._get("/api/runs").json()
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self._get(f"/api/runs/{quote(run_id)}").json()
+
+    def embedding(self, run_id: str, layer: str, step: int) -> Frame:
+        """The push frame of one stored 2D map (coordinates, outputs, cluster health)."""
+        response = self._get(f"/api/runs/{quote(run_id)}/embedding", layer=layer, step=step,
+                             format="frame")
+        return decode_frame(response.content)
+
+    def trails(self, run_id: str, layer: str, sample_ids: list[int]) -> dict[str, np.ndarray]:
+        """{sample_id, step, x, y} arrays [M] in (sample_id, step) order."""
+        data = self._get(f"/api/runs/{quote(run_id)}/trails", layer=layer,
+                         sample_ids=",".join(str(int(s)) for s in sample_ids)).json()
+        return {key: np.asarray(data[key], dtype=np.float64 if key in "xy" else np.int64)
+                for key in ("sample_id", "step", "x", "y")}
+
+    def alerts(self, run_id: str) -> list[dict[str, Any]]:
+        return self._get(f"/api/runs/{quote(run_id)}/alerts").json()
+
+    def acknowledge(self, alert_id: int) -> None:
+        self._http.post(f"/api/alerts/{int(alert_id)}/acknowledge").raise_for_status()
+
+    def projector_state(self, run_id: str) -> dict[str, Any] | None:
+        """The projector's state for a run, or None when the server has no such route."""
+        response = self._http.get(f"/api/runs/{quote(run_id)}/projector")
+        return response.json() if response.status_code == 200 else None
+
+    def push_url(self, run_id: str) -> str:
+        base = "wss" + self.url[5:] if self.url.startswith("https") else "ws" + self.url[4:]
+        query = f"?{urlencode({'token': self.token})}" if self.token else ""
+        return f"{base}/ws/runs/{quote(run_id)}{query}"
+
+    def subscribe(self, run_id: str, on_frame: Callable[[dict, dict], None]) -> PushSubscription:
+        """Start receiving ``run_id``'s push frames on a background thread."""
+        return PushSubscription(self.push_url(run_id), on_frame).start()
+
+
+class PushSubscription:
+    """A thread that stays subscribed (reconnecting after a drop, each time receiving the
+    catch-up again) and calls ``on_frame(header, arrays)`` for every frame."""
+
+    def __init__(self, url: str, on_frame: Callable[[dict, dict], None]) -> None:
+        self.url = url
+        self._on_frame = on_frame
+        self._stop = threading.Event()
+        self._socket = None
+        self._thread = threading.Thread(target=self._run, name="sentrycam-push-client",
+                                        daemon=True)
+        self.frames = 0
+        self.bytes = 0
+        self.connects = 0
+        self.last_error: str | None = None
+
+    def start(self) -> PushSubscription:
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        socket = self._socket
+        if socket is not None:
+            socket.close()
+        self._thread.join(timeout)
+
+    def resync(self) -> None:
+        """Drop the connection; the thread reconnects and receives the catch-up again."""
+        socket = self._socket
+        if socket is not None:
+            socket.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._socket is not None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with connect(self.url, max_size=None, open_timeout=10) as socket:
+                    self._socket = socket
+                    self.connects += 1
+                    for message in socket:
+                        self._receive(message)
+            except ConnectionClosed as exc:
+                self.last_error = f"connection closed ({exc.rcvd.code if exc.rcvd else '-'})"
+            except Exception as exc:  # keep trying: the server may be restarting
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.debug("push subscription %s: %s", self.url, exc)
+            finally:
+                self._socket = None
+            self._stop.wait(RECONNECT_S)
+
+    def _receive(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            return
+        self.frames += 1
+        self.bytes += len(message)
+        header, arrays = decode_frame(message)
+        header["received_at"] = time.time()
+        try:
+            self._on_frame(header, arrays)
+        except Exception:
+            log.exception("dashboard could not take a %s frame", header.get("type"))

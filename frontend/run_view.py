@@ -1,0 +1,209 @@
+"""One run's live dashboard: its views, fed by the push subscription and REST fetches.
+
+Threads: the subscription thread and the fetch workers only append to ``inbox``; a periodic
+callback on the document's thread (``DRAIN_MS``) applies what arrived to the views, which
+stream into their existing plots. Nothing blocking ever runs on the document's thread, so a
+dashboard served by the same process as the API cannot stall it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import panel as pn
+
+from sentrycam.frontend.client import ApiClient
+from sentrycam.frontend.embedding_view import EmbeddingView
+from sentrycam.frontend.signal_views import CurvesView, HeatmapView
+from sentrycam.frontend.state_views import AlertsView, HealthView, StatusView
+
+log = logging.getLogger(__name__)
+
+#: How often queued updates are applied to the plots.
+DRAIN_MS = 100
+#: At most this many frames are applied per drain, so one drain never holds the page long.
+DRAIN_MAX = 200
+
+
+class RunDashboard:
+    """Every view of one run. :meth:`panel` lays them out; :meth:`close` stops the feed."""
+
+    def __init__(self, client: ApiClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.inbox: collections.deque = collections.deque()
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sc-fetch")
+        self.embedding = EmbeddingView(self._fetch_map, self._fetch_trails)
+        self.heatmaps = HeatmapView(self.embedding.show_step)
+        self.curves = CurvesView()
+        self.alerts = AlertsView(self._acknowledge)
+        self.health = HealthView(self.embedding.show_step)
+        self.status = StatusView()
+        self.snapshot_steps: set[int] = set()
+        self.applied = 0
+        self.hub_dropped = 0
+        self.last_applied_at: float | None = None
+        self.embedding.layer.param.watch(lambda e: self._layer_changed(), "value")
+        self._callback = None
+        self._closed = False
+        self.subscription = client.subscribe(run_id, lambda h, a: self.inbox.append((h, a)))
+        self._pool.submit(self._fetch_projector_state)
+
+    def start(self) -> RunDashboard:
+        """Start applying updates (call where a document or notebook comm is current)."""
+        self._callback = pn.state.add_periodic_callback(self.drain, period=DRAIN_MS)
+        return self
+
+    def close(self) -> None:
+        self._closed = True
+        if self._callback is not None:
+            self._callback.stop()
+        self.subscription.close(timeout=1.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def panel(self) -> pn.viewable.Viewable:
+        left = pn.Column(self.embedding.panel(), self.health.panel(),
+                         sizing_mode="stretch_width")
+        right = pn.Column(self.curves.panel(), sizing_mode="stretch_width")
+        return pn.Column(self.status.panel(), pn.Row(left, right, sizing_mode="stretch_width"),
+                         pn.pane.Markdown("#### signals per layer"), self.heatmaps.panel(),
+                         pn.pane.Markdown("#### alerts"), self.alerts.panel(),
+                         sizing_mode="stretch_width", css_classes=["sc-run"])
+
+    # ------------------------------------------------------------------ document thread
+    def drain(self) -> None:
+        """Apply up to ``DRAIN_MAX`` queued frames to the views."""
+        for _ in range(min(len(self.inbox), DRAIN_MAX)):
+            header, arrays = self.inbox.popleft()
+            try:
+                self.apply(header, arrays)
+            except Exception:  # one bad frame must not freeze the page
+                log.exception("dashboard could not apply a %s frame", header.get("type"))
+            self.applied += 1
+            self.last_applied_at = time.time()
+
+    def apply(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        kind = header["type"]
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(header, arrays)
+
+    def _on_run(self, header: dict, arrays: dict) -> None:
+        s = header["summary"]
+        self.status.update(name=s.get("name"), status=s.get("status"),
+                           latest_step=s.get("last_step"), dropped=s.get("dropped"),
+                           overhead=s.get("capture_overhead"))
+
+    def _on_probe(self, header: dict, arrays: dict) -> None:
+        self.embedding.set_labels(arrays["sample_id"], arrays["label"])
+
+    def _on_scalars(self, header: dict, arrays: dict) -> None:
+        self.curves.take(header, arrays)
+        self._saw_steps(arrays["step"])
+
+    def _on_layer_stats(self, header: dict, arrays: dict) -> None:
+        self.heatmaps.take(header, arrays)
+        self._saw_steps(arrays["step"])
+
+    def _on_snapshots(self, header: dict, arrays: dict) -> None:
+        self.snapshot_steps.update(header["steps"])
+        self.status.update(snapshots=len(self.snapshot_steps))
+        if header["steps"]:
+            self.status.update(latest_step=max(header["steps"]))
+
+    def _on_embedding_index(self, header: dict, arrays: dict) -> None:
+        self.embedding.add_index(header["entries"])
+        self._count_maps()
+
+    def _on_embedding(self, header: dict, arrays: dict) -> None:
+        self.embedding.take_map(header, arrays)
+        health = header.get("health") or {}
+        self.health.take(header["layer"], [header["step"]], [_num(health.get("intra"))],
+                         [_num(health.get("inter"))], [[_num(v) for v in health.get("spread", [])]],
+                         health.get("classes", []))
+        self._count_maps()
+
+    def _on_health(self, header: dict, arrays: dict) -> None:
+        self.health.take(header["layer"], arrays["step"], arrays["intra"], arrays["inter"],
+                         arrays["spread"], header.get("classes", []))
+
+    def _on_quality(self, header: dict, arrays: dict) -> None:
+        self.embedding.take_quality(header["rows"])
+
+    def _on_alerts(self, header: dict, arrays: dict) -> None:
+        self.alerts.set_alerts(header["alerts"])
+        self.curves.set_alerts(header["alerts"])
+
+    def _on_status(self, header: dict, arrays: dict) -> None:
+        self.status.update(dropped=header.get("dropped"), overhead=header.get("overhead"),
+                           latest_step=header.get("step"))
+
+    def _on_projector(self, header: dict, arrays: dict) -> None:
+        self.status.update(projector=header.get("state") or {})
+
+    def _on_trails(self, header: dict, arrays: dict) -> None:
+        self.embedding.take_trails(arrays)
+
+    def _on_dropped(self, header: dict, arrays: dict) -> None:
+        """This page read too slowly and the hub dropped frames: count them, and subscribe
+        afresh, whose catch-up fills the holes (views skip what they already hold)."""
+        self.hub_dropped += int(header.get("count", 0))
+        self.status.update(hub_dropped=self.hub_dropped)
+        self.subscription.resync()
+
+    def _saw_steps(self, steps: np.ndarray) -> None:
+        if len(steps):
+            self.status.update(latest_step=int(np.max(steps)))
+
+    def _count_maps(self) -> None:
+        layer = self.embedding.layer.value
+        self.status.update(maps=len(self.embedding.steps.get(layer, [])))
+
+    def _layer_changed(self) -> None:
+        self.health.show_layer(self.embedding.layer.value)
+        self._count_maps()
+
+    # ------------------------------------------------------------------ worker threads
+    def _fetch_map(self, layer: str, step: int) -> None:
+        self._submit(lambda: self.client.embedding(self.run_id, layer, step))
+
+    def _fetch_trails(self, layer: str, sample_ids: list[int]) -> None:
+        self._submit(lambda: ({"type": "trails"},
+                              self.client.trails(self.run_id, layer, sample_ids)))
+
+    def _acknowledge(self, alert_id: int) -> None:
+        self._submit(lambda: self.client.acknowledge(alert_id))
+
+    def _submit(self, fetch: Any) -> None:
+        if not self._closed:  # widgets may still fire while a closed session is torn down
+            self._pool.submit(self._background, fetch)
+
+    def _fetch_projector_state(self) -> None:
+        try:
+            state = self.client.projector_state(self.run_id)
+        except Exception as exc:
+            log.debug("projector state of %s: %s", self.run_id, exc)
+            return
+        if state is not None:
+            self.inbox.append(({"type": "projector", "state": state}, {}))
+
+    def _background(self, fetch: Any) -> None:
+        """Run ``fetch`` here; a frame it returns goes through the inbox like pushed ones."""
+        try:
+            result = fetch()
+        except Exception as exc:
+            log.warning("dashboard fetch for run %s failed: %s", self.run_id, exc)
+            return
+        if isinstance(result, tuple):
+            self.inbox.append(result)
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")

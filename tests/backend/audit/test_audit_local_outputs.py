@@ -1,0 +1,102 @@
+"""Local detectors (per-layer statistics) and probe-output detectors on constructed series."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sentrycam.backend.audit.detectors.local import (DeadUnits, GradientFlow, Saturation,
+                                                     WeightNormImbalance)
+from sentrycam.backend.audit.detectors.outputs import (ConfidenceCollapse, EntropyDrift,
+                                                       FallingCorrectRate,
+                                                       LossDistributionShift)
+from tests.backend.audit.streams import (first_confirmed, layer_stats, levels, max_level,
+                                         probe_view)
+
+AT = 200
+
+
+def _fractions(stat: str, jump: float | None, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    items = []
+    for step in range(0, 400, 10):  # activation statistics come every 10 steps
+        value = float(np.clip(0.05 + rng.normal(0, 0.01), 0, 1))
+        if jump is not None and step >= AT:
+            value = jump
+        items.append(layer_stats(step, stat, {"body.2": value, "head:input": 0.02}))
+    return items
+
+
+def test_dead_units_fire_on_a_jump_of_the_dead_fraction_in_that_layer_only():
+    found = levels(DeadUnits(), "layer_stats", _fractions("dead_frac", 0.7), layer="body.2")
+    assert first_confirmed(found) == AT
+    other = levels(DeadUnits(), "layer_stats", _fractions("dead_frac", 0.7), layer="head:input")
+    assert max_level(other) == 0
+    assert max_level(levels(DeadUnits(), "layer_stats", _fractions("dead_frac", None))) < 2
+
+
+def test_saturation():
+    found = levels(Saturation(), "layer_stats", _fractions("sat_frac", 0.6), layer="body.2")
+    assert first_confirmed(found) == AT
+    assert max_level(levels(Saturation(), "layer_stats", _fractions("sat_frac", None))) < 2
+
+
+def _per_layer(stat: str, scale: dict[str, float], seed: int = 1) -> list:
+    rng = np.random.default_rng(seed)
+    items = []
+    for step in range(400):
+        base = {"l0": 1.0, "l1": 2.0, "l2": 0.5, "l3": 1.5}
+        values = {layer: v * float(np.exp(rng.normal(0, 0.1))) *
+                  (scale.get(layer, 1.0) if step >= AT else 1.0) for layer, v in base.items()}
+        items.append(layer_stats(step, stat, values))
+    return items
+
+
+def test_gradient_flow_blockage_in_one_layer():
+    found = levels(GradientFlow(), "layer_stats", _per_layer("grad_norm", {"l0": 1e-4}),
+                   layer="l0")
+    assert first_confirmed(found) in (AT, AT + 1, AT + 2)
+    assert max_level(levels(GradientFlow(), "layer_stats", _per_layer("grad_norm", {}))) < 2
+
+
+def test_weight_norm_imbalance_both_ways():
+    for factor in (8.0, 1 / 8.0):
+        found = levels(WeightNormImbalance(), "layer_stats",
+                       _per_layer("weight_norm", {"l2": factor}), layer="l2")
+        assert first_confirmed(found) is not None
+    quiet = levels(WeightNormImbalance(), "layer_stats", _per_layer("weight_norm", {}))
+    assert max_level(quiet) < 2
+
+
+def _snapshots(collapse_at: int | None, n: int = 300, snapshots: int = 16, seed: int = 2):
+    """Probe outputs of a model that learns, then (optionally) collapses at a snapshot index."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, n)
+    views = []
+    for i in range(snapshots):
+        skill = min(0.95, 0.4 + 0.1 * i) if collapse_at is None or i < collapse_at else 0.35
+        correct = rng.random(n) < skill
+        pred = np.where(correct, labels, (labels + 1) % 5)
+        confidence = np.clip(rng.normal(0.4 + 0.55 * skill, 0.05, n), 0.2, 1.0)
+        entropy = np.clip(rng.normal(1.6 * (1 - skill), 0.05, n), 0, None)
+        loss = np.where(correct, -np.log(confidence), rng.exponential(2.5, n))
+        outputs = {"pred": pred, "confidence": confidence.astype(np.float32),
+                   "entropy": entropy.astype(np.float32), "loss": loss.astype(np.float32)}
+        views.append(probe_view(i * 25, labels, outputs))
+    return views
+
+
+def test_output_detectors_fire_on_a_collapse_and_stay_quiet_while_learning():
+    for detector_type in (ConfidenceCollapse, EntropyDrift, FallingCorrectRate,
+                          LossDistributionShift):
+        fired = first_confirmed(levels(detector_type(), "snapshot", _snapshots(collapse_at=11)))
+        assert fired in (11 * 25, 12 * 25), detector_type.name
+        assert max_level(levels(detector_type(), "snapshot", _snapshots(None))) < 2, \
+            detector_type.name
+
+
+def test_correct_rate_says_it_needs_labels():
+    detector = FallingCorrectRate()
+    view = _snapshots(None)[0]
+    unlabeled = probe_view(0, np.full(len(view.labels), -1), dict(view.outputs))
+    assert detector.observe("snapshot", unlabeled) == []
+    assert "labels" in detector.status()["reason"]

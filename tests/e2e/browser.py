@@ -1,0 +1,124 @@
+"""Helpers of the browser tests: the system's Chromium driven by Playwright, and reading what
+the dashboard page holds.
+
+Chromium comes from the OS (``apt-get install chromium``; CI installs it in .ci/run), never from
+``playwright install``. Without it the browser tests skip on a developer machine, and FAIL when
+the ``CI`` environment variable is set, so CI can never pass them by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from sentrycam.backend.feed import Change
+
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync"]
+PAGE_TIMEOUT_MS = 60_000
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("SENTRYCAM_CHROMIUM"), shutil.which("chromium"),
+                      shutil.which("chromium-browser"), "/usr/bin/chromium"):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    path = chromium_path()
+    if path is None:
+        message = "chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the browser tests")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1500, "height": 1200})
+    opened = context.new_page()
+    opened.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield opened
+    context.close()
+
+
+# JavaScript run in the page: the data the embedding view's points are drawn from.
+_POINTS_JS = """() => {
+  for (const doc of Bokeh.documents) {
+    const source = doc.get_model_by_name('sc-embedding-points');
+    if (source) return {n: source.data.x.length, x: Array.from(source.data.x),
+                        y: Array.from(source.data.y)};
+  }
+  return {n: -1, x: [], y: []};
+}"""
+
+
+def points(page: Any) -> dict[str, Any]:
+    """{n, x, y} of the first embedding view on the page."""
+    return page.evaluate(_POINTS_JS)
+
+
+def latest_step(page: Any) -> int | None:
+    text = page.locator(".sc-latest-step").first.inner_text().strip()
+    return int(text) if text.isdigit() else None
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+class StandInProjector:
+    """Writes a 2D map (PCA) of each new snapshot and announces it, as the projector worker
+    does, for an in-process server that has no projector worker. With a worker present
+    (``app.state.projector``), it does nothing and the tests wait for the real maps."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.active = not hasattr(server.app.state, "projector")
+        self._stop = threading.Event()
+        self._done: set[tuple[str, str, int]] = set()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="stand-in-projector")
+
+    def __enter__(self) -> StandInProjector:
+        if self.active:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self.active:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for run in self.server.store.run_summaries():
+                for row in self.server.store.snapshot_index(run["run_id"]):
+                    key = (run["run_id"], row["layer"], int(row["step"]))
+                    if key not in self._done and row["has_features"]:
+                        self._project(*key)
+                        self._done.add(key)
+
+    def _project(self, run_id: str, layer: str, step: int) -> None:
+        ids, features = self.server.store.features(run_id, step, layer)
+        centred = features.astype(np.float32) - features.astype(np.float32).mean(axis=0)
+        _, _, axes = np.linalg.svd(centred, full_matrices=False)
+        coords = (centred @ axes[:2].T).astype(np.float32)
+        self.server.store.write_embedding(run_id, layer, step, ids, coords)
+        self.server.app.state.feed.publish([Change(run_id, "embedding", step, layer)])

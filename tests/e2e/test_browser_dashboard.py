@@ -1,0 +1,132 @@
+"""The live dashboard in a real headless Chromium, against real servers and real training."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import numpy as np
+import pytest
+
+from sentrycam import capture
+from sentrycam.backend.settings import ServerSettings
+from tests.e2e.browser import (StandInProjector, browser, latest_step, page, points,  # noqa: F401
+                               wait_until)
+from tests.servers import serve_in_thread
+
+pytestmark = pytest.mark.slow
+PARTS = ("sc-embedding", "sc-heatmap", "sc-curves", "sc-alerts", "sc-latest-step")
+MAP_TIMEOUT_S = 180.0  # a real projector worker warms up (numba JIT) before its first map
+
+
+@pytest.fixture
+def live_server(tmp_path, monkeypatch):
+    for name in [n for n in os.environ if n.startswith("SENTRYCAM_")]:
+        monkeypatch.delenv(name)
+    with serve_in_thread(ServerSettings(db_path=tmp_path / "live.duckdb", port=0)) as server:
+        with StandInProjector(server):
+            yield server
+
+
+def _probe(trainer, n: int):
+    return trainer.data.x_train[:n], trainer.data.y_train[:n]
+
+
+def _maps(url: str, run_id: str) -> list[dict]:
+    return httpx.get(f"{url}/api/runs/{run_id}/embeddings", timeout=10).json()
+
+
+def test_dashboard_follows_a_training_run_and_replays_earlier_snapshots(live_server, page,
+                                                                        trainer):
+    run = capture.attach(trainer.model, _probe(trainer, 300), url=live_server.url,
+                         every=10, optimizer=trainer.optimizer, criterion=trainer.criterion,
+                         run_name="browser-live")
+    trainer.train(30)
+    page.goto(live_server.url)
+    for part in PARTS:
+        page.locator(f".{part}").first.wait_for(state="attached")
+    wait_until(lambda: latest_step(page) is not None, what="the first step to arrive")
+    first_seen = latest_step(page)
+    trainer.train(30)
+    wait_until(lambda: latest_step(page) > first_seen,
+               what=f"the latest step to advance from {first_seen} (training is at step 59)")
+
+    wait_until(lambda: len(_maps(live_server.url, run.run_id)) >= 3, MAP_TIMEOUT_S, "maps")
+    wait_until(lambda: points(page)["n"] == run.probe_size, what="the probe's points drawn")
+    assert run.probe_size == 300
+
+    layer = page.locator(".sc-embedding select").first.input_value()  # the layer shown
+    first_step = min(m["step"] for m in _maps(live_server.url, run.run_id) if m["layer"] == layer)
+    _replay_first_snapshot(page)
+    wait_until(lambda: f"step {first_step}" in page.locator(".sc-map-step").first.inner_text(),
+               what="the slider to replay the first snapshot")
+    stored = httpx.get(f"{live_server.url}/api/runs/{run.run_id}/embedding",
+                       params={"layer": layer, "step": first_step}).json()
+    wait_until(lambda: np.allclose(points(page)["x"], stored["x"], atol=1e-4),
+               what="the first snapshot's points drawn")
+    run.detach()
+
+
+def _replay_first_snapshot(page) -> None:
+    """Drag the snapshot player to its first position (what a user does to replay)."""
+    slider = page.locator(".sc-embedding input[type=range]").first
+    slider.focus()
+    slider.press("Home")
+
+
+def test_a_second_run_appears_in_the_run_list(live_server, page, trainer):
+    first = capture.attach(trainer.model, _probe(trainer, 100), url=live_server.url,
+                           every=10, optimizer=trainer.optimizer, run_name="first-run")
+    trainer.train(5)
+    page.goto(live_server.url)
+    options = page.locator(".sc-runs select option")
+    wait_until(lambda: options.count() == 1, what="the first run in the run list")
+    first.detach()
+    from sentrycam.capture import demo
+    other = demo.build_model("mlp", seed=1)
+    second = capture.attach(other, _probe(trainer, 100), url=live_server.url,
+                            run_name="second-run")
+    wait_until(lambda: options.count() == 2, what="the second run in the run list")
+    assert "second-run" in " ".join(options.all_inner_texts())
+    second.detach()
+
+
+def test_a_dashboard_opened_after_training_ends_replays_the_whole_run(server_process, page,
+                                                                      trainer):
+    server = server_process().start()
+    run = capture.attach(trainer.model, _probe(trainer, 200), url=server.url, every=10,
+                         optimizer=trainer.optimizer, criterion=trainer.criterion,
+                         run_name="finished-run")
+    trainer.train(40)
+    run.detach()
+    summary = httpx.get(f"{server.url}/api/runs/{run.run_id}").json()
+    loss = httpx.get(f"{server.url}/api/runs/{run.run_id}/scalars",
+                     params={"names": "loss"}).json()
+    page.goto(f"{server.url}/?run={run.run_id}")
+    wait_until(lambda: latest_step(page) == summary["last_step"], what="the run's last step")
+    drawn = page.evaluate("""() => { for (const d of Bokeh.documents) {
+        const s = d.get_model_by_name('sc-curve-loss'); if (s) return s.data.step.length; }
+        return -1; }""")
+    assert drawn == len(set(loss["step"]))
+    maps = _maps(server.url, run.run_id)
+    status = page.locator(".sc-status-text").first.inner_text()
+    if maps:  # the server runs a projector worker: the newest map is drawn
+        wait_until(lambda: points(page)["n"] == run.probe_size, MAP_TIMEOUT_S, "points")
+    else:
+        assert "no 2D map yet" in status
+    assert "finished" in status
+
+
+def test_a_server_with_a_token_serves_the_dashboard_only_to_token_holders(tmp_path, page,
+                                                                         trainer):
+    settings = ServerSettings(db_path=tmp_path / "guarded.duckdb", port=0, token="s3cret")
+    with serve_in_thread(settings) as server:
+        run = capture.attach(trainer.model, _probe(trainer, 100), url=server.url, every=10,
+                             optimizer=trainer.optimizer, token="s3cret", run_name="guarded")
+        trainer.train(12)
+        assert httpx.get(server.url).status_code == 401
+        page.goto(f"{server.url}/?token=s3cret")
+        wait_until(lambda: latest_step(page) is not None, what="the guarded run's steps")
+        for part in PARTS:
+            assert page.locator(f".{part}").count() >= 1, part
+        run.detach()
