@@ -77,9 +77,10 @@ class ApiClient:
     def acknowledge(self, alert_id: int) -> None:
         self._http.post(f"/api/alerts/{int(alert_id)}/acknowledge").raise_for_status()
 
-    def projector_state(self, run_id: str) -> dict[str, Any] | None:
-        """The projector's state for a run, or None when the server has no such route."""
-        response = self._http.get(f"/api/runs/{quote(run_id)}/projector")
+    def projector_state(self) -> dict[str, Any] | None:
+        """The server's projector worker state (``GET /api/projector``: state, queue_depth,
+        behind_by_s, counts), or None when the server has no such route."""
+        response = self._http.get("/api/projector")
         return response.json() if response.status_code == 200 else None
 
     def push_url(self, run_id: str) -> str:

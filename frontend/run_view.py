@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 DRAIN_MS = 100
 #: At most this many frames are applied per drain, so one drain never holds the page long.
 DRAIN_MAX = 200
+#: Seconds between two requests for the projector worker's state (server-wide, not pushed).
+PROJECTOR_POLL_S = 2.0
 
 
 class RunDashboard:
@@ -51,6 +53,7 @@ class RunDashboard:
         self._callback = None
         self._closed = False
         self.subscription = client.subscribe(run_id, lambda h, a: self.inbox.append((h, a)))
+        self._projector_polled = time.monotonic()
         self._pool.submit(self._fetch_projector_state)
 
     def start(self) -> RunDashboard:
@@ -76,7 +79,12 @@ class RunDashboard:
 
     # ------------------------------------------------------------------ document thread
     def drain(self) -> None:
-        """Apply up to ``DRAIN_MAX`` queued frames to the views."""
+        """Apply up to ``DRAIN_MAX`` queued frames to the views (and now and then ask for the
+        projector's state, which is server-wide and not pushed)."""
+        now = time.monotonic()
+        if now - self._projector_polled >= PROJECTOR_POLL_S:
+            self._projector_polled = now
+            self._submit_plain(self._fetch_projector_state)
         for _ in range(min(len(self.inbox), DRAIN_MAX)):
             header, arrays = self.inbox.popleft()
             try:
@@ -182,9 +190,13 @@ class RunDashboard:
         if not self._closed:  # widgets may still fire while a closed session is torn down
             self._pool.submit(self._background, fetch)
 
+    def _submit_plain(self, task: Any) -> None:
+        if not self._closed:
+            self._pool.submit(task)
+
     def _fetch_projector_state(self) -> None:
         try:
-            state = self.client.projector_state(self.run_id)
+            state = self.client.projector_state()
         except Exception as exc:
             log.debug("projector state of %s: %s", self.run_id, exc)
             return

@@ -228,9 +228,13 @@ class StatusView:
         state = self.values.get("projector")
         if not state:
             return "projector: state unknown"
-        text = state.get("state") or state.get("status") or ", ".join(
-            f"{k} {v}" for k, v in list(state.items())[:3])
-        return f"projector: {html.escape(str(text))}"
+        text = str(state.get("state") or state.get("status") or "unknown")
+        queued = state.get("queue_depth") or 0
+        if queued:
+            text += f", {queued} snapshot(s) queued"
+        if state.get("skipped"):
+            text += f", {state['skipped']} skipped"
+        return f"projector: {html.escape(text)}"
 
 
 def _percent(value: Any) -> str:
