@@ -25,6 +25,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/capture_overhead.py
 	$(PY) benchmarks/dashboard_latency.py
+	$(PY) benchmarks/projector_vs_umap.py --quick
+	$(PY) benchmarks/scenarios.py --quick --json sentrycam-runs/scenarios-quick.json
 
 # Debian's chromium for the browser tests (as root, or through sudo when there is one).
 chromium:

@@ -87,11 +87,11 @@ def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> Non
 class StandInProjector:
     """Writes a 2D map (PCA) of each new snapshot and announces it, as the projector worker
     does, for an in-process server that has no projector worker. With a worker present
-    (``app.state.projector``), it does nothing and the tests wait for the real maps."""
+    (``app.state.projection``), it does nothing and the tests wait for the real maps."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self.active = not hasattr(server.app.state, "projector")
+        self.active = getattr(server.app.state, "projection", None) is None
         self._stop = threading.Event()
         self._done: set[tuple[str, str, int]] = set()
         self._thread = threading.Thread(target=self._run, daemon=True, name="stand-in-projector")
