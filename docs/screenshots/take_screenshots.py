@@ -3,8 +3,9 @@
     python docs/screenshots/take_screenshots.py
 
 Starts a server in this process, trains the demo CNN on digits with capture attached (two runs,
-for the side-by-side view), and saves PNGs next to this file. When the server has no projector
-worker, 2D maps come from the tests' stand-in (a PCA of each snapshot), and the page says so.
+for the side-by-side view), waits for the server's projector worker to map every snapshot, and
+saves PNGs next to this file. With the worker switched off (``SENTRYCAM_PROJECTOR=off``), 2D maps
+come from the tests' stand-in (a PCA of each snapshot) instead.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ def settle(page, views: int) -> None:
     time.sleep(3)
 
 
+def wait_for_maps(server) -> None:
+    """Let the projector worker (when the server has one) map every snapshot taken so far."""
+    worker = getattr(server.app.state, "projection", None)
+    if worker is not None and not worker.wait_idle(600):
+        raise RuntimeError("the projector did not catch up within 600 s")
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
@@ -65,6 +73,7 @@ def main() -> None:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         first.join()
+        wait_for_maps(server)
         page.goto(server.url)
         settle(page, 1)
         page.screenshot(path=OUT / "dashboard.png", full_page=True)
@@ -73,6 +82,7 @@ def main() -> None:
         runs = server.store.run_summaries()
         second = train_in_background(server.url, 300, 1, "demo-cnn-seed1")
         second.join()
+        wait_for_maps(server)
         page.goto(f"{server.url}/?run={runs[0]['run_id']}&compare="
                   f"{server.store.run_summaries()[0]['run_id']}")
         settle(page, 2)
