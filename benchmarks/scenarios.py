@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
-    for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn", "sentrycam.capture.attach"):
+    for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn", "sentrycam.capture.run"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         db_path = args.db if args.db is not None else Path(tmp) / "scenarios.duckdb"

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from sentrycam.capture.attach import _ACTIVE
+from sentrycam.capture.run import ACTIVE as _ACTIVE
 from sentrycam.capture.transport import MemoryTransport
 
 N_CLASSES = 4

@@ -1,0 +1,428 @@
+"""The :class:`Run`: the handle ``attach`` returns, and the hooks that watch a model training.
+
+Everything the run does happens in hooks: optimizer step hooks (step counting, loss, learning
+rate, telemetry, snapshots), forward hooks on the captured layers (idle except on activation
+statistics steps and during the probe forward) and a forward hook on the criterion. Every hook
+body is wrapped: the first exception logs one warning, sends an ``Event("capture_disabled")`` and
+sets a flag that every hook checks first; nothing ever raises into the training loop.
+
+The only module-level state is ``ACTIVE``, a ``weakref.WeakKeyDictionary`` from a model to a
+weak reference to its active run: attaching again to the same model (a re-run notebook cell)
+detaches the previous run first instead of doubling the hooks. Both sides are weak, so neither
+keeps the other alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import time
+import weakref
+from time import perf_counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
+from sentrycam.capture.budget import OverheadController, Schedule
+from sentrycam.capture.layers import IDLE, STATS, LayerTap
+from sentrycam.capture.messages import Event, Message, RunEnd, RunStart, Scalars, Status
+from sentrycam.capture.snapshot import ProbeRunner
+from sentrycam.capture.steps import StepReporter, logged_value, nonfinite_counts
+from sentrycam.capture.telemetry import LossWatch, OptimizerWatch, learning_rates
+from sentrycam.capture.transport import Transport, TransportCounters
+
+log = logging.getLogger(__name__)
+
+ACTIVE: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+
+STATUS_EVERY_S = 2.0
+FLUSH_TIMEOUT_S = 10.0
+END_STATUSES = ("finished", "detached", "failed")
+
+
+class Guard:
+    """Failure containment shared by every hook: the first exception disables capture."""
+
+    def __init__(self) -> None:
+        self.disabled = False
+        self.errors = 0
+        self.on_fail: Any = None
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        if self.disabled:
+            return
+        self.disabled = True
+        log.warning("sentrycam capture is disabled after an error in %s; training continues "
+                    "unwatched", where, exc_info=(type(exc), exc, exc.__traceback__))
+        if self.on_fail is not None:
+            try:
+                self.on_fail(where, exc)
+            except Exception:  # reporting the failure must not fail in turn
+                log.debug("could not report the capture failure", exc_info=True)
+
+
+class Run:
+    """A watched training run. Public: ``run_id``, ``url`` (dashboard base URL, None with a
+    custom transport), ``step`` (optimizer steps taken), ``layers``, ``probe_size``,
+    ``overhead`` (measured fraction of wall time spent in capture), :meth:`log`,
+    :meth:`detach`, :meth:`counters`; usable as a context manager."""
+
+    def __init__(self, model: nn.Module, *, run_id: str, name: str, transport: Transport,
+                 owns_transport: bool, url: str | None, guard: Guard, taps: list[LayerTap],
+                 runner: ProbeRunner | None, every: int | str,
+                 stats_every: int, budget: float | None, criterion: nn.Module | None,
+                 optimizer: torch.optim.Optimizer | None, config: dict[str, Any],
+                 on_alert: AlertCallback | None = None) -> None:
+        self.run_id, self.url, self._model = run_id, url, model
+        self._transport, self._owns_transport = transport, owns_transport
+        self._guard, self._taps, self._runner = guard, taps, runner
+        self._every, self._closed, self._stats_armed = every, False, False
+        # Steps taken; messages label a step by its 0-based index, so while a step runs (and
+        # in its post-hook) its label is ``self._steps``, and between steps the last one is
+        # ``self._steps - 1``.
+        self._steps, self._epoch_start = 0, 0
+        self._epoch: int | None = None
+        self._flagged: set[str] = set()
+        self._last_status = perf_counter()
+        # Quiet steps (see _after_step) run while step < _quiet_until and perf_counter() <
+        # _quiet_deadline; 0 makes the first step a full one. The controller hears of them at
+        # the next full step: their number (steps since _last_full) and always-on seconds.
+        self._quiet_until, self._quiet_deadline = 0, 0.0
+        self._last_full, self._quiet_seconds = -1, 0.0
+        every_steps = 1 if every == "epoch" else every
+        minimum = {"snapshot": every_steps, "telemetry": 1, "activations": stats_every}
+        self._controller = OverheadController(budget, minimum)
+        self._schedule = Schedule(self._controller, minimum)
+        self._loss = LossWatch(criterion, guard) if criterion is not None else None
+        self._reporter = StepReporter(run_id, model, self._loss)
+        self._held = self._reporter.held  # appended to by the quiet path
+        guard.on_fail = self._on_fail
+        self._inbox = AlertInbox(on_alert, self._wake) if on_alert is not None else None
+        if self._inbox is not None:
+            if hasattr(transport, "set_alert_callback"):
+                transport.set_alert_callback(self._inbox.receive)
+            else:
+                log.warning("sentrycam: this transport cannot carry alerts back; on_alert is "
+                            "never called")
+        self._send(RunStart(run_id=run_id, name=name, started_at=time.time(), config={
+            **config, "param_layers": list(self._reporter.telemetry.layers)}))
+        if runner is not None:
+            self._send(runner.probe.message(run_id))
+        self._arm_stats()
+        self._watch = OptimizerWatch(model.parameters(), self._before_step, self._after_step,
+                                     guard)
+        self._watch.start(optimizer)
+        ACTIVE[model] = weakref.ref(self)
+        self._at_exit = functools.partial(_detach_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
+
+    @classmethod
+    def inactive(cls, rank: int) -> Run:
+        """A run that captures nothing (a non-zero rank under torch.distributed)."""
+        run = cls.__new__(cls)
+        run.run_id, run.url, run._closed, run._steps = None, None, True, 0
+        run._inbox = None
+        run._taps, run._runner, run._controller, run._transport = [], None, None, None
+        log.info("sentrycam captures on rank 0 only; rank %d runs unwatched", rank)
+        return run
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (the latest step's messages carry ``run.step - 1``)."""
+        return self._steps
+
+    @property
+    def _last_step(self) -> int:
+        return max(self._steps - 1, 0)
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once an ``on_alert`` callback called ``control.stop()``."""
+        return self._inbox is not None and self._inbox.stop_requested
+
+    def _wake(self) -> None:
+        self._quiet_until = 0  # from the sender thread: the next step is a full one
+
+    @property
+    def layers(self) -> list[str]:
+        return [tap.spec.name for tap in self._taps]
+
+    @property
+    def probe_size(self) -> int:
+        return len(self._runner.probe) if self._runner is not None else 0
+
+    @property
+    def overhead(self) -> float:
+        return self._controller.overhead if self._controller is not None else 0.0
+
+    def counters(self) -> TransportCounters:
+        """The transport's counters (sent, dropped, spooled, queue depth...)."""
+        return self._transport.counters() if self._transport is not None else TransportCounters()
+
+    def log(self, **scalars: Any) -> None:
+        """Record scalars (``val_loss=0.3, val_acc=0.9``) at the last completed step: call it
+        after ``optimizer.step()``. ``epoch=`` sets the current epoch (and takes the snapshot of
+        ``every="epoch"`` runs when it changes). ValueError for a value that is not a number."""
+        values = {key: logged_value(key, value) for key, value in scalars.items()}
+        epoch = values.get("epoch")
+        if epoch is not None and epoch != int(epoch):
+            raise ValueError(f"run.log(epoch=...) needs a whole number, got {scalars['epoch']!r}")
+        if self._closed or self._guard.disabled:
+            return
+        self._send_all(self._reporter.release_batch())  # the training curve up to now first
+        if values:
+            self._send(Scalars(run_id=self.run_id, step=self._last_step, wall_time=time.time(),
+                               values=values))
+        if epoch is not None and int(epoch) != self._epoch:  # the first epoch= is a change
+            self._new_epoch(int(epoch))
+
+    def snapshot(self) -> None:
+        """Take a snapshot now, labelled with the last completed step (e.g. once training is
+        over, or before it starts); nothing if that step already has one."""
+        if self._closed or self._guard.disabled or self._runner is None:
+            return
+        try:
+            self._snapshot(self._last_step)
+        except Exception as exc:
+            self._guard.fail("a snapshot", exc)
+
+    def dashboard(self, *, token: str | None = None) -> Any:
+        """Show this run's live panels inline in Jupyter (embedding view, heatmaps, curves,
+        alerts), read from the server this run streams to; returns the Panel object."""
+        if self.url is None:
+            raise RuntimeError("this run has no server URL (a custom transport or rank > 0); "
+                               "use sentrycam.frontend.show(url=..., run_id=...) instead")
+        from sentrycam import frontend  # the web stack, only when a dashboard is asked for
+        return frontend.show(url=self.url, run_id=self.run_id, token=token)
+
+    def detach(self, status: str = "finished") -> None:
+        """Remove every hook, send the last Status and RunEnd(``status``), flush the transport."""
+        if status not in END_STATUSES:
+            raise ValueError(f"status must be one of {END_STATUSES}, got {status!r}")
+        if self._closed:
+            return
+        self._closed = True
+        self._remove_hooks()
+        try:
+            self._send_all(self._reporter.flush())  # steps held back, even before a failure
+            # Drain the queue first, so that the closing Status and RunEnd find room in it.
+            self._transport.flush(FLUSH_TIMEOUT_S / 2)
+            self._send_status(self._last_step)
+            self._send(RunEnd(run_id=self.run_id, step=self._last_step, status=status))
+            self._transport.flush(FLUSH_TIMEOUT_S)
+            if self._owns_transport:
+                self._transport.close()
+        except Exception:
+            log.warning("sentrycam hit an error while detaching run %s", self.run_id,
+                        exc_info=True)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.detach("failed" if exc_type is not None else "finished")
+
+    def _before_step(self, optimizer: Any, args: Any = None, kwargs: Any = None) -> None:
+        """The optimizer pre-hook (torch's signature): starts the telemetry of telemetry steps."""
+        # Off telemetry steps this is one to three comparisons: too cheap to be worth timing.
+        step = self._steps
+        if step < self._quiet_until or self._guard.disabled \
+                or step < self._schedule.next["telemetry"]:
+            return
+        try:
+            self._reporter.before_step()
+        except Exception as exc:
+            self._guard.fail("the optimizer pre-step hook", exc)
+
+    def _after_step(self, optimizer: Any, args: Any = None, kwargs: Any = None) -> None:
+        """The optimizer post-hook (torch's signature). Most steps are quiet (see
+        :meth:`_plan_quiet`): the step's loss and learning rate join the reporter's held batch
+        and the time spent is added up; everything else happens in :meth:`_full_step`.
+
+        The quiet path is :meth:`StepReporter.hold` written out: right after the backward pass
+        none of this code is in the CPU caches, and one call more costs about a microsecond,
+        a sizeable part of the whole. Unlike ``hold`` it does not check for a GPU loss: a GPU
+        run leaves a device copy pending at every full step, so it has no quiet steps (except
+        right after the model moves to the GPU, where ``item()`` then waits for the device).
+        """
+        start = perf_counter()
+        step = self._steps
+        try:
+            if step < self._quiet_until and start < self._quiet_deadline:
+                watch, loss = self._loss, None
+                if watch is not None:
+                    loss = watch.latest
+                    if loss is not None:
+                        watch.latest = None
+                        try:  # cheaper than looking at ndim first, a call into torch
+                            loss = loss.item()
+                        except RuntimeError:  # an unreduced loss: its mean, as in hold()
+                            loss = LossWatch.scalar(loss).item()
+                groups = optimizer.param_groups
+                rate = groups[0].get("lr") if len(groups) == 1 else None
+                if type(rate) is not float:
+                    rate = learning_rates(optimizer)
+                self._held.append((step, start, loss, rate))
+                self._quiet_seconds += perf_counter() - start
+                return
+            if not self._guard.disabled:  # disabled: still counted, so that run.step and
+                self._full_step(optimizer, step, start)  # RunEnd stay true
+        except Exception as exc:
+            self._guard.fail("the optimizer post-step hook", exc)
+        finally:
+            self._steps = step + 1
+
+    def _full_step(self, optimizer: Any, step: int, start: float) -> None:
+        """Everything a step may need: statistics, the controller's boundary, the step's
+        messages, a snapshot, arming statistics for the next step, Status; then plans the
+        quiet steps that follow."""
+        # Statistics were computed in this step's forward: charge them before the boundary,
+        # to the window they were spent in.
+        stats = self._collect_stats(step) if self._stats_armed else []
+        steps, quiet_seconds = step - self._last_full, self._quiet_seconds
+        self._last_full, self._quiet_seconds = step, 0.0
+        if self._controller.step_boundary(start, steps, quiet_seconds):
+            self._schedule.refresh()
+        self._record_step(optimizer, step, start, stats)
+        if step >= self._schedule.next["snapshot"] and self._runner is not None \
+                and self._every != "epoch":
+            self._snapshot(step)
+        if step + 1 >= self._schedule.next["activations"]:
+            self._arm_stats()
+        if start - self._last_status >= STATUS_EVERY_S:
+            self._send_status(step)
+        self._plan_quiet(step, start)
+        if self._inbox:  # opt-in alert callback, on this (the training) thread
+            self._inbox.deliver(optimizer)
+
+    def _plan_quiet(self, step: int, now: float) -> None:
+        """Set the steps after ``step`` that may be quiet: before the next scheduled activity
+        (statistics are armed one step early), the step that fills the batch, the next Status
+        and the batch's age limit; none while statistics are armed, a device copy is pending or
+        the controller has a new cost to take into account at the next boundary.
+
+        The pre-hook stays registered only if a telemetry step can come before the next full
+        step replans: the first step at or after ``_quiet_until`` is a full one, and
+        ``_quiet_until`` never passes the next telemetry step.
+        """
+        room, deadline = self._reporter.quiet_window(now)
+        due = self._schedule.next
+        if room <= 0 or self._stats_armed or self._controller.recompute_pending:
+            until = step + 1
+        else:
+            until = min(step + 1 + room, due["telemetry"])
+            if self._taps:
+                until = min(until, due["activations"] - 1)
+            if self._runner is not None and self._every != "epoch":
+                until = min(until, due["snapshot"])
+            self._quiet_deadline = min(deadline, self._last_status + STATUS_EVERY_S)
+        self._quiet_until = until
+        self._watch.want_pre(until >= due["telemetry"])
+
+    def _record_step(self, optimizer: Any, step: int, start: float,
+                     stats: list[tuple[str, torch.Tensor]]) -> None:
+        """Send the step's messages and charge their cost: telemetry and the always-on rest."""
+        telemetry_step = self._reporter.telemetry_due
+        self._send_all(self._reporter.after_step(optimizer, step, stats, start))
+        elapsed = perf_counter() - start
+        if telemetry_step:
+            self._controller.charge("telemetry", self._reporter.telemetry_seconds)
+            self._schedule.fired("telemetry", step)
+            elapsed -= self._reporter.telemetry_post_seconds
+        self._controller.charge(None, elapsed)
+
+    def _collect_stats(self, step: int) -> list[tuple[str, torch.Tensor]]:
+        """Activation statistics of the step's training forward; the taps' hooks go away."""
+        self._stats_armed = False
+        fired = [tap for tap in self._taps if tap.stats is not None]
+        for tap in self._taps:
+            tap.disarm()
+        if fired:
+            self._controller.charge("activations", sum(tap.stats_seconds for tap in fired))
+            self._schedule.fired("activations", step)
+        return [(tap.spec.name, tap.stats) for tap in fired]
+
+    def _arm_stats(self) -> None:
+        if self._taps and not self._stats_armed:
+            for tap in self._taps:
+                tap.arm(STATS)
+            self._stats_armed = True
+
+    def _send(self, message: Message) -> None:
+        self._transport.send(message)
+
+    def _send_all(self, messages: list[Message]) -> None:
+        """Send, and flag NaN/Inf once per layer or signal: they are data, not failures."""
+        for message in messages:
+            self._transport.send(message)
+            for what, count in nonfinite_counts(message).items():
+                if what not in self._flagged:
+                    self._flag(what, message.step, count)
+
+    def _flag(self, what: str, step: int, count: int) -> None:
+        self._flagged.add(what)
+        log.warning("sentrycam: %s has NaN/Inf values at step %d", what, step)
+        self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(), event="nonfinite",
+                         message=f"{what} has NaN/Inf values at step {step}",
+                         payload={"layer": what, "count": count}))
+
+    def _send_status(self, step: int) -> None:
+        self._last_status = perf_counter()
+        counters = self._transport.counters()
+        every = self._schedule.interval("snapshot") if self._runner is not None else 0
+        self._send(Status(run_id=self.run_id, step=step, dropped=counters.dropped,
+                          spooled=counters.spooled, overhead=self._controller.overhead,
+                          snapshot_every=every, queue_depth=counters.queue_depth))
+
+    def _snapshot(self, step: int) -> None:
+        if self._schedule.last["snapshot"] == step:
+            return  # never two snapshots of one step
+        start = perf_counter()
+        self._send_all([self._runner.take(self.run_id, step, self._epoch or 0)])
+        self._schedule.fired("snapshot", step)
+        self._controller.charge("snapshot", perf_counter() - start)
+        self._quiet_until = 0  # a new cost for the controller: the next step is a full one
+
+    def _new_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+        if self._every != "epoch" or self._runner is None:
+            return
+        try:
+            self._controller.set_min_interval("snapshot", self._steps - self._epoch_start)
+            self._quiet_until = 0  # the controller recomputes at the next (full) step
+            self._epoch_start = self._steps
+            if self._schedule.due("snapshot", self._last_step):
+                self._snapshot(self._last_step)
+        except Exception as exc:
+            self._guard.fail("the epoch snapshot", exc)
+
+    def _on_fail(self, where: str, exc: BaseException) -> None:
+        self._quiet_until = -1  # first: the quiet path does not check the guard
+        for tap in self._taps:
+            tap.mode = IDLE  # the hooks stay registered until detach: never removed from a hook
+        self._send(Event(run_id=self.run_id, step=self._steps, wall_time=time.time(),
+                         event="capture_disabled",
+                         message=f"capture disabled after an error in {where}: {exc!r}",
+                         payload={"where": where, "error": repr(exc)}))
+
+    def _remove_hooks(self) -> None:
+        for tap in self._taps:
+            tap.disarm()
+        if self._loss is not None:
+            self._loss.remove()
+        self._watch.stop()
+        if ACTIVE.get(self._model, lambda: None)() is self:
+            del ACTIVE[self._model]
+        atexit.unregister(self._at_exit)
+
+
+
+def _detach_at_exit(ref: weakref.ref) -> None:
+    run = ref()
+    if run is not None:
+        run.detach("detached")
+
