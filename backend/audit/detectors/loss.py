@@ -24,6 +24,16 @@ NOISE_WINDOW = 100  # losses the per-step noise is measured over
 RECENT_NOISE = 25   # ... and over the most recent of them
 
 
+def finite_loss(detector: Detector, item: Scalars) -> float | None:
+    """The step's training loss when it is finite (the detector then counts as fed), else None:
+    non-finite losses belong to the NaN/Inf detector, not to the baselines."""
+    loss = item.values.get("loss")
+    if loss is None or not math.isfinite(loss):
+        return None
+    detector.seen()
+    return loss
+
+
 class LossTrack:
     """Causal views of the loss: raw log-loss, trailing median, per-step noise, best level."""
 
@@ -76,10 +86,9 @@ class LossDivergence(Detector):
         self.escalation = Escalation(Levels(develop=4.0, confirm=8.0, critical=25.0, persist=10))
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        loss = item.values.get("loss")
-        if loss is None or not math.isfinite(loss):
+        loss = finite_loss(self, item)
+        if loss is None:
             return []
-        self.seen()
         smooth = self.track.add(item.step, loss)
         if self.track.count <= WARMUP or smooth is None:
             self.track.best = min(self.track.best, smooth if smooth is not None else math.inf)
@@ -117,10 +126,9 @@ class OutlierBatch(Detector):
         self.spikes: deque[int] = deque()
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        loss = item.values.get("loss")
-        if loss is None or not math.isfinite(loss):
+        loss = finite_loss(self, item)
+        if loss is None:
             return []
-        self.seen()
         previous = self.track.smooth_hist[-1][1] if self.track.smooth_hist else math.nan
         noise = self.track.noise()
         x = finite_log(loss)
@@ -159,10 +167,9 @@ class Oscillation(Detector):
         self.escalation = Escalation(Levels(develop=4.0, confirm=1e9, persist=10, max_level=2))
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        loss = item.values.get("loss")
-        if loss is None or not math.isfinite(loss):
+        loss = finite_loss(self, item)
+        if loss is None:
             return []
-        self.seen()
         self.track.add(item.step, loss)
         raw = np.asarray(self.track.raw)[-self.WINDOW:]
         if self.track.count <= WARMUP or raw.size < self.WINDOW:
@@ -209,10 +216,9 @@ class Stagnation(Detector):
         self.escalation = Escalation(Levels(develop=0.5, confirm=1e9, persist=1, max_level=1))
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        loss = item.values.get("loss")
-        if loss is None or not math.isfinite(loss):
+        loss = finite_loss(self, item)
+        if loss is None:
             return []
-        self.seen()
         smooth = self.track.add(item.step, loss)
         if self.track.count == SMOOTH:
             self.start = smooth
