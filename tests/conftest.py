@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Iterator
 
 import pytest
+
+from sentrycam.backend.store import Store
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -16,3 +20,11 @@ def _projector_off_unless_asked():
     yield
     if previous is None:
         os.environ.pop("SENTRYCAM_PROJECTOR", None)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A real DuckDB store in the test's folder (``runs.duckdb``)."""
+    with Store(tmp_path / "runs.duckdb") as opened:
+        yield opened
+

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -71,3 +72,12 @@ def serve_in_thread(settings: ServerSettings, store: Store | None = None) -> Ite
         thread.join(timeout=STARTUP_TIMEOUT_S)
         sock.close()
         assert not thread.is_alive(), "the test server did not stop"
+
+
+def isolate_environment(monkeypatch: Any) -> None:
+    """Settings come only from the test (``monkeypatch``: pytest's fixture): no SENTRYCAM_*
+    variable of the caller's shell leaks in, and servers run without the projector worker
+    (~25 s of numba warm-up) unless a test asks."""
+    for name in [n for n in os.environ if n.startswith("SENTRYCAM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SENTRYCAM_PROJECTOR", "off")

@@ -6,24 +6,18 @@ store), and ``make_settings`` (ServerSettings for tmp_path with overrides).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from sentrycam.backend.settings import ServerSettings
-from sentrycam.backend.store import Store
-from tests.servers import RunningServer, serve_in_thread
+from tests.servers import RunningServer, isolate_environment, serve_in_thread
 
 
 
 @pytest.fixture(autouse=True)
 def _no_sentrycam_environment(monkeypatch):
-    """Settings come only from the test: a SENTRYCAM_TOKEN in the caller's shell must not leak in."""
-    for name in [n for n in os.environ if n.startswith("SENTRYCAM_")]:
-        monkeypatch.delenv(name)
-    # The projector worker compiles numba for ~25 s of CPU: only the tests that ask get one.
-    monkeypatch.setenv("SENTRYCAM_PROJECTOR", "off")
+    isolate_environment(monkeypatch)
 
 
 @pytest.fixture
@@ -31,12 +25,6 @@ def make_settings(tmp_path: Path):
     def make(**overrides: Any) -> ServerSettings:
         return ServerSettings(**{"db_path": tmp_path / "runs.duckdb", "port": 0, **overrides})
     return make
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "runs.duckdb") as opened:
-        yield opened
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ fed through its real ingest websocket; 2D maps written as the projector worker w
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,12 +13,11 @@ from websockets.sync.client import connect
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.settings import ServerSettings
-from sentrycam.backend.store import Store
 from sentrycam.capture import wire
 from sentrycam.capture.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
 from sentrycam.frontend.frames import decode_frame
-from tests.servers import RunningServer, serve_in_thread
+from tests.servers import RunningServer, isolate_environment, serve_in_thread
 
 RUN = "run0001"
 N_PROBE = 40
@@ -29,14 +26,7 @@ LAYER = "fc:input"
 
 @pytest.fixture(autouse=True)
 def _no_sentrycam_environment(monkeypatch):
-    for name in [n for n in os.environ if n.startswith("SENTRYCAM_")]:
-        monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "runs.duckdb") as opened:
-        yield opened
+    isolate_environment(monkeypatch)
 
 
 @pytest.fixture
