@@ -9,7 +9,9 @@
 
 Each update: density-guided sample -> spatial kNN graph (warm-started from the last one) +
 temporal edges to the same ids in earlier snapshots -> a fixed budget of Adam steps on the
-GN-BN autoencoder, warm-started from the previous snapshot's network -> coords of every point.
+GN-BN autoencoder, warm-started from the previous snapshot's network -> coords of every point
+-> a short low-rate polish of those coords on the same graph (restores the finest
+neighbourhoods a smooth encoder blurs). ``transform`` gives the network's (unpolished) map.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sentrycam.projector import losses, sampling
+from sentrycam.projector import losses, polish, sampling
 from sentrycam.projector.graph import DEFAULT_K, build_spatial_graph
 from sentrycam.projector.network import DEFAULT_HIDDEN, GNBNAutoencoder
 from sentrycam.projector.temporal import (DEFAULT_OFFSETS, PastSnapshot, keep_needed,
@@ -39,18 +41,26 @@ class ProjectorConfig:
     later snapshot; ``time_limit_s`` / ``first_time_limit_s`` optionally cut a later / the first
     snapshot's training short (bounded latency on a busy machine; results then depend on its
     speed); ``max_fraction`` caps the sampled share of points; ``sample_above``:
-    snapshots with fewer points are never thinned."""
+    snapshots with fewer points are never thinned; ``polish_epochs`` /
+    ``first_polish_epochs``: epochs of UMAP layout SGD at ``polish_learning_rate`` that
+    sharpen the network's map of a later / the first snapshot (0 = show the network's map
+    as is; see :mod:`~sentrycam.projector.polish`), scaled down in proportion above
+    ``polish_points`` graph points so the polish takes a bounded time."""
 
     seed: int = 0
     k: int = DEFAULT_K
     min_dist: float = 0.1
     hidden: tuple[int, ...] = DEFAULT_HIDDEN
     first_steps: int = 600
-    steps: int = 40
+    steps: int = 15
     time_limit_s: float | None = None
     first_time_limit_s: float | None = None
     max_fraction: float = 1.0
-    sample_above: int = 1000
+    sample_above: int = 20_000
+    polish_epochs: int = 60
+    first_polish_epochs: int = 200
+    polish_learning_rate: float = 0.3
+    polish_points: int = 5000
     temporal_offsets: tuple[int, ...] = DEFAULT_OFFSETS
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -119,7 +129,11 @@ class Projector:
                                self.config.train, self.curve, generator, limit)
         clock = _lap(timings, "train", clock)
         coords = self._encode(features_t)
-        _lap(timings, "encode", clock)
+        clock = _lap(timings, "encode", clock)
+        coords = polish.polish(coords, choice.rows, graph.heads, graph.tails, graph.weights,
+                               self._polish_epochs(first, len(choice.rows)), self.curve, seed,
+                               self.config.polish_learning_rate)
+        _lap(timings, "polish", clock)
         self._remember(index, ids, scaled, coords, ids[choice.rows], graph.knn_ids)
         self.history.append({
             "index": index, "n": len(ids), "fraction": choice.fraction,
@@ -204,6 +218,11 @@ class Projector:
         return sampling.choose_sample(scaled, ids, labels, rng, seed,
                                       min_points=self.config.sample_above,
                                       max_fraction=self.config.max_fraction)
+
+    def _polish_epochs(self, first: bool, n_graph_points: int) -> int:
+        epochs = self.config.first_polish_epochs if first else self.config.polish_epochs
+        share = min(1.0, self.config.polish_points / max(n_graph_points, 1))
+        return int(round(epochs * share)) if epochs > 0 else 0
 
     def _build_network(self, input_dim: int) -> None:
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays untouched
