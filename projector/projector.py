@@ -60,7 +60,7 @@ class ProjectorConfig:
     polish_epochs: int = 60
     first_polish_epochs: int = 200
     polish_learning_rate: float = 0.3
-    polish_points: int = 5000
+    polish_points: int = 3500
     temporal_offsets: tuple[int, ...] = DEFAULT_OFFSETS
     train: TrainConfig = field(default_factory=TrainConfig)
 
