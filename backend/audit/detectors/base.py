@@ -103,6 +103,13 @@ class SeriesWatch:
         self.last_score = score
         return level, score
 
+    def record(self, step: int, value: float) -> None:
+        """Take ``value`` into the baseline and the evidence without judging it (the caller
+        decided it is normal); any escalation in progress ends."""
+        self.escalation.level(None)
+        self.baseline.update(value)
+        self.points.append((int(step), float(value)))
+
     def score(self, value: float) -> float | None:
         if isinstance(self.baseline, RunningBest):
             return self.baseline.degradation(value)

@@ -9,6 +9,9 @@ All series are taken in log space, so their baselines are scale-free.
 from __future__ import annotations
 
 import math
+from collections import deque
+
+import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, RobustWindow,
@@ -146,16 +149,27 @@ class OptimizerState(Detector):
 
 class WeightDrift(Detector):
     """Per layer, the rate of change of log |W| jumps above its trailing baseline: weights
-    growing (or shrinking) much faster than this run's layers did."""
+    growing (or shrinking) much faster than this run's layers did.
+
+    Only a *jump* counts: the rate must also be at least ``JUMP`` times its median over the
+    last ``RECENT`` observations when the episode starts. Healthy runs can speed up their
+    weight-norm growth smoothly and a lot (the demo CNN's last conv layer: 20x over 60 steps
+    at a constant learning rate, as its updates align), which a long trailing baseline alone
+    reads as an anomaly; a learning-rate spike or a sudden corruption of the weights moves the
+    rate by an order of magnitude from one step to the next."""
 
     name = "weight_drift"
     kinds = frozenset({"layer_stats"})
     waiting_for = "no per-layer weight norms yet"
+    JUMP = 4.0
+    RECENT = 10
 
     def __init__(self) -> None:
         super().__init__()
         self.watches: dict[str, SeriesWatch] = {}
         self.last: dict[str, tuple[int, float]] = {}
+        self.recent: dict[str, deque[float]] = {}
+        self.in_episode: dict[str, bool] = {}
 
     def observe(self, kind: str, item: LayerStats) -> list[Finding]:
         if "weight_norm" not in item.stats:
@@ -178,12 +192,24 @@ class WeightDrift(Detector):
         watch = self.watches.setdefault(layer, SeriesWatch(
             RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=1e-6, rel_floor=0.2),
             Levels(develop=10.0, confirm=25.0, critical=100.0, persist=5)))
+        recent = self.recent.setdefault(layer, deque(maxlen=self.RECENT))
+        jumped = bool(recent) and rate >= self.JUMP * float(np.median(recent))
+        recent.append(rate)
+        z = watch.score(rate)
+        if z is None or z < watch.escalation.levels.develop:
+            self.in_episode[layer] = False
+        elif jumped:
+            self.in_episode[layer] = True
+        if not self.in_episode.get(layer, False):
+            watch.record(step, rate)  # a smooth speed-up becomes this run's normal
+            return [finding(self.name, step, 0, z, layer=layer)]
         level, z = watch.observe(step, rate)
         return [finding(
             self.name, step, level, z, layer=layer,
-            evidence=watch.evidence(series="|d log weight_norm| per step", layer=layer),
+            evidence=watch.evidence(series="|d log weight_norm| per step", layer=layer,
+                                    recent_median=float(np.median(recent))),
             message=f"weights of {layer} change {z or 0:.1f} robust scales faster than this "
-                    "run's trailing baseline",
+                    "run's trailing baseline, after a jump from one step to the next",
             suggestion="updates are too large for this layer (learning rate, or a drift towards "
                        "an unstable region); representations may be collapsing onto few "
                        "directions", confidence=0.45)]

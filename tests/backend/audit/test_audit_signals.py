@@ -122,6 +122,17 @@ def test_weight_drift_fires_when_a_layer_grows_much_faster():
     assert max_level(levels(WeightDrift(), "layer_stats", stream(norms), layer="fc")) < 2
 
 
+def test_weight_drift_quiet_when_healthy_growth_speeds_up_smoothly():
+    # As in the demo CNN: the norm's growth rate rises 20x over 60 steps at a constant
+    # learning rate (updates aligning), then settles; no step jumps from the one before.
+    rng = np.random.default_rng(7)
+    rate = 5e-5 * np.exp(np.clip(np.arange(STEPS) - 180, 0, 60) * np.log(20) / 60)
+    rate *= np.exp(rng.normal(0, 0.1, STEPS))
+    norms = 9.0 * np.exp(np.cumsum(rate))
+    stream = [layer_stats(t, "weight_norm", {"fc": norms[t]}) for t in range(STEPS)]
+    assert max_level(levels(WeightDrift(), "layer_stats", stream, layer="fc")) < 2
+
+
 def _epochs(train: np.ndarray, val: np.ndarray, every: int = 20) -> list:
     n = len(train)
     val_series = np.full(n, np.nan)
