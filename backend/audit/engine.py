@@ -9,6 +9,11 @@ layer, message=<alert dict>)`` on the same feed (the dashboard push hub, the web
 
 Causality: a detector only ever sees what was stored up to the observation it judges; each
 observation is judged before it joins the detector's baseline.
+
+Restarts: the engine keeps its detectors' state in memory. When it meets a run mid-way (the first
+change it sees of a run has a step: the server restarted during the run, or changes were
+dropped), it first replays what the store holds of that run before that step
+(:meth:`RunAudit.catch_up`), so baselines and open alerts continue where they were.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Alert, AlertBook, Finding
 from sentrycam.backend.audit.detectors import Detector, MapView, ProbeView, build_detectors
+from sentrycam.backend.audit.history import stored_changes
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.capture.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
 
@@ -43,6 +50,25 @@ class RunAudit:
         self.errors = 0
         self.last_step: int | None = None
         self.ended = False
+        # While catching up: stored alert ids by (detector, layer, first step); else None.
+        self._stored_ids: dict[tuple[str, str | None, int], int] | None = None
+
+    def catch_up(self, before_step: int) -> int:
+        """Bring every detector up to date with what the store holds of this run before
+        ``before_step`` (the engine meets the run mid-way: the server restarted, or the engine
+        was started late), by replaying it in order. Alerts the replay raises that are already
+        stored keep their row (a persisting one is then updated, not repeated); nothing is
+        announced again. Returns the number of changes replayed."""
+        self._stored_ids = {(a["detector"], a["layer"], int(a["step"])): int(a["alert_id"])
+                            for a in self.store.alerts(self.run_id)}
+        replayed = 0
+        try:
+            for change in stored_changes(self.store, self.run_id, before_step):
+                self.handle(change)
+                replayed += 1
+        finally:
+            self._stored_ids = None
+        return replayed
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -122,9 +148,15 @@ class RunAudit:
             self._announce(self.book.fold(findings))
 
     def _write(self, alert: Alert) -> int:
+        if self._stored_ids is not None and alert.alert_id is None:
+            stored = self._stored_ids.get((alert.detector, alert.layer, alert.step))
+            if stored is not None:
+                return stored
         return self.store.upsert_alert(self.run_id, alert.record(), alert.alert_id)
 
     def _announce(self, alerts: Sequence[Alert]) -> None:
+        if self._stored_ids is not None:
+            return  # catching up: these were announced when they happened
         for alert in alerts:
             self._publish(alert)
 
@@ -214,6 +246,8 @@ class AuditEngine:
             if audit is None:
                 audit = self._runs.setdefault(change.run_id, RunAudit(
                     change.run_id, self.store, self._publish))
+                if change.step is not None:
+                    self._catch_up(audit, int(change.step))
             audit.handle(change)
             with self._lock:
                 self.counts["changes"] += 1
@@ -221,6 +255,13 @@ class AuditEngine:
             with self._lock:
                 self.counts["errors"] += 1
             log.exception("audit of %s change of run %s failed", change.kind, change.run_id)
+
+    def _catch_up(self, audit: RunAudit, step: int) -> None:
+        started = time.monotonic()
+        replayed = audit.catch_up(step)
+        if replayed:
+            log.info("audit of run %s caught up on %d stored changes before step %d in %.1f s",
+                     audit.run_id, replayed, step, time.monotonic() - started)
 
     def _publish(self, alert: Alert) -> None:
         with self._lock:
