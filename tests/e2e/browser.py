@@ -122,3 +122,22 @@ class StandInProjector:
         coords = (centred @ axes[:2].T).astype(np.float32)
         self.server.store.write_embedding(run_id, layer, step, ids, coords)
         self.server.app.state.feed.publish([Change(run_id, "embedding", step, layer)])
+
+
+# JavaScript run in the page: the columns of the Bokeh data source with the given name.
+_SOURCE_JS = """(name) => {
+  for (const doc of Bokeh.documents) {
+    const source = doc.get_model_by_name(name);
+    if (source) {
+      const data = {};
+      for (const [column, values] of Object.entries(source.data)) data[column] = Array.from(values);
+      return data;
+    }
+  }
+  return null;
+}"""
+
+
+def source_data(page: Any, name: str) -> dict[str, list] | None:
+    """{column: values} of the page's Bokeh data source ``name``; None when there is none."""
+    return page.evaluate(_SOURCE_JS, name)
