@@ -23,6 +23,7 @@ from sentrycam.frontend.state_views import SEVERITY, SEVERITY_COLOUR
 
 #: Heights (y) of the strip's rows: ticks around 0, alert markers above them.
 TICK_Y, ALERT_Y = 0.0, 1.0
+FIGURE_NAME = "sc-embedding-timeline-figure"
 ALERT_COLUMNS = ("step", "severity", "colour", "detector", "layer", "message")
 
 
@@ -41,8 +42,8 @@ class EmbeddingTimeline:
         self.figure = self._figure()
 
     def _figure(self) -> Any:
-        fig = figure(height=95, sizing_mode="stretch_width", y_range=(-0.8, 1.6),
-                     tools="xpan,xwheel_zoom,reset", toolbar_location=None,
+        fig = figure(name=FIGURE_NAME, height=95, sizing_mode="stretch_width",
+                     y_range=(-0.8, 1.6), tools="xpan,xwheel_zoom,reset", toolbar_location=None,
                      x_axis_label="step", min_border_top=4, min_border_bottom=4)
         fig.vspan(x="step", source=self.shown_source, line_color="#1f77b4", line_width=3,
                   line_alpha=0.5)

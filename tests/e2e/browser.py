@@ -141,3 +141,25 @@ _SOURCE_JS = """(name) => {
 def source_data(page: Any, name: str) -> dict[str, list] | None:
     """{column: values} of the page's Bokeh data source ``name``; None when there is none."""
     return page.evaluate(_SOURCE_JS, name)
+
+
+# JavaScript run in the page: where on the page (CSS pixels) the x value ``x`` of the named
+# Bokeh figure lies, at the middle of its plot frame's height.
+_PLOT_POINT_JS = """([name, x]) => {
+  for (const doc of Bokeh.documents) {
+    const figure = doc.get_model_by_name(name);
+    if (!figure) continue;
+    const view = Bokeh.index.find_one(figure);
+    if (!view) return null;
+    const canvas = view.canvas_view.el.getBoundingClientRect();
+    return {x: canvas.left + view.frame.x_scale.compute(x), y: canvas.top + view.frame.bbox.vcenter};
+  }
+  return null;
+}"""
+
+
+def click_plot(page: Any, figure_name: str, x: float) -> None:
+    """Click the Bokeh figure ``figure_name`` at data x ``x`` (what a user's click there does)."""
+    point = page.evaluate(_PLOT_POINT_JS, [figure_name, x])
+    assert point is not None, f"no figure {figure_name} drawn on the page"
+    page.mouse.click(point["x"], point["y"])

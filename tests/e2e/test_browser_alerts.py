@@ -1,10 +1,10 @@
 """A geometry alert raised by the real audit engine on a real training run shows up in the
 dashboard of a real headless Chromium: in the alerts table, on the curves and on the embedding
-timeline.
+timeline (where a click near a tick shows that snapshot).
 
 The run trains the seeded digits MLP with capture attached. Once the geometry detectors have
-calibrated on the run's early snapshots (they judge from the 5th snapshot of a layer on: see
-``SNAPSHOT_CALIBRATION`` and the noise window in backend/audit/detectors/), the test collapses the
+calibrated on the run's early snapshots (most judge from the 5th snapshot of a layer on: see
+``SNAPSHOT_CALIBRATION`` in backend/audit/detectors/outputs.py), the test collapses the
 classifier's input onto one direction: a forward hook on the last hidden ReLU projects every
 sample's representation onto a fixed unit vector, so the classes that the layer had separated
 fall onto one line. Training goes on through the collapsed representation.
@@ -19,16 +19,18 @@ import torch
 from sentrycam import capture
 from sentrycam.backend.audit.detectors.geometry import METRICS
 from sentrycam.backend.settings import ServerSettings
-from tests.e2e.browser import (StandInProjector, browser, latest_step, page,  # noqa: F401
-                               source_data, wait_until)
+from sentrycam.frontend.timeline_view import FIGURE_NAME
+from tests.e2e.browser import (StandInProjector, browser, click_plot, latest_step,  # noqa: F401
+                               page, source_data, wait_until)
 from tests.servers import isolate_environment, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
 EVERY = 5
-#: Steps trained before the collapse: 8 snapshots (steps 0..35), enough to calibrate on.
-HEALTHY_STEPS = 40
-#: Steps trained with the collapsed representation: snapshots at steps 40 and 45.
+#: Steps trained before the collapse: 5 snapshots (steps 0..20). The geometry watches calibrate
+#: on 4 (the effective rank on 3), so the first collapsed snapshot is judged with one to spare.
+HEALTHY_STEPS = 25
+#: Steps trained with the collapsed representation: snapshots at steps 25 and 30.
 COLLAPSED_STEPS = 10
 PROBE_SIZE = 300
 _NAMES = {name for name, *_ in METRICS.values()} | {"class_collapse"}
@@ -94,4 +96,9 @@ def test_a_geometry_alert_shows_in_the_list_on_the_curves_and_on_the_embedding_t
                what="the alert's marker on the curves")
     wait_until(lambda: alert["step"] in source_data(page, "sc-embedding-timeline-alerts")["step"],
                what="the alert's marker on the embedding timeline")
+
+    click_plot(page, FIGURE_NAME, 10.8)  # near the tick of step 10: its map is shown
+    wait_until(lambda: page.locator(".sc-map-step").first.inner_text().strip() == "step 10",
+               what="a click on the timeline to show the snapshot of step 10")
+    assert source_data(page, "sc-embedding-timeline-shown")["step"] == [10]
     run.detach()
