@@ -23,6 +23,7 @@ from sentrycam.frontend.state_views import SEVERITY, SEVERITY_COLOUR
 
 #: Heights (y) of the strip's rows: ticks around 0, alert markers above them.
 TICK_Y, ALERT_Y = 0.0, 1.0
+#: Bokeh name of the strip (the browser tests find it by name to click on it).
 FIGURE_NAME = "sc-embedding-timeline-figure"
 ALERT_COLUMNS = ("step", "severity", "colour", "detector", "layer", "message")
 
