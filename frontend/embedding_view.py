@@ -3,7 +3,8 @@
 WebGL scatter coloured by label, prediction, correctness, loss or confidence; hover shows
 sample id, label and prediction; selecting points draws their trails across snapshots; a
 player (slider with play/pause) replays snapshots; a layer picker; a "live" toggle that
-follows the newest map; the projection quality numbers of the shown map.
+follows the newest map; the projection quality numbers of the shown map; under the player, a
+timeline of the layer's stored maps and alerts (:mod:`.timeline_view`).
 
 The view never fetches by itself: it asks its owner (``request_map``/``request_trails``),
 which fetches on a worker thread and hands results back through :meth:`take_map` and
@@ -20,6 +21,8 @@ import panel as pn
 from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
+
+from sentrycam.frontend.timeline_view import EmbeddingTimeline
 
 #: 2D maps kept in memory per dashboard (the newest per layer are always kept too).
 MAP_CACHE = 24
@@ -47,6 +50,7 @@ class EmbeddingView:
         self.mapper = LinearColorMapper(palette=Category10_10, low=-0.5, high=9.5,
                                         nan_color="#bbbbbb")
         self.figure = self._figure()
+        self.timeline = EmbeddingTimeline(self.show_step)
         self.layer = pn.widgets.Select(name="layer", options=[], width=150)
         self.colour = pn.widgets.Select(name="colour by", options=list(COLOUR_BY), width=110)
         self.live = pn.widgets.Toggle(name="live", value=True, button_type="success", width=70)
@@ -77,7 +81,8 @@ class EmbeddingView:
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        controls = pn.Column(pn.Row(self.layer, self.colour, self.live), self.player)
+        controls = pn.Column(pn.Row(self.layer, self.colour, self.live), self.player,
+                             self.timeline.panel(), sizing_mode="stretch_width")
         return pn.Column(controls, self.caption, pn.pane.Bokeh(self.figure), self.quality_text,
                          css_classes=["sc-embedding"], sizing_mode="stretch_width")
 
@@ -157,6 +162,7 @@ class EmbeddingView:
         finally:
             self._setting_layer -= 1
         steps = self.steps.get(self.layer.value) or []
+        self.timeline.show_steps(self.layer.value, steps)
         if steps:
             self.player.disabled = False
             if self.player.end != len(steps) - 1:
@@ -211,6 +217,7 @@ class EmbeddingView:
                                 np.nan).astype(np.float32),
             "loss": arrays["loss"], "confidence": arrays["confidence"]}
         self.shown, self._pending = key, None
+        self.timeline.mark_shown(*key)
         self.source.data = {**self._columns, "c": self._colour_values()}
         self.figure.title.text = f"{key[0]} at step {key[1]}  ({len(ids)} probe samples)"
         self.caption.object = (f"<span class='sc-map-step'>step {key[1]}</span>"

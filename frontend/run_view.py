@@ -145,6 +145,7 @@ class RunDashboard:
     def _on_alerts(self, header: dict, arrays: dict) -> None:
         self.alerts.set_alerts(header["alerts"])
         self.curves.set_alerts(header["alerts"])
+        self.embedding.timeline.set_alerts(header["alerts"])
 
     def _on_status(self, header: dict, arrays: dict) -> None:
         self.status.update(dropped=header.get("dropped"), overhead=header.get("overhead"),
