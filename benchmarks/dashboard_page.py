@@ -19,19 +19,20 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
                "--disable-component-update", "--disable-sync"]
 
 # window.__drawn[step] = {t, n}: when a map of that step was first painted (Date.now(), ms).
-# window.__states: [{t, step, n, colour}] for every painted change of the points or the title;
+# window.__states: [{t, data_t, step, n, colour}] for every painted change of the points or the
+# title (data_t: when the points' data last changed before it);
 # colour: "class" (integer codes, some > 1: label, prediction), "correctness" (0/1) or "scalar"
 # (loss, confidence). Also the page's responsiveness: the longest main-thread task, and how
 # late a 50 ms timer fires.
 WATCH_JS = """() => {
   window.__drawn = {}; window.__states = []; window.__timerLag = []; window.__longest = 0;
   const TITLE = / at step (\\d+) /;
-  let source = null, title = null, version = 0, last = null;
+  let source = null, title = null, version = 0, dataAt = 0, last = null;
   const find = () => {
     if (!source) for (const d of Bokeh.documents) {
       const s = d.get_model_by_name('sc-embedding-points');
       if (s) { source = s;
-        for (const signal of [s.change, s.patching, s.streaming]) signal.connect(() => version++); }
+        for (const signal of [s.change, s.patching, s.streaming]) signal.connect(() => { version++; dataAt = Date.now(); }); }
     }
     // The title names a step once the first map is drawn; until then, look for it each frame.
     if (source && !title && source.data.x.length)
@@ -48,9 +49,9 @@ WATCH_JS = """() => {
     if (source && title) { const match = TITLE.exec(title.text);
       const step = match ? Number(match[1]) : null, key = step + ':' + version;
       if (step !== null && key !== last) { last = key;
-        const n = source.data.x.length, colour = colourOf(source.data.c);
+        const n = source.data.x.length, colour = colourOf(source.data.c), data_t = dataAt;
         requestAnimationFrame(() => { const t = Date.now();
-          window.__states.push({t, step, n, colour});
+          window.__states.push({t, data_t, step, n, colour});
           if (!(step in window.__drawn)) window.__drawn[step] = {t, n}; }); } }
     requestAnimationFrame(tick); };
   requestAnimationFrame(tick);
@@ -124,10 +125,12 @@ def interact(page: Any, count: int, first_step: int, think_s: float = 1.0,
              timeout_s: float = 30.0) -> dict[str, Any]:
     """Perform ``count`` actions from ``ACTIONS`` in turn, ``think_s`` apart; each one is timed
     from just before the widget is touched to the first painted state that answers it.
-    Returns p50/p95 seconds, the longest, and the actions not answered within ``timeout_s``."""
+    Returns p50/p95 seconds, the longest, the median time until the answer's data was in the
+    page (the rest is drawing), and the actions not answered within ``timeout_s``."""
     times: list[float] = []
     unanswered: list[str] = []
     per_action: dict[str, list[float]] = {}
+    data_in: list[float] = []  # touched -> the answer's data in the page (the rest: drawing)
     for i in range(count):
         action = ACTIONS[i % len(ACTIONS)]
         started = page.evaluate("() => Date.now()")
@@ -136,23 +139,26 @@ def interact(page: Any, count: int, first_step: int, think_s: float = 1.0,
         if answer is None:
             unanswered.append(action.name)
         else:
-            times.append(answer)
-            per_action.setdefault(action.name, []).append(answer)
+            times.append((answer["t"] - started) / 1000)
+            per_action.setdefault(action.name, []).append(times[-1])
+            data_in.append((answer["data_t"] - started) / 1000)
         time.sleep(think_s)
     return {"actions": count, "answered": len(times), "unanswered": unanswered,
             "p50_s": float(np.percentile(times, 50)) if times else None,
             "p95_s": float(np.percentile(times, 95)) if times else None,
             "max_s": max(times) if times else None,
+            "data_in_p50_s": float(np.median(data_in)) if data_in else None,
             "median_by_action": {name: float(np.median(v)) for name, v in per_action.items()}}
 
 
 def _wait_answer(page: Any, action: Action, started_ms: float, first_step: int,
-                 timeout_s: float) -> float | None:
+                 timeout_s: float) -> dict[str, Any] | None:
+    """The first painted state after ``started_ms`` that answers ``action``, or None."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         states = page.evaluate(f"() => window.__states.filter(s => s.t > {started_ms})")
         for state in states:
             if action.answered(state, first_step):
-                return (state["t"] - started_ms) / 1000
+                return state
         time.sleep(0.03)
     return None
