@@ -24,7 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/capture_overhead.py
-	$(PY) benchmarks/dashboard_latency.py
+	$(PY) benchmarks/dashboard_latency.py --projector
 	$(PY) benchmarks/projector_vs_umap.py --quick
 	$(PY) benchmarks/scenarios.py --quick --json sentrycam-runs/scenarios-quick.json
 

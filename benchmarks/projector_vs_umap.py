@@ -14,35 +14,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from sentrycam.projector import Projector, metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_features import drifting_mixture  # noqa: E402
+
+from sentrycam.projector import Projector, metrics  # noqa: E402
 
 log = logging.getLogger("projector_vs_umap")
 METRIC_ROWS = 2000  # quality on (up to) this many query points; neighbours among all points
-
-
-def drifting_mixture(n: int, dim: int, n_snapshots: int, seed: int
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Snapshots (features float32 [n, dim], labels [n]) of 10 clusters, each a 10-d subspace
-    blob, whose centres drift and whose blobs tighten over time, like features during training."""
-    rng = np.random.default_rng(seed)
-    n_clusters, intrinsic = 10, 10
-    labels = rng.integers(0, n_clusters, n)
-    centres = rng.normal(size=(n_clusters, dim)) * 1.5
-    bases = rng.normal(size=(n_clusters, intrinsic, dim)) / np.sqrt(intrinsic)
-    latent = rng.normal(size=(n, intrinsic))
-    noise = rng.normal(size=(n, dim)) * 0.15
-    for t in range(n_snapshots):
-        centres = centres + rng.normal(size=centres.shape) * 0.25
-        latent = latent + rng.normal(size=latent.shape) * 0.15
-        spread = 1.5 - 0.08 * t
-        features = centres[labels] + spread * np.einsum("ni,nid->nd", latent, bases[labels])
-        yield (features + noise).astype(np.float32), labels
 
 
 def digits_snapshots(n_snapshots: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
