@@ -217,7 +217,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
     run_id = f"bench{n}"
     workdir = Path(tempfile.mkdtemp(prefix="sc-bench-"))
-    result: dict[str, Any] = {"n": n, "projector": "worker" if args.projector else "stand-in"}
+    result: dict[str, Any] = {"n": n, "projector": "worker" if args.projector else "stand-in",
+                              "render": "webgl" if args.webgl else "canvas"}
     with serve(workdir / "bench.duckdb", args.projector, args.backlog) as (url, app), \
             sync_playwright() as playwright:
         if app.state.projection is None:
@@ -230,7 +231,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         ingest.send(stream.probe_set())
         browser = playwright.chromium.launch(executable_path=args.chromium, args=LAUNCH_ARGS)
         try:
-            page, browser_bytes = _open_dashboard(browser, f"{url}/?run={run_id}")
+            render = "" if args.webgl else "&render=canvas"
+            page, browser_bytes = _open_dashboard(browser, f"{url}/?run={run_id}{render}")
             result.update(_measure_page(page, browser_bytes, app, ingest, stream, args))
         finally:
             browser.close()
@@ -364,6 +366,8 @@ def main() -> None:
                         help="user actions timed per size while snapshots stream (0: skip)")
     parser.add_argument("--projector", action=argparse.BooleanOptionalAction, default=True,
                         help="run the real projector worker (default) or a stand-in")
+    parser.add_argument("--webgl", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the maps with WebGL (default) or on a canvas (?render=canvas)")
     parser.add_argument("--dim", type=int, default=128, help="feature dimensions per sample")
     parser.add_argument("--backlog", type=int, default=None,
                         help="the worker's SENTRYCAM_PROJECTOR_BACKLOG (default: the server's)")
@@ -389,7 +393,8 @@ def main() -> None:
 
 
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\nprojector: {results[0]['projector']}; snapshots every {args.spacing:g} s; "
+    print(f"\nprojector: {results[0]['projector']}; maps drawn with {results[0]['render']}; "
+          f"snapshots every {args.spacing:g} s; "
           f"user-action target: p95 <= {RESPONSIVE_TARGET_S:g} s")
     print("| probe samples | first map (s) | drawn | projector skipped | p50 (s) | p95 (s) | "
           "push bytes/snapshot | browser bytes/snapshot | user action p50 / p95 (s) | "

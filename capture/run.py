@@ -190,14 +190,15 @@ class Run:
         except Exception as exc:
             self._guard.fail("a snapshot", exc)
 
-    def dashboard(self, *, token: str | None = None) -> Any:
+    def dashboard(self, *, token: str | None = None, webgl: bool = True) -> Any:
         """Show this run's live panels inline in Jupyter (embedding view, heatmaps, curves,
-        alerts), read from the server this run streams to; returns the Panel object."""
+        alerts), read from the server this run streams to; returns the Panel object.
+        ``webgl=False`` draws the 2D maps on a plain canvas (faster without a GPU)."""
         if self.url is None:
             raise RuntimeError("this run has no server URL (a custom transport or rank > 0); "
                                "use sentrycam.frontend.show(url=..., run_id=...) instead")
         from sentrycam import frontend  # the web stack, only when a dashboard is asked for
-        return frontend.show(url=self.url, run_id=self.run_id, token=token)
+        return frontend.show(url=self.url, run_id=self.run_id, token=token, webgl=webgl)
 
     def detach(self, status: str = "finished") -> None:
         """Remove every hook, send the last Status and RunEnd(``status``), flush the transport."""

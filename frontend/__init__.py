@@ -19,10 +19,11 @@ __all__ = ["show", "dashboard"]
 
 
 def dashboard(url: str, run_id: str | None = None, *, token: str | None = None,
-              compare: str | None = None) -> Any:
+              compare: str | None = None, webgl: bool = True) -> Any:
     """The dashboard's Panel object for the server at ``url``: one run's panels when
     ``run_id`` is given (the embedding view, heatmaps, curves, alerts), else the whole page
-    with its run picker. Updates start at once and keep coming while it is displayed."""
+    with its run picker. Updates start at once and keep coming while it is displayed.
+    ``webgl=False`` draws the 2D maps on a plain canvas (faster without a GPU)."""
     import panel as pn
 
     from sentrycam.frontend.client import ApiClient
@@ -32,15 +33,15 @@ def dashboard(url: str, run_id: str | None = None, *, token: str | None = None,
     pn.extension("tabulator")
     client = ApiClient(url, token=token)
     if run_id is not None and compare is None:
-        return RunDashboard(client, run_id).start().panel()
-    return DashboardPage(client, run_id=run_id, compare=compare).start().panel()
+        return RunDashboard(client, run_id, webgl=webgl).start().panel()
+    return DashboardPage(client, run_id=run_id, compare=compare, webgl=webgl).start().panel()
 
 
 def show(url: str, run_id: str | None = None, *, token: str | None = None,
-         compare: str | None = None) -> Any:
+         compare: str | None = None, webgl: bool = True) -> Any:
     """Display the dashboard inline in Jupyter (see :func:`dashboard`) and return it."""
     from IPython.display import display
 
-    panel = dashboard(url, run_id, token=token, compare=compare)
+    panel = dashboard(url, run_id, token=token, compare=compare, webgl=webgl)
     display(panel)
     return panel

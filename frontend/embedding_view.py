@@ -32,11 +32,14 @@ MAX_TRAILS = 200
 
 class EmbeddingView:
     """One run's embedding view. ``request_map(layer, step)`` and
-    ``request_trails(layer, sample_ids)`` are called when data must be fetched."""
+    ``request_trails(layer, sample_ids)`` are called when data must be fetched. ``webgl``:
+    draw the points with WebGL (default) or on a plain canvas."""
 
     def __init__(self, request_map: Callable[[str, int], None],
-                 request_trails: Callable[[str, list[int]], None]) -> None:
+                 request_trails: Callable[[str, list[int]], None], *,
+                 webgl: bool = True) -> None:
         self._request_map, self._request_trails = request_map, request_trails
+        self.webgl = webgl
         self.steps: dict[str, list[int]] = {}        # layer -> steps with a stored map
         self.maps: collections.OrderedDict = collections.OrderedDict()  # (layer, step) -> map
         self.quality: dict[tuple[str, int], dict[str, float]] = {}
@@ -67,7 +70,10 @@ class EmbeddingView:
         self.source.selected.on_change("indices", lambda attr, old, new: self._on_select(new))
 
     def _figure(self) -> Any:
-        fig = figure(output_backend="webgl", height=430, sizing_mode="stretch_width",
+        # WebGL draws 20,000 points fastest with a GPU; without one (software WebGL) BokehJS
+        # spends most of each repaint copying the WebGL canvas: a plain canvas then answers
+        # user actions about twice as fast (docs/benchmarks.md, dashboard latency).
+        fig = figure(output_backend="webgl" if self.webgl else "canvas", height=430, sizing_mode="stretch_width",
                      tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
                      active_scroll="wheel_zoom", title="probe samples (2D map)")
         fig.multi_line("xs", "ys", source=self.trail_source, line_color="#444444",

@@ -29,8 +29,8 @@ class DashboardPage:
     newest); ``compare`` a second one shown beside it."""
 
     def __init__(self, client: ApiClient, run_id: str | None = None,
-                 compare: str | None = None) -> None:
-        self.client = client
+                 compare: str | None = None, *, webgl: bool = True) -> None:
+        self.client, self.webgl = client, webgl
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sc-runs")
         self._runs_future: concurrent.futures.Future | None = None
         self.runs: list[dict[str, Any]] = []
@@ -117,7 +117,7 @@ class DashboardPage:
             self.slots[slot].objects = [pn.Spacer(height=0)]
             self.slots[slot].visible = slot == 0
             return
-        dashboard = RunDashboard(self.client, run_id).start()
+        dashboard = RunDashboard(self.client, run_id, webgl=self.webgl).start()
         self.dashboards[slot] = dashboard
         self.slots[slot].objects = [dashboard.panel()]
         self.slots[slot].visible = True
@@ -131,14 +131,16 @@ def _label(run: dict[str, Any]) -> str:
 def session_page() -> pn.viewable.Viewable:
     """The page of one browser session of ``sentrycam serve``. The session reads from the
     server it is served by (the Host the browser used, with the page's ``?token=``), through
-    the same HTTP API and push websocket as any other client."""
+    the same HTTP API and push websocket as any other client. ``?render=canvas`` draws the
+    2D maps on a plain canvas instead of WebGL (faster on machines without a GPU)."""
     pn.extension("tabulator")  # the alerts table is added after load: its JS must come now
     request = pn.state.curdoc.session_context.request
     host = request.headers.get("Host", "127.0.0.1")
     token = _argument(request.arguments, "token")
     page = DashboardPage(ApiClient(f"http://{host}", token=token),
                          run_id=_argument(request.arguments, "run"),
-                         compare=_argument(request.arguments, "compare")).start()
+                         compare=_argument(request.arguments, "compare"),
+                         webgl=_argument(request.arguments, "render") != "canvas").start()
     pn.state.on_session_destroyed(lambda context: page.close())
     return page.panel()
 

@@ -35,11 +35,11 @@ PROJECTOR_POLL_S = 2.0
 class RunDashboard:
     """Every view of one run. :meth:`panel` lays them out; :meth:`close` stops the feed."""
 
-    def __init__(self, client: ApiClient, run_id: str) -> None:
+    def __init__(self, client: ApiClient, run_id: str, *, webgl: bool = True) -> None:
         self.client, self.run_id = client, run_id
         self.inbox: collections.deque = collections.deque()
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sc-fetch")
-        self.embedding = EmbeddingView(self._fetch_map, self._fetch_trails)
+        self.embedding = EmbeddingView(self._fetch_map, self._fetch_trails, webgl=webgl)
         self.heatmaps = HeatmapView(self.embedding.show_step)
         self.curves = CurvesView()
         self.alerts = AlertsView(self._acknowledge)

@@ -109,3 +109,15 @@ def test_the_classifier_input_is_shown_first_until_the_user_picks_a_layer(server
     finally:
         dashboard.close()
         client.close()
+
+
+def test_maps_draw_with_webgl_unless_a_canvas_is_asked_for(server, ingest):
+    start_run(ingest, steps=1)
+    client = ApiClient(server.url)
+    views = [RunDashboard(client, RUN), RunDashboard(client, RUN, webgl=False)]
+    try:
+        assert [v.embedding.figure.output_backend for v in views] == ["webgl", "canvas"]
+    finally:
+        for view in views:
+            view.close()
+        client.close()
