@@ -52,9 +52,10 @@ import numpy as np
 import uvicorn
 from websockets.sync.client import connect
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' browser helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboard_page import (LAUNCH_ARGS, WATCH_JS, drawn, interact,  # noqa: E402
-                            responsiveness, wait_drawn)
+from dashboard_page import (WATCH_JS, drawn, interact, responsiveness,  # noqa: E402
+                            wait_drawn)
 from synthetic_features import drifting_mixture  # noqa: E402
 
 from sentrycam.backend.app import create_app  # noqa: E402
@@ -64,6 +65,7 @@ from sentrycam.backend.settings import ServerSettings  # noqa: E402
 from sentrycam.capture import wire  # noqa: E402
 from sentrycam.capture.messages import (SPLIT_TRAIN, ProbeSet, RunStart, Scalars,  # noqa: E402
                                         Snapshot)
+from tests.e2e.browser import LAUNCH_ARGS  # noqa: E402
 
 log = logging.getLogger("dashboard_latency")
 LAYER = "fc:input"

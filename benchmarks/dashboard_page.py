@@ -15,9 +15,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
-
 # window.__drawn[step] = {t, n}: when a map of that step was first painted (Date.now(), ms).
 # window.__states: [{t, data_t, step, n, colour}] for every painted change of the points or the
 # title (data_t: when the points' data last changed before it);

@@ -73,7 +73,8 @@ class EmbeddingView:
         # WebGL draws 20,000 points fastest with a GPU; without one (software WebGL) BokehJS
         # spends most of each repaint copying the WebGL canvas: a plain canvas then answers
         # user actions about twice as fast (docs/benchmarks.md, dashboard latency).
-        fig = figure(output_backend="webgl" if self.webgl else "canvas", height=430, sizing_mode="stretch_width",
+        fig = figure(output_backend="webgl" if self.webgl else "canvas", height=430,
+                     sizing_mode="stretch_width",
                      tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
                      active_scroll="wheel_zoom", title="probe samples (2D map)")
         fig.multi_line("xs", "ys", source=self.trail_source, line_color="#444444",

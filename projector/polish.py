@@ -53,10 +53,11 @@ def carry_along(coords: np.ndarray, sampled_rows: np.ndarray, polished: np.ndarr
     if len(others) == 0:
         return result
     k = min(k, len(sampled_rows))
-    distances, nearest = cKDTree(coords[sampled_rows]).query(coords[others], k=k)
+    before = coords[sampled_rows]
+    distances, nearest = cKDTree(before).query(coords[others], k=k)
     distances, nearest = distances.reshape(len(others), k), nearest.reshape(len(others), k)
     inverse = 1.0 / np.maximum(distances, 1e-6)
-    shift = polished[nearest] - coords[sampled_rows][nearest]  # [others, k, 2]
+    shift = (polished - before)[nearest]  # [others, k, 2]
     result[others] += (shift * inverse[..., None]).sum(1) / inverse.sum(1, keepdims=True)
     return result.astype(np.float32)
 

@@ -43,8 +43,9 @@ def train_rows(view: ProbeView) -> np.ndarray:
 
 def has_left_chance(view: ProbeView) -> bool:
     """True once the model commits to predictions: mean confidence on the probe at least twice
-    the chance level 1/K (for two classes, halfway to certainty). Before that, every output series sits at its chance value and its
-    movement says nothing about the noise of a learning model (calibration waits)."""
+    the chance level 1/K (for two classes, halfway to certainty). Before that, every output
+    series sits at its chance value and its movement says nothing about the noise of a
+    learning model (calibration waits)."""
     confidence = view.outputs.get("confidence")
     pred = view.outputs.get("pred")
     if confidence is None or pred is None or not len(pred):
@@ -127,8 +128,9 @@ class EntropyDrift(OutputSeries):
         return finding(
             self.name, view.step, level, score,
             evidence=self.watch.evidence(series="mean probe entropy (nats)"),
-            message=f"mean prediction entropy on the probe rose to {value:.3f} nats ({score or 0:.1f} "
-                    f"noise units above the lowest, {self.watch.baseline.best:.3f})",
+            message=f"mean prediction entropy on the probe rose to {value:.3f} nats "
+                    f"({score or 0:.1f} noise units above the lowest, "
+                    f"{self.watch.baseline.best:.3f})",
             suggestion="predictions are becoming uniform: label noise or out-of-distribution "
                        "data entering training, or a learning rate that destabilises the head",
             confidence=0.45)
@@ -160,7 +162,8 @@ class FallingCorrectRate(OutputSeries):
         return finding(
             self.name, view.step, level, score,
             evidence=self.watch.evidence(series="probe correct rate (training split)"),
-            message=f"correct rate on the probe fell to {value:.1%} (best {self.watch.baseline.best:.1%}; "
+            message=f"correct rate on the probe fell to {value:.1%} "
+                    f"(best {self.watch.baseline.best:.1%}; "
                     f"{score or 0:.1f} noise units)",
             suggestion="the model is un-learning what it knew: noisy labels in recent batches, a "
                        "task or data switch (forgetting), or an unstable step size",
