@@ -52,9 +52,15 @@ def test_dashboard_follows_a_training_run_and_replays_earlier_snapshots(live_ser
                what=f"the latest step to advance from {first_seen} (training is at step 59)")
 
     wait_until(lambda: len(_maps(live_server.url, run.run_id)) >= 3, MAP_TIMEOUT_S, "maps")
+    # Until the classifier's input has a map the view may show another layer and then move
+    # to it; read the layer shown only once both projected layers have maps.
+    wait_until(lambda: len({m["layer"] for m in _maps(live_server.url, run.run_id)}) >= 2,
+               MAP_TIMEOUT_S, "maps of both projected layers")
     wait_until(lambda: points(page)["n"] == run.probe_size, what="the probe's points drawn")
     assert run.probe_size == 300
 
+    options = page.locator(".sc-embedding select").first.locator("option")
+    wait_until(lambda: options.count() >= 2, what="both layers in the layer picker")
     layer = page.locator(".sc-embedding select").first.input_value()  # the layer shown
     first_step = min(m["step"] for m in _maps(live_server.url, run.run_id) if m["layer"] == layer)
     _replay_first_snapshot(page)
