@@ -140,7 +140,9 @@ def test_a_server_that_never_started_costs_nothing_and_replay_stores_everything_
         began = time.perf_counter()
         assert transport.send(message)
         slowest = max(slowest, time.perf_counter() - began)
-    assert slowest < 0.5  # generous: a send that waited on the network would take seconds
+    # A send that waited on the network would take the 5 s open timeout; 2 s leaves room for
+    # scheduler pauses on a loaded 2-core CI machine (0.75 s seen) without hiding that.
+    assert slowest < 2.0
     began = time.monotonic()
     transport.close(timeout=3)
     assert time.monotonic() - began < 3 + 1.0
