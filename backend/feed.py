@@ -10,7 +10,7 @@ that raises is logged and counted; it never stops the producer or the other subs
 
 Kinds published: the ingest message kinds (``run_start``, ``probe``, ``scalars``,
 ``layer_stats``, ``snapshot``, ``event``, ``status``, ``run_end``, with ``message`` set to the
-stored :mod:`sentrycam.capture.messages` dataclass), and derived kinds ``embedding``,
+stored :mod:`sentrycam.protocol.messages` dataclass), and derived kinds ``embedding``,
 ``quality``, ``projector`` (worker state) and ``alert`` (``message`` optional, producer-defined).
 """
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from sentrycam.backend.feed import ChangeFeed, changes_of
-from sentrycam.capture.messages import Message
+from sentrycam.protocol.messages import Message
 
 log = logging.getLogger(__name__)
 

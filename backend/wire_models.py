@@ -17,8 +17,8 @@ import numpy as np
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt,
                       StrictStr, ValidationError)
 
-from sentrycam.capture.messages import MESSAGE_TYPES, SCHEMA_VERSION, SPLIT_HELDOUT, SPLIT_TRAIN
-from sentrycam.capture.messages import Message
+from sentrycam.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, SPLIT_HELDOUT, SPLIT_TRAIN
+from sentrycam.protocol.messages import Message
 from sentrycam.capture.wire import FrameError, build_message, split_frame
 
 RUN_ID_MAX = 64

@@ -63,9 +63,9 @@ from sentrycam.backend.feed import Change  # noqa: E402
 from sentrycam.backend.server import bind_socket, uvicorn_config  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
 from sentrycam.capture import wire  # noqa: E402
-from sentrycam.capture.messages import (SPLIT_TRAIN, ProbeSet, RunStart, Scalars,  # noqa: E402
+from sentrycam.protocol.messages import (SPLIT_TRAIN, ProbeSet, RunStart, Scalars,  # noqa: E402
                                         Snapshot)
-from tests.e2e.browser import LAUNCH_ARGS  # noqa: E402
+from sentrycam.frontend.testing import LAUNCH_ARGS  # noqa: E402
 
 log = logging.getLogger("dashboard_latency")
 LAYER = "fc:input"

@@ -20,7 +20,7 @@ from torch import nn
 from sentrycam.capture.alert_actions import AlertCallback
 from sentrycam.capture.budget import check_schedule
 from sentrycam.capture.layers import LayerTap, check_token_pool, choose_layers
-from sentrycam.capture.messages import SCHEMA_VERSION
+from sentrycam.protocol.messages import SCHEMA_VERSION
 from sentrycam.capture.probe import build_probe, check_probe_arguments
 from sentrycam.capture.run import ACTIVE, Guard, Run
 from sentrycam.capture.snapshot import ProbeRunner

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from sentrycam.capture.messages import SPLIT_HELDOUT, SPLIT_TRAIN, ProbeSet
+from sentrycam.protocol.messages import SPLIT_HELDOUT, SPLIT_TRAIN, ProbeSet
 
 #: A dataset larger than this many times the wanted probe size is sampled from a random pool of
 #: that size before stratifying, so that attaching never reads a whole large dataset.

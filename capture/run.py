@@ -28,7 +28,7 @@ from torch import nn
 from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
 from sentrycam.capture.budget import OverheadController, Schedule
 from sentrycam.capture.layers import IDLE, STATS, LayerTap
-from sentrycam.capture.messages import Event, Message, RunEnd, RunStart, Scalars, Status
+from sentrycam.protocol.messages import Event, Message, RunEnd, RunStart, Scalars, Status
 from sentrycam.capture.snapshot import ProbeRunner
 from sentrycam.capture.steps import StepReporter, logged_value, nonfinite_counts
 from sentrycam.capture.telemetry import LossWatch, OptimizerWatch, learning_rates

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sentrycam.capture.messages import MESSAGE_TYPES, Message
+from sentrycam.protocol.messages import MESSAGE_TYPES, Message
 from sentrycam.capture.queue import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, BoundedQueue,
                                      InFlightWindow, Progress, message_nbytes)
 from sentrycam.capture.sender_loop import Counters, LogLimiter, SenderLoop

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from sentrycam.capture import wire
-from sentrycam.capture.messages import Message
+from sentrycam.protocol.messages import Message
 from sentrycam.capture.queue import BoundedQueue, InFlightWindow, Progress
 from sentrycam.capture.spool import Spool
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentrycam.capture.layers import IDLE, PROBE, LayerCaptureError, LayerTap, first_tensor
-from sentrycam.capture.messages import Snapshot
+from sentrycam.protocol.messages import Snapshot
 from sentrycam.capture.probe import Probe, preserved_global_rngs
 
 PROBE_CHUNK = 256

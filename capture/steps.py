@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sentrycam.capture.activations import STAT_NAMES
-from sentrycam.capture.messages import LayerStats, Message, Scalars, Snapshot
+from sentrycam.protocol.messages import LayerStats, Message, Scalars, Snapshot
 from sentrycam.capture.telemetry import LAYER_STATS, LossWatch, ParamTelemetry, learning_rates
 
 

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sentrycam.capture.messages import Message
+from sentrycam.protocol.messages import Message
 
 
 @dataclass(frozen=True)

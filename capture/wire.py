@@ -1,6 +1,6 @@
 """Binary frame format shared by the capture agent and the server.
 
-A frame carries one message (:mod:`sentrycam.capture.messages`)::
+A frame carries one message (:mod:`sentrycam.protocol.messages`)::
 
     offset  size  content
     0       4     magic b"SCAM"
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sentrycam.capture.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+from sentrycam.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
 
 MAGIC = b"SCAM"
 FRAME_VERSION = 1

@@ -30,7 +30,7 @@ from sentrycam.backend.audit.alerts import Alert, AlertBook, Finding
 from sentrycam.backend.audit.detectors import Detector, MapView, ProbeView, build_detectors
 from sentrycam.backend.audit.history import stored_changes
 from sentrycam.backend.feed import Change, ChangeFeed
-from sentrycam.capture.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
+from sentrycam.protocol.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
 
 log = logging.getLogger(__name__)
 

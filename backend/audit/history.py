@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sentrycam.backend.feed import Change
-from sentrycam.capture.messages import LayerStats, ProbeSet, Scalars, Snapshot
+from sentrycam.protocol.messages import LayerStats, ProbeSet, Scalars, Snapshot
 
 
 def stored_changes(store: Any, run_id: str, before_step: int | None = None

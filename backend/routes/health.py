@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 import sentrycam
 from sentrycam.backend.routes import json_safe, state_of
-from sentrycam.capture.messages import SCHEMA_VERSION
+from sentrycam.protocol.messages import SCHEMA_VERSION
 
 router = APIRouter(tags=["health"])
 

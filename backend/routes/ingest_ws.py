@@ -29,7 +29,7 @@ from fastapi import APIRouter, WebSocket
 from sentrycam.backend.ingest import IngestWriter, WriterStopped
 from sentrycam.backend.routes import state_of
 from sentrycam.backend.wire_models import FrameRejected, parse_frame
-from sentrycam.capture.messages import Message
+from sentrycam.protocol.messages import Message
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])

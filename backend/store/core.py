@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import duckdb
 import numpy as np
 
-from sentrycam.capture.messages import Message
+from sentrycam.protocol.messages import Message
 from sentrycam.backend.store import derived, export, reader, schema
 from sentrycam.backend.store.errors import (StoreClosedError, StoreLockedError,
                                             StoreReadOnlyError)

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sentrycam.capture.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
+from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store.schema import RUN_STATUSES
 
@@ -86,7 +86,7 @@ def validate_batch(batch: Sequence[tuple[int, Message]]) -> None:
         seq, message = item
         if not isinstance(message, _MESSAGE_CLASSES):
             raise ValueError(f"batch item {index} holds a {type(message).__name__}, not a "
-                             "sentrycam message; build messages from sentrycam.capture.messages")
+                             "sentrycam message; build messages from sentrycam.protocol.messages")
         if isinstance(seq, bool) or not isinstance(seq, (int, np.integer)) or seq < 0:
             raise ValueError(f"batch item {index}: seq must be an int >= 0, got {seq!r}")
         problem = _problem(message)

@@ -19,7 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sentrycam.capture.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
+from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store.schema import first_row
 from sentrycam.capture.wire import json_safe

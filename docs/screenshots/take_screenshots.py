@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 from sentrycam import capture  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
 from sentrycam.capture import demo  # noqa: E402
-from tests.e2e.browser import (LAUNCH_ARGS, StandInProjector, chromium_path,  # noqa: E402
-                               wait_until)
-from tests.servers import serve_in_thread  # noqa: E402
+from sentrycam.backend.testing import StandInProjector, serve_in_thread  # noqa: E402
+from sentrycam.frontend.testing import launch_chromium  # noqa: E402
+from tests.e2e.browser import wait_until  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 # True when every embedding view on the page has drawn its points.
@@ -68,9 +68,9 @@ def main() -> None:
 
     db = Path(tempfile.mkdtemp(prefix="sc-shots-")) / "demo.duckdb"
     with serve_in_thread(ServerSettings(db_path=db, port=0)) as server, \
-            StandInProjector(server), sync_playwright() as playwright:
+            StandInProjector(server.app), sync_playwright() as playwright:
         first = train_in_background(server.url, 600, 0, "demo-cnn-lr2e-3")
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=LAUNCH_ARGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
         first.join()
         wait_for_maps(server)

@@ -1,4 +1,4 @@
-"""Fixtures of the backend tests (the server helper itself is in tests/servers.py).
+"""Fixtures of the backend tests (the server helper itself is in sentrycam.backend.testing).
 
 Fixtures here: ``store`` (a real DuckDB file in tmp_path), ``server`` (the app serving that
 store), and ``make_settings`` (ServerSettings for tmp_path with overrides).
@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 from sentrycam.backend.settings import ServerSettings
-from tests.servers import RunningServer, isolate_environment, serve_in_thread
+from sentrycam.backend.testing import RunningServer, isolate_environment, serve_in_thread
 
 
 

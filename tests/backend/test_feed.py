@@ -6,7 +6,7 @@ import threading
 
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.ingest import IngestWriter
-from sentrycam.capture.messages import RunStart, Scalars
+from sentrycam.protocol.messages import RunStart, Scalars
 
 RUN = "feed-run"
 

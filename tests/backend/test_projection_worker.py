@@ -12,9 +12,9 @@ from websockets.sync.client import connect
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.capture import wire
-from sentrycam.capture.messages import ProbeSet, RunStart, Snapshot
+from sentrycam.protocol.messages import ProbeSet, RunStart, Snapshot
 from sentrycam.projector import Projector
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 
 RUN = "a1b2c3d4e5"
 N = 120

@@ -10,9 +10,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 from sentrycam.capture import wire
-from sentrycam.capture.messages import (SCHEMA_VERSION, Event, LayerStats, RunEnd, RunStart,
+from sentrycam.protocol.messages import (SCHEMA_VERSION, Event, LayerStats, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 
 RUN = "a1b2c3d4"

@@ -14,9 +14,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 from sentrycam.capture import wire
-from sentrycam.capture.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
+from sentrycam.protocol.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
                                         RunStart, Scalars, Snapshot, Status)
 
 RUN = "9f1c2e7a0b"

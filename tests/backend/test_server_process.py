@@ -20,7 +20,7 @@ from sentrycam.backend.server import (ServerStartError, bind_socket, info_file_p
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import Store
 from sentrycam.capture import wire
-from sentrycam.capture.messages import RunStart, Scalars
+from sentrycam.protocol.messages import RunStart, Scalars
 
 START_TIMEOUT_S = 60.0
 SERVE = ("import sys\n"

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from sentrycam.backend.ingest import IngestWriter, WriterStopped
-from sentrycam.capture.messages import RunEnd, RunStart, Scalars
+from sentrycam.protocol.messages import RunEnd, RunStart, Scalars
 
 RUN = "writer-run"
 

@@ -15,7 +15,7 @@ import pytest
 from sentrycam.backend.store import (MissingSnapshotError, RetentionSettings, Store,
                                      StoreClosedError, StoreLockedError, StoreReadOnlyError,
                                      UnknownRunError)
-from sentrycam.capture.messages import (SPLIT_HELDOUT, SPLIT_TRAIN, Event, LayerStats, ProbeSet,
+from sentrycam.protocol.messages import (SPLIT_HELDOUT, SPLIT_TRAIN, Event, LayerStats, ProbeSet,
                                         RunEnd, RunStart, Scalars, Snapshot, Status)
 
 RUN = "a" * 32

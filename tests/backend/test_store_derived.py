@@ -7,7 +7,7 @@ import pytest
 
 from sentrycam.backend.store import MissingSnapshotError, Store, UnknownAlertError
 from sentrycam.backend.store.derived import CHECKPOINTS_KEPT
-from sentrycam.capture.messages import RunStart
+from sentrycam.protocol.messages import RunStart
 
 RUN = "derived-run"
 

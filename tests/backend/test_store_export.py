@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentrycam.backend.store import Store, UnknownRunError
-from sentrycam.capture.messages import (Event, LayerStats, ProbeSet, RunEnd, RunStart, Scalars,
+from sentrycam.protocol.messages import (Event, LayerStats, ProbeSet, RunEnd, RunStart, Scalars,
                                         Snapshot)
 
 RUN, OTHER = "d" * 32, "e" * 32

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sentrycam.backend.store import SCHEMA_VERSION, Store, StoreVersionError
-from sentrycam.capture.messages import Snapshot, Status
+from sentrycam.protocol.messages import Snapshot, Status
 
 RUN = "c" * 32
 

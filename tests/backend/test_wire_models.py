@@ -12,7 +12,7 @@ import pytest
 
 from sentrycam.backend.wire_models import FrameRejected, parse_frame
 from sentrycam.capture import wire
-from sentrycam.capture.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
+from sentrycam.protocol.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
                                         RunStart, Scalars, Snapshot, Status)
 
 RUN = "0123abcd"

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from sentrycam import capture
-from sentrycam.capture.messages import SPLIT_HELDOUT, SPLIT_TRAIN
+from sentrycam.protocol.messages import SPLIT_HELDOUT, SPLIT_TRAIN
 from sentrycam.capture.probe import build_probe, stratified_choice
 from sentrycam.capture.transport import MemoryTransport
 

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from sentrycam.capture.messages import Scalars, Snapshot
+from sentrycam.protocol.messages import Scalars, Snapshot
 from sentrycam.capture.queue import (MESSAGE_OVERHEAD_BYTES, BoundedQueue, InFlightWindow, Progress,
                                      message_nbytes)
 

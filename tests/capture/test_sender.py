@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
 from sentrycam.capture import wire
-from sentrycam.capture.messages import RunStart, Scalars, Snapshot
+from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
 from sentrycam.capture.sender import WebSocketTransport, ingest_url, replay_spool
 from sentrycam.capture.spool import Spool
 from sentrycam.capture.transport import Transport
@@ -396,7 +396,7 @@ def test_replay_skips_a_spool_that_a_live_transport_holds(server, transports, tm
 
 _SPOOL_FULL_SCRIPT = """
 import resource, signal, socket, sys
-from sentrycam.capture.messages import Scalars
+from sentrycam.protocol.messages import Scalars
 from sentrycam.capture.sender import WebSocketTransport
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sentrycam.capture import wire
-from sentrycam.capture.messages import Scalars
+from sentrycam.protocol.messages import Scalars
 from sentrycam.capture.spool import (RECORD_HEADER, Spool, SpoolLockedError, spooled_runs)
 
 

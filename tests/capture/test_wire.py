@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sentrycam.capture import messages as m
+from sentrycam.protocol import messages as m
 from sentrycam.capture import wire
 
 

@@ -9,27 +9,14 @@ the ``CI`` environment variable is set, so CI can never pass them by skipping.
 from __future__ import annotations
 
 import os
-import shutil
-import threading
 import time
 from typing import Any, Iterator
 
-import numpy as np
 import pytest
 
-from sentrycam.backend.feed import Change
+from sentrycam.frontend.testing import chromium_path, launch_chromium
 
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
 PAGE_TIMEOUT_MS = 60_000
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("SENTRYCAM_CHROMIUM"), shutil.which("chromium"),
-                      shutil.which("chromium-browser"), "/usr/bin/chromium"):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +29,7 @@ def browser() -> Iterator[Any]:
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=path, args=LAUNCH_ARGS)
+        launched = launch_chromium(playwright)
         yield launched
         launched.close()
 
@@ -82,46 +69,6 @@ def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> Non
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
-
-
-class StandInProjector:
-    """Writes a 2D map (PCA) of each new snapshot and announces it, as the projector worker
-    does, for an in-process server that has no projector worker. With a worker present
-    (``app.state.projection``), it does nothing and the tests wait for the real maps."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-        self.active = getattr(server.app.state, "projection", None) is None
-        self._stop = threading.Event()
-        self._done: set[tuple[str, str, int]] = set()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="stand-in-projector")
-
-    def __enter__(self) -> StandInProjector:
-        if self.active:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        if self.active:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for run in self.server.store.run_summaries():
-                for row in self.server.store.snapshot_index(run["run_id"]):
-                    key = (run["run_id"], row["layer"], int(row["step"]))
-                    if key not in self._done and row["has_features"]:
-                        self._project(*key)
-                        self._done.add(key)
-
-    def _project(self, run_id: str, layer: str, step: int) -> None:
-        ids, features = self.server.store.features(run_id, step, layer)
-        centred = features.astype(np.float32) - features.astype(np.float32).mean(axis=0)
-        _, _, axes = np.linalg.svd(centred, full_matrices=False)
-        coords = (centred @ axes[:2].T).astype(np.float32)
-        self.server.store.write_embedding(run_id, layer, step, ids, coords)
-        self.server.app.state.feed.publish([Change(run_id, "embedding", step, layer)])
 
 
 # JavaScript run in the page: the columns of the Bokeh data source with the given name.

@@ -19,10 +19,10 @@ import torch
 from sentrycam import capture
 from sentrycam.backend.audit.detectors.geometry import METRICS
 from sentrycam.backend.settings import ServerSettings
+from sentrycam.backend.testing import StandInProjector, isolate_environment, serve_in_thread
 from sentrycam.frontend.timeline_view import FIGURE_NAME
-from tests.e2e.browser import (StandInProjector, browser, click_plot, latest_step,  # noqa: F401
+from tests.e2e.browser import (browser, click_plot, latest_step,  # noqa: F401
                                page, source_data, wait_until)
-from tests.servers import isolate_environment, serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def audited_server(tmp_path, monkeypatch):
     settings = ServerSettings(db_path=tmp_path / "alerts.duckdb", port=0, projector=False,
                               audit=True)
     with serve_in_thread(settings) as server:
-        with StandInProjector(server):
+        with StandInProjector(server.app):
             yield server
 
 

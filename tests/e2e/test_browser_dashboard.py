@@ -10,9 +10,9 @@ import pytest
 
 from sentrycam import capture
 from sentrycam.backend.settings import ServerSettings
-from tests.e2e.browser import (StandInProjector, browser, latest_step, page, points,  # noqa: F401
+from sentrycam.backend.testing import StandInProjector, serve_in_thread
+from tests.e2e.browser import (browser, latest_step, page, points,  # noqa: F401
                                wait_until)
-from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.slow
 PARTS = ("sc-embedding", "sc-heatmap", "sc-curves", "sc-alerts", "sc-latest-step")
@@ -24,7 +24,7 @@ def live_server(tmp_path, monkeypatch):
     for name in [n for n in os.environ if n.startswith("SENTRYCAM_")]:
         monkeypatch.delenv(name)
     with serve_in_thread(ServerSettings(db_path=tmp_path / "live.duckdb", port=0)) as server:
-        with StandInProjector(server):
+        with StandInProjector(server.app):
             yield server
 
 

@@ -14,10 +14,10 @@ from websockets.sync.client import connect
 from sentrycam.backend.feed import Change
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.capture import wire
-from sentrycam.capture.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
+from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
 from sentrycam.frontend.frames import decode_frame
-from tests.servers import RunningServer, isolate_environment, serve_in_thread
+from sentrycam.backend.testing import RunningServer, isolate_environment, serve_in_thread
 
 RUN = "run0001"
 N_PROBE = 40

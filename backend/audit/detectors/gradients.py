@@ -17,7 +17,7 @@ from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, RobustWindow,
                                                finite_log)
 from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
-from sentrycam.capture.messages import LayerStats, Scalars
+from sentrycam.protocol.messages import LayerStats, Scalars
 
 #: Smallest scale of a log-series baseline: 5% relative change.
 LOG_FLOOR = 0.05

@@ -18,7 +18,7 @@ from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import Levels, RobustWindow, finite_log
 from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
 from sentrycam.backend.audit.detectors.gradients import CALIBRATION
-from sentrycam.capture.messages import LayerStats
+from sentrycam.protocol.messages import LayerStats
 
 #: Fractions (dead, saturated) are judged against a noise floor of one unit in fifty.
 FRACTION_FLOOR = 0.02

@@ -16,7 +16,7 @@ from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import (MAD_TO_SD, Escalation, Levels, finite_log,
                                                robust_center_scale)
 from sentrycam.backend.audit.detectors.base import Detector, finding
-from sentrycam.capture.messages import LayerStats, Scalars
+from sentrycam.protocol.messages import LayerStats, Scalars
 
 SMOOTH = 5          # causal median over the last 5 losses
 WARMUP = 80         # losses before any judgement (early training moves fast)

@@ -16,7 +16,7 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.detectors.base import Detector, ProbeView, finding
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
-from sentrycam.capture.messages import Scalars
+from sentrycam.protocol.messages import Scalars
 
 #: Consecutive held-out observations above the best one: 2 is developing, 3 confirmed.
 DEVELOP_AFTER, CONFIRM_AFTER = 2, 3

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from sentrycam.backend.audit.detectors import Detector, ProbeView
-from sentrycam.capture.messages import LayerStats, Scalars
+from sentrycam.protocol.messages import LayerStats, Scalars
 
 RUN = "run-under-test"
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.backend.audit.trainer import train_streamed
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import pytest
 from sentrycam.backend.cli import main
 from sentrycam.backend.store import Store
 from tests.backend.audit.trainer import train_streamed
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 
 ALERT = {"step": 12, "detector": "loss_divergence", "layer": None, "severity": 2,
          "magnitude": 9.5, "duration": 4, "evidence": {"steps": [10, 11, 12]},
@@ -19,7 +19,7 @@ ALERT = {"step": 12, "detector": "loss_divergence", "layer": None, "severity": 2
 
 def _store_with_alert(path) -> str:
     with Store(path) as store:
-        from sentrycam.capture.messages import RunStart
+        from sentrycam.protocol.messages import RunStart
 
         store.write([(1, RunStart(run_id="r1", name="one", started_at=0.0))])
         store.upsert_alert("r1", ALERT)

@@ -12,7 +12,7 @@ import pytest
 
 from sentrycam.backend.audit.detectors.loss import LossDivergence
 from tests.backend.audit.trainer import train_streamed
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 
 pytestmark = pytest.mark.slow
 

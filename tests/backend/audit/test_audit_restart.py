@@ -14,7 +14,7 @@ from sentrycam.backend.audit.replay import replay_run
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.store import Store
 from tests.backend.audit.trainer import train_streamed
-from tests.servers import serve_in_thread
+from sentrycam.backend.testing import serve_in_thread
 
 pytestmark = pytest.mark.slow
 RESTART_AT = 160  # after the spike at 120 and its first alerts, while they still persist
