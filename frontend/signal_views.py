@@ -7,7 +7,7 @@ catch-up (see the push hub) or a reconnection's second catch-up change nothing.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import panel as pn
@@ -23,14 +23,18 @@ HEATMAPS = tuple((s.name, s.title, s.log_scale) for s in signals.heatmaps())
 
 
 class HeatmapView:
-    """One layer x step heatmap per statistic; ``on_pick(step)`` when a cell is clicked."""
+    """One layer x step heatmap per statistic of ``heatmaps`` ((stat, title, log colour scale),
+    by default every heatmap signal of the registry); ``on_pick(step)`` when a cell is
+    clicked."""
 
-    def __init__(self, on_pick: Callable[[int], None]) -> None:
+    def __init__(self, on_pick: Callable[[int], None],
+                 heatmaps: Sequence[tuple[str, str, bool]] = HEATMAPS) -> None:
         self._on_pick = on_pick
+        self.heatmaps = tuple(heatmaps)
         self._seen: dict[str, set[tuple[int, str]]] = {}
         self.sources, self.figures, self.mappers, self._rects = {}, {}, {}, {}
         self.x_range = Range1d(0, 1)
-        for stat, title, log_scale in HEATMAPS:
+        for stat, title, log_scale in self.heatmaps:
             self._add(stat, title, log_scale)
         self.empty = pn.pane.HTML("no layer statistics yet", css_classes=["sc-heatmap-empty"])
 
@@ -53,7 +57,7 @@ class HeatmapView:
         self._seen[stat] = set()
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(self.empty, *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in HEATMAPS],
+        return pn.Column(self.empty, *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in self.heatmaps],
                          css_classes=["sc-heatmap"], sizing_mode="stretch_width")
 
     def take(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
