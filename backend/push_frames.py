@@ -33,11 +33,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from sentrycam.backend.cluster_health import class_spreads, cluster_health
 from sentrycam.backend.feed import Change
+from sentrycam.backend.geometry import class_layout, training_labels
 from sentrycam.backend.routes import json_safe
 from sentrycam.backend.store import MissingSnapshotError, Store
 from sentrycam.frontend.frames import encode_frame
+from sentrycam.protocol.messages import SPLIT_HELDOUT
 
 log = logging.getLogger(__name__)
 
@@ -136,26 +137,31 @@ class FrameBuilder:
                 **{name: _aligned(ids, predictions.get(name), sample_ids, np.nan)
                    .astype(np.float32) for name in ("confidence", "loss")}}
 
-    def health(self, run_id: str, sample_ids: np.ndarray, coords: np.ndarray) -> dict[str, Any]:
-        """Cluster health of one map: intra, inter (floats), classes (the probe's labels) and
-        spread (list, one per class; see :mod:`sentrycam.backend.cluster_health`)."""
-        ids, labels = self.labels(run_id)
-        aligned = _aligned(ids, labels, sample_ids, -1)
-        classes = np.unique(labels[labels >= 0])
-        intra, inter = cluster_health(coords, aligned)
-        spread, _ = class_spreads(coords, aligned, classes)
+    def health(self, run_id: str, sample_ids: np.ndarray, coords: np.ndarray,
+               probe: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Cluster health of one map, as :mod:`sentrycam.backend.geometry` defines it and the
+        map geometry detectors see it (training split only): intra, inter (floats), classes
+        (the probe's labels) and spread (list, one per class; NaN for a class not counted).
+        ``probe``: the run's stored probe, when the caller has read it already."""
+        probe = self.store.probe(run_id) if probe is None else probe
+        labels = training_labels(probe["label"], probe["split"] == SPLIT_HELDOUT)
+        layout = class_layout(coords, _aligned(probe["sample_id"], labels, sample_ids, -1))
+        classes = np.unique(probe["label"][probe["label"] >= 0])
+        intra, inter = layout.intra_inter()
         return {"intra": intra, "inter": inter, "classes": classes.tolist(),
-                "spread": spread.tolist()}
+                "spread": layout.spread_of(classes).tolist()}
 
     def health_columns(self, run_id: str, layer: str, steps: Sequence[int]) -> dict[str, Any]:
         """Cluster health of the stored maps of ``layer`` at ``steps`` (the newest
         :data:`HEALTH_HISTORY`): step int64, intra/inter float64 [S], spread float64 [S, C],
         and ``classes`` (list [C])."""
-        rows = [self.health(run_id, *self.store.embedding(run_id, layer, step))
-                for step in list(steps)[-HEALTH_HISTORY:]]
-        classes = self.labels(run_id)[1]
-        classes = np.unique(classes[classes >= 0]).tolist()
-        return {"step": np.asarray(list(steps)[-HEALTH_HISTORY:], dtype=np.int64),
+        steps = list(steps)[-HEALTH_HISTORY:]
+        probe = self.store.probe(run_id)
+        rows = [self.health(run_id, *self.store.embedding(run_id, layer, step), probe=probe)
+                for step in steps]
+        labels = probe["label"]
+        classes = np.unique(labels[labels >= 0]).tolist()
+        return {"step": np.asarray(steps, dtype=np.int64),
                 "intra": np.asarray([r["intra"] for r in rows], np.float64),
                 "inter": np.asarray([r["inter"] for r in rows], np.float64),
                 "spread": np.asarray([r["spread"] for r in rows], np.float64).reshape(

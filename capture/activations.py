@@ -1,7 +1,9 @@
 """Per-layer activation statistics of one training batch, reduced on the tensor's device.
 
-:func:`activation_stats` returns a float32 vector in ``STAT_NAMES`` order without any host
-transfer; the run copies the vectors of all layers to the host in one go at the step boundary.
+:func:`activation_stats` returns a float32 vector in ``STAT_NAMES`` order (the signal
+registry's packing order of activation statistics, :mod:`sentrycam.protocol.signals`) without
+any host transfer; the run copies the vectors of all layers to the host in one go at the step
+boundary.
 
 - ``act_mean``, ``act_std``: over every finite value of the layer's tensor.
 - ``dead_frac``: fraction of units (channels, or features of a token/flat layer) that are never
@@ -12,7 +14,9 @@ transfer; the run copies the vectors of all layers to the host in one go at the 
   derivative drops below 1% (tanh'(3) = 0.0099), i.e. where a saturating nonlinearity would stop
   passing gradient.
 - ``eff_rank``: exp of the entropy of the normalised singular values of the centred [B, C]
-  matrix of pooled features (1 for rank one, C for a perfectly spread batch; 0 for a constant).
+  matrix of pooled features (1 for rank one, C for a perfectly spread batch; 0 for a constant):
+  the registry's EFF_RANK definition, which the backend's geometry computes on probe features
+  (``sentrycam.backend.geometry.effective_rank``; a test checks both agree).
 - ``nonfinite``: count of NaN/Inf values (the other statistics skip them).
 """
 
@@ -21,7 +25,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-STAT_NAMES = ("act_mean", "act_std", "dead_frac", "sat_frac", "eff_rank", "nonfinite")
+from sentrycam.protocol.signals import (ACT_MEAN, ACT_STD, ACTIVATION_STATS, DEAD_FRAC, EFF_RANK,
+                                        NONFINITE, SAT_FRAC)
+
+#: The statistics :func:`activation_stats` packs, in order (from the registry).
+STAT_NAMES = ACTIVATION_STATS
 #: |x| above which a tanh-like nonlinearity has derivative < 1% (see module docstring).
 SATURATION_LEVEL = 3.0
 #: A bounded output is saturated within this fraction of its bound's magnitude.
@@ -75,4 +83,7 @@ def activation_stats(units: torch.Tensor, pooled: torch.Tensor,
         saturated = x.abs() > SATURATION_LEVEL
     sat = (saturated & finite).sum().float() / n
     nonfinite = (finite.numel() - count).float()
-    return torch.stack([mean, var.sqrt(), dead, sat, effective_rank(pooled), nonfinite]).float()
+    values = {ACT_MEAN.name: mean, ACT_STD.name: var.sqrt(), DEAD_FRAC.name: dead,
+              SAT_FRAC.name: sat, EFF_RANK.name: effective_rank(pooled),
+              NONFINITE.name: nonfinite}
+    return torch.stack([values[name] for name in STAT_NAMES]).float()

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sentrycam.capture.activations import STAT_NAMES
+from sentrycam.capture.telemetry import LossWatch, ParamTelemetry, learning_rates
 from sentrycam.protocol.messages import LayerStats, Message, Scalars, Snapshot
-from sentrycam.capture.telemetry import LAYER_STATS, LossWatch, ParamTelemetry, learning_rates
+from sentrycam.protocol.signals import (ACTIVATION_STATS, LOSS, LR, NONFINITE, NONFINITE_GRAD,
+                                        PARAMETER_STATS)
 
 
 class HostStager:
@@ -156,7 +157,7 @@ class StepReporter:
     def after_step(self, optimizer: Any, step: int,
                    stats: Sequence[tuple[str, torch.Tensor]] = (),
                    now: float | None = None) -> list[Message]:
-        """Messages ready now. ``stats``: (layer, float32 [len(STAT_NAMES)]) on the device;
+        """Messages ready now. ``stats``: (layer, float32 [len(ACTIVATION_STATS)]) on the device;
         ``now``: the step's perf_counter time (default: now)."""
         now = time.perf_counter() if now is None else now
         if not (stats or self.telemetry_due or self._stager.pending) \
@@ -179,7 +180,7 @@ class StepReporter:
         if stats:
             parts.append(torch.stack([row for _, row in stats]).reshape(-1))
         meta = _StepValues(step, time.time(), learning_rates(optimizer),
-                           ("loss",) if loss is not None else (), vector is not None,
+                           (LOSS.name,) if loss is not None else (), vector is not None,
                            tuple(name for name, _ in stats))
         staged = (self._stager.push(parts, meta) if parts
                   else self._stager.drain() + [(meta, [])])
@@ -202,9 +203,9 @@ class StepReporter:
         offset = time.time() - time.perf_counter()
         messages: list[Message] = []
         for step, at, loss, rate in held:
-            values = {"lr": rate} if type(rate) is float else rate
+            values = {LR.name: rate} if type(rate) is float else rate
             if loss is not None:
-                values["loss"] = loss
+                values[LOSS.name] = loss
             messages.append(Scalars(run_id=self.run_id, step=step, wall_time=at + offset,
                                     values=values))
         return messages
@@ -219,13 +220,13 @@ class StepReporter:
             position += size
             scalars.update(telemetry)
             found.append(LayerStats(run_id=self.run_id, step=meta.step,
-                                    layers=tuple(self.telemetry.layers), stats=LAYER_STATS,
+                                    layers=tuple(self.telemetry.layers), stats=PARAMETER_STATS,
                                     values=per_layer))
         if meta.stats_layers:
             matrix = np.asarray(values[position:], dtype=np.float32).reshape(
-                len(meta.stats_layers), len(STAT_NAMES))
+                len(meta.stats_layers), len(ACTIVATION_STATS))
             found.append(LayerStats(run_id=self.run_id, step=meta.step, layers=meta.stats_layers,
-                                    stats=STAT_NAMES, values=matrix))
+                                    stats=ACTIVATION_STATS, values=matrix))
         found.append(Scalars(run_id=self.run_id, step=meta.step, wall_time=meta.wall_time,
                              values=scalars))
         return found
@@ -238,14 +239,14 @@ def nonfinite_counts(message: Message) -> dict[str, int]:
     """NaN/Inf a message reports: ``{"loss": 1}``, ``{"gradients": 1}`` or ``{layer: count}``."""
     if isinstance(message, Scalars):
         values = message.values
-        loss_ok = math.isfinite(values.get("loss", 0.0))
-        if loss_ok and not values.get("nonfinite_grad"):
+        loss_ok = math.isfinite(values.get(LOSS.name, 0.0))
+        if loss_ok and not values.get(NONFINITE_GRAD.name):
             return _NOTHING  # every step comes here: no allocation
-        return {name: 1 for name, bad in (("loss", not loss_ok),
-                                          ("gradients", bool(values.get("nonfinite_grad"))))
+        return {name: 1 for name, bad in ((LOSS.name, not loss_ok),
+                                          ("gradients", bool(values.get(NONFINITE_GRAD.name))))
                 if bad}
-    if isinstance(message, LayerStats) and "nonfinite" in message.stats:
-        column = message.values[:, message.stats.index("nonfinite")]
+    if isinstance(message, LayerStats) and NONFINITE.name in message.stats:
+        column = message.values[:, message.stats.index(NONFINITE.name)]
         return {name: int(count) for name, count in zip(message.layers, column) if count > 0}
     if isinstance(message, Snapshot):
         return {name: count for name, count in message.nonfinite.items() if count}

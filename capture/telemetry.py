@@ -27,8 +27,12 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sentrycam.capture.layers import ROOT_NAME
+from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LAYER_UPDATE_RATIO,
+                                        LR, NONFINITE_GRAD, PARAMETER_STATS, TELEMETRY_SCALARS,
+                                        UPDATE_RATIO, WEIGHT_NORM)
 
-LAYER_STATS = ("grad_norm", "weight_norm", "update_ratio")
+#: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
+LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
 
 
@@ -59,18 +63,19 @@ def check_training_parts(model: Any, criterion: Any, optimizer: Any) -> None:
 
 
 def learning_rates(optimizer: Any) -> dict[str, float]:
-    """``lr`` of the first param group, and ``lr_group<i>`` for groups that differ from it.
-    Tensor learning rates on a GPU are skipped: reading them would wait for the device."""
+    """``lr`` of the first param group, and ``lr_group<i>`` for groups that differ from it
+    (signals LR and LR_GROUP; a group's own key is torch's ``"lr"``). Tensor learning rates on
+    a GPU are skipped: reading them would wait for the device."""
     groups = optimizer.param_groups
     if len(groups) == 1 and type(groups[0].get("lr")) is float:  # the common case, kept cheap
-        return {"lr": groups[0]["lr"]}
+        return {LR.name: groups[0]["lr"]}
     rates: dict[str, float] = {}
     for index, group in enumerate(optimizer.param_groups):
         lr = group.get("lr")
         if isinstance(lr, torch.Tensor):
             lr = float(lr) if lr.device.type == "cpu" else None
-        if isinstance(lr, numbers.Real) and (index == 0 or lr != rates.get("lr")):
-            rates["lr" if index == 0 else f"lr_group{index}"] = float(lr)
+        if isinstance(lr, numbers.Real) and (index == 0 or lr != rates.get(LR.name)):
+            rates[LR.name if index == 0 else f"{LR.name}_group{index}"] = float(lr)
     return rates
 
 
@@ -239,8 +244,10 @@ class ParamTelemetry:
     """Gradient and weight statistics of one optimizer step, reduced on the device.
 
     Call :meth:`before_step` in the optimizer pre-hook and :meth:`after_step` in its post-hook;
-    the latter returns one float32 vector [3 + 3L]: grad_norm, grad_cos, update_ratio, then per
-    layer grad norms [L], weight norms [L] and update ratios [L]. :meth:`unpack` reads it.
+    the latter returns one float32 vector [H + S * L] laid out by the signal registry: the
+    H = len(TELEMETRY_SCALARS) per-step values (grad_norm, grad_cos, update_ratio), then for
+    each of the S = len(LAYER_STATS) per-layer statistics (grad_norm, weight_norm,
+    update_ratio) its values for the L layers. :meth:`unpack` reads it.
     """
 
     def __init__(self, model: nn.Module, sample_limit: int = SAMPLE_LIMIT) -> None:
@@ -264,7 +271,7 @@ class ParamTelemetry:
 
     @property
     def vector_size(self) -> int:
-        return 3 + 3 * len(self.layers)
+        return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers)
 
     def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
@@ -317,13 +324,18 @@ class ParamTelemetry:
         previous, self._previous_grad = self._previous_grad, before.grad_sample
         cosine = (F.cosine_similarity(before.grad_sample, previous, dim=0)
                   if previous is not None else nan)
-        head = torch.stack([before.grad_norm, cosine, ratio])
-        return torch.cat([head, before.layer_grad, before.layer_weight, layer_ratio])
+        head = {GRAD_NORM.name: before.grad_norm, GRAD_COS.name: cosine, UPDATE_RATIO.name: ratio}
+        per_layer = {LAYER_GRAD_NORM.name: before.layer_grad,
+                     WEIGHT_NORM.name: before.layer_weight, LAYER_UPDATE_RATIO.name: layer_ratio}
+        return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
+                         + [per_layer[name] for name in LAYER_STATS])
 
     def unpack(self, values: Sequence[float]) -> tuple[dict[str, float], np.ndarray]:
-        """(scalars, per-layer float32 [L, len(LAYER_STATS)]) from an :meth:`after_step` vector."""
-        grad_norm, cosine, ratio = values[0], values[1], values[2]
-        scalars = {"grad_norm": grad_norm, "grad_cos": cosine, "update_ratio": ratio,
-                   "nonfinite_grad": 0.0 if math.isfinite(grad_norm) else 1.0}
-        layers = np.asarray(values[3:], dtype=np.float32).reshape(3, len(self.layers)).T
+        """(scalars, per-layer float32 [L, len(LAYER_STATS)]) from an :meth:`after_step` vector;
+        the scalars add NONFINITE_GRAD, derived here from the gradient norm."""
+        head = len(TELEMETRY_SCALARS)
+        scalars = dict(zip(TELEMETRY_SCALARS, values[:head]))
+        scalars[NONFINITE_GRAD.name] = 0.0 if math.isfinite(scalars[GRAD_NORM.name]) else 1.0
+        layers = np.asarray(values[head:], dtype=np.float32).reshape(
+            len(LAYER_STATS), len(self.layers)).T
         return scalars, np.ascontiguousarray(layers)

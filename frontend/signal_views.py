@@ -1,12 +1,13 @@
 """Signal heatmaps (layer x step) and scalar curves, both growing by ``stream``.
 
-Rows already drawn are skipped, so frames that repeat the catch-up (see the push hub) or a
-reconnection's second catch-up change nothing.
+Which heatmaps and curve panels exist, their titles and scales come from the signal registry
+(:mod:`sentrycam.protocol.signals`). Rows already drawn are skipped, so frames that repeat the
+catch-up (see the push hub) or a reconnection's second catch-up change nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import panel as pn
@@ -15,21 +16,25 @@ from bokeh.models import (ColumnDataSource, FactorRange, HoverTool, LinearColorM
 from bokeh.palettes import Category10_10, Magma256, Viridis256
 from bokeh.plotting import figure
 
-#: Heatmaps shown, with their title and whether the colour scale is logarithmic.
-HEATMAPS = (("grad_norm", "gradient norm", True), ("act_std", "activation std", False),
-            ("dead_frac", "dead fraction", False), ("update_ratio", "update / weight", True),
-            ("eff_rank", "effective rank", False))
+from sentrycam.protocol import signals
+
+#: Heatmaps shown: (stat, title, logarithmic colour scale), from the registry.
+HEATMAPS = tuple((s.name, s.title, s.log_scale) for s in signals.heatmaps())
 
 
 class HeatmapView:
-    """One layer x step heatmap per statistic; ``on_pick(step)`` when a cell is clicked."""
+    """One layer x step heatmap per statistic of ``heatmaps`` ((stat, title, log colour scale),
+    by default every heatmap signal of the registry); ``on_pick(step)`` when a cell is
+    clicked."""
 
-    def __init__(self, on_pick: Callable[[int], None]) -> None:
+    def __init__(self, on_pick: Callable[[int], None],
+                 heatmaps: Sequence[tuple[str, str, bool]] = HEATMAPS) -> None:
         self._on_pick = on_pick
+        self.heatmaps = tuple(heatmaps)
         self._seen: dict[str, set[tuple[int, str]]] = {}
         self.sources, self.figures, self.mappers, self._rects = {}, {}, {}, {}
         self.x_range = Range1d(0, 1)
-        for stat, title, log_scale in HEATMAPS:
+        for stat, title, log_scale in self.heatmaps:
             self._add(stat, title, log_scale)
         self.empty = pn.pane.HTML("no layer statistics yet", css_classes=["sc-heatmap-empty"])
 
@@ -52,7 +57,7 @@ class HeatmapView:
         self._seen[stat] = set()
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(self.empty, *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in HEATMAPS],
+        return pn.Column(self.empty, *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in self.heatmaps],
                          css_classes=["sc-heatmap"], sizing_mode="stretch_width")
 
     def take(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -100,11 +105,9 @@ class HeatmapView:
             self._on_pick(int(source.data["step"][indices[0]]))
 
 
-#: Curve panels: title, and which scalar names go in it.
-CURVES = (("loss", lambda n: "loss" in n), ("validation metrics",
-                                             lambda n: n.startswith("val_") and "loss" not in n),
-          ("learning rate", lambda n: n == "lr" or n.startswith("lr_")),
-          ("gradient norm", lambda n: n == "grad_norm"))
+#: Curve panels: (title, logarithmic y axis), from the registry; a scalar goes in the panel
+#: :func:`sentrycam.protocol.signals.curve_of` names.
+CURVES = signals.curve_panels()
 
 
 class CurvesView:
@@ -115,9 +118,9 @@ class CurvesView:
                                              name="sc-curve-alerts")
         self.figures, self.sources = {}, {}
         self._last: dict[str, int] = {}
-        for title, _ in CURVES:
+        for title, log_scale in CURVES:
             fig = figure(height=190, sizing_mode="stretch_width", title=title,
-                         y_axis_type="log" if title == "learning rate" else "linear",
+                         y_axis_type="log" if log_scale else "linear",
                          tools="xwheel_zoom,xpan,box_zoom,reset", x_axis_label="step")
             fig.vspan(x="step", source=self.alert_source, line_color="#d62728", line_alpha=0.6,
                       line_width=1.5, line_dash="dashed")
@@ -145,7 +148,7 @@ class CurvesView:
         if name not in self.sources:
             source = ColumnDataSource({"step": [], "value": []}, name=f"sc-curve-{name}")
             self.sources[name] = source
-            title = next((t for t, wanted in CURVES if wanted(name)), None)
+            title = signals.curve_of(name)
             if title is not None:
                 fig = self.figures[title]
                 colour = Category10_10[(len(fig.renderers) - 1) % 10]

@@ -30,6 +30,7 @@ from sentrycam.backend.audit.alerts import Alert, AlertBook, Finding
 from sentrycam.backend.audit.detectors import Detector, MapView, ProbeView, build_detectors
 from sentrycam.backend.audit.history import stored_changes
 from sentrycam.backend.feed import Change, ChangeFeed
+from sentrycam.backend.geometry import training_labels
 from sentrycam.protocol.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class RunAudit:
             return None
         sample_ids, coords = self.store.embedding(self.run_id, change.layer, int(change.step))
         labels, heldout = self._aligned(sample_ids)
-        labels = np.where(heldout, -1, labels)  # geometry of the training split, as on features
+        labels = training_labels(labels, heldout)  # as the dashboard's cluster health
         return MapView(step=int(change.step), layer=change.layer, coords=coords, labels=labels)
 
     # -- detectors and alerts ---------------------------------------------------------------

@@ -77,7 +77,7 @@ def get_quality(run_id: str, request: Request,
 def get_cluster_health(run_id: str, request: Request, layer: Layer) -> dict[str, Any]:
     """Intra-class variance and inter-class distance of each stored map of ``layer``
     (columns step, intra, inter; spread [step][class] with the list of classes; see
-    :mod:`sentrycam.backend.cluster_health`)."""
+    :mod:`sentrycam.backend.geometry`)."""
     state = state_of(request)
     steps = [e["step"] for e in state.store.embedding_index(run_id) if e["layer"] == layer]
     columns = state.hub.builder.health_columns(run_id, layer, steps)

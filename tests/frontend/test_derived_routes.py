@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 
-from sentrycam.backend.cluster_health import cluster_health
+from sentrycam.backend.geometry import cluster_health
 from sentrycam.frontend.client import ApiClient
 from tests.frontend.conftest import LAYER, N_PROBE, RUN, project, snapshot, start_run
 

@@ -21,7 +21,7 @@ from sentrycam.backend.audit.detectors.base import (Detector, MapView, ProbeView
                                                     finding)
 from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS as LEVELS
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
-from sentrycam.backend.audit.geometry import class_geometry
+from sentrycam.backend.geometry import class_geometry, training_labels
 
 #: Smallest noise scale of a ratio-like metric, relative to its best value (5%): snapshots of
 #: a healthy run wander by a few percent.
@@ -93,11 +93,10 @@ class GeometryDetector(Detector):
         if not item.has_labels:
             self.inactive_reason = "no probe labels (pass labels with the probe)"
             return []
-        rows = ~item.heldout
+        labels = training_labels(item.labels, item.heldout)
         found: list[Finding] = []
         for layer, features in item.features.items():
-            found.extend(self.judge_points(item.step, layer, np.asarray(features)[rows],
-                                           item.labels[rows]))
+            found.extend(self.judge_points(item.step, layer, np.asarray(features), labels))
         return found
 
     def judge_points(self, step: int, layer: str, points: np.ndarray,
@@ -108,7 +107,7 @@ class GeometryDetector(Detector):
         self.seen()
         state = self.layers.setdefault(layer, LayerGeometry())
         state.history.append({"step": step, **{k: v for k, v in metrics.items()
-                                               if k != "class_separation"}})
+                                               if not isinstance(v, dict)}})
         del state.history[:-200]
         was_structured = state.structured
         state.note_structure(metrics["knn_consistency"], labels)
@@ -126,7 +125,9 @@ class GeometryDetector(Detector):
             return self._rank(step, layer, value, watch, meaning, suggestion)
         if metric in ("knn_consistency", "leaving"):
             p = value if 0 < value < 1 else 0.5
-            floor = math.sqrt(p * (1 - p) / metrics["n"])
+            # A fraction of n points: its binomial standard error.
+            n = metrics["n_pairwise" if metric == "knn_consistency" else "n"]
+            floor = math.sqrt(p * (1 - p) / n)
         else:
             best = watch.baseline.best
             floor = RELATIVE_FLOOR * abs(best if math.isfinite(best) else value)

@@ -18,6 +18,7 @@ from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, Robust
                                                finite_log)
 from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
 from sentrycam.protocol.messages import LayerStats, Scalars
+from sentrycam.protocol.signals import GRAD_NORM, LR, UPDATE_RATIO, WEIGHT_NORM
 
 #: Smallest scale of a log-series baseline: 5% relative change.
 LOG_FLOOR = 0.05
@@ -53,7 +54,7 @@ class GradientExplosion(Detector):
         self.drift = Escalation(Levels(develop=30.0, confirm=1e9, persist=5, max_level=1))
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        x = finite_log(item.values.get("grad_norm", math.nan))
+        x = finite_log(item.values.get(GRAD_NORM.name, math.nan))
         if math.isnan(x):
             return []
         self.seen()
@@ -89,7 +90,7 @@ class VanishingGradients(Detector):
                                                        persist=3), direction=-1.0)
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        x = finite_log(item.values.get("grad_norm", math.nan))
+        x = finite_log(item.values.get(GRAD_NORM.name, math.nan))
         if math.isnan(x):
             return []
         self.seen()
@@ -119,8 +120,8 @@ class OptimizerState(Detector):
         self.grads = fast_window()
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        ratio, lr = item.values.get("update_ratio"), item.values.get("lr")
-        grad = finite_log(item.values.get("grad_norm", math.nan))
+        ratio, lr = item.values.get(UPDATE_RATIO.name), item.values.get(LR.name)
+        grad = finite_log(item.values.get(GRAD_NORM.name, math.nan))
         if ratio is None or lr is None or not lr > 0 or math.isnan(grad):
             return []
         x = finite_log(ratio / lr)
@@ -172,10 +173,10 @@ class WeightDrift(Detector):
         self.in_episode: dict[str, bool] = {}
 
     def observe(self, kind: str, item: LayerStats) -> list[Finding]:
-        if "weight_norm" not in item.stats:
+        if WEIGHT_NORM.name not in item.stats:
             return []
         self.seen()
-        column = item.values[:, item.stats.index("weight_norm")]
+        column = item.values[:, item.stats.index(WEIGHT_NORM.name)]
         found = []
         for layer, norm in zip(item.layers, column):
             found.extend(self._layer(item.step, layer, finite_log(float(norm))))

@@ -19,6 +19,7 @@ from sentrycam.backend.audit.baselines import Levels, RobustWindow, finite_log
 from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
 from sentrycam.backend.audit.detectors.gradients import CALIBRATION
 from sentrycam.protocol.messages import LayerStats
+from sentrycam.protocol.signals import DEAD_FRAC, LAYER_GRAD_NORM, SAT_FRAC, WEIGHT_NORM
 
 #: Fractions (dead, saturated) are judged against a noise floor of one unit in fifty.
 FRACTION_FLOOR = 0.02
@@ -96,7 +97,7 @@ class DeadUnits(PerLayer):
     """The fraction of units that never activate in a batch rises above its baseline."""
 
     name = "dead_units"
-    stat = "dead_frac"
+    stat = DEAD_FRAC.name
     waiting_for = "no activation statistics yet (captured layers send dead_frac every few steps)"
 
     def new_watch(self) -> SeriesWatch:
@@ -105,7 +106,7 @@ class DeadUnits(PerLayer):
     def judge(self, step, layer, value, level, z, watch) -> Finding:
         return finding(
             self.name, step, level, z, layer=layer,
-            evidence=watch.evidence(series="dead_frac", layer=layer),
+            evidence=watch.evidence(series=self.stat, layer=layer),
             message=f"{value:.0%} of the units of {layer} never activate in a batch "
                     f"({z or 0:.1f} robust scales above this run's baseline)",
             suggestion="ReLU units died (a large update pushed their biases negative, or the "
@@ -118,7 +119,7 @@ class Saturation(PerLayer):
     unbounded layers) rises above its baseline."""
 
     name = "saturation"
-    stat = "sat_frac"
+    stat = SAT_FRAC.name
     waiting_for = DeadUnits.waiting_for
 
     def new_watch(self) -> SeriesWatch:
@@ -127,7 +128,7 @@ class Saturation(PerLayer):
     def judge(self, step, layer, value, level, z, watch) -> Finding:
         return finding(
             self.name, step, level, z, layer=layer,
-            evidence=watch.evidence(series="sat_frac", layer=layer),
+            evidence=watch.evidence(series=self.stat, layer=layer),
             message=f"{value:.0%} of the values of {layer} are saturated ({z or 0:.1f} robust "
                     "scales above this run's baseline)",
             suggestion="pre-activations grew too large, so the nonlinearity passes almost no "
@@ -140,7 +141,7 @@ class GradientFlow(PerLayer):
     baseline: gradient stops reaching that layer while the rest still gets it."""
 
     name = "gradient_flow"
-    stat = "grad_norm"
+    stat = LAYER_GRAD_NORM.name
     waiting_for = "no per-layer gradient norms yet"
 
     def values(self, item: LayerStats) -> dict[str, float]:
@@ -174,7 +175,7 @@ class WeightNormImbalance(PerLayer):
     weights grow or shrink out of proportion with the rest."""
 
     name = "weight_norm_imbalance"
-    stat = "weight_norm"
+    stat = WEIGHT_NORM.name
     waiting_for = "no per-layer weight norms yet"
     values: Callable[..., dict[str, float]] = GradientFlow.values
 

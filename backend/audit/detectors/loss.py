@@ -17,6 +17,7 @@ from sentrycam.backend.audit.baselines import (MAD_TO_SD, Escalation, Levels, fi
                                                robust_center_scale)
 from sentrycam.backend.audit.detectors.base import Detector, finding
 from sentrycam.protocol.messages import LayerStats, Scalars
+from sentrycam.protocol.signals import GRAD_NORM, LOSS, NONFINITE, NONFINITE_GRAD
 
 SMOOTH = 5          # causal median over the last 5 losses
 WARMUP = 80         # losses before any judgement (early training moves fast)
@@ -27,7 +28,7 @@ RECENT_NOISE = 25   # ... and over the most recent of them
 def finite_loss(detector: Detector, item: Scalars) -> float | None:
     """The step's training loss when it is finite (the detector then counts as fed), else None:
     non-finite losses belong to the NaN/Inf detector, not to the baselines."""
-    loss = item.values.get("loss")
+    loss = item.values.get(LOSS.name)
     if loss is None or not math.isfinite(loss):
         return None
     detector.seen()
@@ -251,14 +252,14 @@ class NonFinite(Detector):
         self.seen()
         where: dict[str | None, str] = {}
         if kind == "scalars":
-            for name in ("loss", "grad_norm"):
+            for name in (LOSS.name, GRAD_NORM.name):
                 value = item.values.get(name)
                 if value is not None and not math.isfinite(value):
                     where[None] = f"{name} is {value}"
-            if item.values.get("nonfinite_grad"):
+            if item.values.get(NONFINITE_GRAD.name):
                 where[None] = "gradients contain NaN/Inf"
         elif kind == "layer_stats" and isinstance(item, LayerStats) and "nonfinite" in item.stats:
-            column = item.values[:, item.stats.index("nonfinite")]
+            column = item.values[:, item.stats.index(NONFINITE.name)]
             for layer, count in zip(item.layers, column):
                 if count > 0:
                     where[layer] = f"{int(count)} NaN/Inf activation values"

@@ -17,6 +17,7 @@ from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.detectors.base import Detector, ProbeView, finding
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
 from sentrycam.protocol.messages import Scalars
+from sentrycam.protocol.signals import LOSS, VAL_LOSS
 
 #: Consecutive held-out observations above the best one: 2 is developing, 3 confirmed.
 DEVELOP_AFTER, CONFIRM_AFTER = 2, 3
@@ -82,10 +83,10 @@ class Overfitting(Detector):
         return self._snapshot(item)
 
     def _scalars(self, item: Scalars) -> list[Finding]:
-        loss = item.values.get("loss")
+        loss = item.values.get(LOSS.name)
         if loss is not None and math.isfinite(loss):
             self._train_losses.append(loss)
-        val = item.values.get("val_loss")
+        val = item.values.get(VAL_LOSS.name)
         if val is None or not math.isfinite(val) or not self._train_losses:
             return []
         self.seen()
@@ -93,7 +94,7 @@ class Overfitting(Detector):
         self._train_losses = []
         level, score, gap = self.val.add(item.step, val, train)
         return [self._finding(item.step, level, score, gap, self.val, "validation loss",
-                              "val_loss")]
+                              VAL_LOSS.name)]
 
     def _snapshot(self, view: ProbeView) -> list[Finding]:
         losses = view.outputs.get("loss")
