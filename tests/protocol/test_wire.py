@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sentrycam.protocol import messages as m
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 
 
 def _examples(rng: np.random.Generator) -> list:
