@@ -241,11 +241,12 @@ def _check_values(label: str, array: np.ndarray, rule: Array) -> None:
 
 # ---- errors ----------------------------------------------------------------------------------
 
-def describe_validation_error(exc: ValidationError, limit: int = 3) -> str:
-    """Condense pydantic's report to one line: ``field value: problem; ...``."""
+def describe_validation_error(exc: ValidationError, limit: int = 3, root: str = "header") -> str:
+    """Condense pydantic's report to one line: ``field value: problem; ...`` (``root`` names
+    what was validated when the problem is with the whole of it)."""
     parts = []
     for error in exc.errors()[:limit]:
-        where = ".".join(str(p) for p in error["loc"]) or "header"
+        where = ".".join(str(p) for p in error["loc"]) or root
         message = error["msg"].removeprefix("Value error, ")
         got = repr(error.get("input"))
         shown = "" if error["type"] == "missing" else (
@@ -310,6 +311,9 @@ def check_message(message: Message) -> None:
     body, arrays = message_parts(message)
     try:
         _RUN_ID.validate_python(message.run_id)
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc, root="run_id")) from None
+    try:
         body = BODY_MODELS[schema.kind].model_validate(json_safe(body)).model_dump()
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc)) from None
