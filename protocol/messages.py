@@ -44,8 +44,10 @@ END_STATUSES = ("finished", "detached", "failed")
 NAME_MAX = 200
 RUN_ID_MAX = 64
 
-RunId = Annotated[str, Matches(rf"[A-Za-z0-9_-]{{1,{RUN_ID_MAX}}}",
-                               f"1-{RUN_ID_MAX} characters of A-Z a-z 0-9 _ -")]
+#: What a run_id may be; callable: ``RUN_ID_RULE(value)`` is True for a valid one.
+RUN_ID_RULE = Matches(rf"[A-Za-z0-9_-]{{1,{RUN_ID_MAX}}}",
+                      f"1-{RUN_ID_MAX} characters of A-Z a-z 0-9 _ -")
+RunId = Annotated[str, RUN_ID_RULE]
 #: seq, step and counters: BIGINT columns in the store.
 Count = Annotated[int, Ge(0), Le(INT64_MAX)]
 Name = Annotated[str, MinLen(1), MaxLen(NAME_MAX)]
@@ -58,7 +60,8 @@ Json = Mapping[str, Any]
 @declare(ChangeKind.RUN_START)
 @dataclass(frozen=True)
 class RunStart(Declared):
-    """Opens a run. ``config`` is JSON-serialisable (layers, probe size, schedule, model summary)."""
+    """Opens a run. ``config`` is JSON-serialisable (layers, probe size, schedule, model
+    summary)."""
 
     run_id: RunId
     name: Annotated[str, MaxLen(NAME_MAX)]

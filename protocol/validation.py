@@ -29,11 +29,11 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from sentrycam.protocol.container import json_safe
 from sentrycam.protocol.fields import AXIS, Array, ArrayMap, KeysOf, Matches, MessageSchema, Unique
-from sentrycam.protocol.messages import (MESSAGE_TYPES, SCHEMA_VERSION, Count, Message, RunId)
+from sentrycam.protocol.messages import (MESSAGE_TYPES, RUN_ID_RULE, SCHEMA_VERSION, Count,
+                                        Message, RunId)
 from sentrycam.protocol.wire import FrameError, build_message, message_parts, split_frame
 
 _NONFINITE_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-_RUN_ID_RULE = next(m for m in RunId.__metadata__ if isinstance(m, Matches))
 
 
 class FrameRejected(ValueError):
@@ -47,7 +47,7 @@ class FrameRejected(ValueError):
 
 
 def is_valid_run_id(value: Any) -> bool:
-    return _RUN_ID_RULE(value)
+    return RUN_ID_RULE(value)
 
 
 # ---- declared types -> pydantic types ------------------------------------------------------
