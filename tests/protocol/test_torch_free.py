@@ -1,5 +1,5 @@
-"""Reading a file needs no torch: the protocol package and the ``inspect``/``alerts`` commands
-load no torch module (each runs in a fresh interpreter, so nothing imported here counts)."""
+"""Reading a file needs no torch: the protocol package and the ``inspect``/``alerts``/``sync``
+commands load no torch module (each runs in a fresh interpreter, so nothing imported here counts)."""
 
 from __future__ import annotations
 
@@ -41,17 +41,18 @@ def db_with_one_run(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("command", ["inspect", "alerts"])
+@pytest.mark.parametrize("command", ["inspect", "alerts", "sync"])
 def test_reading_a_database_from_the_command_line_loads_no_torch(command, db_with_one_run,
                                                                  record_property):
+    where = (["--spool", str(db_with_one_run.parent), "--url", "http://127.0.0.1:9"]
+             if command == "sync" else ["--db", str(db_with_one_run)])
     code = ("import sys\nfrom sentrycam.backend.cli import main\n"
-            f"status = main([{command!r}, '--db', {str(db_with_one_run)!r}])\n"
+            f"status = main({[command, *where]!r})\n"
             f"assert status == 0, status\n{NO_TORCH}")
     started = time.perf_counter()
     result = _run(code)
     record_property(f"{command}_wall_s", round(time.perf_counter() - started, 3))
     assert result.returncode == 0, result.stderr
-    if command == "inspect":
-        assert "cli0run" in result.stdout and "cli-check" in result.stdout
-    else:
-        assert "no alerts" in result.stdout
+    expected = {"inspect": "cli-check", "alerts": "no alerts",
+                "sync": "0 spooled messages"}[command]  # the folder holds no spooled run
+    assert expected in result.stdout

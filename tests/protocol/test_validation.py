@@ -133,6 +133,16 @@ BAD_FRAMES = {
         "sample_ids must be unique; repeated: [3]"),
     "probe lengths differ": (lambda: _probe_with(labels=np.zeros(N + 2, np.int64)),
                              "labels has shape [8]; labels must be an int64 array of shape [6]"),
+    "empty probe": (lambda: _probe_with(sample_ids=np.zeros(0, np.int64),
+                                        labels=np.zeros(0, np.int64), split=np.zeros(0, np.uint8)),
+                    "sample_ids has shape [0]; sample_ids must be an int64 array of shape [N>0]"),
+    "no feature columns": (
+        lambda: _snapshot_with(features={"fc:input": np.zeros((N, 0), np.float16)}),
+        "features/fc:input has shape [6, 0]; features/fc:input must be a float16 array of "
+        "shape [6, D>0]"),
+    "nonfinite of an unknown layer": (
+        lambda: _snapshot_with(nonfinite={"elsewhere": 1}),
+        "nonfinite names ['elsewhere'], which features lacks"),
     "probe split values": (lambda: _probe_with(split=np.full(N, 7, np.uint8)),
                            "split values must be 0 (train) or 1 (held out)"),
     "layer stats shape": (
