@@ -1,5 +1,6 @@
-"""Reading a file needs no torch: the protocol package and the ``inspect``/``alerts``/``sync``
-commands load no torch module (each runs in a fresh interpreter, so nothing imported here counts)."""
+"""Reading a file needs no torch: the protocol package and the ``inspect``, ``alerts`` and
+``sync`` commands load no torch module (each runs in a fresh interpreter, so nothing imported
+here counts)."""
 
 from __future__ import annotations
 
