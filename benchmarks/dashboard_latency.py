@@ -62,7 +62,7 @@ from sentrycam.backend.app import create_app  # noqa: E402
 from sentrycam.backend.feed import Change  # noqa: E402
 from sentrycam.backend.server import bind_socket, uvicorn_config  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
-from sentrycam.capture import wire  # noqa: E402
+from sentrycam.protocol import wire  # noqa: E402
 from sentrycam.protocol.messages import (SPLIT_TRAIN, ProbeSet, RunStart, Scalars,  # noqa: E402
                                         Snapshot)
 from sentrycam.frontend.testing import LAUNCH_ARGS  # noqa: E402

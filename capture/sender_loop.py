@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import Message
 from sentrycam.capture.queue import BoundedQueue, InFlightWindow, Progress
 from sentrycam.capture.spool import Spool

@@ -9,7 +9,7 @@ one process at a time holds (``fcntl.flock``). A segment is a run of records::
     4       8     seq (uint64, little endian)
     12      8     frame length L (uint64)
     20      4     CRC-32 of the frame
-    24      L     the frame (see :mod:`sentrycam.capture.wire`)
+    24      L     the frame (see :mod:`sentrycam.protocol.wire`)
 
 Records only ever get appended, with strictly increasing ``seq``. A record cut short by a
 crash (or one whose CRC does not match) ends its segment: readers skip the rest of that

@@ -2,7 +2,12 @@
 
 Torch-free and web-free (numpy, json and pydantic only), so every layer imports it:
 
-- :mod:`~sentrycam.protocol.messages`: the messages a trainer sends (one declaration each);
+- :mod:`~sentrycam.protocol.messages`: the messages a trainer sends (one declaration each,
+  in the terms of :mod:`~sentrycam.protocol.fields`);
+- :mod:`~sentrycam.protocol.wire`: the ingest frame codec (a message in the container);
+- :mod:`~sentrycam.protocol.validation`: the checks derived from the declarations (server
+  side: frames and store batches; the only module that imports pydantic), with
+  :mod:`~sentrycam.protocol.array_rules` for the arrays;
 - :mod:`~sentrycam.protocol.container`: the binary container both frame formats use;
 - :mod:`~sentrycam.protocol.changes`: the kinds of change the server's feed announces.
 """

@@ -146,7 +146,7 @@ def unpack(fmt: ContainerFormat, frame: Any) -> tuple[dict[str, Any], dict[str, 
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
         if nbytes > len(view) - offset:
             raise fmt.error(f"array {name!r} of shape {list(shape)} needs {nbytes} bytes but "
-                            f"only {len(view) - offset} are left in the frame")
+                            f"the frame ends first ({len(view) - offset} left)")
         arrays[name] = np.frombuffer(view[offset:offset + nbytes], dtype=dtype).reshape(shape)
         offset += nbytes
     if offset != len(view):

@@ -1,8 +1,12 @@
 """Typed messages that travel from a training process to the sentrycam server.
 
-Every message is a frozen dataclass. The transport wraps each one in a frame with a
-per-run sequence number (see :mod:`sentrycam.capture.wire`); the server validates the
-frame header with pydantic models and rebuilds these same dataclasses in process.
+Every message is a frozen dataclass whose fields are declared once, here, with their
+constraints (``typing.Annotated`` with ``annotated_types`` bounds and the markers of
+:mod:`~sentrycam.protocol.fields`: arrays, unique names, allowed values). Everything else is
+derived from these declarations: the frame codec's split into header fields and arrays
+(:mod:`sentrycam.protocol.wire`), the server's strict check of an incoming frame and the
+store's check of an in-process batch (:mod:`sentrycam.protocol.validation`). Building a
+message checks nothing (the trainer's hot path stays a plain dataclass construction).
 
 Vocabulary used everywhere in sentrycam:
 
@@ -17,9 +21,14 @@ Vocabulary used everywhere in sentrycam:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Union
+from typing import Annotated, Any, Literal, Mapping, Union
 
 import numpy as np
+from annotated_types import Ge, Le, MaxLen, MinLen
+
+from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.fields import (INT64_MAX, Array, ArrayMap, Declared, KeysOf, Matches,
+                                       Unique, declare)
 
 #: Version of the message schema; bumped when a message's fields change.
 SCHEMA_VERSION = 1
@@ -27,133 +36,139 @@ SCHEMA_VERSION = 1
 #: Split codes stored with each probe sample.
 SPLIT_TRAIN = 0
 SPLIT_HELDOUT = 1
+SPLITS = {SPLIT_TRAIN: "train", SPLIT_HELDOUT: "held out"}
+
+#: How a run can end (``RunEnd.status``); a run that has not ended is "running".
+END_STATUSES = ("finished", "detached", "failed")
+
+NAME_MAX = 200
+RUN_ID_MAX = 64
+
+#: What a run_id may be; callable: ``RUN_ID_RULE(value)`` is True for a valid one.
+RUN_ID_RULE = Matches(rf"[A-Za-z0-9_-]{{1,{RUN_ID_MAX}}}",
+                      f"1-{RUN_ID_MAX} characters of A-Z a-z 0-9 _ -")
+RunId = Annotated[str, RUN_ID_RULE]
+#: seq, step and counters: BIGINT columns in the store.
+Count = Annotated[int, Ge(0), Le(INT64_MAX)]
+Name = Annotated[str, MinLen(1), MaxLen(NAME_MAX)]
+Names = Annotated[tuple[Name, ...], MinLen(1), Unique()]
+#: NaN and +-Inf are allowed (spelled "nan", "inf", "-inf" in a frame's JSON header).
+Float = float
+Json = Mapping[str, Any]
 
 
-class _Wire:
-    """Which fields travel as arrays: ``array_fields`` hold one array each, ``array_map_fields``
-    map names to arrays. Everything else travels in the JSON header."""
-
-    kind: ClassVar[str] = ""
-    array_fields: ClassVar[tuple[str, ...]] = ()
-    array_map_fields: ClassVar[tuple[str, ...]] = ()
-
-
+@declare(ChangeKind.RUN_START)
 @dataclass(frozen=True)
-class RunStart(_Wire):
-    """Opens a run. ``config`` is JSON-serialisable (layers, probe size, schedule, model summary)."""
+class RunStart(Declared):
+    """Opens a run. ``config`` is JSON-serialisable (layers, probe size, schedule, model
+    summary)."""
 
-    run_id: str
-    name: str
-    started_at: float
-    config: Mapping[str, Any] = field(default_factory=dict)
-    kind: ClassVar[str] = "run_start"
+    run_id: RunId
+    name: Annotated[str, MaxLen(NAME_MAX)]
+    started_at: Float
+    config: Json = field(default_factory=dict)
 
 
+@declare(ChangeKind.PROBE)
 @dataclass(frozen=True)
-class ProbeSet(_Wire):
-    """The fixed probe samples of a run.
+class ProbeSet(Declared):
+    """The fixed probe samples of a run (at least one)."""
 
-    Arrays: ``sample_ids`` int64 [N] (unique), ``labels`` int64 [N] (-1 where unknown),
-    ``split`` uint8 [N] (``SPLIT_TRAIN`` or ``SPLIT_HELDOUT``).
-    """
-
-    run_id: str
-    sample_ids: np.ndarray
-    labels: np.ndarray
-    split: np.ndarray
-    kind: ClassVar[str] = "probe"
-    array_fields: ClassVar[tuple[str, ...]] = ("sample_ids", "labels", "split")
+    run_id: RunId
+    sample_ids: Annotated[np.ndarray, Array("<i8", ("N>0",), unique=True)]
+    labels: Annotated[np.ndarray, Array("<i8", ("N",))]  # -1 where unknown
+    split: Annotated[np.ndarray, Array("|u1", ("N",), allowed=SPLITS)]
 
 
+@declare(ChangeKind.SCALARS)
 @dataclass(frozen=True)
-class Scalars(_Wire):
-    """Scalar values at one step, e.g. ``{"loss": 0.3, "lr": 1e-3, "grad_norm": 2.1}``.
+class Scalars(Declared):
+    """Scalar values at one step, e.g. ``{"loss": 0.3, "lr": 1e-3, "grad_norm": 2.1}``."""
 
-    Values are Python floats; NaN and Inf are allowed and stored as such.
-    """
-
-    run_id: str
-    step: int
-    wall_time: float
-    values: Mapping[str, float]
-    kind: ClassVar[str] = "scalars"
+    run_id: RunId
+    step: Count
+    wall_time: Float
+    values: Mapping[Name, Float]
 
 
+@declare(ChangeKind.LAYER_STATS)
 @dataclass(frozen=True)
-class LayerStats(_Wire):
-    """Per-layer statistics at one step.
+class LayerStats(Declared):
+    """Per-layer statistics at one step; ``values`` NaN where a statistic does not apply.
 
-    ``values`` float32 [len(layers), len(stats)]; NaN where a statistic does not apply.
     Typical stats: grad_norm, weight_norm, update_ratio, act_mean, act_std, dead_frac,
     sat_frac, eff_rank, nonfinite.
     """
 
-    run_id: str
-    step: int
-    layers: tuple[str, ...]
-    stats: tuple[str, ...]
-    values: np.ndarray
-    kind: ClassVar[str] = "layer_stats"
-    array_fields: ClassVar[tuple[str, ...]] = ("values",)
+    run_id: RunId
+    step: Count
+    layers: Names
+    stats: Names
+    values: Annotated[np.ndarray, Array("<f4", ("len(layers)", "len(stats)"))]
 
 
+#: dtypes of the snapshot outputs the store knows; any other output name may use OUTPUT_DTYPES.
+KNOWN_OUTPUTS = {"pred": "<i8", "confidence": "<f4", "loss": "<f4", "entropy": "<f4",
+                 "margin": "<f4"}
+OUTPUT_DTYPES = ("<f4", "<f8", "<i8", "<i4", "|u1", "|b1")
+
+
+@declare(ChangeKind.SNAPSHOT)
 @dataclass(frozen=True)
-class Snapshot(_Wire):
-    """The probe set seen by the model at one step.
+class Snapshot(Declared):
+    """The probe set seen by the model at one step (rows of every array in ``sample_ids`` order).
 
-    Arrays: ``sample_ids`` int64 [N]; ``outputs`` maps a name to a [N] array:
-    ``pred`` int64, ``confidence``/``loss``/``entropy``/``margin`` float32 (NaN when unknown);
-    ``features`` maps a layer to float16 [N, D_layer] (rows in ``sample_ids`` order).
+    ``outputs`` maps a name to a [N] array (``KNOWN_OUTPUTS`` gives the dtypes of the known
+    names; NaN when unknown); ``features`` maps a layer to its float16 vectors.
     ``nonfinite`` counts NaN/Inf values per layer before the float16 cast.
+    ``epoch`` is -1 when the trainer has no notion of epochs.
     """
 
-    run_id: str
-    step: int
-    epoch: int
-    sample_ids: np.ndarray
-    outputs: Mapping[str, np.ndarray]
-    features: Mapping[str, np.ndarray]
-    nonfinite: Mapping[str, int] = field(default_factory=dict)
-    kind: ClassVar[str] = "snapshot"
-    array_fields: ClassVar[tuple[str, ...]] = ("sample_ids",)
-    array_map_fields: ClassVar[tuple[str, ...]] = ("outputs", "features")
+    run_id: RunId
+    step: Count
+    epoch: Annotated[int, Ge(-1), Le(INT64_MAX)]
+    sample_ids: Annotated[np.ndarray, Array("<i8", ("N",), unique=True)]
+    outputs: Annotated[Mapping[Name, np.ndarray],
+                       ArrayMap(OUTPUT_DTYPES, ("N",), by_key=KNOWN_OUTPUTS)]
+    features: Annotated[Mapping[Name, np.ndarray], ArrayMap(("<f2",), ("N", "D>0"))]
+    nonfinite: Annotated[Mapping[Name, Count], KeysOf("features")] = field(default_factory=dict)
 
 
+@declare(ChangeKind.EVENT)
 @dataclass(frozen=True)
-class Event(_Wire):
+class Event(Declared):
     """Something that happened, for the run's event log (``payload`` is JSON-serialisable)."""
 
-    run_id: str
-    step: int
-    wall_time: float
-    event: str
-    message: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
-    kind: ClassVar[str] = "event"
+    run_id: RunId
+    step: Count
+    wall_time: Float
+    event: Name
+    message: Annotated[str, MaxLen(10_000)]
+    payload: Json = field(default_factory=dict)
 
 
+@declare(ChangeKind.STATUS)
 @dataclass(frozen=True)
-class Status(_Wire):
+class Status(Declared):
     """The capture agent's own health: counters are totals since attach."""
 
-    run_id: str
-    step: int
-    dropped: int
-    spooled: int
-    overhead: float
-    snapshot_every: int
-    queue_depth: int
-    kind: ClassVar[str] = "status"
+    run_id: RunId
+    step: Count
+    dropped: Count
+    spooled: Count
+    overhead: Float
+    snapshot_every: Count
+    queue_depth: Count
 
 
+@declare(ChangeKind.RUN_END)
 @dataclass(frozen=True)
-class RunEnd(_Wire):
-    """Closes a run. ``status`` is ``"finished"``, ``"detached"`` or ``"failed"``."""
+class RunEnd(Declared):
+    """Closes a run."""
 
-    run_id: str
-    step: int
-    status: str
-    kind: ClassVar[str] = "run_end"
+    run_id: RunId
+    step: Count
+    status: Literal[END_STATUSES]
 
 
 Message = Union[RunStart, ProbeSet, Scalars, LayerStats, Snapshot, Event, Status, RunEnd]

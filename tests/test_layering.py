@@ -24,3 +24,18 @@ def test_capture_does_not_import_the_web_stack_duckdb_or_the_projector():
 def test_demo_command_module_stays_on_the_capture_side():
     loaded = _modules_loaded_by("import sentrycam.backend.cli, sentrycam.backend.cli_demo")
     assert not {"fastapi", "duckdb", "panel", "uvicorn"} & loaded
+
+
+FORBIDDEN_IN_PROTOCOL = ("torch", "fastapi", "starlette", "uvicorn", "websockets", "panel",
+                         "bokeh", "duckdb", "pyarrow", "umap", "sentrycam.capture",
+                         "sentrycam.backend", "sentrycam.frontend", "sentrycam.projector")
+
+
+def test_protocol_imports_neither_torch_nor_the_web_stack_nor_duckdb():
+    loaded = _modules_loaded_by("import pkgutil, importlib, sentrycam.protocol as p; "
+                                "[importlib.import_module(f'sentrycam.protocol.{m.name}') "
+                                "for m in pkgutil.iter_modules(p.__path__)]")
+    assert "sentrycam.protocol.validation" in loaded
+    offenders = sorted(name for name in loaded
+                       if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IN_PROTOCOL))
+    assert offenders == []

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from sentrycam.capture import wire
+from sentrycam.protocol import container
 
 
 def state_of(connection: HTTPConnection) -> Any:
@@ -22,4 +22,4 @@ def json_safe(value: Any) -> Any:
     """Make store output JSON-encodable: numpy scalars and arrays become Python values, and
     NaN/Inf become the strings "NaN"/"Infinity"/"-Infinity" (what ``Number()`` in a browser and
     ``float()`` in Python both read back)."""
-    return wire.json_safe(value, wire.JS_NONFINITE)
+    return container.json_safe(value, container.JS_NONFINITE)

@@ -1,6 +1,6 @@
 """``/ws/ingest``: the websocket that training processes stream their frames into.
 
-Protocol (see :mod:`sentrycam.capture.wire`): the client sends binary frames, one message each.
+Protocol (see :mod:`sentrycam.protocol.wire`): the client sends binary frames, one message each.
 The server answers with JSON text frames:
 
 - ``{"type": "ack", "run_id": R, "seq": N}`` once every message of run R up to N that this
@@ -28,7 +28,7 @@ from fastapi import APIRouter, WebSocket
 
 from sentrycam.backend.ingest import IngestWriter, WriterStopped
 from sentrycam.backend.routes import state_of
-from sentrycam.backend.wire_models import FrameRejected, parse_frame
+from sentrycam.protocol.validation import FrameRejected, parse_frame
 from sentrycam.protocol.messages import Message
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ router = APIRouter(tags=["ingest"])
 #: How long a handler waits before retrying when the writer's queue is full.
 BACKPRESSURE_PAUSE_S = 0.005
 TEXT_FRAME_ERROR = ("text frames are not accepted on /ws/ingest: send each message as a binary "
-                    "frame made by sentrycam.capture.wire.encode")
+                    "frame made by sentrycam.protocol.wire.encode")
 
 
 def error_reply(problem: str, *, seq: int | None = None, run_id: str | None = None) -> dict:

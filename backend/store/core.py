@@ -25,7 +25,7 @@ from sentrycam.protocol.messages import Message
 from sentrycam.backend.store import derived, export, reader, schema
 from sentrycam.backend.store.errors import (StoreClosedError, StoreLockedError,
                                             StoreReadOnlyError)
-from sentrycam.backend.store.validate import validate_batch
+from sentrycam.protocol.validation import check_batch
 from sentrycam.backend.store.writer import BatchWriter, RetentionSettings
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Store:
         """
         self._require_writable()
         batch = list(batch)
-        validate_batch(batch)
+        check_batch(batch)
         if not batch:
             return {}
         batch_writer = None

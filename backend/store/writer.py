@@ -22,7 +22,7 @@ import pyarrow as pa
 from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store.schema import first_row
-from sentrycam.capture.wire import json_safe
+from sentrycam.protocol.container import json_safe
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from websockets.sync.client import connect
 
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.projection import ProjectionWorker
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import ProbeSet, RunStart, Snapshot
 from sentrycam.projector import Projector
 from sentrycam.backend.testing import serve_in_thread

@@ -11,7 +11,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from sentrycam.backend.testing import serve_in_thread
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import (SCHEMA_VERSION, Event, LayerStats, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 

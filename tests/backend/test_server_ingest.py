@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from sentrycam.backend.testing import serve_in_thread
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
                                         RunStart, Scalars, Snapshot, Status)
 

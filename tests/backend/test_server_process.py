@@ -19,7 +19,7 @@ from sentrycam.backend.server import (ServerStartError, bind_socket, info_file_p
                                       read_info_file, run_server)
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import Store
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import RunStart, Scalars
 
 START_TIMEOUT_S = 60.0

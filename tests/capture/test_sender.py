@@ -21,7 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
 from sentrycam.capture.sender import WebSocketTransport, ingest_url, replay_spool
 from sentrycam.capture.spool import Spool

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import RunEnd, RunStart, Scalars
 from sentrycam.capture.sender import WebSocketTransport, replay_spool
 from sentrycam.capture.spool import Spool

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import Scalars
 from sentrycam.capture.spool import (RECORD_HEADER, Spool, SpoolLockedError, spooled_runs)
 

@@ -13,7 +13,7 @@ from websockets.sync.client import connect
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.settings import ServerSettings
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
 from sentrycam.frontend.frames import decode_frame

@@ -10,8 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-from sentrycam.backend.wire_models import FrameRejected, parse_frame
-from sentrycam.capture import wire
+from sentrycam.protocol.validation import FrameRejected, parse_frame
+from sentrycam.protocol import wire
 from sentrycam.protocol.messages import (SCHEMA_VERSION, Event, LayerStats, ProbeSet, RunEnd,
                                         RunStart, Scalars, Snapshot, Status)
 
@@ -120,24 +120,35 @@ BAD_FRAMES = {
                          "frame ends first"),
     "features rows != sample_ids": (
         lambda: _snapshot_with(features={"fc:input": np.zeros((N + 1, D), np.float16)}),
-        "array 'features/fc:input' has shape [7, 4]; expected [6, any]"),
+        "features/fc:input has shape [7, 4]; features/fc:input must be a float16 array of "
+        "shape [6, D>0]"),
     "output length != sample_ids": (
         lambda: _snapshot_with(outputs={"pred": np.zeros(N - 1, np.int64)}),
-        "array 'outputs/pred' has shape [5]; expected [6]"),
+        "outputs/pred has shape [5]; outputs/pred must be an int64 array of shape [6]"),
     "features not float16": (
         lambda: _snapshot_with(features={"fc:input": np.zeros((N, D), np.float32)}),
-        "dtype <f4; expected ['<f2']"),
+        "features/fc:input has dtype float32; features/fc:input must be a float16 array"),
     "duplicate snapshot ids": (
         lambda: _snapshot_with(sample_ids=np.array([1, 2, 3, 3, 4, 5], np.int64)),
         "sample_ids must be unique; repeated: [3]"),
     "probe lengths differ": (lambda: _probe_with(labels=np.zeros(N + 2, np.int64)),
-                             "array 'labels' has shape [8]; expected [6]"),
+                             "labels has shape [8]; labels must be an int64 array of shape [6]"),
+    "empty probe": (lambda: _probe_with(sample_ids=np.zeros(0, np.int64),
+                                        labels=np.zeros(0, np.int64), split=np.zeros(0, np.uint8)),
+                    "sample_ids has shape [0]; sample_ids must be an int64 array of shape [N>0]"),
+    "no feature columns": (
+        lambda: _snapshot_with(features={"fc:input": np.zeros((N, 0), np.float16)}),
+        "features/fc:input has shape [6, 0]; features/fc:input must be a float16 array of "
+        "shape [6, D>0]"),
+    "nonfinite of an unknown layer": (
+        lambda: _snapshot_with(nonfinite={"elsewhere": 1}),
+        "nonfinite names ['elsewhere'], which features lacks"),
     "probe split values": (lambda: _probe_with(split=np.full(N, 7, np.uint8)),
                            "split values must be 0 (train) or 1 (held out)"),
     "layer stats shape": (
         lambda: wire.encode(dataclasses.replace(_sample("layer_stats"),
                                                 values=np.zeros((2, 2), np.float32)), 7, 1.0),
-        "array 'values' has shape [2, 2]; expected [2, 3]"),
+        "values has shape [2, 2]; values must be a float32 array of shape [2, 3]"),
     "missing feature array": (
         lambda: _doctored(_sample("snapshot"), _set("body.features", ["fc:input", "conv1", "x"])),
         "missing arrays ['features/x']"),
@@ -147,21 +158,21 @@ BAD_FRAMES = {
                        np.zeros(1, np.int64).tobytes()),
         "unexpected arrays ['extra']"),
     "bad run_id": (lambda: _doctored(_sample("scalars"), _set("run_id", "has space")),
-                   "run_id must be 1-64 characters"),
+                   "run_id 'has space': must be 1-64 characters"),
     "negative seq": (lambda: _doctored(_sample("scalars"), _set("seq", -1)),
-                     "seq: Input should be greater than or equal to 0"),
+                     "seq -1: Input should be greater than or equal to 0"),
     "negative step": (lambda: _doctored(_sample("scalars"), _set("body.step", -5)),
-                      "body.step: Input should be greater than or equal to 0"),
+                      "body.step -5: Input should be greater than or equal to 0"),
     "boolean step": (lambda: _doctored(_sample("run_end"), _set("body.step", True)),
-                     "body.step: Input should be a valid integer"),
+                     "body.step True: Input should be a valid integer"),
     "missing field": (lambda: _doctored(_sample("status"), lambda h: h["body"].pop("dropped")),
                       "body.dropped: Field required"),
     "extra field": (lambda: _doctored(_sample("run_end"), _set("body.colour", "red")),
-                    "body.colour: Extra inputs are not permitted"),
+                    "body.colour 'red': Extra inputs are not permitted"),
     "scalar not a number": (lambda: _doctored(_sample("scalars"), _set("body.values.loss", "low")),
-                            "body.values.loss: expected a number"),
+                            "body.values.loss 'low': expected a number"),
     "run end status": (lambda: _doctored(_sample("run_end"), _set("body.status", "paused")),
-                       "body.status: Input should be 'finished', 'detached' or 'failed'"),
+                       "body.status 'paused': Input should be 'finished', 'detached' or 'failed'"),
 }
 
 
@@ -191,5 +202,5 @@ def test_many_problems_are_condensed_to_one_line():
     with pytest.raises(FrameRejected) as caught:
         parse_frame(_doctored(_sample("status"), wreck))
     text = str(caught.value)
-    assert text.startswith("invalid status frame: body.step:")
+    assert text.startswith("invalid status frame: body.step -1:")
     assert "and 3 more" in text and "\n" not in text

@@ -6,25 +6,30 @@ import numpy as np
 import pytest
 
 from sentrycam.protocol import messages as m
-from sentrycam.capture import wire
+from sentrycam.protocol import wire
 
 
 def _examples(rng: np.random.Generator) -> list:
     n = 6
     return [
-        m.RunStart(run_id="r1", name="demo", started_at=1.5, config={"layers": ["fc:input"], "every": 5}),
+        m.RunStart(run_id="r1", name="demo", started_at=1.5,
+                   config={"layers": ["fc:input"], "every": 5}),
         m.ProbeSet(run_id="r1", sample_ids=np.arange(n, dtype=np.int64),
                    labels=rng.integers(0, 3, n), split=np.zeros(n, np.uint8)),
-        m.Scalars(run_id="r1", step=4, wall_time=2.0, values={"loss": math.nan, "lr": 0.1, "g": math.inf}),
+        m.Scalars(run_id="r1", step=4, wall_time=2.0,
+                  values={"loss": math.nan, "lr": 0.1, "g": math.inf}),
         m.LayerStats(run_id="r1", step=4, layers=("a", "b"), stats=("grad_norm", "dead_frac"),
                      values=rng.random((2, 2), dtype=np.float32)),
         m.Snapshot(run_id="r1", step=5, epoch=1, sample_ids=np.arange(n, dtype=np.int64),
-                   outputs={"pred": np.arange(n, dtype=np.int64), "confidence": np.ones(n, np.float32)},
+                   outputs={"pred": np.arange(n, dtype=np.int64),
+                            "confidence": np.ones(n, np.float32)},
                    features={"fc:input": rng.random((n, 8)).astype(np.float16),
                              "features.3": rng.random((n, 4)).astype(np.float16)},
                    nonfinite={"fc:input": 0, "features.3": 2}),
-        m.Event(run_id="r1", step=5, wall_time=3.0, event="nonfinite", message="NaN in a", payload={"n": 2}),
-        m.Status(run_id="r1", step=6, dropped=1, spooled=2, overhead=0.004, snapshot_every=50, queue_depth=0),
+        m.Event(run_id="r1", step=5, wall_time=3.0, event="nonfinite", message="NaN in a",
+                payload={"n": 2}),
+        m.Status(run_id="r1", step=6, dropped=1, spooled=2, overhead=0.004, snapshot_every=50,
+                 queue_depth=0),
         m.RunEnd(run_id="r1", step=6, status="finished"),
     ]
 

@@ -1,0 +1,116 @@
+"""The ingest frame: one message (:mod:`sentrycam.protocol.messages`) in the binary container
+of :mod:`sentrycam.protocol.container` (magic ``b"SCAM"``, format version ``FRAME_VERSION``).
+
+The header is ``{"v": SCHEMA_VERSION, "kind": str, "run_id": str, "seq": int, "time": float,
+"body": {...}, "arrays": [...]}``. ``body`` holds the message's plain fields (NaN/Inf spelled
+as ``WIRE_NONFINITE``) and, for each field that maps names to arrays, the list of its names.
+Array names are a field name (``"sample_ids"``) or ``"<field>/<name>"`` for a mapping of
+arrays (``"features/fc:input"``). Which fields are arrays is read off the messages' own
+declarations (``array_fields``, ``array_map_fields``).
+
+This module only frames and unframes. The server validates headers and arrays
+(:func:`sentrycam.protocol.validation.parse_frame`) before trusting them; :func:`split_frame`
+checks only what is needed to cut the bytes safely.
+
+Acknowledgements travel back as JSON text frames: ``{"type": "ack", "seq": N}`` once every
+message with sequence number <= N of that connection's run is committed, and
+``{"type": "error", "seq": N or null, "error": "..."}`` when a frame is rejected (the rest of
+the connection carries on).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from sentrycam.protocol.container import (ContainerError, ContainerFormat, from_json_safe,
+                                          json_safe, pack, unpack)
+from sentrycam.protocol.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+
+MAGIC = b"SCAM"
+FRAME_VERSION = 1
+ALLOWED_DTYPES = frozenset({"<f2", "<f4", "<f8", "<i8", "<i4", "|u1", "|b1"})
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+
+
+class FrameError(ContainerError):
+    """A frame that cannot be cut into header and arrays; the message says why."""
+
+
+FORMAT = ContainerFormat(name="sentrycam ingest", magic=MAGIC, version=FRAME_VERSION,
+                         dtypes=ALLOWED_DTYPES, max_header_bytes=MAX_HEADER_BYTES,
+                         error=FrameError)
+
+
+def message_parts(message: Message) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The ``body`` of ``message`` (plain fields as they are, and the names of each mapping of
+    arrays) and its arrays by frame name; ``run_id`` is neither (it travels in the header)."""
+    cls = type(message)
+    body: dict[str, Any] = {}
+    arrays: dict[str, Any] = {}
+    for spec in cls.schema.fields:
+        if spec.name == "run_id":
+            continue
+        value = getattr(message, spec.name)
+        if spec.name in cls.array_fields:
+            arrays[spec.name] = value
+        elif spec.name in cls.array_map_fields:
+            body[spec.name] = list(value.keys())
+            arrays.update((f"{spec.name}/{key}", array) for key, array in value.items())
+        else:
+            body[spec.name] = value
+    return body, arrays
+
+
+def encode(message: Message, seq: int, time: float) -> bytes:
+    """Frame ``message`` with its sequence number. Returns the frame's bytes."""
+    body, arrays = message_parts(message)
+    header = {"v": SCHEMA_VERSION, "kind": str(type(message).kind), "run_id": message.run_id,
+              "seq": int(seq), "time": float(time), "body": json_safe(body)}
+    return pack(FORMAT, header, arrays)
+
+
+def split_frame(frame: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Cut a frame into its JSON header (without "arrays") and its arrays (read-only views
+    into ``frame``). Raises :class:`FrameError` naming the first problem found."""
+    return unpack(FORMAT, frame)
+
+
+def build_message(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Message:
+    """Rebuild the dataclass of a header (validated by the caller, or trusted).
+
+    Raises :class:`FrameError` if the header's kind is unknown or fields are missing.
+    """
+    cls = MESSAGE_TYPES.get(header.get("kind"))
+    if cls is None:
+        raise FrameError(f"unknown message kind {header.get('kind')!r}; known: "
+                         f"{sorted(map(str, MESSAGE_TYPES))}")
+    body = header.get("body") or {}
+    kwargs: dict[str, Any] = {"run_id": header.get("run_id")}
+    for spec in cls.schema.fields:
+        if spec.name == "run_id":
+            continue
+        if spec.name in cls.array_fields:
+            if spec.name not in arrays:
+                raise FrameError(f"{cls.kind} frame lacks array {spec.name!r}")
+            kwargs[spec.name] = arrays[spec.name]
+        elif spec.name in cls.array_map_fields:
+            keys = body.get(spec.name, [])
+            missing = [k for k in keys if f"{spec.name}/{k}" not in arrays]
+            if missing:
+                raise FrameError(f"{cls.kind} frame lacks arrays for {spec.name} {missing}")
+            kwargs[spec.name] = {k: arrays[f"{spec.name}/{k}"] for k in keys}
+        elif spec.name in body:
+            value = body[spec.name]
+            value = value if spec.base is str else from_json_safe(value)  # "nan" is a fine name
+            kwargs[spec.name] = tuple(value) if spec.is_tuple else value
+        elif not spec.has_default:
+            raise FrameError(f"{cls.kind} frame lacks field {spec.name!r}")
+    return cls(**kwargs)
+
+
+def decode(frame: bytes) -> tuple[int, Message]:
+    """Unframe without schema validation (for trusted frames such as a local spool)."""
+    header, arrays = split_frame(frame)
+    return int(header.get("seq", -1)), build_message(header, arrays)
