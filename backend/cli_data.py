@@ -21,7 +21,7 @@ SUMMARY_COLUMNS = ("run_id", "name", "status", "last_step", "n_scalar_rows", "n_
 
 
 def _server_for(db: Path) -> str | None:
-    from sentrycam.backend.server import read_info_file
+    from sentrycam.protocol.server_info import read_info_file
 
     info = read_info_file(db)
     return info["url"] if info else None

@@ -3,7 +3,7 @@
 :func:`run_server` opens the store, binds the socket itself (so that port 0 yields a known
 port), serves the app with uvicorn, and advertises itself in an info file next to the database
 (``<db>.server.json``) once it is actually serving. Other processes find a running server with
-:func:`read_info_file`: DuckDB lets only one process open the file, so they must go through it.
+:func:`~sentrycam.protocol.server_info.read_info_file`: DuckDB lets only one process open the file, so they must go through it.
 
 Shutdown on SIGINT/SIGTERM or idleness is graceful: open connections are closed, queued
 messages are written, the store is closed, and only then does the info file disappear.
@@ -26,7 +26,8 @@ from typing import Any
 import uvicorn
 
 from sentrycam.backend.app import Activity, create_app, open_store
-from sentrycam.backend.settings import ServerSettings, default_info_file
+from sentrycam.backend.settings import ServerSettings
+from sentrycam.protocol.server_info import info_file_path, read_info_file
 
 log = logging.getLogger(__name__)
 
@@ -41,39 +42,6 @@ class ServerStartError(RuntimeError):
 
 class _GracefulExit(Exception):
     """Raised by our signal handler once uvicorn has finished its own graceful shutdown."""
-
-
-def info_file_path(db_path: str | os.PathLike) -> Path:
-    """Where the server holding ``db_path`` writes its info file (absolute path)."""
-    return default_info_file(Path(db_path))
-
-
-def read_info_file(db_path: str | os.PathLike, *, info_file: Path | None = None) -> dict | None:
-    """The info of the live server holding ``db_path``, or None when there is none.
-
-    Returns the JSON written by :func:`run_server`: pid, url, host, port, db, started_at,
-    token_required. A file left behind by a process that died is treated as absent.
-    """
-    path = Path(info_file) if info_file is not None else info_file_path(db_path)
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(info, dict) or not isinstance(info.get("pid"), int):
-        return None
-    return info if _pid_alive(info["pid"]) else None
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 checks existence without touching the process
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def run_server(settings: ServerSettings) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sentrycam.protocol.server_info import info_file_path
+
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
@@ -25,12 +27,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False  # a host name other than localhost may resolve to anything: treat as public
-
-
-def default_info_file(db_path: Path) -> Path:
-    """Where a server holding ``db_path`` advertises itself: ``<db_path>.server.json``, absolute."""
-    db = Path(db_path).expanduser().absolute()
-    return db.with_name(db.name + ".server.json")
 
 
 class ServerSettings(BaseSettings):
@@ -99,7 +95,7 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"refusing to bind {self.host!r} without a token: set --token or "
                              "SENTRYCAM_TOKEN when binding a non-loopback address")
         if self.info_file is None:
-            self.info_file = default_info_file(self.db_path)
+            self.info_file = info_file_path(self.db_path)
         return self
 
     @property

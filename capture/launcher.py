@@ -28,6 +28,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no cross-process lock, races are possible
     fcntl = None  # type: ignore[assignment]
 
+from sentrycam.protocol.server_info import info_file_path, pid_alive, read_info_file
+
 logger = logging.getLogger(__name__)
 
 LOG_NAME = "server.log"
@@ -40,20 +42,6 @@ EMBEDDED_SERVER_NICENESS = 10
 def default_db_path() -> Path:
     """Where the embedded default keeps its database: ``./sentrycam-runs/sentrycam.duckdb``."""
     return Path.cwd() / "sentrycam-runs" / "sentrycam.duckdb"
-
-
-def server_info_path(db_path: str | os.PathLike[str]) -> Path:
-    """The file a running server writes next to its database: ``<db_path>.server.json``."""
-    return Path(f"{Path(db_path).absolute()}.server.json")
-
-
-def read_server_info(db_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The running server's info file as a dict, or None if there is none (or it is unreadable)."""
-    try:
-        info = json.loads(server_info_path(db_path).read_text())
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
 
 
 def server_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
@@ -73,7 +61,7 @@ def _same_file(a: str | os.PathLike[str] | None, b: Path) -> bool:
 def running_server_url(db_path: str | os.PathLike[str]) -> str | None:
     """The url of a live, healthy server for ``db_path`` (found through its info file), else None."""
     db_path = Path(db_path).expanduser().absolute()
-    info = read_server_info(db_path)
+    info = read_info_file(db_path, live_only=False)
     if not info or not isinstance(info.get("url"), str):
         return None
     health = server_health(info["url"])
@@ -167,7 +155,7 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
                                f"before serving. The end of {log_path}:\n{_log_tail(log_path, start)}")
         # The info file can lag the first healthy answer; a trainer racing in right after we
         # release the launch lock must find it, or it would start a second server.
-        info = read_server_info(db_path)
+        info = read_info_file(db_path, live_only=False)
         if info and info.get("url") == url and _same_file(info.get("db"), db_path):
             health = server_health(url, timeout=1.0)
             if health is not None and _same_file(health.get("db"), db_path):
@@ -199,22 +187,6 @@ def _terminate(process: subprocess.Popen) -> None:
         process.wait(5.0)
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs; reaps it first if it is our own child that already exited."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: only the kill probe can tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_sentrycam_server(pid: int, info: dict[str, Any], db_path: Path) -> bool:
     """Guard against signalling an unrelated process that reused a dead server's pid."""
     health = server_health(str(info.get("url", "")), timeout=2.0)
@@ -234,20 +206,20 @@ def stop_local_server(db_path: str | os.PathLike[str], timeout: float = 20.0) ->
     a server that died is removed.
     """
     db_path = Path(db_path).expanduser().absolute()
-    info_path = server_info_path(db_path)
-    info = read_server_info(db_path)
+    info_path = info_file_path(db_path)
+    info = read_info_file(db_path, live_only=False)
     pid = info.get("pid") if info else None
-    if not isinstance(pid, int) or not _pid_alive(pid) or not _is_sentrycam_server(pid, info, db_path):
+    if not isinstance(pid, int) or not pid_alive(pid) or not _is_sentrycam_server(pid, info, db_path):
         if info_path.exists():
             logger.info("removing the stale server info file %s", info_path)
             info_path.unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
-    if not _wait_until(lambda: not _pid_alive(pid) and not info_path.exists(), timeout):
-        if _pid_alive(pid):
+    if not _wait_until(lambda: not pid_alive(pid) and not info_path.exists(), timeout):
+        if pid_alive(pid):
             logger.warning("sentrycam server pid %d did not stop within %.0f s; killing it", pid, timeout)
             os.kill(pid, signal.SIGKILL)
-            _wait_until(lambda: not _pid_alive(pid), 5.0)
+            _wait_until(lambda: not pid_alive(pid), 5.0)
         info_path.unlink(missing_ok=True)
     return True
 

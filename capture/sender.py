@@ -12,7 +12,6 @@ rest: encoding, the websocket, the acknowledgement window and the disk spool.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from pathlib import Path
@@ -25,11 +24,11 @@ from sentrycam.capture.queue import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, Bound
 from sentrycam.capture.sender_loop import Counters, LogLimiter, SenderLoop
 from sentrycam.capture.spool import DEFAULT_SEGMENT_BYTES, Spool, SpoolLockedError, spooled_runs
 from sentrycam.capture.transport import TransportCounters
+from sentrycam.protocol.messages import RUN_ID_RULE
 
 logger = logging.getLogger(__name__)
 
 INGEST_PATH = "/ws/ingest"
-_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def ingest_url(url: str) -> str:
@@ -64,9 +63,10 @@ class WebSocketTransport:
                  max_queue: int = DEFAULT_MAX_ITEMS, max_queue_bytes: int = DEFAULT_MAX_BYTES,
                  window_frames: int = 256, window_bytes: int = 64 * 1024 * 1024,
                  open_timeout: float = 5.0, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
-        if not isinstance(run_id, str) or not _RUN_ID_PATTERN.match(run_id):
-            raise ValueError(f"run_id {run_id!r} must be 1-128 letters, digits, '_', '-' or '.' "
-                             "(a uuid4 hex string is the usual choice)")
+        if not RUN_ID_RULE(run_id):
+            # The server's own rule: a run_id it would refuse must not reach the spool.
+            raise ValueError(f"run_id {run_id!r} must be {RUN_ID_RULE.explain} (a uuid4 hex "
+                             "string is the usual choice)")
         self.url, self.run_id = url, run_id
         self.ws_url = ingest_url(url)
         self._queue: BoundedQueue = BoundedQueue(max_queue, max_queue_bytes)
@@ -202,7 +202,7 @@ def replay_spool(spool_dir: str | Path, url: str, token: str | None = None,
     deadline = time.monotonic() + timeout
     acked = 0
     for run_dir in spooled_runs(spool_dir):
-        if not _RUN_ID_PATTERN.match(run_dir.name):
+        if not RUN_ID_RULE(run_dir.name):
             logger.warning("skipping %s: not a sentrycam spool folder", run_dir)
             continue
         transport = WebSocketTransport(url, run_dir.name, spool_dir, token)

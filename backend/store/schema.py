@@ -21,13 +21,15 @@ from typing import Any, Callable
 import duckdb
 
 from sentrycam.backend.store.errors import StoreVersionError
+from sentrycam.protocol.messages import END_STATUSES
 
 logger = logging.getLogger(__name__)
 
 #: Version of the store's schema written by this code.
 SCHEMA_VERSION = 1
 
-RUN_STATUSES = ("running", "finished", "detached", "failed")
+#: A run is "running" until its RunEnd says how it ended.
+RUN_STATUSES = ("running", *END_STATUSES)
 
 _RUNS = """
 CREATE TABLE runs (

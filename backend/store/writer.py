@@ -19,7 +19,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
+from sentrycam.protocol.messages import (KNOWN_OUTPUTS, Event, LayerStats, Message, ProbeSet,
+                                        RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store.schema import first_row
 from sentrycam.protocol.container import json_safe
@@ -28,9 +29,7 @@ logger = logging.getLogger(__name__)
 
 #: Names of ``Snapshot.outputs`` stored in ``predictions``, with their Arrow types.
 PREDICTION_COLUMNS: dict[str, pa.DataType] = {
-    "pred": pa.int64(), "confidence": pa.float32(), "loss": pa.float32(),
-    "entropy": pa.float32(), "margin": pa.float32(),
-}
+    name: pa.from_numpy_dtype(np.dtype(dtype)) for name, dtype in KNOWN_OUTPUTS.items()}
 
 _INCOMING = "_sentrycam_incoming_rows"
 

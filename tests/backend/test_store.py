@@ -15,6 +15,7 @@ import pytest
 from sentrycam.backend.store import (MissingSnapshotError, RetentionSettings, Store,
                                      StoreClosedError, StoreLockedError, StoreReadOnlyError,
                                      UnknownRunError)
+from sentrycam.backend.store import writer
 from sentrycam.protocol.messages import (SPLIT_HELDOUT, SPLIT_TRAIN, Event, LayerStats, ProbeSet,
                                         RunEnd, RunStart, Scalars, Snapshot, Status)
 
@@ -210,13 +211,23 @@ def test_a_malformed_batch_is_refused_whole_with_a_clear_error(store, rng):
     assert store.run_summaries() == []
 
 
-def test_a_batch_that_fails_while_writing_leaves_nothing_behind(store, rng):
-    # A name no database can hold (a lone surrogate is not UTF-8) fails only at insert time,
-    # after the run row and the snapshot of the same batch went in: they must be rolled back.
+def test_a_batch_that_fails_while_writing_leaves_nothing_behind(store, rng, monkeypatch):
+    # The last insert of a batch fails (the disk filled, say) after the run row and the
+    # snapshot of the same batch went in: they must be rolled back.
     batch = [(0, RunStart(RUN, "r", time.time())), (1, make_snapshot(rng, 0)),
-             (2, Scalars(RUN, 0, 1.0, {"lo\ud800ss": 1.0}))]
-    with pytest.raises(UnicodeError):
-        store.write(batch)
+             (2, Scalars(RUN, 0, 1.0, {"loss": 1.0}))]
+
+    real_insert = writer.insert_arrow
+
+    def insert_until_scalars(cur, table, rows, *args, **kwargs):
+        if table == "scalars":
+            raise OSError("No space left on device")
+        return real_insert(cur, table, rows, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "insert_arrow", insert_until_scalars)
+        with pytest.raises(OSError, match="No space left"):
+            store.write(batch)
     assert store.run_summaries() == []
     # The store carries on, and the same seqs are not taken as already stored.
     assert store.write(batch[:2]) == {RUN: 1}

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sentrycam.capture.launcher import (default_db_path, ensure_local_server, read_server_info,
-                                        running_server_url, server_info_path, stop_local_server)
+from sentrycam.capture.launcher import (default_db_path, ensure_local_server, running_server_url,
+                                        stop_local_server)
+from sentrycam.protocol.server_info import info_file_path, read_info_file
 
 
 def _health(url: str) -> dict:
@@ -47,7 +48,7 @@ def test_starts_a_server_then_reuses_it_and_stop_ends_it(db_path):
     assert url.startswith("http://127.0.0.1:")
     health = _health(url)
     assert Path(health["db"]).resolve() == db_path.resolve()
-    info = read_server_info(db_path)
+    info = read_info_file(db_path)
     assert info["pid"] == health["pid"] and info["url"] == url
     assert (db_path.parent / "server.log").exists()
     # The embedded server yields the CPU to the trainer it watches.
@@ -58,7 +59,7 @@ def test_starts_a_server_then_reuses_it_and_stop_ends_it(db_path):
 
     assert stop_local_server(db_path) is True
     assert not _alive(info["pid"])
-    assert not server_info_path(db_path).exists()
+    assert not info_file_path(db_path).exists()
     assert running_server_url(db_path) is None
     assert stop_local_server(db_path) is False
 
@@ -80,7 +81,7 @@ def test_two_trainers_racing_get_one_server(db_path):
         thread.join(120)
     assert errors == []
     assert len(urls) == 2 and urls[0] == urls[1]
-    assert _health(urls[0])["pid"] == read_server_info(db_path)["pid"]
+    assert _health(urls[0])["pid"] == read_info_file(db_path)["pid"]
 
 
 def test_a_directory_as_database_gives_a_runtime_error_with_the_server_log(tmp_path):
@@ -92,15 +93,15 @@ def test_a_directory_as_database_gives_a_runtime_error_with_the_server_log(tmp_p
     assert str(bad) in message and "server.log" in message
     log_text = (tmp_path / "server.log").read_text().strip()
     assert log_text and log_text.splitlines()[-1] in message  # the log's tail is in the error
-    assert not server_info_path(bad).exists()
+    assert not info_file_path(bad).exists()
 
 
 def test_a_stale_info_file_is_not_reused_and_stop_cleans_it(db_path):
     db_path.parent.mkdir(parents=True)
     stale = {"pid": 2**22 + 12345, "url": "http://127.0.0.1:9", "db": str(db_path)}
-    server_info_path(db_path).write_text(json.dumps(stale))
+    info_file_path(db_path).write_text(json.dumps(stale))
     assert stop_local_server(db_path) is False
-    assert not server_info_path(db_path).exists()
-    server_info_path(db_path).write_text(json.dumps(stale))
+    assert not info_file_path(db_path).exists()
+    info_file_path(db_path).write_text(json.dumps(stale))
     url = ensure_local_server(db_path, timeout=60, idle_timeout_s=600)
     assert url != stale["url"] and _health(url)["status"] == "ok"
