@@ -16,6 +16,7 @@ from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import (MAD_TO_SD, Escalation, Levels, finite_log,
                                                robust_center_scale)
 from sentrycam.backend.audit.detectors.base import Detector, finding
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import LayerStats, Scalars
 
 SMOOTH = 5          # causal median over the last 5 losses
@@ -250,19 +251,20 @@ class NonFinite(Detector):
     def observe(self, kind: str, item: Any) -> list[Finding]:
         self.seen()
         where: dict[str | None, str] = {}
-        if kind == "scalars":
+        if kind == ChangeKind.SCALARS:
             for name in ("loss", "grad_norm"):
                 value = item.values.get(name)
                 if value is not None and not math.isfinite(value):
                     where[None] = f"{name} is {value}"
             if item.values.get("nonfinite_grad"):
                 where[None] = "gradients contain NaN/Inf"
-        elif kind == "layer_stats" and isinstance(item, LayerStats) and "nonfinite" in item.stats:
+        elif (kind == ChangeKind.LAYER_STATS and isinstance(item, LayerStats)
+              and "nonfinite" in item.stats):
             column = item.values[:, item.stats.index("nonfinite")]
             for layer, count in zip(item.layers, column):
                 if count > 0:
                     where[layer] = f"{int(count)} NaN/Inf activation values"
-        elif kind == "snapshot":
+        elif kind == ChangeKind.SNAPSHOT:
             for layer, count in getattr(item, "nonfinite", {}).items():
                 if count:
                     where[layer] = f"{int(count)} NaN/Inf probe feature values"

@@ -16,6 +16,7 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.detectors.base import Detector, ProbeView, finding
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import Scalars
 
 #: Consecutive held-out observations above the best one: 2 is developing, 3 confirmed.
@@ -77,7 +78,7 @@ class Overfitting(Detector):
         self._train_losses: list[float] = []
 
     def observe(self, kind: str, item: Scalars | ProbeView) -> list[Finding]:
-        if kind == "scalars":
+        if kind == ChangeKind.SCALARS:
             return self._scalars(item)
         return self._snapshot(item)
 
