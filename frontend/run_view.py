@@ -2,9 +2,10 @@
 
 Threads: the subscription thread and the fetch workers only append to ``inbox`` (push frames,
 and updates fetched over REST); a periodic callback on the document's thread (``DRAIN_MS``)
-applies what arrived to the views, which stream into their existing plots. Each push frame
-type has its handler in :data:`FRAME_HANDLERS`, or is listed in :data:`IGNORED_FRAMES`. Nothing blocking ever runs on the document's thread, so a
-dashboard served by the same process as the API cannot stall it.
+applies what arrived to the views, which stream into their existing plots. Nothing blocking
+ever runs on the document's thread, so a dashboard served by the same process as the API
+cannot stall it. Each push frame type has its handler in :data:`FRAME_HANDLERS`, or is listed
+in :data:`IGNORED_FRAMES`.
 """
 
 from __future__ import annotations
