@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sentrycam.protocol import messages
 from sentrycam.protocol.container import (JS_NONFINITE, ContainerError, ContainerFormat,
@@ -204,9 +204,9 @@ def _header_of_message(name: str, push_type: PushType, message: type) -> type[Pu
     for field in dataclasses.fields(message):
         if field.name == "run_id":
             continue
-        default = (field.default if field.default is not dataclasses.MISSING
-                   else ... if field.default_factory is dataclasses.MISSING
-                   else field.default_factory())
+        default = (Field(default_factory=field.default_factory)
+                   if field.default_factory is not dataclasses.MISSING
+                   else ... if field.default is dataclasses.MISSING else field.default)
         fields[field.name] = (hints[field.name], default)
     model = create_model(name, __base__=PushHeader, __doc__=message.__doc__, **fields)
     model.type = push_type
@@ -228,13 +228,14 @@ if set(HEADER_MODELS) != set(PushType):  # not assert: must hold under python -O
 #: The push frame container: what the declarations above can carry, and the decoder's bounds.
 #: The largest headers are a long run's catch-up (every alert with its evidence, every quality
 #: row): a few MB. The bound keeps a hostile or broken peer from making a client parse more.
+#: Depth: a run frame carries the trainer's config as ingest accepted it, two levels down.
 PUSH_FORMAT = ContainerFormat(
     name="push", magic=b"SCPF", version=2,
     dtypes=frozenset(a.dtype for m in HEADER_MODELS.values() for a in m.ARRAYS),
     max_header_bytes=16 * 1024 * 1024,
     max_arrays=max(len(m.ARRAYS) for m in HEADER_MODELS.values()),
     max_ndim=max(len(a.shape) for m in HEADER_MODELS.values() for a in m.ARRAYS),
-    max_depth=32, error=PushFrameError)
+    max_depth=ContainerFormat.max_depth + 8, error=PushFrameError)
 
 
 class PushFrame(NamedTuple):

@@ -151,9 +151,9 @@ def _good() -> bytes:
     (lambda: _raw({}, head_len=PUSH_FORMAT.max_header_bytes + 1) + bytes(64), "at most"),
     (lambda: _raw({"type": "alerts", "run_id": "r", "alerts": [{"x": "a" * 64}],
                    "pad": "b" * PUSH_FORMAT.max_header_bytes}), "at most"),
-    (lambda: _raw({"type": "alerts", "run_id": "r",
-                   "alerts": [json.loads("[" * 40 + "]" * 40)]}),
-     "nests 42 levels deep; at most 32"),
+    (lambda: _raw({"type": "alerts", "run_id": "r", "alerts": [json.loads(
+        "[" * PUSH_FORMAT.max_depth + "]" * PUSH_FORMAT.max_depth)]}),
+     f"nests {PUSH_FORMAT.max_depth + 2} levels deep; at most {PUSH_FORMAT.max_depth}"),
     (lambda: _probe_ids("<c16", [1], 16), "dtype '<c16'"),
     (lambda: _probe_ids("<i8", [2**40, 2**40], 8), "needs 9671406556917033397649408 bytes"),
     (lambda: _probe_ids("<i8", [1, 1, 1], 8), "invalid shape"),
@@ -174,6 +174,12 @@ def _good() -> bytes:
 def test_the_decoder_refuses_what_is_not_a_valid_push_frame(frame, problem):
     with pytest.raises(PushFrameError, match=problem):
         decode(frame())
+
+
+def test_a_run_frame_carries_a_config_as_deep_as_ingest_accepts():
+    config = json.loads("[" * 60 + "]" * 60)
+    frame = decode(encode(push.RunHeader(run_id="r", summary={"config": config})))
+    assert frame.header.summary["config"] == config
 
 
 def test_the_container_bounds_come_from_the_declarations():
