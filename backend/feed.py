@@ -8,10 +8,10 @@ callback. Callbacks run on the producer's thread, so they must return at once: p
 on a queue of their own, or hand it to an event loop with ``call_soon_threadsafe``. A callback
 that raises is logged and counted; it never stops the producer or the other subscribers.
 
-Kinds published: the ingest message kinds (``run_start``, ``probe``, ``scalars``,
-``layer_stats``, ``snapshot``, ``event``, ``status``, ``run_end``, with ``message`` set to the
-stored :mod:`sentrycam.protocol.messages` dataclass), and derived kinds ``embedding``,
-``quality``, ``projector`` (worker state) and ``alert`` (``message`` optional, producer-defined).
+Kinds published (:class:`~sentrycam.protocol.changes.ChangeKind`): the ingest message kinds,
+with ``message`` set to the stored :mod:`sentrycam.protocol.messages` dataclass, and the derived
+kinds ``EMBEDDING``, ``QUALITY``, ``PROJECTOR`` (worker state) and ``ALERT`` (``message``
+optional, producer-defined).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from sentrycam.protocol.changes import ChangeKind
+
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +32,7 @@ class Change:
     """One new thing in the store. ``step``/``layer`` are None where they do not apply."""
 
     run_id: str
-    kind: str
+    kind: ChangeKind
     step: int | None = None
     layer: str | None = None
     message: Any = None
@@ -99,5 +101,5 @@ class ChangeFeed:
 def changes_of(messages: Sequence[Any]) -> list[Change]:
     """The :class:`Change` of each stored ingest message (``kind``/``step``/``layer`` read
     from the message where it has them)."""
-    return [Change(run_id=m.run_id, kind=m.kind, step=getattr(m, "step", None),
+    return [Change(run_id=m.run_id, kind=ChangeKind(m.kind), step=getattr(m, "step", None),
                    layer=getattr(m, "layer", None), message=m) for m in messages]

@@ -5,8 +5,9 @@ Three hops, so that nothing ever waits on a dashboard:
 1. The change feed calls :meth:`PushHub._on_changes` on the ingest writer's thread. It keeps
    the changes of watched runs on a bounded inbox and returns at once (a full inbox drops the
    oldest batch and counts it); unwatched runs cost a set lookup.
-2. The hub's worker thread turns each batch into frames (:class:`FrameBuilder`), once per run
-   whatever the number of subscribers, reading derived data back from the store.
+2. The hub's worker thread turns each batch into push frames (:mod:`sentrycam.protocol.push`)
+   with :class:`FrameBuilder`, once per run whatever the number of subscribers, reading
+   derived data back from the store.
 3. On the event loop, each frame is appended to every subscriber's bounded buffer; a
    subscriber that reads too slowly loses its oldest frames, counted and reported to it.
 
@@ -24,9 +25,8 @@ import threading
 from typing import Any, Sequence
 
 from sentrycam.backend.feed import Change, ChangeFeed
-from sentrycam.backend.push_frames import FrameBuilder
+from sentrycam.backend.push_frames import FrameBuilder, dropped_frame
 from sentrycam.backend.store import Store
-from sentrycam.frontend.frames import encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class PushHub:
                 frames = await subscriber.next_frames()
                 if subscriber.dropped != reported:
                     reported = subscriber.dropped
-                    await send_bytes(encode_frame("dropped", run_id, count=reported))
+                    await send_bytes(dropped_frame(run_id, reported))
                 for frame in frames:
                     await send_bytes(frame)
                     subscriber.sent += 1

@@ -26,6 +26,7 @@ import numpy as np
 
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.store import Store
+from sentrycam.protocol.changes import ChangeKind
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class ProjectionWorker:
 
     def _on_changes(self, changes: Any) -> None:
         for change in changes:
-            if change.kind != "snapshot" or change.message is None:
+            if change.kind != ChangeKind.SNAPSHOT or change.message is None:
                 continue
             snapshot = change.message
             with self._lock:
@@ -226,7 +227,7 @@ class ProjectionWorker:
         self.store.write_embedding(job.run_id, job.layer, job.step, job.ids, coords,
                                    checkpoint=projector.to_bytes())
         seconds = time.perf_counter() - started
-        self.feed.publish([Change(job.run_id, "embedding", job.step, job.layer)])
+        self.feed.publish([Change(job.run_id, ChangeKind.EMBEDDING, job.step, job.layer)])
         info = projector.last_info
         with self._lock:
             self._counts["projected"] += 1
@@ -273,11 +274,11 @@ class ProjectionWorker:
             self._last_error = f"{job.run_id}/{job.layer} step {job.step}: {reason}"
             self._problems.append({"run_id": job.run_id, "layer": job.layer, "step": job.step,
                                    "kind": count, "reason": reason})
-        self.feed.publish([Change(job.run_id, "projector", job.step, job.layer,
+        self.feed.publish([Change(job.run_id, ChangeKind.PROJECTOR, job.step, job.layer,
                                   message={"kind": count, "reason": reason})])
 
     def _publish_state(self) -> None:
-        self.feed.publish([Change("", "projector", message={"state": self._status})])
+        self.feed.publish([Change("", ChangeKind.PROJECTOR, message={"state": self._status})])
 
     # -- quality thread -----------------------------------------------------------------------
 
@@ -294,7 +295,8 @@ class ProjectionWorker:
                 window.add(job.ids, job.features, coords)
                 values = {**window.metrics(), "update_s": seconds, "sample_fraction": fraction}
                 self.store.write_quality(job.run_id, job.layer, job.step, values)
-                self.feed.publish([Change(job.run_id, "quality", job.step, job.layer)])
+                self.feed.publish([Change(job.run_id, ChangeKind.QUALITY, job.step,
+                                          job.layer)])
                 with self._lock:
                     self._counts["quality_written"] += 1
             except Exception as exc:

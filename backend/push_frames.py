@@ -1,43 +1,24 @@
-"""Build push frames (see :mod:`sentrycam.frontend.frames`) from stored data and from changes.
+"""Build push frames (:mod:`sentrycam.protocol.push`, which declares every frame type's
+fields and arrays) from stored data and from the change feed's changes.
 
-Frame types, with their header fields and arrays:
-
-- ``run``: ``summary`` (the store's run summary).
-- ``probe``: arrays ``sample_id`` int64 [N], ``label`` int64 [N], ``split`` uint8 [N].
-- ``scalars``: ``names``; arrays ``step`` int64 [R], ``name`` int32 [R] (index into names),
-  ``value`` float64 [R].
-- ``layer_stats``: ``layers``, ``stats``; arrays ``step`` int64, ``layer`` int32, ``stat``
-  int32, ``value`` float64 [R].
-- ``snapshots``: ``steps`` (every snapshot step so far); sent on connect and per new snapshot.
-- ``embedding_index``: ``entries`` [[step, layer, n], ...].
-- ``embedding``: ``step``, ``layer``, ``health`` {intra, inter, classes, spread (per
-  class)}; arrays ``sample_id`` int64
-  [N], ``xy`` float32 [N, 2], ``pred`` int64 [N] (-1: unknown), ``confidence``/``loss``
-  float32 [N] (NaN: unknown).
-- ``health``: ``layer``, ``classes``; arrays ``step`` int64, ``intra``/``inter`` float64
-  [S], ``spread`` float64 [S, C] (each class's spread on each map).
-- ``quality``: ``rows`` [[step, layer, metric, value], ...].
-- ``alerts``: ``alerts`` (every alert of the run, as the store lists them).
-- ``status``: the capture agent's counters (dropped, spooled, overhead, ...).
-- ``projector``: ``state`` (what the projector worker published).
-- ``event``: ``event``, ``message``, ``step``.
-- ``caught_up``: end of the catch-up that opens every subscription.
-- ``dropped``: ``count``, frames this subscriber lost because it read too slowly.
+:meth:`FrameBuilder.catch_up` is the whole stored run; :meth:`FrameBuilder.live` turns a batch
+of changes into frames through :data:`LIVE_FRAMES`, one entry per :class:`ChangeKind` (or the
+kind is listed in :data:`NOT_PUSHED`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.geometry import class_layout, training_labels
-from sentrycam.backend.routes import json_safe
 from sentrycam.backend.store import MissingSnapshotError, Store
-from sentrycam.frontend.frames import encode_frame
+from sentrycam.protocol import push
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import SPLIT_HELDOUT
 
 log = logging.getLogger(__name__)
@@ -54,7 +35,7 @@ def _codes(values: Sequence[str]) -> tuple[list[str], np.ndarray]:
 def scalars_frame(run_id: str, step: Sequence[int], name: Sequence[str],
                   value: Sequence[float]) -> bytes:
     names, codes = _codes(name)
-    return encode_frame("scalars", run_id, names=names, arrays={
+    return push.encode(push.ScalarsHeader(run_id=run_id, names=names), {
         "step": np.asarray(step, dtype=np.int64), "name": codes,
         "value": np.asarray(value, dtype=np.float64)})
 
@@ -63,7 +44,7 @@ def layer_stats_frame(run_id: str, step: Sequence[int], layer: Sequence[str],
                       stat: Sequence[str], value: Sequence[float]) -> bytes:
     layers, layer_codes = _codes(layer)
     stats, stat_codes = _codes(stat)
-    return encode_frame("layer_stats", run_id, layers=layers, stats=stats, arrays={
+    return push.encode(push.LayerStatsHeader(run_id=run_id, layers=layers, stats=stats), {
         "step": np.asarray(step, dtype=np.int64), "layer": layer_codes, "stat": stat_codes,
         "value": np.asarray(value, dtype=np.float64)})
 
@@ -86,6 +67,11 @@ def layer_stats_from_messages(run_id: str, messages: Iterable[Any]) -> bytes:
     return layer_stats_frame(run_id, step, layer, stat, value)
 
 
+def dropped_frame(run_id: str, count: int) -> bytes:
+    """Tells a subscriber that ``count`` frames were dropped for it so far."""
+    return push.encode(push.DroppedHeader(run_id=run_id, count=count))
+
+
 class FrameBuilder:
     """Reads what a frame needs from the store; caches each run's probe labels (fixed per run).
 
@@ -95,37 +81,44 @@ class FrameBuilder:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._labels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def labels(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(sample_id int64 [N], label int64 [N]) of the run's probe; empty until it arrives."""
+    def labels(self, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The run's probe as cluster health counts it: (sample_id int64 [N], training label
+        int64 [N] (-1: held out or unknown), classes int64 [C] (every known label)). Cached
+        once the probe has arrived (it is fixed per run); empty arrays until then."""
         if run_id not in self._labels:
             probe = self.store.probe(run_id)
-            if len(probe["sample_id"]) == 0:
-                return probe["sample_id"], probe["label"]
-            self._labels[run_id] = (probe["sample_id"], probe["label"])
+            labels = probe["label"]
+            found = (probe["sample_id"],
+                     training_labels(labels, probe["split"] == SPLIT_HELDOUT),
+                     np.unique(labels[labels >= 0]))
+            if len(found[0]) == 0:
+                return found
+            self._labels[run_id] = found
         return self._labels[run_id]
 
     def run_frame(self, run_id: str) -> bytes:
-        return encode_frame("run", run_id, summary=json_safe(self.store.run_summaries(run_id)[0]))
+        return push.encode(push.RunHeader(run_id=run_id,
+                                          summary=self.store.run_summaries(run_id)[0]))
 
     def probe_frame(self, run_id: str) -> bytes:
         probe = self.store.probe(run_id)
-        return encode_frame("probe", run_id, arrays={
+        return push.encode(push.ProbeHeader(run_id=run_id), {
             "sample_id": probe["sample_id"], "label": probe["label"], "split": probe["split"]})
 
     def snapshots_frame(self, run_id: str) -> bytes:
         steps = sorted({int(row["step"]) for row in self.store.snapshot_index(run_id)})
-        return encode_frame("snapshots", run_id, steps=steps)
+        return push.encode(push.SnapshotsHeader(run_id=run_id, steps=steps))
 
     def embedding_frame(self, run_id: str, layer: str, step: int) -> bytes:
         """The 2D map of (layer, step) with the model's outputs at that step and the map's
         cluster health. Raises MissingSnapshotError when it is not stored."""
         sample_ids, coords = self.store.embedding(run_id, layer, step)
         outputs = self._outputs(run_id, step, sample_ids)
-        return encode_frame("embedding", run_id, step=int(step), layer=layer,
-                            health=json_safe(self.health(run_id, sample_ids, coords)),
-                            arrays={"sample_id": sample_ids, "xy": coords, **outputs})
+        header = push.EmbeddingHeader(run_id=run_id, step=int(step), layer=layer,
+                                      health=self.health(run_id, sample_ids, coords))
+        return push.encode(header, {"sample_id": sample_ids, "xy": coords, **outputs})
 
     def _outputs(self, run_id: str, step: int, sample_ids: np.ndarray) -> dict[str, np.ndarray]:
         try:
@@ -137,16 +130,13 @@ class FrameBuilder:
                 **{name: _aligned(ids, predictions.get(name), sample_ids, np.nan)
                    .astype(np.float32) for name in ("confidence", "loss")}}
 
-    def health(self, run_id: str, sample_ids: np.ndarray, coords: np.ndarray,
-               probe: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-        """Cluster health of one map, as :mod:`sentrycam.backend.geometry` defines it and the
-        map geometry detectors see it (training split only): intra, inter (floats), classes
-        (the probe's labels) and spread (list, one per class; NaN for a class not counted).
-        ``probe``: the run's stored probe, when the caller has read it already."""
-        probe = self.store.probe(run_id) if probe is None else probe
-        labels = training_labels(probe["label"], probe["split"] == SPLIT_HELDOUT)
-        layout = class_layout(coords, _aligned(probe["sample_id"], labels, sample_ids, -1))
-        classes = np.unique(probe["label"][probe["label"] >= 0])
+    def health(self, run_id: str, sample_ids: np.ndarray, coords: np.ndarray) -> dict[str, Any]:
+        """Cluster health of one map (``sample_ids`` int64 [N], ``coords`` float32 [N, 2]), as
+        :mod:`sentrycam.backend.geometry` defines it and the map geometry detectors see it
+        (training split only): intra, inter (floats), classes (the probe's labels) and spread
+        (list, one per class; NaN for a class not counted)."""
+        ids, labels, classes = self.labels(run_id)
+        layout = class_layout(coords, _aligned(ids, labels, sample_ids, -1))
         intra, inter = layout.intra_inter()
         return {"intra": intra, "inter": inter, "classes": classes.tolist(),
                 "spread": layout.spread_of(classes).tolist()}
@@ -156,11 +146,8 @@ class FrameBuilder:
         :data:`HEALTH_HISTORY`): step int64, intra/inter float64 [S], spread float64 [S, C],
         and ``classes`` (list [C])."""
         steps = list(steps)[-HEALTH_HISTORY:]
-        probe = self.store.probe(run_id)
-        rows = [self.health(run_id, *self.store.embedding(run_id, layer, step), probe=probe)
-                for step in steps]
-        labels = probe["label"]
-        classes = np.unique(labels[labels >= 0]).tolist()
+        rows = [self.health(run_id, *self.store.embedding(run_id, layer, step)) for step in steps]
+        classes = self.labels(run_id)[2].tolist()
         return {"step": np.asarray(steps, dtype=np.int64),
                 "intra": np.asarray([r["intra"] for r in rows], np.float64),
                 "inter": np.asarray([r["inter"] for r in rows], np.float64),
@@ -169,18 +156,22 @@ class FrameBuilder:
 
     def health_frame(self, run_id: str, layer: str, steps: Sequence[int]) -> bytes:
         columns = self.health_columns(run_id, layer, steps)
-        return encode_frame("health", run_id, layer=layer, classes=columns.pop("classes"),
-                            arrays=columns)
+        header = push.HealthHeader(run_id=run_id, layer=layer, classes=columns.pop("classes"))
+        return push.encode(header, columns)
 
     def quality_frame(self, run_id: str, layer: str | None = None,
                       step: int | None = None) -> bytes:
         quality = self.store.projection_quality(run_id, layer)
-        rows = [list(row) for row in zip(quality["step"], quality["layer"], quality["metric"],
-                                         quality["value"]) if step is None or row[0] == step]
-        return encode_frame("quality", run_id, rows=json_safe(rows))
+        rows = [row for row in zip(quality["step"], quality["layer"], quality["metric"],
+                                   _floats(quality["value"])) if step is None or row[0] == step]
+        return push.encode(push.QualityHeader(run_id=run_id, rows=rows))
 
     def alerts_frame(self, run_id: str) -> bytes:
-        return encode_frame("alerts", run_id, alerts=json_safe(self.store.alerts(run_id)))
+        return push.encode(push.AlertsHeader(run_id=run_id, alerts=self.store.alerts(run_id)))
+
+    def embedding_index_frame(self, run_id: str, index: Sequence[dict[str, Any]]) -> bytes:
+        entries = [(int(e["step"]), e["layer"], int(e["n"])) for e in index]
+        return push.encode(push.EmbeddingIndexHeader(run_id=run_id, entries=entries))
 
     def catch_up(self, run_id: str) -> list[bytes]:
         """Everything stored about a run, as the frames a new subscriber starts from: the
@@ -196,8 +187,7 @@ class FrameBuilder:
                                         _floats(stats["value"])))
         frames.append(self.snapshots_frame(run_id))
         index = store.embedding_index(run_id)
-        frames.append(encode_frame("embedding_index", run_id, entries=[
-            [int(e["step"]), e["layer"], int(e["n"])] for e in index]))
+        frames.append(self.embedding_index_frame(run_id, index))
         by_layer: dict[str, list[int]] = {}
         for entry in index:
             by_layer.setdefault(entry["layer"], []).append(int(entry["step"]))
@@ -205,60 +195,103 @@ class FrameBuilder:
             frames.append(self.health_frame(run_id, layer, steps))
             frames.append(self.embedding_frame(run_id, layer, steps[-1]))
         frames += [self.quality_frame(run_id), self.alerts_frame(run_id),
-                   encode_frame("caught_up", run_id)]
+                   push.encode(push.CaughtUpHeader(run_id=run_id))]
         return frames
 
     def live(self, run_id: str, changes: Sequence[Change]) -> list[bytes]:
-        """The frames announcing ``changes`` (all of ``run_id``, in publish order): messages
-        of a kind are merged into one frame; derived data is read back from the store."""
-        by_kind: dict[str, list[Change]] = {}
+        """The frames announcing ``changes`` (all of ``run_id``, in publish order): changes
+        of a kind are merged (see :data:`LIVE_FRAMES`); derived data is read back from the
+        store."""
+        by_kind: dict[ChangeKind, list[Change]] = {}
         for change in changes:
             by_kind.setdefault(change.kind, []).append(change)
         frames = []
         for kind, group in by_kind.items():
+            build = LIVE_FRAMES.get(kind)
+            if build is None:
+                continue
             try:
-                frames += self._live_kind(run_id, kind, group)
+                frames += build(self, run_id, group)
             except MissingSnapshotError as exc:  # replaced or dropped since it was announced
                 log.info("push hub: %s", exc)
         return frames
 
-    def _live_kind(self, run_id: str, kind: str, group: list[Change]) -> list[bytes]:
-        messages = [c.message for c in group if c.message is not None]
-        if kind == "scalars":
-            return [scalars_from_messages(run_id, messages)]
-        if kind == "layer_stats":
-            return [layer_stats_from_messages(run_id, messages)]
-        if kind in ("run_start", "run_end"):
-            return [self.run_frame(run_id)]
-        if kind == "probe":
-            self._labels.pop(run_id, None)
-            return [self.probe_frame(run_id)]
-        if kind == "snapshot":
-            return [self.snapshots_frame(run_id)]
-        if kind == "status":
-            return [encode_frame("status", run_id, **_fields(m)) for m in messages[-1:]]
-        if kind == "event":
-            return [encode_frame("event", run_id, **_fields(m)) for m in messages]
-        if kind == "projector":
-            return [encode_frame("projector", run_id, state=_fields(m)) for m in messages[-1:]]
-        if kind == "alert":
-            return [self.alerts_frame(run_id)]
-        keys = list(dict.fromkeys((c.layer, c.step) for c in group))
-        if kind == "embedding":
-            return [self.embedding_frame(run_id, layer, step) for layer, step in keys]
-        if kind == "quality":
-            return [self.quality_frame(run_id, layer, step) for layer, step in keys]
-        return []
+    # ------------------------------------------------------------------ live, per kind
+    def _scalars_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [scalars_from_messages(run_id, _messages(group))]
+
+    def _layer_stats_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [layer_stats_from_messages(run_id, _messages(group))]
+
+    def _run_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [self.run_frame(run_id)]
+
+    def _probe_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        self._labels.pop(run_id, None)
+        return [self.probe_frame(run_id)]
+
+    def _snapshot_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [self.snapshots_frame(run_id)]
+
+    def _status_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        """Only the newest status: its counters are totals."""
+        return [push.encode(push.StatusHeader(run_id=run_id, **_fields(m)))
+                for m in _messages(group)[-1:]]
+
+    def _event_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [push.encode(push.EventHeader(run_id=run_id, **_fields(m)))
+                for m in _messages(group)]
+
+    def _projector_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [push.encode(push.ProjectorHeader(run_id=run_id, state=_fields(m)))
+                for m in _messages(group)[-1:]]
+
+    def _alert_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [self.alerts_frame(run_id)]
+
+    def _embedding_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [self.embedding_frame(run_id, layer, step) for layer, step in _maps(group)]
+
+    def _quality_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
+        return [self.quality_frame(run_id, layer, step) for layer, step in _maps(group)]
+
+
+#: How the push hub announces each kind of change: the frames built from a run's changes of
+#: that kind (all of one batch at once).
+LIVE_FRAMES: dict[ChangeKind, Callable[[FrameBuilder, str, list[Change]], list[bytes]]] = {
+    ChangeKind.RUN_START: FrameBuilder._run_changed,
+    ChangeKind.PROBE: FrameBuilder._probe_changed,
+    ChangeKind.SCALARS: FrameBuilder._scalars_changed,
+    ChangeKind.LAYER_STATS: FrameBuilder._layer_stats_changed,
+    ChangeKind.SNAPSHOT: FrameBuilder._snapshot_changed,
+    ChangeKind.EVENT: FrameBuilder._event_changed,
+    ChangeKind.STATUS: FrameBuilder._status_changed,
+    ChangeKind.RUN_END: FrameBuilder._run_changed,
+    ChangeKind.EMBEDDING: FrameBuilder._embedding_changed,
+    ChangeKind.QUALITY: FrameBuilder._quality_changed,
+    ChangeKind.PROJECTOR: FrameBuilder._projector_changed,
+    ChangeKind.ALERT: FrameBuilder._alert_changed,
+}
+#: Kinds of change that dashboards are not told about.
+NOT_PUSHED: frozenset[ChangeKind] = frozenset()
+
+
+def _messages(group: list[Change]) -> list[Any]:
+    return [c.message for c in group if c.message is not None]
+
+
+def _maps(group: list[Change]) -> list[tuple[str, int]]:
+    """The distinct (layer, step) of ``group``, in order."""
+    return list(dict.fromkeys((c.layer, c.step) for c in group))
 
 
 def _fields(message: Any) -> dict[str, Any]:
-    """A message (dataclass or mapping) as JSON-safe header fields."""
+    """A message (dataclass or mapping) as header fields (without its ``run_id``)."""
     if dataclasses.is_dataclass(message):
         message = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     if not isinstance(message, dict):
         message = {"value": message}
-    message = {k: v for k, v in message.items() if k not in ("run_id", "type", "arrays")}
-    return json_safe(message)
+    return {k: v for k, v in message.items() if k != "run_id"}
 
 
 def _floats(values: Sequence[Any]) -> list[float]:

@@ -1,7 +1,8 @@
 """The frontend's only way to the data: HTTP reads and the push websocket of a sentrycam server.
 
 :class:`ApiClient` wraps the REST routes; :class:`PushSubscription` keeps a background thread
-subscribed to ``/ws/runs/{run_id}`` and hands each decoded frame to a callback (on that
+subscribed to ``/ws/runs/{run_id}`` and hands each decoded push frame
+(:class:`~sentrycam.protocol.push.PushFrame`: typed header and arrays) to a callback (on that
 thread: the callback must only queue it). Neither ever touches the store, even when the
 dashboard runs inside the server process: the DuckDB file belongs to the server.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any, Callable
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -19,11 +19,10 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from sentrycam.frontend.frames import decode_frame
+from sentrycam.protocol.push import PushFrame, PushFrameError, decode
 
 log = logging.getLogger(__name__)
 
-Frame = tuple[dict[str, Any], dict[str, np.ndarray]]
 #: Seconds between reconnection attempts of a push subscription.
 RECONNECT_S = 1.0
 HTTP_TIMEOUT_S = 30.0
@@ -58,11 +57,12 @@ class ApiClient:
     def run(self, run_id: str) -> dict[str, Any]:
         return self._get(f"/api/runs/{quote(run_id)}").json()
 
-    def embedding(self, run_id: str, layer: str, step: int) -> Frame:
-        """The push frame of one stored 2D map (coordinates, outputs, cluster health)."""
+    def embedding(self, run_id: str, layer: str, step: int) -> PushFrame:
+        """The ``embedding`` push frame of one stored 2D map (coordinates, outputs, cluster
+        health). Raises PushFrameError when the server's answer is not one."""
         response = self._get(f"/api/runs/{quote(run_id)}/embedding", layer=layer, step=step,
                              format="frame")
-        return decode_frame(response.content)
+        return decode(response.content)
 
     def trails(self, run_id: str, layer: str, sample_ids: list[int]) -> dict[str, np.ndarray]:
         """{sample_id, step, x, y} arrays [M] in (sample_id, step) order."""
@@ -88,16 +88,17 @@ class ApiClient:
         query = f"?{urlencode({'token': self.token})}" if self.token else ""
         return f"{base}/ws/runs/{quote(run_id)}{query}"
 
-    def subscribe(self, run_id: str, on_frame: Callable[[dict, dict], None]) -> PushSubscription:
+    def subscribe(self, run_id: str, on_frame: Callable[[PushFrame], None]) -> PushSubscription:
         """Start receiving ``run_id``'s push frames on a background thread."""
         return PushSubscription(self.push_url(run_id), on_frame).start()
 
 
 class PushSubscription:
     """A thread that stays subscribed (reconnecting after a drop, each time receiving the
-    catch-up again) and calls ``on_frame(header, arrays)`` for every frame."""
+    catch-up again) and calls ``on_frame(frame)`` for every push frame. A message that is not
+    a valid push frame is counted in ``rejected``, logged and skipped."""
 
-    def __init__(self, url: str, on_frame: Callable[[dict, dict], None]) -> None:
+    def __init__(self, url: str, on_frame: Callable[[PushFrame], None]) -> None:
         self.url = url
         self._on_frame = on_frame
         self._stop = threading.Event()
@@ -106,6 +107,7 @@ class PushSubscription:
                                         daemon=True)
         self.frames = 0
         self.bytes = 0
+        self.rejected = 0
         self.connects = 0
         self.last_error: str | None = None
 
@@ -152,9 +154,14 @@ class PushSubscription:
             return
         self.frames += 1
         self.bytes += len(message)
-        header, arrays = decode_frame(message)
-        header["received_at"] = time.time()
         try:
-            self._on_frame(header, arrays)
+            frame = decode(message)
+        except PushFrameError as exc:  # skip it: the next frames may still be good
+            self.rejected += 1
+            self.last_error = f"rejected frame: {exc}"
+            log.warning("push subscription %s: %s", self.url, exc)
+            return
+        try:
+            self._on_frame(frame)
         except Exception:
-            log.exception("dashboard could not take a %s frame", header.get("type"))
+            log.exception("dashboard could not take a %s frame", frame.header.type)

@@ -23,6 +23,7 @@ from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 
 from sentrycam.frontend.timeline_view import EmbeddingTimeline
+from sentrycam.protocol.push import EmbeddingHeader
 
 #: 2D maps kept in memory per dashboard (the newest per layer are always kept too).
 MAP_CACHE = 24
@@ -97,14 +98,15 @@ class EmbeddingView:
     def set_labels(self, sample_ids: np.ndarray, labels: np.ndarray) -> None:
         self.labels = dict(zip(sample_ids.tolist(), labels.tolist()))
 
-    def add_index(self, entries: list[list[Any]]) -> None:
+    def add_index(self, entries: list[tuple[int, str, int]]) -> None:
+        """Stored maps announced: (step, layer, number of points) each."""
         for step, layer, _n in entries:
             self._add_step(layer, int(step))
         self._refresh_controls()
 
-    def take_map(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def take_map(self, header: EmbeddingHeader, arrays: dict[str, np.ndarray]) -> None:
         """A 2D map arrived (live or fetched): remember it, and draw it if it is wanted."""
-        key = (header["layer"], int(header["step"]))
+        key = (header.layer, header.step)
         self.maps[key] = arrays
         self.maps.move_to_end(key)
         self._trim_cache()
@@ -115,7 +117,8 @@ class EmbeddingView:
         elif key == self._pending:
             self._draw(key)
 
-    def take_quality(self, rows: list[list[Any]]) -> None:
+    def take_quality(self, rows: list[tuple[int, str, str, float]]) -> None:
+        """Projection quality rows: (step, layer, metric, value) each."""
         for step, layer, metric, value in rows:
             self.quality.setdefault((layer, int(step)), {})[metric] = value
         self._show_quality()

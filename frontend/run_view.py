@@ -1,18 +1,21 @@
 """One run's live dashboard: its views, fed by the push subscription and REST fetches.
 
-Threads: the subscription thread and the fetch workers only append to ``inbox``; a periodic
-callback on the document's thread (``DRAIN_MS``) applies what arrived to the views, which
-stream into their existing plots. Nothing blocking ever runs on the document's thread, so a
-dashboard served by the same process as the API cannot stall it.
+Threads: the subscription thread and the fetch workers only append to ``inbox`` (push frames,
+and updates fetched over REST); a periodic callback on the document's thread (``DRAIN_MS``)
+applies what arrived to the views, which stream into their existing plots. Nothing blocking
+ever runs on the document's thread, so a dashboard served by the same process as the API
+cannot stall it. Each push frame type has its handler in :data:`FRAME_HANDLERS`, or is listed
+in :data:`IGNORED_FRAMES`.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Union
 
 import numpy as np
 import panel as pn
@@ -21,6 +24,8 @@ from sentrycam.frontend.client import ApiClient
 from sentrycam.frontend.embedding_view import EmbeddingView
 from sentrycam.frontend.signal_views import CurvesView, HeatmapView
 from sentrycam.frontend.state_views import AlertsView, HealthView, StatusView
+from sentrycam.protocol import push
+from sentrycam.protocol.push import PushFrame, PushType
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +36,16 @@ DRAIN_MAX = 200
 #: Seconds between two requests for the projector worker's state (server-wide, not pushed).
 PROJECTOR_POLL_S = 2.0
 
+#: What the inbox holds: a push frame, or an update prepared by a fetch worker.
+Update = Union[PushFrame, Callable[[], None]]
+
 
 class RunDashboard:
     """Every view of one run. :meth:`panel` lays them out; :meth:`close` stops the feed."""
 
     def __init__(self, client: ApiClient, run_id: str, *, webgl: bool = True) -> None:
         self.client, self.run_id = client, run_id
-        self.inbox: collections.deque = collections.deque()
+        self.inbox: collections.deque[Update] = collections.deque()
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sc-fetch")
         self.embedding = EmbeddingView(self._fetch_map, self._fetch_trails, webgl=webgl)
         self.heatmaps = HeatmapView(self.embedding.show_step)
@@ -52,7 +60,7 @@ class RunDashboard:
         self.embedding.layer.param.watch(lambda e: self._layer_changed(), "value")
         self._callback = None
         self._closed = False
-        self.subscription = client.subscribe(run_id, lambda h, a: self.inbox.append((h, a)))
+        self.subscription = client.subscribe(run_id, self.inbox.append)
         self._projector_polled = time.monotonic()
         self._pool.submit(self._fetch_projector_state)
 
@@ -86,81 +94,81 @@ class RunDashboard:
             self._projector_polled = now
             self._submit_plain(self._fetch_projector_state)
         for _ in range(min(len(self.inbox), DRAIN_MAX)):
-            header, arrays = self.inbox.popleft()
+            update = self.inbox.popleft()
             try:
-                self.apply(header, arrays)
+                if isinstance(update, PushFrame):
+                    self.apply(update)
+                else:
+                    update()
             except Exception:  # one bad frame must not freeze the page
-                log.exception("dashboard could not apply a %s frame", header.get("type"))
+                log.exception("dashboard could not apply %s", _describe(update))
             self.applied += 1
             self.last_applied_at = time.time()
 
-    def apply(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        kind = header["type"]
-        handler = getattr(self, f"_on_{kind}", None)
+    def apply(self, frame: PushFrame) -> None:
+        handler = FRAME_HANDLERS.get(frame.header.type)
         if handler is not None:
-            handler(header, arrays)
+            handler(self, frame.header, frame.arrays)
 
-    def _on_run(self, header: dict, arrays: dict) -> None:
-        s = header["summary"]
+    # ------------------------------------------------------------------ frame handlers
+    def _on_run(self, header: push.RunHeader, arrays: dict) -> None:
+        s = header.summary
         self.status.update(name=s.get("name"), status=s.get("status"),
                            latest_step=s.get("last_step"), dropped=s.get("dropped"),
                            overhead=s.get("capture_overhead"))
 
-    def _on_probe(self, header: dict, arrays: dict) -> None:
+    def _on_probe(self, header: push.ProbeHeader, arrays: dict) -> None:
         self.embedding.set_labels(arrays["sample_id"], arrays["label"])
 
-    def _on_scalars(self, header: dict, arrays: dict) -> None:
+    def _on_scalars(self, header: push.ScalarsHeader, arrays: dict) -> None:
         self.curves.take(header, arrays)
         self._saw_steps(arrays["step"])
 
-    def _on_layer_stats(self, header: dict, arrays: dict) -> None:
+    def _on_layer_stats(self, header: push.LayerStatsHeader, arrays: dict) -> None:
         self.heatmaps.take(header, arrays)
         self._saw_steps(arrays["step"])
 
-    def _on_snapshots(self, header: dict, arrays: dict) -> None:
-        self.snapshot_steps.update(header["steps"])
+    def _on_snapshots(self, header: push.SnapshotsHeader, arrays: dict) -> None:
+        self.snapshot_steps.update(header.steps)
         self.status.update(snapshots=len(self.snapshot_steps))
-        if header["steps"]:
-            self.status.update(latest_step=max(header["steps"]))
+        if header.steps:
+            self.status.update(latest_step=max(header.steps))
 
-    def _on_embedding_index(self, header: dict, arrays: dict) -> None:
-        self.embedding.add_index(header["entries"])
+    def _on_embedding_index(self, header: push.EmbeddingIndexHeader, arrays: dict) -> None:
+        self.embedding.add_index(header.entries)
         self._count_maps()
 
-    def _on_embedding(self, header: dict, arrays: dict) -> None:
+    def _on_embedding(self, header: push.EmbeddingHeader, arrays: dict) -> None:
         self.embedding.take_map(header, arrays)
-        health = header.get("health") or {}
-        self.health.take(header["layer"], [header["step"]], [_num(health.get("intra"))],
-                         [_num(health.get("inter"))], [[_num(v) for v in health.get("spread", [])]],
-                         health.get("classes", []))
+        health = header.health
+        self.health.take(header.layer, [header.step], [health.intra], [health.inter],
+                         [health.spread], health.classes)
         self._count_maps()
 
-    def _on_health(self, header: dict, arrays: dict) -> None:
-        self.health.take(header["layer"], arrays["step"], arrays["intra"], arrays["inter"],
-                         arrays["spread"], header.get("classes", []))
+    def _on_health(self, header: push.HealthHeader, arrays: dict) -> None:
+        self.health.take(header.layer, arrays["step"], arrays["intra"], arrays["inter"],
+                         arrays["spread"], header.classes)
 
-    def _on_quality(self, header: dict, arrays: dict) -> None:
-        self.embedding.take_quality(header["rows"])
+    def _on_quality(self, header: push.QualityHeader, arrays: dict) -> None:
+        self.embedding.take_quality(header.rows)
 
-    def _on_alerts(self, header: dict, arrays: dict) -> None:
-        self.alerts.set_alerts(header["alerts"])
-        self.curves.set_alerts(header["alerts"])
-        self.embedding.timeline.set_alerts(header["alerts"])
+    def _on_alerts(self, header: push.AlertsHeader, arrays: dict) -> None:
+        self.alerts.set_alerts(header.alerts)
+        self.curves.set_alerts(header.alerts)
+        self.embedding.timeline.set_alerts(header.alerts)
 
-    def _on_status(self, header: dict, arrays: dict) -> None:
-        self.status.update(dropped=header.get("dropped"), overhead=header.get("overhead"),
-                           latest_step=header.get("step"))
+    def _on_status(self, header: Any, arrays: dict) -> None:
+        """``header``: a :data:`~sentrycam.protocol.push.StatusHeader`."""
+        self.status.update(dropped=header.dropped, overhead=header.overhead,
+                           latest_step=header.step)
 
-    def _on_projector(self, header: dict, arrays: dict) -> None:
-        self.status.update(projector=header.get("state") or {})
+    def _on_projector(self, header: push.ProjectorHeader, arrays: dict) -> None:
+        self.status.update(projector=header.state)
 
-    def _on_trails(self, header: dict, arrays: dict) -> None:
-        self.embedding.take_trails(arrays)
-
-    def _on_dropped(self, header: dict, arrays: dict) -> None:
+    def _on_dropped(self, header: push.DroppedHeader, arrays: dict) -> None:
         """This page read too slowly and the hub dropped frames: count them, and subscribe
         afresh, whose catch-up fills the holes (views skip what they already hold)."""
-        self.hub_dropped += int(header.get("count", 0))
+        self.hub_dropped += header.count
         self.status.update(hub_dropped=self.hub_dropped)
         self.subscription.resync()
 
@@ -181,42 +189,66 @@ class RunDashboard:
         self._submit(lambda: self.client.embedding(self.run_id, layer, step))
 
     def _fetch_trails(self, layer: str, sample_ids: list[int]) -> None:
-        self._submit(lambda: ({"type": "trails"},
-                              self.client.trails(self.run_id, layer, sample_ids)))
+        self._submit(lambda: functools.partial(
+            self.embedding.take_trails, self.client.trails(self.run_id, layer, sample_ids)))
 
     def _acknowledge(self, alert_id: int) -> None:
         self._submit(lambda: self.client.acknowledge(alert_id))
 
-    def _submit(self, fetch: Any) -> None:
+    def _submit(self, fetch: Callable[[], Update | None]) -> None:
         if not self._closed:  # widgets may still fire while a closed session is torn down
             self._pool.submit(self._background, fetch)
 
-    def _submit_plain(self, task: Any) -> None:
+    def _submit_plain(self, task: Callable[[], None]) -> None:
         if not self._closed:
             self._pool.submit(task)
 
     def _fetch_projector_state(self) -> None:
+        """The projector worker's state is server-wide and polled, not pushed; it is applied
+        as the ``projector`` frame the hub would send."""
         try:
             state = self.client.projector_state()
         except Exception as exc:
             log.debug("projector state of %s: %s", self.run_id, exc)
             return
         if state is not None:
-            self.inbox.append(({"type": "projector", "state": state}, {}))
+            self.inbox.append(PushFrame(push.ProjectorHeader(run_id=self.run_id, state=state),
+                                        {}))
 
-    def _background(self, fetch: Any) -> None:
-        """Run ``fetch`` here; a frame it returns goes through the inbox like pushed ones."""
+    def _background(self, fetch: Callable[[], Update | None]) -> None:
+        """Run ``fetch`` here; the update it returns goes through the inbox like pushed
+        frames."""
         try:
-            result = fetch()
+            update = fetch()
         except Exception as exc:
             log.warning("dashboard fetch for run %s failed: %s", self.run_id, exc)
             return
-        if isinstance(result, tuple):
-            self.inbox.append(result)
+        if update is not None:
+            self.inbox.append(update)
 
 
-def _num(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+#: The handler of each push frame type: ``handler(dashboard, header, arrays)``.
+FRAME_HANDLERS: dict[PushType, Callable[[RunDashboard, Any, dict], None]] = {
+    PushType.RUN: RunDashboard._on_run,
+    PushType.PROBE: RunDashboard._on_probe,
+    PushType.SCALARS: RunDashboard._on_scalars,
+    PushType.LAYER_STATS: RunDashboard._on_layer_stats,
+    PushType.SNAPSHOTS: RunDashboard._on_snapshots,
+    PushType.EMBEDDING_INDEX: RunDashboard._on_embedding_index,
+    PushType.EMBEDDING: RunDashboard._on_embedding,
+    PushType.HEALTH: RunDashboard._on_health,
+    PushType.QUALITY: RunDashboard._on_quality,
+    PushType.ALERTS: RunDashboard._on_alerts,
+    PushType.STATUS: RunDashboard._on_status,
+    PushType.PROJECTOR: RunDashboard._on_projector,
+    PushType.DROPPED: RunDashboard._on_dropped,
+}
+#: Frame types the dashboard does not show: the event log has no view yet, and the end of
+#: the catch-up changes nothing on the page (views apply frames as they come).
+IGNORED_FRAMES: frozenset[PushType] = frozenset({PushType.EVENT, PushType.CAUGHT_UP})
+
+
+def _describe(update: Update) -> str:
+    if isinstance(update, PushFrame):
+        return f"a {update.header.type} frame"
+    return f"an update ({getattr(update, 'func', update)!r})"

@@ -17,6 +17,7 @@ from bokeh.palettes import Category10_10, Magma256, Viridis256
 from bokeh.plotting import figure
 
 from sentrycam.protocol import signals
+from sentrycam.protocol.push import LayerStatsHeader, ScalarsHeader
 
 #: Heatmaps shown: (stat, title, logarithmic colour scale), from the registry.
 HEATMAPS = tuple((s.name, s.title, s.log_scale) for s in signals.heatmaps())
@@ -60,9 +61,9 @@ class HeatmapView:
         return pn.Column(self.empty, *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in self.heatmaps],
                          css_classes=["sc-heatmap"], sizing_mode="stretch_width")
 
-    def take(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def take(self, header: LayerStatsHeader, arrays: dict[str, np.ndarray]) -> None:
         """Add the rows of a ``layer_stats`` frame."""
-        layers, stats = header["layers"], header["stats"]
+        layers, stats = header.layers, header.stats
         for code, stat in enumerate(stats):
             if stat not in self.sources:
                 continue
@@ -130,10 +131,10 @@ class CurvesView:
         return pn.Column(*[pn.pane.Bokeh(f) for f in self.figures.values()],
                          css_classes=["sc-curves"], sizing_mode="stretch_width")
 
-    def take(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def take(self, header: ScalarsHeader, arrays: dict[str, np.ndarray]) -> None:
         """Add the rows of a ``scalars`` frame (rows at or before a line's last step are
         already drawn)."""
-        names = header["names"]
+        names = header.names
         for code, name in enumerate(names):
             rows = arrays["name"] == code
             steps, values = arrays["step"][rows], arrays["value"][rows]

@@ -9,5 +9,7 @@ Torch-free and web-free (numpy, json and pydantic only), so every layer imports 
   side: frames and store batches; the only module that imports pydantic), with
   :mod:`~sentrycam.protocol.array_rules` for the arrays;
 - :mod:`~sentrycam.protocol.container`: the binary container both frame formats use;
-- :mod:`~sentrycam.protocol.changes`: the kinds of change the server's feed announces.
+- :mod:`~sentrycam.protocol.changes`: the kinds of change the server's feed announces;
+- :mod:`~sentrycam.protocol.push`: the push frames the server sends to dashboards (one typed
+  header per frame type).
 """

@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any, Sequence
 
 from sentrycam.backend.feed import Change, ChangeFeed
+from sentrycam.protocol.changes import ChangeKind
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class WebhookAction:
     def _on_changes(self, changes: Sequence[Change]) -> None:
         for change in changes:
             alert = change.message
-            if change.kind != "alert" or not isinstance(alert, dict):
+            if change.kind != ChangeKind.ALERT or not isinstance(alert, dict):
                 continue
             key = (alert.get("alert_id"), int(alert.get("severity", 0)))
             if key[1] < self.min_severity or key in self._sent:

@@ -4,8 +4,8 @@
 writer's thread, so the callback only puts the changes on the engine's own queue; the engine's
 thread takes them off in order and hands each to the run's :class:`RunAudit`. An error in a
 detector is logged and counted, never fatal: the engine thread carries on with the next change.
-Alerts are stored with ``Store.upsert_alert`` and announced as ``Change(run_id, "alert", step,
-layer, message=<alert dict>)`` on the same feed (the dashboard push hub, the webhook action).
+Alerts are stored with ``Store.upsert_alert`` and announced as ``Change(run_id, ChangeKind.ALERT,
+step, layer, message=<alert dict>)`` on the same feed (the dashboard push hub, the webhook action).
 
 Causality: a detector only ever sees what was stored up to the observation it judges; each
 observation is judged before it joins the detector's baseline.
@@ -31,11 +31,11 @@ from sentrycam.backend.audit.detectors import Detector, MapView, ProbeView, buil
 from sentrycam.backend.audit.history import stored_changes
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.geometry import training_labels
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
 
 log = logging.getLogger(__name__)
 
-KINDS = frozenset({"probe", "scalars", "layer_stats", "snapshot", "embedding", "run_end"})
 _STOP = object()
 
 
@@ -76,18 +76,28 @@ class RunAudit:
     def handle(self, change: Change) -> None:
         if change.step is not None:
             self.last_step = max(self.last_step or 0, int(change.step))
-        if change.kind == "probe":
-            self._probe(change.message)
-        elif change.kind == "snapshot":
-            self._judge("snapshot", self._probe_view(change.message))
-        elif change.kind == "embedding":
-            view = self._map_view(change)
-            if view is not None:
-                self._judge("embedding", view)
-        elif change.kind == "run_end":
-            self.ended = True
-            self._announce(self.book.flush())
-        elif change.message is not None:
+        on_change = AUDITED.get(change.kind)
+        if on_change is not None:
+            on_change(self, change)
+
+    def _on_probe(self, change: Change) -> None:
+        self._probe(change.message)
+
+    def _on_snapshot(self, change: Change) -> None:
+        self._judge(ChangeKind.SNAPSHOT, self._probe_view(change.message))
+
+    def _on_embedding(self, change: Change) -> None:
+        view = self._map_view(change)
+        if view is not None:
+            self._judge(ChangeKind.EMBEDDING, view)
+
+    def _on_run_end(self, change: Change) -> None:
+        self.ended = True
+        self._announce(self.book.flush())
+
+    def _on_message(self, change: Change) -> None:
+        """Scalars and layer statistics go to the detectors as the trainer sent them."""
+        if change.message is not None:
             self._judge(change.kind, change.message)
 
     def _probe(self, message: ProbeSet | None) -> None:
@@ -134,7 +144,7 @@ class RunAudit:
 
     # -- detectors and alerts ---------------------------------------------------------------
 
-    def _judge(self, kind: str, item: Any) -> None:
+    def _judge(self, kind: ChangeKind, item: Any) -> None:
         findings: list[Finding] = []
         for detector in self.detectors:
             if kind not in detector.kinds:
@@ -171,6 +181,17 @@ class RunAudit:
                 "active": sorted(d["detector"] for d in detectors if d["active"]),
                 "inactive": {d["detector"]: d["reason"] for d in detectors if not d["active"]},
                 "detectors": detectors, "geometry": geometry}
+
+
+#: What the audit does with each kind of change it reads (other kinds are not audited).
+AUDITED: dict[ChangeKind, Callable[[RunAudit, Change], None]] = {
+    ChangeKind.PROBE: RunAudit._on_probe,
+    ChangeKind.SCALARS: RunAudit._on_message,
+    ChangeKind.LAYER_STATS: RunAudit._on_message,
+    ChangeKind.SNAPSHOT: RunAudit._on_snapshot,
+    ChangeKind.EMBEDDING: RunAudit._on_embedding,
+    ChangeKind.RUN_END: RunAudit._on_run_end,
+}
 
 
 class AuditEngine:
@@ -211,7 +232,7 @@ class AuditEngine:
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
         """Feed callback (writer thread): queue and return at once; drop when full."""
-        wanted = [c for c in changes if c.kind in KINDS]
+        wanted = [c for c in changes if c.kind in AUDITED]
         if not wanted:
             return
         try:
@@ -268,7 +289,8 @@ class AuditEngine:
         with self._lock:
             self.counts["alerts"] += 1
         record = alert.record() | {"alert_id": alert.alert_id, "run_id": alert.run_id}
-        self.feed.publish([Change(alert.run_id, "alert", alert.step, alert.layer, record)])
+        self.feed.publish([Change(alert.run_id, ChangeKind.ALERT, alert.step, alert.layer,
+                                  record)])
 
     # -- status -------------------------------------------------------------------------------
 

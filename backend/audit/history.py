@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sentrycam.backend.feed import Change
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import LayerStats, ProbeSet, Scalars, Snapshot
 
 
@@ -20,7 +21,7 @@ def stored_changes(store: Any, run_id: str, before_step: int | None = None
     Snapshots are read from the store one at a time, as they are yielded."""
     probe = store.probe(run_id)
     if len(probe["sample_id"]):
-        yield Change(run_id, "probe", None, None, ProbeSet(
+        yield Change(run_id, ChangeKind.PROBE, None, None, ProbeSet(
             run_id, probe["sample_id"], probe["label"], probe["split"]))
     scalars: dict[int, dict[str, float]] = defaultdict(dict)
     columns = store.scalars(run_id)
@@ -40,16 +41,17 @@ def stored_changes(store: Any, run_id: str, before_step: int | None = None
         if before_step is not None and step >= before_step:
             return
         if step in scalars:
-            yield Change(run_id, "scalars", step, None, Scalars(run_id, step, 0.0, scalars[step]))
+            yield Change(run_id, ChangeKind.SCALARS, step, None,
+                         Scalars(run_id, step, 0.0, scalars[step]))
         if step in stats:
             layers, names, values = stats[step]
-            yield Change(run_id, "layer_stats", step, None,
+            yield Change(run_id, ChangeKind.LAYER_STATS, step, None,
                          LayerStats(run_id, step, layers, names, values))
         if step in snapshots:
-            yield Change(run_id, "snapshot", step, None,
+            yield Change(run_id, ChangeKind.SNAPSHOT, step, None,
                          _snapshot(store, run_id, step, epochs[step], snapshots[step]))
         for layer in maps.get(step, []):
-            yield Change(run_id, "embedding", step, layer)
+            yield Change(run_id, ChangeKind.EMBEDDING, step, layer)
 
 
 def _layer_stats(columns: dict[str, list]) -> dict[int, tuple[tuple, tuple, np.ndarray]]:

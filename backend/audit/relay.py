@@ -12,6 +12,7 @@ import threading
 from typing import Any, Protocol, Sequence
 
 from sentrycam.backend.feed import Change, ChangeFeed
+from sentrycam.protocol.changes import ChangeKind
 
 
 class Notifiable(Protocol):
@@ -47,7 +48,7 @@ class AlertRelay:
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
         for change in changes:
-            if change.kind != "alert" or not isinstance(change.message, dict):
+            if change.kind != ChangeKind.ALERT or not isinstance(change.message, dict):
                 continue
             with self._lock:
                 sinks = list(self._sinks.get(change.run_id, ()))

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sentrycam.backend.feed import Change
 from sentrycam.backend.routes import json_safe, state_of
 from sentrycam.backend.store import MissingSnapshotError, UnknownAlertError
+from sentrycam.protocol.changes import ChangeKind
 
 router = APIRouter(tags=["derived"])
 
@@ -109,5 +110,5 @@ def acknowledge_alert(alert_id: int, request: Request) -> dict[str, Any]:
                             "with GET /api/alerts") from None
     run_id = next((a["run_id"] for a in state.store.alerts() if a["alert_id"] == alert_id), None)
     if run_id is not None:
-        state.feed.publish([Change(run_id, "alert")])
+        state.feed.publish([Change(run_id, ChangeKind.ALERT)])
     return {"alert_id": alert_id, "acknowledged": True}

@@ -1,8 +1,8 @@
 """``/ws/runs/{run_id}``: live subscription to one run, for dashboards and notebooks.
 
-The server sends binary push frames only (:mod:`sentrycam.frontend.frames`; types listed in
-:mod:`sentrycam.backend.push_frames`): first the catch-up (the whole stored run, ending with a
-``caught_up`` frame), then each new thing as it is stored. The client sends nothing; text it
+The server sends binary push frames only (:mod:`sentrycam.protocol.push` declares each type):
+first the catch-up (the whole stored run, ending with a ``caught_up`` frame), then each new
+thing as it is stored. The client sends nothing; text it
 sends is ignored. An unknown run closes the socket with code 4404 and a reason naming it.
 """
 

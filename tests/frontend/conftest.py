@@ -16,7 +16,7 @@ from sentrycam.backend.settings import ServerSettings
 from sentrycam.protocol import wire
 from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
-from sentrycam.frontend.frames import decode_frame
+from sentrycam.protocol.push import PushHeader, decode
 from sentrycam.backend.testing import RunningServer, isolate_environment, serve_in_thread
 
 RUN = "run0001"
@@ -117,21 +117,21 @@ class Subscriber:
 
     def __init__(self, server: RunningServer, run_id: str = RUN) -> None:
         self.socket = connect(f"ws://127.0.0.1:{server.port}/ws/runs/{run_id}", max_size=None)
-        self.frames: list[tuple[dict, dict]] = []
+        self.frames: list[tuple[PushHeader, dict]] = []
 
-    def until(self, predicate, timeout: float = 20.0) -> tuple[dict, dict]:
+    def until(self, predicate, timeout: float = 20.0) -> tuple[PushHeader, dict]:
         """Receive frames until one satisfies ``predicate(header, arrays)``; return it."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no matching frame; got {[h['type'] for h, _ in self.frames]}"
-            header, arrays = decode_frame(self.socket.recv(timeout=remaining))
+            assert remaining > 0, f"no matching frame; got {[h.type for h, _ in self.frames]}"
+            header, arrays = decode(self.socket.recv(timeout=remaining))
             self.frames.append((header, arrays))
             if predicate(header, arrays):
                 return header, arrays
 
-    def until_type(self, frame_type: str, timeout: float = 20.0) -> tuple[dict, dict]:
-        return self.until(lambda h, a: h["type"] == frame_type, timeout)
+    def until_type(self, frame_type: str, timeout: float = 20.0) -> tuple[PushHeader, dict]:
+        return self.until(lambda h, a: h.type == frame_type, timeout)
 
     def close(self) -> None:
         self.socket.close()

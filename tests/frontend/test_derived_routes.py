@@ -58,7 +58,7 @@ def test_binary_map_carries_outputs_for_replay(filled):
     client = ApiClient(filled.url)
     header, arrays = client.embedding(RUN, LAYER, 0)
     client.close()
-    assert header["type"] == "embedding" and header["step"] == 0
+    assert header.type == "embedding" and header.step == 0
     assert arrays["xy"].shape == (N_PROBE, 2) and arrays["confidence"][0] == pytest.approx(0.8)
 
 

@@ -10,29 +10,16 @@ from websockets.exceptions import ConnectionClosed
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.hub import PushHub, Subscriber as HubSubscriber
-from sentrycam.frontend.frames import PushFrameError, decode_frame, encode_frame
+from sentrycam.protocol.push import decode
 from tests.frontend.conftest import (LAYER, N_PROBE, RUN, Subscriber, labels, project,
                                      snapshot, start_run, train_step)
 
 
 def _rows(header, arrays, name):
     """{step: value} of one scalar in a scalars frame."""
-    code = header["names"].index(name)
+    code = header.names.index(name)
     keep = arrays["name"] == code
     return dict(zip(arrays["step"][keep].tolist(), arrays["value"][keep].tolist()))
-
-
-def test_frames_round_trip_and_refuse_garbage():
-    frame = encode_frame("embedding", "r", step=3, arrays={
-        "xy": np.arange(6, dtype=np.float32).reshape(3, 2), "sample_id": np.arange(3)})
-    header, arrays = decode_frame(frame)
-    assert header == {"type": "embedding", "run_id": "r", "step": 3}
-    assert arrays["xy"].tolist() == [[0, 1], [2, 3], [4, 5]]
-    assert len(frame) < 200  # packed arrays, not JSON per point
-    with pytest.raises(PushFrameError, match="not a push frame"):
-        decode_frame(b"XXXX" + frame[4:])
-    with pytest.raises(PushFrameError, match="past the end"):
-        decode_frame(frame[:-4])
 
 
 def test_late_subscriber_catches_up_on_the_whole_run(server, ingest):
@@ -42,18 +29,18 @@ def test_late_subscriber_catches_up_on_the_whole_run(server, ingest):
         project(server, step)
     subscriber = Subscriber(server)
     subscriber.until_type("caught_up")
-    frames = {h["type"]: (h, a) for h, a in subscriber.frames}
+    frames = {h.type: (h, a) for h, a in subscriber.frames}
     assert {"run", "probe", "scalars", "layer_stats", "snapshots", "embedding_index", "health",
             "embedding", "quality", "alerts"} <= set(frames)
     assert _rows(*frames["scalars"], "loss") == {s: 1.0 / (s + 1) for s in range(5)}
-    assert frames["snapshots"][0]["steps"] == [0, 4]
-    assert frames["embedding_index"][0]["entries"] == [[0, LAYER, N_PROBE], [4, LAYER, N_PROBE]]
+    assert frames["snapshots"][0].steps == [0, 4]
+    assert frames["embedding_index"][0].entries == [(0, LAYER, N_PROBE), (4, LAYER, N_PROBE)]
     header, arrays = frames["embedding"]
-    assert header["step"] == 4 and arrays["xy"].shape == (N_PROBE, 2)
+    assert header.step == 4 and arrays["xy"].shape == (N_PROBE, 2)
     assert (arrays["pred"] != labels()).sum() == 5
     assert frames["health"][1]["step"].tolist() == [0, 4]
-    assert frames["run"][0]["summary"]["run_id"] == RUN
-    assert frames["alerts"][0]["alerts"] == []
+    assert frames["run"][0].summary["run_id"] == RUN
+    assert frames["alerts"][0].alerts == []
     subscriber.close()
 
 
@@ -62,23 +49,23 @@ def test_live_frames_follow_what_the_store_receives(server, ingest):
     subscriber = Subscriber(server)
     subscriber.until_type("caught_up")
     train_step(ingest, 7)
-    header, arrays = subscriber.until(lambda h, a: h["type"] == "scalars" and 7 in a["step"])
+    header, arrays = subscriber.until(lambda h, a: h.type == "scalars" and 7 in a["step"])
     assert _rows(header, arrays, "loss") == {7: 1.0 / 8}
     header, arrays = subscriber.until_type("layer_stats")
-    assert set(header["layers"]) == {"conv", "fc"} and 7 in arrays["step"]
+    assert set(header.layers) == {"conv", "fc"} and 7 in arrays["step"]
     snapshot(ingest, 7)
-    assert subscriber.until_type("snapshots")[0]["steps"] == [7]
+    assert subscriber.until_type("snapshots")[0].steps == [7]
     status = subscriber.until_type("status")[0]
-    assert status["dropped"] == 2 and status["overhead"] == pytest.approx(0.004)
+    assert status.dropped == 2 and status.overhead == pytest.approx(0.004)
     xy = project(server, 7)
     header, arrays = subscriber.until_type("embedding")
-    assert header["step"] == 7 and np.allclose(arrays["xy"], xy)
-    assert header["health"]["inter"] > 10 > header["health"]["intra"]
-    assert subscriber.until_type("quality")[0]["rows"] == [[7, LAYER, "trustworthiness_15", 0.9]]
+    assert header.step == 7 and np.allclose(arrays["xy"], xy)
+    assert header.health.inter > 10 > header.health.intra
+    assert subscriber.until_type("quality")[0].rows == [(7, LAYER, "trustworthiness_15", 0.9)]
     alert_id = server.store.upsert_alert(RUN, {"step": 7, "detector": "loss_divergence",
                                                "severity": 2, "message": "loss rising"})
     server.app.state.feed.publish([Change(RUN, "alert")])
-    alerts = subscriber.until_type("alerts")[0]["alerts"]
+    alerts = subscriber.until_type("alerts")[0].alerts
     assert [a["alert_id"] for a in alerts] == [alert_id]
     subscriber.close()
 
@@ -100,7 +87,7 @@ def test_clients_that_vanish_or_never_read_do_not_stop_ingest_or_the_others(serv
     reader.until_type("caught_up")
     for step in range(1, 40):
         train_step(ingest, step)  # returns once the store committed it
-    reader.until(lambda h, a: h["type"] == "scalars" and 39 in a["step"])
+    reader.until(lambda h, a: h.type == "scalars" and 39 in a["step"])
     assert len(server.store.scalars(RUN)["step"]) == 2 * 40
     stats = server.app.state.hub.stats()
     assert stats["subscribers"] == 11 and stats.get("build_errors", 0) == 0
@@ -117,7 +104,7 @@ def test_a_slow_subscriber_loses_its_oldest_frames_and_is_told_how_many(store, s
         gate = asyncio.Event()
 
         async def slow_send(frame: bytes) -> None:
-            if decode_frame(frame)[0]["type"] == "caught_up":
+            if decode(frame).header.type == "caught_up":
                 gate.set()
             elif gate.is_set() and len(sent) > 11:
                 await asyncio.sleep(0.5)  # a client that reads slowly
@@ -131,10 +118,10 @@ def test_a_slow_subscriber_loses_its_oldest_frames_and_is_told_how_many(store, s
         await asyncio.sleep(1.5)
         task.cancel()
         hub.stop()
-        return [decode_frame(f)[0] for f in sent]
+        return [decode(f).header for f in sent]
 
     headers = asyncio.run(scenario())
-    dropped = [h["count"] for h in headers if h["type"] == "dropped"]
+    dropped = [h.count for h in headers if h.type == "dropped"]
     assert dropped and dropped[-1] > 0
     assert len(headers) < 11 + 2 * 29  # fewer frames arrived than were built
 

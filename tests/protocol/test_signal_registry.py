@@ -14,6 +14,7 @@ from sentrycam.capture.transport import MemoryTransport
 from sentrycam.frontend.signal_views import CurvesView, HeatmapView
 from sentrycam.protocol import signals
 from sentrycam.protocol.messages import LayerStats, Scalars
+from sentrycam.protocol.push import LayerStatsHeader, ScalarsHeader
 from sentrycam.protocol.signals import SIGNALS, Scope, Signal, Source, View
 
 
@@ -45,7 +46,7 @@ def test_each_signal_is_declared_once_and_shown_where_its_scope_allows():
 def test_a_scalar_goes_to_the_curve_panel_its_signal_names(name, panel):
     assert signals.curve_of(name) == panel
     view = CurvesView()
-    view.take({"names": [name]}, {"name": np.zeros(2, np.int32), "step": np.arange(2),
+    view.take(ScalarsHeader(run_id="r", names=[name]), {"name": np.zeros(2, np.int32), "step": np.arange(2),
                                   "value": np.array([1.0, 2.0])})
     drawn_in = [title for title, fig in view.figures.items()
                 if any(r.data_source is view.sources[name] for r in fig.renderers)]
@@ -67,7 +68,7 @@ def test_a_new_registry_signal_is_packed_and_shown():
         signals.ACTIVATION_STATS + ("spike_frac",))
     heatmaps = [(s.name, s.title, s.log_scale) for s in signals.heatmaps(registry)]
     view = HeatmapView(lambda step: None, heatmaps)
-    view.take({"layers": ["fc1"], "stats": ["act_std", "spike_frac"]},
+    view.take(LayerStatsHeader(run_id="r", layers=["fc1"], stats=["act_std", "spike_frac"]),
               {"step": np.array([4, 4]), "layer": np.array([0, 0]), "stat": np.array([0, 1]),
                "value": np.array([0.5, 0.01])})
     assert view.figures["spike_frac"].title.text == "spike fraction"

@@ -1,7 +1,7 @@
 """What every detector shares: the observation types, the base class and :class:`SeriesWatch`.
 
-A detector consumes observations of the kinds it names (``"scalars"``, ``"layer_stats"``,
-``"snapshot"``, ``"embedding"``), keeps its own causal state, and returns a
+A detector consumes observations of the kinds it names (``ChangeKind`` members: scalars,
+layer_stats, snapshot, embedding), keeps its own causal state, and returns a
 :class:`~sentrycam.backend.audit.alerts.Finding` per judged observation. It reports through
 :meth:`Detector.status` whether it is active and, if not, why (no labels, no validation metric,
 no embeddings yet...).

@@ -22,6 +22,7 @@ from sentrycam.backend.audit.detectors.base import (Detector, MapView, ProbeView
 from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS as LEVELS
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
 from sentrycam.backend.geometry import class_geometry, training_labels
+from sentrycam.protocol.changes import ChangeKind
 
 #: Smallest noise scale of a ratio-like metric, relative to its best value (5%): snapshots of
 #: a healthy run wander by a few percent.
@@ -79,7 +80,7 @@ class GeometryDetector(Detector):
     """Geometry of the high-D features of each captured layer at every snapshot."""
 
     name = "geometry"
-    kinds = frozenset({"snapshot"})
+    kinds = frozenset({ChangeKind.SNAPSHOT})
     waiting_for = "no snapshot with features yet"
     prefix = ""
 
@@ -190,7 +191,7 @@ class MapGeometryDetector(GeometryDetector):
     arrive). Effective rank is meaningless in 2D and is left out."""
 
     name = "map_geometry"
-    kinds = frozenset({"embedding"})
+    kinds = frozenset({ChangeKind.EMBEDDING})
     waiting_for = "no embeddings yet (the projector has not drawn a map of this run)"
     prefix = "map_"
 

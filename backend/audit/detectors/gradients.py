@@ -19,6 +19,7 @@ from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, Robust
 from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
 from sentrycam.protocol.messages import LayerStats, Scalars
 from sentrycam.protocol.signals import GRAD_NORM, LR, UPDATE_RATIO, WEIGHT_NORM
+from sentrycam.protocol.changes import ChangeKind
 
 #: Smallest scale of a log-series baseline: 5% relative change.
 LOG_FLOOR = 0.05
@@ -39,7 +40,7 @@ class GradientExplosion(Detector):
     (a CUSUM of z-scores against the median of 100 observations that ended 50 back)."""
 
     name = "gradient_explosion"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = "no gradient norm yet (capture telemetry sends grad_norm at telemetry steps)"
     DRIFT_SLACK = 1.0
 
@@ -81,7 +82,7 @@ class VanishingGradients(Detector):
     """Gradient norm collapses far below its trailing baseline."""
 
     name = "vanishing_gradients"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = GradientExplosion.waiting_for
 
     def __init__(self) -> None:
@@ -110,7 +111,7 @@ class OptimizerState(Detector):
     follows from the gradient and the learning rate: the moment buffers disagree with them."""
 
     name = "optimizer_state"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = "no update_ratio/lr telemetry yet"
 
     def __init__(self) -> None:
@@ -160,7 +161,7 @@ class WeightDrift(Detector):
     rate by an order of magnitude from one step to the next."""
 
     name = "weight_drift"
-    kinds = frozenset({"layer_stats"})
+    kinds = frozenset({ChangeKind.LAYER_STATS})
     waiting_for = "no per-layer weight norms yet"
     JUMP = 4.0
     RECENT = 10

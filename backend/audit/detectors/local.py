@@ -20,6 +20,7 @@ from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, findin
 from sentrycam.backend.audit.detectors.gradients import CALIBRATION
 from sentrycam.protocol.messages import LayerStats
 from sentrycam.protocol.signals import DEAD_FRAC, LAYER_GRAD_NORM, SAT_FRAC, WEIGHT_NORM
+from sentrycam.protocol.changes import ChangeKind
 
 #: Fractions (dead, saturated) are judged against a noise floor of one unit in fifty.
 FRACTION_FLOOR = 0.02
@@ -31,7 +32,7 @@ class PerLayer(Detector):
     """A detector that watches one value per layer of the LayerStats carrying ``stat``."""
 
     stat = ""
-    kinds = frozenset({"layer_stats"})
+    kinds = frozenset({ChangeKind.LAYER_STATS})
 
     def __init__(self) -> None:
         super().__init__()

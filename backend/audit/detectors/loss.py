@@ -16,6 +16,7 @@ from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import (MAD_TO_SD, Escalation, Levels, finite_log,
                                                robust_center_scale)
 from sentrycam.backend.audit.detectors.base import Detector, finding
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import LayerStats, Scalars
 from sentrycam.protocol.signals import GRAD_NORM, LOSS, NONFINITE, NONFINITE_GRAD
 
@@ -78,7 +79,7 @@ class LossDivergence(Detector):
     """The smoothed loss rises above the best level it reached, by many per-step noise units."""
 
     name = "loss_divergence"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = "no training loss yet (hook a criterion or call run.log(loss=...))"
 
     def __init__(self) -> None:
@@ -113,7 +114,7 @@ class OutlierBatch(Detector):
     (a self-calibrating take on the repeated-spike rule of the TEVID labelling protocol)."""
 
     name = "outlier_batch"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = LossDivergence.waiting_for
     SPIKE_Z = 6.0
     WINDOW = 100
@@ -157,7 +158,7 @@ class Oscillation(Detector):
     an amplitude well above its earlier amplitude, and makes no net progress."""
 
     name = "oscillation"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = LossDivergence.waiting_for
     WINDOW = 20
 
@@ -206,7 +207,7 @@ class Stagnation(Detector):
     Capped at severity 1: a plateau is also what convergence looks like."""
 
     name = "stagnation"
-    kinds = frozenset({"scalars"})
+    kinds = frozenset({ChangeKind.SCALARS})
     waiting_for = LossDivergence.waiting_for
     WINDOW = 150
 
@@ -245,25 +246,26 @@ class NonFinite(Detector):
     """NaN/Inf anywhere: in the loss, the gradients, a layer's statistics or a snapshot."""
 
     name = "nonfinite"
-    kinds = frozenset({"scalars", "layer_stats", "snapshot"})
+    kinds = frozenset({ChangeKind.SCALARS, ChangeKind.LAYER_STATS, ChangeKind.SNAPSHOT})
     waiting_for = "no training data yet"
 
     def observe(self, kind: str, item: Any) -> list[Finding]:
         self.seen()
         where: dict[str | None, str] = {}
-        if kind == "scalars":
+        if kind == ChangeKind.SCALARS:
             for name in (LOSS.name, GRAD_NORM.name):
                 value = item.values.get(name)
                 if value is not None and not math.isfinite(value):
                     where[None] = f"{name} is {value}"
             if item.values.get(NONFINITE_GRAD.name):
                 where[None] = "gradients contain NaN/Inf"
-        elif kind == "layer_stats" and isinstance(item, LayerStats) and "nonfinite" in item.stats:
+        elif (kind == ChangeKind.LAYER_STATS and isinstance(item, LayerStats)
+              and NONFINITE.name in item.stats):
             column = item.values[:, item.stats.index(NONFINITE.name)]
             for layer, count in zip(item.layers, column):
                 if count > 0:
                     where[layer] = f"{int(count)} NaN/Inf activation values"
-        elif kind == "snapshot":
+        elif kind == ChangeKind.SNAPSHOT:
             for layer, count in getattr(item, "nonfinite", {}).items():
                 if count:
                     where[layer] = f"{int(count)} NaN/Inf probe feature values"

@@ -16,6 +16,7 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import Levels, RunningBest
 from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWatch, finding
+from sentrycam.protocol.changes import ChangeKind
 
 SNAPSHOT_LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
 #: Smallest noise scale of the tail log-loss: a 2% change.
@@ -60,7 +61,7 @@ def has_left_chance(view: ProbeView) -> bool:
 class OutputSeries(Detector):
     """One summary of the probe outputs per snapshot, watched against its best so far."""
 
-    kinds = frozenset({"snapshot"})
+    kinds = frozenset({ChangeKind.SNAPSHOT})
     waiting_for = "no snapshot with model outputs yet (the model output must be [N, classes])"
     higher_is_better = True
     output = ""

@@ -16,6 +16,7 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.detectors.base import Detector, ProbeView, finding
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import Scalars
 from sentrycam.protocol.signals import LOSS, VAL_LOSS
 
@@ -67,7 +68,7 @@ class GapTrack:
 
 class Overfitting(Detector):
     name = "overfitting"
-    kinds = frozenset({"scalars", "snapshot"})
+    kinds = frozenset({ChangeKind.SCALARS, ChangeKind.SNAPSHOT})
     waiting_for = ("no validation metric (call run.log(val_loss=...)) and no held-out probe "
                    "split (pass heldout= to attach) yet")
 
@@ -78,7 +79,7 @@ class Overfitting(Detector):
         self._train_losses: list[float] = []
 
     def observe(self, kind: str, item: Scalars | ProbeView) -> list[Finding]:
-        if kind == "scalars":
+        if kind == ChangeKind.SCALARS:
             return self._scalars(item)
         return self._snapshot(item)
 
