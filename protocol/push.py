@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sentrycam.protocol import messages
+from sentrycam.protocol.validation import describe_validation_error
 from sentrycam.protocol.container import (JS_NONFINITE, ContainerError, ContainerFormat,
                                           json_safe, pack, unpack)
 
@@ -268,7 +269,7 @@ def decode(frame: bytes | bytearray | memoryview) -> PushFrame:
     try:
         header = model.model_validate(raw)
     except ValidationError as exc:
-        raise PushFrameError(f"invalid {kind} frame: {_describe(exc)}") from None
+        raise PushFrameError(f"invalid {kind} frame: {describe_validation_error(exc)}") from None
     check_arrays(header, arrays)
     return PushFrame(header, arrays)
 
@@ -308,11 +309,3 @@ def _expected_size(header: PushHeader, dim: int | str, sizes: Mapping[str, int])
 
 def _little_endian(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("<")) if array.dtype.byteorder == ">" else array
-
-
-def _describe(exc: ValidationError, limit: int = 3) -> str:
-    """pydantic's report as one line: ``field: problem; ...``."""
-    parts = [f"{'.'.join(str(p) for p in error['loc']) or 'header'}: {error['msg']}"
-             for error in exc.errors()[:limit]]
-    more = exc.error_count() - limit
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
