@@ -91,6 +91,7 @@ class Recorder:
         self.command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
         self.started_utc = _now()
         self.load_start = os.getloadavg()[0]
+        self.commit = git_commit()  # the code that runs, before anyone edits the checkout
 
     def result(self, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         clash = set(extra) & set(REQUIRED_KEYS)
@@ -98,7 +99,7 @@ class Recorder:
             raise ValueError(f"extra keys {sorted(clash)} would hide required ones")
         return {"benchmark": self.benchmark, "command": self.command,
                 "started_utc": self.started_utc, "finished_utc": _now(),
-                "commit": git_commit(), "machine": machine(),
+                "commit": self.commit, "machine": machine(),
                 "load_1min": {"start": round(self.load_start, 2),
                               "end": round(os.getloadavg()[0], 2)},
                 "arguments": self.arguments, "rows": rows, **extra}
