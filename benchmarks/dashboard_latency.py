@@ -17,9 +17,9 @@ holds: snapshots never painted are counted ("drawn 18/20") and the worker's skip
 map the moment its snapshot is stored, so the figures cover ingest + push hub + dashboard +
 browser, without the projector's time.
 
-Reported per size: latency (snapshot sent -> its map painted: mean, p50, p95, p99, max); bytes per snapshot on
-the push websocket (server -> dashboard session) and on Bokeh's websocket (session ->
-browser); and responsiveness while snapshots keep streaming:
+Reported per size: latency (snapshot sent -> its map painted: mean, p50, p95, p99, max);
+bytes per snapshot on the push websocket (server -> dashboard session) and on Bokeh's websocket
+(session -> browser); and responsiveness while snapshots keep streaming:
 - user actions (``--actions``, 1 s apart) through the page's widgets: "colour by", the snapshot
   slider dragged to the first snapshot, "live" switched back on; each timed from touching the
   widget to the first painted frame that shows its answer. Target: every action answered, p95

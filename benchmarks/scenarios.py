@@ -3,7 +3,8 @@
     python benchmarks/scenarios.py [--quick] --json OUT
 
 One in-process sentrycam server (``sentrycam.backend.testing.serve_in_thread``: real uvicorn
-on loopback, real DuckDB file, the real audit engine) serves the whole benchmark; every run streams into it with ``capture.attach(url=...)``.
+on loopback, real DuckDB file, the real audit engine) serves the whole benchmark; every run
+streams into it with ``capture.attach(url=...)``.
 For each run it reports the scenario, failure kind, architecture, seed, injected step, whether a
 severity >= 2 alert was confirmed at or after the injection, the first such alert (step,
 detector, severity), its lead over the validation-loss trigger (the same causal rule applied
