@@ -28,7 +28,7 @@ test: $(STAMP)
 RESULTS := benchmarks/results
 bench: $(STAMP)
 	$(PY) benchmarks/cli_start.py --repeats 5 --json $(RESULTS)/cli_start.json
-	$(PY) benchmarks/capture_overhead.py --steps 200 --warmup 50 --rounds 2 \
+	$(PY) benchmarks/capture_overhead.py --steps 50 --warmup 10 --rounds 2 \
 	  --json $(RESULTS)/capture_overhead-quick.json
 	$(PY) benchmarks/scenarios.py --quick --json $(RESULTS)/scenarios-quick.json
 	$(PY) benchmarks/dashboard_latency.py --no-projector --sizes 2000 --snapshots 5 --actions 5 \
