@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/scenarios.py --quick --json $(RESULTS)/scenarios-quick.json
 	$(PY) benchmarks/dashboard_latency.py --no-projector --sizes 2000 --snapshots 5 --actions 5 \
 	  --fanout 3 --json $(RESULTS)/dashboard_latency-stand-in.json
+	$(PY) benchmarks/dashboard_latency.py --projector --sizes 2000 --snapshots 10 --actions 5 \
+	  --fanout 0 --json $(RESULTS)/dashboard_latency-projector.json
 	-$(PY) benchmarks/projector_vs_umap.py --quick --json $(RESULTS)/projector_vs_umap-quick.json
 	$(MAKE) bench-docs
 

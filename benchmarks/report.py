@@ -88,6 +88,7 @@ TABLES: dict[str, list[Column]] = {
     "dashboard_latency": [
         ("probe samples", lambda r: f"{r['n']:,}"),
         ("projector / maps", lambda r: f"{r['projector']} / {r['render']}"),
+        ("projector ready (s)", lambda r: num(r.get("warm_up_s"))),
         ("first map (s)", lambda r: num(r["first_map_s"])),
         ("drawn", lambda r: f"{r['drawn']}/{r['snapshots']}"),
         ("projector skipped", lambda r: str(r["projector_skipped"])),
