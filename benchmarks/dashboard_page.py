@@ -126,7 +126,8 @@ def interact(page: Any, count: int, first_step: int, think_s: float = 1.0,
     """Perform ``count`` actions from ``ACTIONS`` in turn, ``think_s`` apart; each one is timed
     from just before the widget is touched to the first painted state that answers it.
     Returns the mean, p50, p95, p99 and longest seconds, the median time until the answer's
-    data was in the page (the rest is drawing), and the actions not answered within ``timeout_s``."""
+    data was in the page (the rest is drawing), and the actions not answered within
+    ``timeout_s``."""
     times: list[float] = []
     unanswered: list[str] = []
     per_action: dict[str, list[float]] = {}

@@ -138,7 +138,7 @@ def _extra_lines(result: dict[str, Any]) -> list[str]:
         t = result["totals"]
         rate = "-" if t["detection_rate"] is None else f"{t['detection_rate']:.1%}"
         return ["", f"Detection rate {rate}; {t['healthy_runs']} healthy runs with "
-                f"{t['healthy_false_alarms']} alerts of severity >= 2; "
+                f"{t['healthy_false_alarms']} alerts of severity >= 2;",
                 f"{t['pre_injection_false_alarms']} before the injection in failure runs; "
                 f"{num(result['seconds'], 0)} s in all."]
     fanout = result.get("fanout")
@@ -172,9 +172,10 @@ def render(result: dict[str, Any]) -> str:
     machine = result["machine"]
     commit = (result["commit"] or "unknown")[:7] + (
         "+dirty" if (result["commit"] or "").endswith("+dirty") else "")
-    lines = [f"`{display_command(result)}` (commit {commit}; {machine['cpus']} CPUs, "
-             f"python {machine['python']}, torch {machine['torch']}, numpy "
-             f"{machine['numpy']}; {result['started_utc']} to {result['finished_utc']})", "",
+    lines = [f"`{display_command(result)}`",
+             f"(commit {commit}; {machine['cpus']} CPUs, python {machine['python']}, torch "
+             f"{machine['torch']}, numpy {machine['numpy']}; {result['started_utc'][11:19]} to "
+             f"{result['finished_utc'][11:19]} UTC)", "",
              *table(columns, result["rows"], result), *_extra_lines(result)]
     return "\n".join(lines) + "\n"
 
