@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sentrycam-installed
 
-.PHONY: setup demo test bench clean chromium
+.PHONY: setup demo test bench bench-docs clean chromium
 
 setup: $(STAMP)
 
@@ -22,11 +22,25 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Each benchmark writes benchmarks/results/<benchmark>[-<variant>].json, one after the other
+# (run them alone on the machine), then the report regenerates docs/benchmarks.md's tables;
+# the projector benchmark exits 1 when a bar is missed: its result file is written all the same.
+RESULTS := benchmarks/results
 bench: $(STAMP)
-	$(PY) benchmarks/capture_overhead.py
-	$(PY) benchmarks/dashboard_latency.py --projector
-	$(PY) benchmarks/projector_vs_umap.py --quick
-	$(PY) benchmarks/scenarios.py --quick --json sentrycam-runs/scenarios-quick.json
+	$(PY) benchmarks/cli_start.py --repeats 5 --json $(RESULTS)/cli_start.json
+	$(PY) benchmarks/capture_overhead.py --steps 50 --warmup 10 --rounds 2 \
+	  --json $(RESULTS)/capture_overhead-quick.json
+	$(PY) benchmarks/scenarios.py --quick --json $(RESULTS)/scenarios-quick.json
+	$(PY) benchmarks/dashboard_latency.py --no-projector --sizes 2000 --snapshots 5 --actions 5 \
+	  --fanout 3 --json $(RESULTS)/dashboard_latency-stand-in.json
+	$(PY) benchmarks/dashboard_latency.py --projector --sizes 2000 --snapshots 10 --actions 5 \
+	  --fanout 0 --json $(RESULTS)/dashboard_latency-projector.json
+	-$(PY) benchmarks/projector_vs_umap.py --quick --json $(RESULTS)/projector_vs_umap-quick.json
+	$(MAKE) bench-docs
+
+# docs/benchmarks.md's tables from the committed result files.
+bench-docs: $(STAMP)
+	$(PY) benchmarks/report.py
 
 # Debian's chromium for the browser tests (as root, or through sudo when there is one).
 chromium:

@@ -5,16 +5,18 @@ Two copies of the same model train side by side in one process, one with capture
 ABBA order, so slow drifts of a noisy machine hit both alike. Two identical copies are not equally
 fast (memory layout), so each round swaps which copy is watched, and an A/A round with no capture
 on either copy shows the noise floor. Printed per model: the median over rounds of the ratio of
-median step times, and the mean-time ratio (snapshots included). A second pass checks that a
-configured budget holds: the capture agent's own measured overhead against the budget.
+median step times, the mean-time ratio (snapshots included) and the tail ratios (p95, p99, max
+step time of the watched copy over the plain one). A second pass checks that a configured budget
+holds: the capture agent's own measured overhead against the budget.
 
-    python benchmarks/capture_overhead.py [--steps 600] [--rounds 4] [--budget 0.05]
+    python benchmarks/capture_overhead.py [--steps 600] [--rounds 4] [--budget 0.05] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sentrycam import capture
-from sentrycam.capture import demo, launcher
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import Recorder, add_json_argument, distribution  # noqa: E402
+
+from sentrycam import capture  # noqa: E402
+from sentrycam.capture import demo, launcher  # noqa: E402
 
 
 def _step(model, optimizer, criterion, xb, yb) -> float:
@@ -37,7 +42,8 @@ def _step(model, optimizer, criterion, xb, yb) -> float:
 def one_round(kind: str, steps: int, warmup: int, db: Path | None, watched: int,
               **attach_kwargs) -> dict[str, float]:
     """Train two copies of ``kind`` side by side; copy ``watched`` (0/1, or -1 for none) has
-    capture attached. Returns median/mean step-time ratios watched/plain (copy 0/copy 1 for A/A)."""
+    capture attached. Returns step-time ratios watched/plain (copy 0/copy 1 for A/A) of the
+    median, mean, p95, p99 and max, and the plain copy's median and p95 step time (ms)."""
     data = demo.load_digits_data(seed=0)
     copies = []
     for _ in range(2):
@@ -57,12 +63,11 @@ def one_round(kind: str, steps: int, warmup: int, db: Path | None, watched: int,
             elapsed = _step(*copies[slot], xb, yb)
             if i >= warmup:
                 times[slot].append(elapsed)
-    result = {
-        "median_ratio": statistics.median(times[order[0]]) / statistics.median(times[order[1]]),
-        "mean_ratio": statistics.fmean(times[order[0]]) / statistics.fmean(times[order[1]]),
-        "median_ms": 1e3 * statistics.median(times[order[1]]),
-        "overhead": 0.0, "dropped": 0,
-    }
+    watched_s, plain_s = distribution(times[order[0]]), distribution(times[order[1]])
+    result = {f"{key}_ratio": watched_s[key] / plain_s[key]
+              for key in ("p50", "mean", "p95", "p99", "max")}
+    result.update(median_ms=1e3 * plain_s["p50"], p95_ms=1e3 * plain_s["p95"],
+                  overhead=0.0, dropped=0)
     if run is not None:
         result["overhead"], result["dropped"] = run.overhead, run.counters().dropped
         run.detach()
@@ -77,11 +82,14 @@ def measure(kind: str, steps: int, warmup: int, rounds: int, db: Path | None,
     return {key: statistics.median(r[key] for r in results) for key in results[0]}
 
 
-def _report(label: str, result: dict[str, float]) -> None:
-    print(f"{label:<26} plain step {result['median_ms']:6.3f} ms  median ratio "
-          f"{result['median_ratio']:.4f}  mean ratio {result['mean_ratio']:.4f}  "
-          f"agent-measured overhead {result['overhead']:.4f}  dropped {result['dropped']:.0f}",
+def _report(model: str, setting: str, result: dict[str, float]) -> dict[str, float | str]:
+    """Print one line; returns it as a row of the result file."""
+    print(f"{model + ' ' + setting:<26} plain step {result['median_ms']:6.3f} ms  median ratio "
+          f"{result['p50_ratio']:.4f}  mean ratio {result['mean_ratio']:.4f}  p95/p99/max "
+          f"ratio {result['p95_ratio']:.3f}/{result['p99_ratio']:.3f}/{result['max_ratio']:.3f}"
+          f"  agent-measured overhead {result['overhead']:.4f}  dropped {result['dropped']:.0f}",
           flush=True)
+    return {"model": model, "setting": setting, **result}
 
 
 def main() -> None:
@@ -91,7 +99,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per measurement (even)")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="a non-default budget to check in the second pass")
+    add_json_argument(parser)
     args = parser.parse_args()
+    recorder, rows = Recorder("capture_overhead", args), []
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "overhead.duckdb"
         launcher.ensure_local_server(db)
@@ -100,15 +110,17 @@ def main() -> None:
                   f"{args.rounds} rounds x {args.steps} timed steps per copy, ABBA interleaving, "
                   f"watched copy swapped each round", flush=True)
             for kind in ("cnn", "mlp"):
-                _report(f"{kind} A/A (no capture)", measure(kind, args.steps, args.warmup,
-                                                           args.rounds, None, aa=True))
-                _report(f"{kind} defaults", measure(kind, args.steps, args.warmup, args.rounds, db))
+                rows.append(_report(kind, "A/A (no capture)", measure(
+                    kind, args.steps, args.warmup, args.rounds, None, aa=True)))
+                rows.append(_report(kind, "defaults", measure(kind, args.steps, args.warmup,
+                                                              args.rounds, db)))
             for kind in ("cnn", "mlp"):
                 result = measure(kind, 3 * args.steps, args.warmup, 2, db,
                                  overhead_budget=args.budget)
-                _report(f"{kind} budget {args.budget:g}", result)
+                rows.append(_report(kind, f"budget {args.budget:g}", result))
         finally:
             launcher.stop_local_server(db)
+    recorder.write(args.json, rows, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ fit is reported apart ("first map"), then times ``--snapshots`` more. A worker t
 behind skips the oldest waiting snapshots, and the dashboard paints only the newest map it
 holds: snapshots never painted are counted ("drawn 18/20") and the worker's skips reported
 (``--backlog 1``: the worker keeps only the newest waiting snapshot of a layer).
-``--no-projector``: a stand-in writes each map the moment its snapshot is stored, so the
-figures cover ingest + push hub + dashboard + browser, without the projector's time.
+``--no-projector``: a stand-in (``sentrycam.backend.testing.StandInProjector``) writes each
+map the moment its snapshot is stored, so the figures cover ingest + push hub + dashboard +
+browser, without the projector's time.
 
-Reported per size: p50/p95 latency (snapshot sent -> its map painted); bytes per snapshot on
-the push websocket (server -> dashboard session) and on Bokeh's websocket (session ->
-browser); and responsiveness while snapshots keep streaming:
+Reported per size: latency (snapshot sent -> its map painted: mean, p50, p95, p99, max);
+bytes per snapshot on the push websocket (server -> dashboard session) and on Bokeh's websocket
+(session -> browser); and responsiveness while snapshots keep streaming:
 - user actions (``--actions``, 1 s apart) through the page's widgets: "colour by", the snapshot
   slider dragged to the first snapshot, "live" switched back on; each timed from touching the
   widget to the first painted frame that shows its answer. Target: every action answered, p95
@@ -30,6 +31,7 @@ Also measured: the time to ingest 3,000 scalar messages with no dashboard subscr
 
     python benchmarks/dashboard_latency.py [--sizes 2000 20000] [--snapshots 20] [--spacing 1]
         [--actions 10] [--projector | --no-projector] [--backlog N] [--dim 128] [--fanout 10]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -46,26 +48,23 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
-import uvicorn
 from websockets.sync.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' browser helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboard_page import (WATCH_JS, drawn, interact, responsiveness,  # noqa: E402
                             wait_drawn)
+from results import Recorder, add_json_argument, distribution  # noqa: E402
 from synthetic_features import drifting_mixture  # noqa: E402
 
-from sentrycam.backend.app import create_app  # noqa: E402
-from sentrycam.backend.feed import Change  # noqa: E402
-from sentrycam.backend.server import bind_socket, uvicorn_config  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
+from sentrycam.backend.testing import StandInProjector, serve_in_thread  # noqa: E402
+from sentrycam.frontend.testing import LAUNCH_ARGS, chromium_path  # noqa: E402
 from sentrycam.protocol import wire  # noqa: E402
 from sentrycam.protocol.messages import (SPLIT_TRAIN, ProbeSet, RunStart, Scalars,  # noqa: E402
                                         Snapshot)
-from sentrycam.frontend.testing import LAUNCH_ARGS  # noqa: E402
 
 log = logging.getLogger("dashboard_latency")
 LAYER = "fc:input"
@@ -75,26 +74,12 @@ RESPONSIVE_TARGET_S = 1.0
 PROJECTOR_READY_S, FIRST_MAP_S, SETTLE_S = 600.0, 300.0, 300.0
 
 
-@contextlib.contextmanager
-def serve(db: Path, projector: bool = False, backlog: int | None = None
-          ) -> Iterator[tuple[str, Any]]:
-    """A real server in this process, on loopback; with ``projector`` it runs the projector
-    worker as ``sentrycam serve`` does (``app.state.projection``), ``backlog``: its
-    ``projector_backlog`` (None: the server's default)."""
+def settings(db: Path, projector: bool = False, backlog: int | None = None) -> ServerSettings:
+    """The server's settings: with ``projector`` it runs the projector worker as ``sentrycam
+    serve`` does (``app.state.projection``); ``backlog``: its ``projector_backlog`` (None: the
+    server's default)."""
     extra = {} if backlog is None else {"projector_backlog": backlog}
-    settings = ServerSettings(db_path=db, port=0, projector=projector, **extra)
-    sock = bind_socket("127.0.0.1", 0)
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(app, settings, log_config=None))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    return ServerSettings(db_path=db, port=0, projector=projector, **extra)
 
 
 def wait_projector_ready(worker: Any) -> float:
@@ -106,35 +91,6 @@ def wait_projector_ready(worker: Any) -> float:
                                f"{PROJECTOR_READY_S:.0f} s; is the machine overloaded?")
         time.sleep(0.2)
     return time.monotonic() - started
-
-
-class StandInProjector:
-    """Without a projector worker: writes each snapshot's map at once (a fixed random layout
-    with a little noise) and announces it, as the worker would."""
-
-    def __init__(self, app: Any, n: int) -> None:
-        self.app, self.rng = app, np.random.default_rng(0)
-        self.base = self.rng.normal(size=(n, 2)).astype(np.float32)
-        self.subscription = app.state.feed.subscribe(self._on_changes, name="bench-projector")
-        self.queue: list[Change] = []
-        self.wake = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _on_changes(self, changes) -> None:
-        self.queue += [c for c in changes if c.kind == "snapshot"]
-        self.wake.set()
-
-    def _run(self) -> None:
-        while self.wake.wait():
-            self.wake.clear()
-            while self.queue:
-                change = self.queue.pop(0)
-                coords = self.base + self.rng.normal(scale=0.05, size=self.base.shape)
-                ids = np.asarray(change.message.sample_ids, dtype=np.int64)
-                self.app.state.store.write_embedding(change.run_id, LAYER, change.step, ids,
-                                                     coords.astype(np.float32))
-                self.app.state.feed.publish([Change(change.run_id, "embedding", change.step,
-                                                    LAYER)])
 
 
 class ProbeStream:
@@ -221,11 +177,11 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="sc-bench-"))
     result: dict[str, Any] = {"n": n, "projector": "worker" if args.projector else "stand-in",
                               "render": "webgl" if args.webgl else "canvas"}
-    with serve(workdir / "bench.duckdb", args.projector, args.backlog) as (url, app), \
+    with serve_in_thread(settings(workdir / "bench.duckdb", args.projector, args.backlog)
+                         ) as server, StandInProjector(server.app), \
             sync_playwright() as playwright:
-        if app.state.projection is None:
-            StandInProjector(app, n)
-        else:
+        url, app = server.url, server.app
+        if app.state.projection is not None:
             result["warm_up_s"] = wait_projector_ready(app.state.projection)
             log.info("%d points: projector ready after %.0f s", n, result["warm_up_s"])
         stream, ingest = ProbeStream(run_id, n, args.dim), Ingest(url)
@@ -297,10 +253,10 @@ def _timed_snapshots(page: Any, ingest: Ingest, stream: ProbeStream,
     painted = drawn(page)
     latencies = [(painted[s]["t"] - t0) / 1000 for s, t0 in streamer.sent_at.items()
                  if s in painted]
+    spread = distribution(latencies)
     return {"snapshots": len(steps), "drawn": len(latencies),
             "points_drawn": painted[steps[-1]]["n"] if steps[-1] in painted else None,
-            "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
-            "p95_s": float(np.percentile(latencies, 95)) if latencies else None}
+            **{f"{key}_s": spread[key] for key in ("mean", "p50", "p95", "p99", "max")}}
 
 
 def ingest_seconds(url: str, run_id: str, messages: int) -> float:
@@ -320,7 +276,8 @@ def measure_fanout(subscribers: int, messages: int) -> dict:
     """Median ingest time with no dashboard subscribed and with ``subscribers`` reading the
     run, three trials each in ABBAAB order."""
     workdir = Path(tempfile.mkdtemp(prefix="sc-fanout-"))
-    with serve(workdir / "fanout.duckdb") as (url, app):
+    with serve_in_thread(settings(workdir / "fanout.duckdb")) as server:
+        url, app = server.url, server.app
         timings: dict[int, list[float]] = {0: [], subscribers: []}
         for trial, count in enumerate((0, subscribers, subscribers, 0, 0, subscribers)):
             run_id = f"fanout{trial}"
@@ -342,7 +299,8 @@ def measure_fanout(subscribers: int, messages: int) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     alone, shared = float(np.median(timings[0])), float(np.median(timings[subscribers]))
     return {"messages": messages, "subscribers": subscribers, "seconds_alone": alone,
-            "seconds_with_subscribers": shared, "ratio": shared / alone, "hub": sent}
+            "seconds_with_subscribers": shared, "ratio": shared / alone, "hub": sent,
+            "trials_alone_s": timings[0], "trials_with_subscribers_s": timings[subscribers]}
 
 
 def _read_until(url: str, run_id: str, stop: Any) -> None:
@@ -373,14 +331,18 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128, help="feature dimensions per sample")
     parser.add_argument("--backlog", type=int, default=None,
                         help="the worker's SENTRYCAM_PROJECTOR_BACKLOG (default: the server's)")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--chromium", default=chromium_path(),
+                        help="Chromium executable (default: sentrycam.frontend.testing's)")
     parser.add_argument("--fanout", type=int, default=10,
                         help="dashboards subscribed while ingest is timed (0: skip)")
+    add_json_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder("dashboard_latency", args)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     if args.snapshots < 1 or args.spacing <= 0:
         parser.error("--snapshots must be at least 1 and --spacing above 0")
+    fanout = None
     if args.fanout:
         fanout = measure_fanout(args.fanout, 3000)
         print(f"ingest of {fanout['messages']} messages: {fanout['seconds_alone']:.2f} s alone, "
@@ -392,6 +354,7 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     if results:
         print_table(results, args)
+    recorder.write(args.json, results, fanout=fanout)
 
 
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:

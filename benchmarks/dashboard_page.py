@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from results import distribution
 
 # window.__drawn[step] = {t, n}: when a map of that step was first painted (Date.now(), ms).
 # window.__states: [{t, data_t, step, n, colour}] for every painted change of the points or the
@@ -75,9 +76,11 @@ def wait_drawn(page: Any, step: int, timeout_s: float) -> bool:
 
 
 def responsiveness(page: Any) -> dict[str, float | None]:
-    lag = page.evaluate("() => window.__timerLag")
+    """The longest main-thread task and how late the page's 50 ms timer fired (mean, p95, p99,
+    max; ms)."""
+    lag = distribution(page.evaluate("() => window.__timerLag"))
     return {"longest_task_ms": float(page.evaluate("() => window.__longest")),
-            "timer_lag_p95_ms": float(np.percentile(lag, 95)) if lag else None}
+            **{f"timer_lag_{key}_ms": lag[key] for key in ("mean", "p95", "p99", "max")}}
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,9 @@ def interact(page: Any, count: int, first_step: int, think_s: float = 1.0,
              timeout_s: float = 30.0) -> dict[str, Any]:
     """Perform ``count`` actions from ``ACTIONS`` in turn, ``think_s`` apart; each one is timed
     from just before the widget is touched to the first painted state that answers it.
-    Returns p50/p95 seconds, the longest, the median time until the answer's data was in the
-    page (the rest is drawing), and the actions not answered within ``timeout_s``."""
+    Returns the mean, p50, p95, p99 and longest seconds, the median time until the answer's
+    data was in the page (the rest is drawing), and the actions not answered within
+    ``timeout_s``."""
     times: list[float] = []
     unanswered: list[str] = []
     per_action: dict[str, list[float]] = {}
@@ -140,10 +144,9 @@ def interact(page: Any, count: int, first_step: int, think_s: float = 1.0,
             per_action.setdefault(action.name, []).append(times[-1])
             data_in.append((answer["data_t"] - started) / 1000)
         time.sleep(think_s)
+    spread = distribution(times)
     return {"actions": count, "answered": len(times), "unanswered": unanswered,
-            "p50_s": float(np.percentile(times, 50)) if times else None,
-            "p95_s": float(np.percentile(times, 95)) if times else None,
-            "max_s": max(times) if times else None,
+            **{f"{key}_s": spread[key] for key in ("mean", "p50", "p95", "p99", "max")},
             "data_in_p50_s": float(np.median(data_in)) if data_in else None,
             "median_by_action": {name: float(np.median(v)) for name, v in per_action.items()}}
 

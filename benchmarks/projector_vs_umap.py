@@ -5,9 +5,11 @@ captured at several points of its training; (2) a synthetic drifting mixture of 
 512 dimensions at 2,000 and 10,000 points. For every snapshot it times ``Projector.update`` and
 umap-learn's ``fit_transform`` (numba warmed for both first), then computes nn@15 and
 trustworthiness@15 of both maps (off the clock) and, at the end, the temporal ranking of both
-sequences. Prints one line per snapshot and a median summary with the quality bars.
+sequences. Prints one line per snapshot and a median summary with the quality bars; the result
+file (``--json``) also has the mean, p95 and max of both times per sequence, and every snapshot.
 
     python benchmarks/projector_vs_umap.py [--quick] [--snapshots 8] [--sizes 2000 10000]
+        [--json OUT]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import Recorder, add_json_argument, distribution  # noqa: E402
 from synthetic_features import drifting_mixture  # noqa: E402
 
 from sentrycam.projector import Projector, metrics  # noqa: E402
@@ -68,7 +71,9 @@ def warm_numba() -> None:
 
 
 def run_sequence(name: str, snapshots: Iterator[tuple[np.ndarray, np.ndarray]],
-                 seed: int) -> dict[str, float]:
+                 seed: int) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The sequence's summary (medians over snapshots, time spreads, temporal ranking) and its
+    per-snapshot rows."""
     import umap
 
     projector = Projector(seed=seed)
@@ -100,13 +105,16 @@ def run_sequence(name: str, snapshots: Iterator[tuple[np.ndarray, np.ndarray]],
               f"{row['trust_umap']:.3f}", flush=True)
     summary = {key: float(np.median([r[key] for r in rows]))
                for key in ("ratio", "nn_ours", "nn_umap", "trust_ours", "trust_umap")}
+    for key in ("ours_s", "umap_s", "ratio"):
+        spread = distribution(r[key] for r in rows)
+        summary.update({f"{key}_{figure}": spread[figure] for figure in ("mean", "p95", "max")})
     sample = np.random.default_rng(0).choice(len(highs[0]), min(2000, len(highs[0])),
                                              replace=False)
     summary["tr_ours"] = metrics.temporal_ranking([h[sample] for h in highs],
                                                   [y[sample] for y in ours])
     summary["tr_umap"] = metrics.temporal_ranking([h[sample] for h in highs],
                                                   [y[sample] for y in theirs])
-    return summary
+    return summary, rows
 
 
 def report(name: str, s: dict[str, float]) -> bool:
@@ -129,20 +137,25 @@ def main() -> int:
     parser.add_argument("--snapshots", type=int, default=8)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--seed", type=int, default=0)
+    add_json_argument(parser)
     args = parser.parse_args()
+    recorder = Recorder("projector_vs_umap", args)
     logging.basicConfig(level=logging.WARNING)
     n_snapshots = 6 if args.quick else max(args.snapshots, 6)
     sizes = [2000] if args.quick else args.sizes
     print(f"torch threads {torch.get_num_threads()}; warming numba ...", flush=True)
     warm_numba()
-    results = {"digits-cnn": run_sequence("digits-cnn", digits_snapshots(n_snapshots, args.seed),
-                                          args.seed)}
-    for size in sizes:
-        name = f"mixture-{size}"
-        results[name] = run_sequence(name, drifting_mixture(size, 512, n_snapshots, args.seed),
-                                     args.seed)
-    passed = [report(name, summary) for name, summary in results.items()]
-    return 0 if all(passed) else 1
+    sequences = {"digits-cnn": digits_snapshots(n_snapshots, args.seed)}
+    sequences.update({f"mixture-{size}": drifting_mixture(size, 512, n_snapshots, args.seed)
+                      for size in sizes})
+    results, per_snapshot = {}, {}
+    for name, snapshots in sequences.items():
+        results[name], per_snapshot[name] = run_sequence(name, snapshots, args.seed)
+    passed = {name: report(name, summary) for name, summary in results.items()}
+    recorder.write(args.json, [{"sequence": name, **summary, "bars_met": passed[name]}
+                               for name, summary in results.items()],
+                   snapshots=per_snapshot, threads=torch.get_num_threads())
+    return 0 if all(passed.values()) else 1
 
 
 if __name__ == "__main__":

@@ -2,25 +2,25 @@
 
     python benchmarks/scenarios.py [--quick] --json OUT
 
-One in-process sentrycam server (real uvicorn on loopback, real DuckDB file, the real audit
-engine) serves the whole benchmark; every run streams into it with ``capture.attach(url=...)``.
+One in-process sentrycam server (``sentrycam.backend.testing.serve_in_thread``: real uvicorn
+on loopback, real DuckDB file, the real audit engine) serves the whole benchmark; every run
+streams into it with ``capture.attach(url=...)``.
 For each run it reports the scenario, failure kind, architecture, seed, injected step, whether a
 severity >= 2 alert was confirmed at or after the injection, the first such alert (step,
 detector, severity), its lead over the validation-loss trigger (the same causal rule applied
 to the per-epoch validation loss) in steps and epochs, and false alarms (severity >= 2 alerts
-confirmed before the injection, or anywhere in a healthy run). Then a summary per kind.
+confirmed before the injection, or anywhere in a healthy run). Then a summary per kind: the
+rows of the result file (lead: median, mean and the range over the runs with a trigger).
 See docs/scenarios.md for the scenarios and the trigger rules.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,10 +29,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import Recorder, add_json_argument, distribution  # noqa: E402
 from scenario_models import Injection, build  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch  # noqa: E402
+from sentrycam.backend.settings import ServerSettings  # noqa: E402
+from sentrycam.backend.testing import RunningServer, serve_in_thread  # noqa: E402
 
 log = logging.getLogger("sentrycam.scenarios")
 
@@ -48,47 +51,12 @@ BATCH = 32
 SNAPSHOT_EVERY = 25
 
 
-class InProcessServer:
-    """A real sentrycam server (uvicorn on 127.0.0.1, free port) in a background thread."""
-
-    def __init__(self, db_path: Path) -> None:
-        import uvicorn
-
-        from sentrycam.backend.app import create_app
-        from sentrycam.backend.server import bind_socket, uvicorn_config
-        from sentrycam.backend.settings import ServerSettings
-
-        self.settings = ServerSettings(db_path=db_path, port=0)
-        self.app = create_app(self.settings)
-        self.sock = bind_socket("127.0.0.1", 0)
-        self.server = uvicorn.Server(uvicorn_config(self.app, self.settings, log_config=None))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True, name="scenario-server")
-
-    def __enter__(self) -> "InProcessServer":
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the benchmark server did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        self.sock.close()
-
-    def settle(self) -> None:
-        """Wait until everything received is stored and audited."""
-        state = self.app.state
-        for _ in range(3):  # an alert write can follow the last audited message
-            state.writer.wait_idle(60)
-            state.audit.wait_idle(60)
-
-    def alerts(self, run_id: str) -> list[dict[str, Any]]:
-        return self.app.state.store.alerts(run_id)
+def settle(server: RunningServer) -> None:
+    """Wait until everything received is stored and audited."""
+    state = server.app.state
+    for _ in range(3):  # an alert write can follow the last audited message
+        state.writer.wait_idle(60)
+        state.audit.wait_idle(60)
 
 
 def train_run(url: str, arch: str, kind: str, seed: int, steps: int, at: int) -> dict[str, Any]:
@@ -205,12 +173,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         bounded = leads + [r["lead_at_least_steps"] for r in group
                            if r["lead_at_least_steps"] is not None]
         lead_epochs = [r["lead_epochs"] for r in group if r["lead_epochs"] is not None]
+        spread = distribution(leads)
         kinds[kind] = {
             "family": FAMILY[kind], "runs": len(group),
             "detected": sum(r["detected"] for r in group),
             "false_alarms": sum(r["false_alarms"] for r in group),
             "median_lead_steps": statistics.median(leads) if leads else None,
             "median_lead_epochs": statistics.median(lead_epochs) if lead_epochs else None,
+            "mean_lead_steps": spread["mean"], "max_lead_steps": spread["max"],
+            "min_lead_steps": min(leads) if leads else None,
+            "mean_run_seconds": distribution(r["seconds"] for r in group)["mean"],
+            "max_run_seconds": max(r["seconds"] for r in group),
             "runs_with_val_trigger": len(leads),
             "median_lead_steps_at_least": statistics.median(bounded) if bounded else None,
             "first_detectors": sorted({r["detector"] for r in group if r["detector"]})}
@@ -252,18 +225,18 @@ def run_benchmark(quick: bool, db_path: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     rows = []
     started = time.monotonic()
-    with InProcessServer(db_path) as server:
+    with serve_in_thread(ServerSettings(db_path=db_path, port=0)) as server:
         for kind, arch, seed in plan(quick):
             t0 = time.monotonic()
             result = train_run(server.url, arch, kind, seed, steps, at)
-            server.settle()
+            settle(server)
             trigger = validation_trigger(result["val_curve"], at if kind != "healthy" else 0)
             row = {"scenario": f"{kind}-{arch}-s{seed}", "kind": kind, "family": FAMILY[kind],
                    "architecture": arch, "seed": seed,
                    "injected_step": at if kind != "healthy" else None,
                    "steps": steps, "steps_per_epoch": result["steps_per_epoch"],
                    "run_id": result["run_id"],
-                   **score_run(server.alerts(result["run_id"]), kind, at, trigger,
+                   **score_run(server.store.alerts(result["run_id"]), kind, at, trigger,
                                result["steps_per_epoch"],
                                result["val_curve"][-1][0] if result["val_curve"] else None),
                    "val_loss": [[step, round(value, 5)] for step, value in result["val_curve"]],
@@ -280,7 +253,7 @@ def run_benchmark(quick: bool, db_path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few short runs (CI)")
-    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
+    add_json_argument(parser, required=True)
     parser.add_argument("--db", type=Path, default=None,
                         help="keep the runs in this DuckDB file (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -288,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                                                    "%(message)s")
     for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn", "sentrycam.capture.run"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    recorder = Recorder("scenarios", args)
     with tempfile.TemporaryDirectory() as tmp:
         db_path = args.db if args.db is not None else Path(tmp) / "scenarios.duckdb"
         report = run_benchmark(args.quick, db_path)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    rows = [{"kind": kind, **figures} for kind, figures in report["summary"]["kinds"].items()]
+    totals = {key: value for key, value in report["summary"].items() if key != "kinds"}
+    recorder.write(args.json, rows, runs=report["runs"], totals=totals, quick=report["quick"],
+                   steps=report["steps"], injected_step=report["injected_step"],
+                   seconds=report["seconds"])
     print(render(report["summary"]))
     print(f"total {report['seconds']:.0f} s; per-run results in {args.json}")
     return 0

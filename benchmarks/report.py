@@ -1,0 +1,232 @@
+"""Regenerate every table of figures in docs/benchmarks.md from benchmarks/results/*.json.
+
+Each result file ``benchmarks/results/NAME.json`` (written by a benchmark's ``--json``, in the
+shape of ``benchmarks/results.py``) fills the block of the docs between
+``<!-- results:NAME -->`` and ``<!-- /results -->``: the command that produced it, then its
+table, every row with the date and the 1-minute load average the run started and ended under.
+Everything outside the blocks is hand-written and left as it is. A result file without a block,
+or a block without a result file, is an error.
+
+    python benchmarks/report.py            # rewrite docs/benchmarks.md
+    python benchmarks/report.py --check    # exit 1 when the docs are out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import ROOT, ResultError, load  # noqa: E402
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
+                   re.S)
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Row], str]]
+
+
+def num(value: Any, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals and thousands separators; "-" for None."""
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def spread(row: Row, keys: tuple[str, ...], digits: int = 2, suffix: str = "_s") -> str:
+    """Several figures of one distribution, e.g. "0.21 / 0.30 / 0.41"."""
+    return " / ".join(num(row.get(key + suffix), digits) for key in keys)
+
+
+def _actions(row: Row) -> str:
+    actions = row.get("actions") or {}
+    if not actions:
+        return "-"
+    return (f"{actions['answered']}/{actions['actions']}: "
+            f"{spread(actions, ('mean', 'p50', 'p95', 'max'))}")
+
+
+def _lead(row: Row) -> str:
+    if row["median_lead_steps"] is None:
+        return f"- ({row['runs_with_val_trigger']})"
+    return (f"{num(row['median_lead_steps'], 0)} / {num(row['median_lead_epochs'])} / "
+            f"{num(row['mean_lead_steps'], 0)} / {num(row['min_lead_steps'], 0)}-"
+            f"{num(row['max_lead_steps'], 0)} ({row['runs_with_val_trigger']})")
+
+
+TABLES: dict[str, list[Column]] = {
+    "capture_overhead": [
+        ("model", lambda r: r["model"]), ("setting", lambda r: r["setting"]),
+        ("plain step p50 / p95 (ms)", lambda r: f"{num(r['median_ms'], 3)} / "
+                                               f"{num(r['p95_ms'], 3)}"),
+        ("step-time ratio p50", lambda r: num(r["p50_ratio"], 4)),
+        ("mean ratio", lambda r: num(r["mean_ratio"], 4)),
+        ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
+        ("agent-measured overhead", lambda r: num(r["overhead"], 4)),
+        ("dropped", lambda r: num(r["dropped"], 0))],
+    "cli_start": [
+        ("command", lambda r: f"`{r['command']}`"), ("runs", lambda r: str(r["repeats"])),
+        ("mean / p50 / p95 / max (s)", lambda r: spread(r, ("mean", "p50", "p95", "max"))),
+        ("exit status", lambda r: ", ".join(map(str, r["exit_codes"]))),
+        ("torch imported", lambda r: {True: "yes", False: "no", None: "-"}[
+            r["torch_imported"]])],
+    "scenarios": [
+        ("kind", lambda r: r["kind"]), ("family", lambda r: r["family"]),
+        ("runs", lambda r: str(r["runs"])), ("detected (sev >= 2)", lambda r: str(r["detected"])),
+        ("false alarms", lambda r: str(r["false_alarms"])),
+        ("lead vs val-loss trigger: median steps / epochs / mean / range (runs with a trigger)",
+         _lead),
+        ("median lead incl. lower bounds (steps)",
+         lambda r: num(r["median_lead_steps_at_least"], 1)),
+        ("run time mean / max (s)", lambda r: f"{num(r['mean_run_seconds'], 0)} / "
+                                              f"{num(r['max_run_seconds'], 0)}"),
+        ("first detectors", lambda r: ", ".join(r["first_detectors"]) or "-")],
+    "dashboard_latency": [
+        ("probe samples", lambda r: f"{r['n']:,}"),
+        ("projector / maps", lambda r: f"{r['projector']} / {r['render']}"),
+        ("projector ready (s)", lambda r: num(r.get("warm_up_s"))),
+        ("first map (s)", lambda r: num(r["first_map_s"])),
+        ("drawn", lambda r: f"{r['drawn']}/{r['snapshots']}"),
+        ("projector skipped", lambda r: str(r["projector_skipped"])),
+        ("snapshot -> painted mean / p50 / p95 / p99 / max (s)",
+         lambda r: spread(r, ("mean", "p50", "p95", "p99", "max"))),
+        ("push / browser bytes per snapshot",
+         lambda r: f"{num(r['push_bytes_per_snapshot'], 0)} / "
+                   f"{num(r['browser_bytes_per_snapshot'], 0)}"),
+        ("user actions answered: mean / p50 / p95 / max (s)", _actions),
+        ("action's data in page p50 (s)",
+         lambda r: num((r.get("actions") or {}).get("data_in_p50_s"))),
+        ("longest task (ms)", lambda r: num(r["longest_task_ms"], 0)),
+        ("50 ms timer lag mean / p95 / max (ms)",
+         lambda r: spread(r, ("timer_lag_mean", "timer_lag_p95", "timer_lag_max"), 0, "_ms"))],
+    "projector_vs_umap": [
+        ("sequence", lambda r: r["sequence"]),
+        ("time ratio ours / umap: median / mean / p95 / max",
+         lambda r: f"{num(r['ratio'], 3)} / "
+                   f"{spread(r, ('ratio_mean', 'ratio_p95', 'ratio_max'), 3, '')}"),
+        ("ours mean / max (s)", lambda r: spread(r, ("ours_s_mean", "ours_s_max"), 2, "")),
+        ("umap mean / max (s)", lambda r: spread(r, ("umap_s_mean", "umap_s_max"), 2, "")),
+        ("nn@15 ours vs umap", lambda r: f"{num(r['nn_ours'], 3)} vs {num(r['nn_umap'], 3)}"),
+        ("trust@15 ours vs umap",
+         lambda r: f"{num(r['trust_ours'], 3)} vs {num(r['trust_umap'], 3)}"),
+        ("temporal ranking ours vs umap",
+         lambda r: f"{num(r['tr_ours'], 3)} vs {num(r['tr_umap'], 3)}"),
+        ("bars met", lambda r: "yes" if r["bars_met"] else "**no**")],
+}
+
+
+def table(columns: list[Column], rows: list[Row], result: dict[str, Any]) -> list[str]:
+    """A markdown table of ``rows``; every row starts with the run's date and load average."""
+    load = result["load_1min"]
+    when = [("date (UTC)", result["started_utc"][:16].replace("T", " ")),
+            ("load 1 min start / end", f"{num(load['start'])} / {num(load['end'])}")]
+    lines = ["| " + " | ".join([name for name, _ in when] + [name for name, _ in columns]) + " |",
+             "|" + "---|" * (len(when) + len(columns))]
+    for row in rows:
+        lines.append("| " + " | ".join([value for _, value in when]
+                                       + [cell(row) for _, cell in columns]) + " |")
+    return lines
+
+
+def _extra_lines(result: dict[str, Any]) -> list[str]:
+    """Figures a benchmark reports beside its rows (totals, fan-out)."""
+    if result["benchmark"] == "scenarios":
+        t = result["totals"]
+        rate = "-" if t["detection_rate"] is None else f"{t['detection_rate']:.1%}"
+        return ["", f"Detection rate {rate}; {t['healthy_runs']} healthy runs with "
+                f"{t['healthy_false_alarms']} alerts of severity >= 2;",
+                f"{t['pre_injection_false_alarms']} before the injection in failure runs; "
+                f"{num(result['seconds'], 0)} s in all."]
+    fanout = result.get("fanout")
+    if result["benchmark"] == "dashboard_latency" and fanout:
+        columns: list[Column] = [
+            ("messages", lambda r: f"{r['messages']:,}"),
+            ("subscribers", lambda r: str(r["subscribers"])),
+            ("alone median (trials) (s)", lambda r: f"{num(r['seconds_alone'])} ("
+             + ", ".join(num(v) for v in r["trials_alone_s"]) + ")"),
+            ("with subscribers median (trials) (s)",
+             lambda r: f"{num(r['seconds_with_subscribers'])} ("
+             + ", ".join(num(v) for v in r["trials_with_subscribers_s"]) + ")"),
+            ("ratio", lambda r: num(r["ratio"]))]
+        return ["", "Fan-out (ingest timed with and without dashboards subscribed):", "",
+                *table(columns, [fanout], result)]
+    return []
+
+
+def display_command(result: dict[str, Any]) -> str:
+    """The command line as a reader would type it: ``python`` for the interpreter's path."""
+    words = shlex.split(result["command"])
+    return shlex.join(["python", *words[1:]]) if words else ""
+
+
+def render(result: dict[str, Any]) -> str:
+    """The block of one result file: its command, commit and machine, then its table(s)."""
+    columns = TABLES.get(result["benchmark"])
+    if columns is None:
+        raise ResultError(f"no table defined for benchmark {result['benchmark']!r} "
+                          f"(benchmarks/report.py TABLES)")
+    machine = result["machine"]
+    commit = (result["commit"] or "unknown")[:7] + (
+        "+dirty" if (result["commit"] or "").endswith("+dirty") else "")
+    lines = [f"`{display_command(result)}`",
+             f"(commit {commit}; {machine['cpus']} CPUs, python {machine['python']}, torch "
+             f"{machine['torch']}, numpy {machine['numpy']}; {result['started_utc'][11:19]} to "
+             f"{result['finished_utc'][11:19]} UTC)", "",
+             *table(columns, result["rows"], result), *_extra_lines(result)]
+    return "\n".join(lines) + "\n"
+
+
+def load_all(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every result file in ``results_dir``, by name (file stem), checked."""
+    return {path.stem: load(path) for path in sorted(results_dir.glob("*.json"))}
+
+
+def update(docs: str, results: dict[str, dict[str, Any]]) -> str:
+    """``docs`` with every results block regenerated from ``results``."""
+    named = [match["name"] for match in BLOCK.finditer(docs)]
+    unused = sorted(set(results) - set(named))
+    if unused:
+        raise ResultError(f"result file(s) without a block in the docs: {', '.join(unused)} "
+                          f"(add <!-- results:NAME --> ... <!-- /results -->)")
+
+    def fill(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in results:
+            raise ResultError(f"the docs have a block for {name!r} but there is no "
+                              f"benchmarks/results/{name}.json")
+        return match[1] + render(results[name]) + match[4]
+
+    return BLOCK.sub(fill, docs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=Path, default=DOCS)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--check", action="store_true",
+                        help="only check that the docs match the results (exit 1 if not)")
+    args = parser.parse_args(argv)
+    try:
+        current = args.docs.read_text()
+        wanted = update(current, load_all(args.results))
+    except ResultError as error:
+        print(f"report: {error}", file=sys.stderr)
+        return 2
+    if args.check:
+        if wanted != current:
+            print(f"report: {args.docs} is out of date; run python benchmarks/report.py",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if wanted != current:
+        args.docs.write_text(wanted)
+        print(f"report: rewrote the results tables of {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
