@@ -10,6 +10,10 @@ import pytest
 
 from sentrycam.backend.store import Store
 
+# Fixtures of a real in-process server fed through its ingest websocket (server, ingest,
+# make_settings), for the backend, frontend and capture tests alike.
+pytest_plugins = ["tests.live_server"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _projector_off_unless_asked():

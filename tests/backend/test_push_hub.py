@@ -11,8 +11,9 @@ from websockets.exceptions import ConnectionClosed
 from sentrycam.backend.feed import Change
 from sentrycam.backend.hub import PushHub, Subscriber as HubSubscriber
 from sentrycam.frontend.frames import PushFrameError, decode_frame, encode_frame
-from tests.frontend.conftest import (LAYER, N_PROBE, RUN, Subscriber, labels, project,
-                                     snapshot, start_run, train_step)
+from sentrycam.protocol.changes import ChangeKind
+from tests.live_server import (LAYER, N_PROBE, RUN, WRONG_PREDICTIONS, Subscriber, labels,
+                               project, quality, snapshot, start_run, train_step)
 
 
 def _rows(header, arrays, name):
@@ -50,7 +51,7 @@ def test_late_subscriber_catches_up_on_the_whole_run(server, ingest):
     assert frames["embedding_index"][0]["entries"] == [[0, LAYER, N_PROBE], [4, LAYER, N_PROBE]]
     header, arrays = frames["embedding"]
     assert header["step"] == 4 and arrays["xy"].shape == (N_PROBE, 2)
-    assert (arrays["pred"] != labels()).sum() == 5
+    assert (arrays["pred"] != labels()).sum() == WRONG_PREDICTIONS
     assert frames["health"][1]["step"].tolist() == [0, 4]
     assert frames["run"][0]["summary"]["run_id"] == RUN
     assert frames["alerts"][0]["alerts"] == []
@@ -74,10 +75,12 @@ def test_live_frames_follow_what_the_store_receives(server, ingest):
     header, arrays = subscriber.until_type("embedding")
     assert header["step"] == 7 and np.allclose(arrays["xy"], xy)
     assert header["health"]["inter"] > 10 > header["health"]["intra"]
-    assert subscriber.until_type("quality")[0]["rows"] == [[7, LAYER, "trustworthiness_15", 0.9]]
+    rows = subscriber.until_type("quality")[0]["rows"]
+    assert {(step, layer, name): value for step, layer, name, value in rows} == pytest.approx(
+        {(7, LAYER, name): value for name, value in quality(7).items()})
     alert_id = server.store.upsert_alert(RUN, {"step": 7, "detector": "loss_divergence",
                                                "severity": 2, "message": "loss rising"})
-    server.app.state.feed.publish([Change(RUN, "alert")])
+    server.app.state.feed.publish([Change(RUN, ChangeKind.ALERT)])
     alerts = subscriber.until_type("alerts")[0]["alerts"]
     assert [a["alert_id"] for a in alerts] == [alert_id]
     subscriber.close()
