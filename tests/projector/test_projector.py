@@ -8,7 +8,10 @@ import torch
 
 from sentrycam.projector import Projector, metrics
 
-FAST = dict(first_steps=120, steps=20, train=dict(edge_batch=512, temporal_batch=128))
+# A step budget and no time limit: the maps (and the quality bounds below) do not depend on
+# how busy the machine is.
+FAST = dict(first_steps=120, steps=20, time_limit_s=None, first_time_limit_s=None,
+            train=dict(edge_batch=512, temporal_batch=128))
 
 
 def test_ten_updates_give_finite_maps_in_input_order(snapshots):
@@ -114,6 +117,20 @@ def test_inverse_decodes_back_near_the_features(snapshots):
     centres = np.stack([features[labels == c].mean(0) for c in range(4)])
     nearest = np.argmin(((decoded[:, None] - centres[None]) ** 2).sum(-1), axis=1)
     assert np.mean(nearest == labels) > 0.9
+
+
+def test_without_a_time_limit_every_snapshot_trains_its_whole_step_budget(snapshots):
+    projector = Projector(seed=0, **FAST)
+    for features, labels in snapshots[:2]:
+        projector.update(features, np.arange(len(features)), labels)
+    assert [info["steps"] for info in projector.history] == [FAST["first_steps"], FAST["steps"]]
+
+
+def test_a_time_limit_cuts_training_short(snapshots):
+    projector = Projector(seed=0, **{**FAST, "first_time_limit_s": 0.0})
+    features, labels = snapshots[0]
+    coords = projector.update(features, np.arange(len(features)), labels)
+    assert projector.last_info["steps"] == 1 and np.isfinite(coords).all()
 
 
 def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
