@@ -63,6 +63,7 @@ def _worker_with_fast_projectors(app) -> ProjectionWorker:
     return worker
 
 
+@pytest.mark.projector
 def test_streamed_snapshots_get_maps_quality_and_survive_a_restart(projecting_settings, store):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, N).astype(np.int64)
@@ -98,6 +99,7 @@ def test_streamed_snapshots_get_maps_quality_and_survive_a_restart(projecting_se
     assert Projector.from_bytes(store.latest_checkpoint(RUN, "fc")[1]).n_updates == 4
 
 
+@pytest.mark.projector
 def test_a_worker_behind_skips_to_the_newest_snapshot_and_says_so(store):
     feed = ChangeFeed()
     embedded = []

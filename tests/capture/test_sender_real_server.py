@@ -25,6 +25,7 @@ from sentrycam.protocol.messages import RunEnd, RunStart, Scalars
 from sentrycam.capture.sender import WebSocketTransport, replay_spool
 from sentrycam.capture.spool import Spool
 
+pytestmark = pytest.mark.slow  # starts server processes
 RUN = "feedface" * 4
 
 

@@ -11,7 +11,7 @@ from sentrycam.backend.store import Store
 from sentrycam.projector.graph import DEFAULT_K
 from sentrycam.projector.quality import neighbour_metric
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.projector
 
 
 def _sentrycam(*args: str, env: dict | None = None, timeout: float = 600):

@@ -8,6 +8,8 @@ import torch
 
 from sentrycam.projector import Projector, metrics
 
+pytestmark = pytest.mark.projector
+
 # A step budget and no time limit: the maps (and the quality bounds below) do not depend on
 # how busy the machine is.
 FAST = dict(first_steps=120, steps=20, time_limit_s=None, first_time_limit_s=None,
