@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -20,13 +19,13 @@ from websockets.sync.client import connect
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.settings import ServerSettings
-from sentrycam.backend.testing import RunningServer, serve_in_thread
 from sentrycam.capture import wire
-from sentrycam.frontend.frames import decode_frame
-from sentrycam.projector.quality import QualityWindow
-from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
+from sentrycam.frontend.frames import decode_frame
+from sentrycam.backend.testing import RunningServer, serve_in_thread
+from sentrycam.projector.quality import QualityWindow
+from sentrycam.protocol.changes import ChangeKind
 
 RUN = "run0001"
 N_PROBE = 40
@@ -38,7 +37,7 @@ ACK_TIMEOUT_S = 20.0
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., ServerSettings]:
+def make_settings(tmp_path):
     """``make_settings(**overrides)``: ServerSettings for a store in tmp_path, on a free port."""
     def make(**overrides: Any) -> ServerSettings:
         return ServerSettings(**{"db_path": tmp_path / "runs.duckdb", "port": 0, **overrides})
