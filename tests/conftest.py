@@ -19,8 +19,8 @@ import pytest
 from sentrycam.backend.store import Store
 
 # Fixtures of a real in-process server fed through its ingest websocket (server, ingest,
-# make_settings), for the backend, frontend and capture tests alike.
-pytest_plugins = ["tests.live_server"]
+# make_settings) and of real server processes (server_process), for every folder.
+pytest_plugins = ["tests.live_server", "tests.server_process"]
 
 #: Marks that put a test in the slow tier (see the module doc; registered in pyproject.toml).
 SLOW_BY_NATURE = ("browser", "projector")
