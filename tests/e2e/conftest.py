@@ -1,15 +1,26 @@
-"""Fixtures of the end-to-end tests: small seeded trainings (real `sentrycam serve` processes
-come from the ``server_process`` fixture of :mod:`tests.server_process`)."""
+"""Fixtures of the end-to-end tests: small seeded trainings, and the system's Chromium driven by
+Playwright (real `sentrycam serve` processes come from the ``server_process`` fixture of
+:mod:`tests.server_process`).
+
+Chromium comes from the OS (``apt-get install chromium``; CI installs it in .ci/run), never from
+``playwright install``. Without it the browser tests skip on a developer machine, and FAIL when
+the ``CI`` environment variable is set, so CI can never pass them by skipping.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import pytest
 import torch
 from torch import nn
 
 from sentrycam.capture import demo
+from sentrycam.frontend.testing import chromium_path, launch_chromium
+
+PAGE_TIMEOUT_MS = 60_000
 
 
 @dataclass
@@ -45,3 +56,29 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SENTRYCAM_URL", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """The system's headless Chromium (one per test module)."""
+    path = chromium_path()
+    if path is None:
+        message = "chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the browser tests")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        launched = launch_chromium(playwright)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh 1500 x 1200 page of ``browser``, closed after the test."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1200})
+    opened = context.new_page()
+    opened.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield opened
+    context.close()

@@ -21,8 +21,7 @@ from sentrycam.backend.audit.detectors.geometry import METRICS
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.testing import StandInProjector, isolate_environment, serve_in_thread
 from sentrycam.frontend.timeline_view import FIGURE_NAME
-from tests.e2e.browser import (browser, click_plot, latest_step,  # noqa: F401
-                               page, source_data, wait_until)
+from tests.e2e.browser import click_plot, latest_step, source_data, wait_until
 
 pytestmark = pytest.mark.browser
 

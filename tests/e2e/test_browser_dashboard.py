@@ -11,8 +11,7 @@ import pytest
 from sentrycam import capture
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.testing import StandInProjector, serve_in_thread
-from tests.e2e.browser import (browser, latest_step, page, points,  # noqa: F401
-                               wait_until)
+from tests.e2e.browser import latest_step, points, wait_until
 
 pytestmark = pytest.mark.browser
 PARTS = ("sc-embedding", "sc-heatmap", "sc-curves", "sc-alerts", "sc-latest-step")
