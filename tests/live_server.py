@@ -145,10 +145,13 @@ def project(server: RunningServer, step: int, run_id: str = RUN) -> np.ndarray:
 
 
 class Subscriber:
-    """A websocket subscription to /ws/runs/{run_id} that decodes frames."""
+    """A websocket subscription to /ws/runs/{run_id} that decodes frames. ``close_timeout``:
+    how long :meth:`close` waits for the server's close reply (websockets' default 10 s)."""
 
-    def __init__(self, server: RunningServer, run_id: str = RUN) -> None:
-        self.socket = connect(f"ws://127.0.0.1:{server.port}/ws/runs/{run_id}", max_size=None)
+    def __init__(self, server: RunningServer, run_id: str = RUN,
+                 close_timeout: float = 10.0) -> None:
+        self.socket = connect(f"ws://127.0.0.1:{server.port}/ws/runs/{run_id}", max_size=None,
+                              close_timeout=close_timeout)
         self.frames: list[tuple[dict, dict]] = []
 
     def until(self, predicate, timeout: float = 20.0) -> tuple[dict, dict]:

@@ -95,7 +95,9 @@ def test_unknown_run_is_refused_with_a_reason(server):
 
 def test_clients_that_vanish_or_never_read_do_not_stop_ingest_or_the_others(server, ingest):
     start_run(ingest, steps=1)
-    idle = [Subscriber(server) for _ in range(10)]  # open, never read
+    # Open, never read. Their receive queues fill up, so at the end they cannot read the
+    # server's close reply either: close without waiting the default 10 s each for it.
+    idle = [Subscriber(server, close_timeout=0.2) for _ in range(10)]
     vanishing = [Subscriber(server) for _ in range(3)]
     for subscriber in vanishing:
         subscriber.socket.close()
