@@ -19,8 +19,9 @@ import pytest
 from sentrycam.backend.store import Store
 
 # Fixtures of a real in-process server fed through its ingest websocket (server, ingest,
-# make_settings) and of real server processes (server_process), for every folder.
-pytest_plugins = ["tests.live_server", "tests.server_process"]
+# make_settings), of real server processes (server_process) and of a dashboard on a fed server
+# (dashboard), for every folder.
+pytest_plugins = ["tests.live_server", "tests.server_process", "tests.frontend.dashboards"]
 
 #: Marks that put a test in the slow tier (see the module doc; registered in pyproject.toml).
 SLOW_BY_NATURE = ("browser", "projector")

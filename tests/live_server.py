@@ -23,7 +23,7 @@ from sentrycam.capture import wire
 from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
 from sentrycam.frontend.frames import decode_frame
-from sentrycam.backend.testing import RunningServer, serve_in_thread
+from sentrycam.backend.testing import RunningServer, isolate_environment, serve_in_thread
 from sentrycam.projector.quality import QualityWindow
 from sentrycam.protocol.changes import ChangeKind
 
@@ -37,8 +37,11 @@ ACK_TIMEOUT_S = 20.0
 
 
 @pytest.fixture
-def make_settings(tmp_path):
-    """``make_settings(**overrides)``: ServerSettings for a store in tmp_path, on a free port."""
+def make_settings(tmp_path, monkeypatch):
+    """``make_settings(**overrides)``: ServerSettings for a store in tmp_path, on a free port,
+    from the test's arguments only (no SENTRYCAM_* variable of the caller's shell)."""
+    isolate_environment(monkeypatch)
+
     def make(**overrides: Any) -> ServerSettings:
         return ServerSettings(**{"db_path": tmp_path / "runs.duckdb", "port": 0, **overrides})
     return make

@@ -1,11 +1,31 @@
-"""Helpers of the dashboard tests."""
+"""The dashboard tests' fixture and helper: the dashboard of a run on a real server (``server``
+and ``ingest`` from :mod:`tests.live_server`) whose maps are written as the projector worker
+writes them. Registered as a pytest plugin by the root conftest."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
+import pytest
+
+from sentrycam.frontend.client import ApiClient
 from sentrycam.frontend.run_view import RunDashboard
+from tests.live_server import RUN, project, snapshot, start_run
+
+
+@pytest.fixture
+def dashboard(server, ingest) -> Iterator[RunDashboard]:
+    """The dashboard of a run with steps 0-3 and maps of LAYER at steps 0 and 3."""
+    start_run(ingest, steps=4)
+    for step in (0, 3):
+        snapshot(ingest, step)
+        project(server, step)
+    client = ApiClient(server.url)
+    view = RunDashboard(client, RUN)
+    yield view
+    view.close()
+    client.close()
 
 
 def drain_until(dashboard: RunDashboard, condition: Callable[[], bool],
