@@ -5,18 +5,22 @@ writes them. Registered as a pytest plugin by the root conftest."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from sentrycam.frontend.client import ApiClient
-from sentrycam.frontend.run_view import RunDashboard
 from tests.live_server import RUN, project, snapshot, start_run
+
+if TYPE_CHECKING:  # the dashboard imports Panel: only the tests that use it load it
+    from sentrycam.frontend.run_view import RunDashboard
 
 
 @pytest.fixture
 def dashboard(server, ingest) -> Iterator[RunDashboard]:
     """The dashboard of a run with steps 0-3 and maps of LAYER at steps 0 and 3."""
+    from sentrycam.frontend.run_view import RunDashboard
+
     start_run(ingest, steps=4)
     for step in (0, 3):
         snapshot(ingest, step)
