@@ -2,9 +2,10 @@
 
 ``AckingServer`` behaves like the sentrycam ingest endpoint as far as the transport can tell:
 it commits binary frames per seq, skipping a seq <= the last one committed (the real server's
-dedup), and answers ``{"type": "ack", "seq": N}``. Switches let it hold acks back, lose acks
-and drop the connection, reject a frame, or demand a token. Tests against the real server are
-in test_sender_real_server.py.
+dedup), and answers ``{"type": "ack", "run_id": R, "seq": N}``, or the real server's
+``error_reply`` for a rejected frame. Switches let it hold acks back, lose acks and drop the
+connection, reject a frame, or demand a token. Tests against the real server are in
+test_sender_real_server.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
 from sentrycam.capture.sender import WebSocketTransport, ingest_url, replay_spool
 from sentrycam.capture.spool import Spool
 from sentrycam.capture.transport import Transport
+from sentrycam.backend.routes.ingest_ws import error_reply
 from tests.server_process import free_port
 
 RUN = "0123456789abcdef0123456789abcdef"
@@ -114,7 +116,7 @@ class AckingServer:
                 if frame is not None:
                     run_id, seq, ok = self._commit(frame)
                     if not ok:
-                        ws.send(json.dumps({"type": "error", "seq": seq, "error": "rejected"}))
+                        ws.send(json.dumps(error_reply("rejected", seq=seq, run_id=run_id)))
                     elif not self._losing_acks():
                         unacked = unacked or {}
                         unacked[run_id] = seq
