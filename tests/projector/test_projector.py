@@ -145,6 +145,16 @@ def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
         assert info["density_curve"]
 
 
+@pytest.fixture(scope="module")
+def one_update(snapshots) -> bytes:
+    """The state of a projector after one update with the first snapshot (each test that
+    uses it restores its own copy, so the update runs once per module)."""
+    projector = Projector(seed=0, **FAST)
+    features, _ = snapshots[0]
+    projector.update(features, np.arange(len(features)))
+    return projector.to_bytes()
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda f, i: (f, i[:-1]), "one id per feature row"),
     (lambda f, i: (f, np.r_[i[:-1], i[0]]), "duplicate"),
@@ -155,12 +165,10 @@ def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
     (lambda f, i: (f, i.astype(float)), "integers"),
     (lambda f, i: (f[0], i), "2-D array"),
 ])
-def test_bad_input_raises_clear_value_error(snapshots, mutate, message):
-    projector = Projector(seed=0, **FAST)
+def test_bad_input_raises_clear_value_error(snapshots, one_update, mutate, message):
+    projector = Projector.from_bytes(one_update)
     features, _ = snapshots[0]
-    ids = np.arange(len(features))
-    projector.update(features, ids)
-    bad_features, bad_ids = mutate(features, ids)
+    bad_features, bad_ids = mutate(features, np.arange(len(features)))
     with pytest.raises(ValueError, match=message):
         projector.update(bad_features, bad_ids)
     assert projector.n_updates == 1  # a refused snapshot changes nothing
