@@ -1,11 +1,13 @@
 # Two entry points: `make demo` (set up, then train the demo CNN with the live dashboard)
-# and `make test` (set up, then run the whole test suite). Both create .venv on first use.
+# and `make test` (set up, then run the whole test suite, as CI does). Both create .venv on
+# first use. `make test-fast` runs the fast tier: every test not marked slow (no browser, server
+# process, long training or projector warm-up; see tests/conftest.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sentrycam-installed
 
-.PHONY: setup demo test bench bench-docs clean chromium
+.PHONY: setup demo test test-fast bench bench-docs clean chromium
 
 setup: $(STAMP)
 
@@ -21,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # Each benchmark writes benchmarks/results/<benchmark>[-<variant>].json, one after the other
 # (run them alone on the machine), then the report regenerates docs/benchmarks.md's tables;

@@ -3,7 +3,8 @@
 :class:`QualityWindow` keeps the last few snapshots of one layer (features as float16) and
 turns the newest into the metrics the store keeps per (run, layer, step): ``nn@15``,
 ``trust@15``, ``temporal_ranking`` (from 3 snapshots on), ``temporal_nn@5`` (from 6 on).
-Temporal metrics use the ids present in every snapshot of the window.
+Temporal metrics use the ids present in every snapshot of the window. The metric names are
+built by the functions below, the one place that spells them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,32 @@ from collections import deque
 import numpy as np
 
 from sentrycam.projector import metrics
+from sentrycam.projector.graph import DEFAULT_K
 from sentrycam.projector.ids import lookup_rows
+
+DEFAULT_TEMPORAL_K = 5
+TEMPORAL_RANKING = "temporal_ranking"
+
+
+def neighbour_metric(k: int) -> str:
+    """Name of neighbour preservation at ``k`` (``nn@15``)."""
+    return f"nn@{k}"
+
+
+def trust_metric(k: int) -> str:
+    """Name of trustworthiness at ``k`` (``trust@15``)."""
+    return f"trust@{k}"
+
+
+def temporal_neighbour_metric(k: int) -> str:
+    """Name of temporal neighbour preservation at ``k`` (``temporal_nn@5``)."""
+    return f"temporal_nn@{k}"
 
 
 class QualityWindow:
     """The last ``size`` snapshots (ids int64 [N], features float16 [N, D], coords [N, 2])."""
 
-    def __init__(self, size: int = 8, k: int = 15, temporal_k: int = 5,
+    def __init__(self, size: int = 8, k: int = DEFAULT_K, temporal_k: int = DEFAULT_TEMPORAL_K,
                  max_rows: int = 1000, max_temporal_samples: int = 300, seed: int = 0) -> None:
         self.snapshots: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=size)
         self.k, self.temporal_k = k, temporal_k
@@ -39,17 +59,18 @@ class QualityWindow:
         if n > 2 * self.k:
             rows = (self.rng.choice(n, self.max_rows, replace=False) if n > self.max_rows
                     else None)
-            result[f"nn@{self.k}"] = metrics.neighbour_preservation(features, coords, self.k,
-                                                                    rows)
-            result[f"trust@{self.k}"] = metrics.trustworthiness(features, coords, self.k, rows)
+            result[neighbour_metric(self.k)] = metrics.neighbour_preservation(
+                features, coords, self.k, rows)
+            result[trust_metric(self.k)] = metrics.trustworthiness(features, coords, self.k,
+                                                                   rows)
         highs, lows = self._aligned(self.max_temporal_samples)
         if len(highs) >= 3 and highs[0].shape[0] > 0:
             value = metrics.temporal_ranking(highs, lows)
             if np.isfinite(value):
-                result["temporal_ranking"] = value
+                result[TEMPORAL_RANKING] = value
         if len(highs) > self.temporal_k and highs[0].shape[0] > 0:
-            result[f"temporal_nn@{self.temporal_k}"] = metrics.temporal_neighbour_preservation(
-                highs, lows, self.temporal_k)
+            result[temporal_neighbour_metric(self.temporal_k)] = (
+                metrics.temporal_neighbour_preservation(highs, lows, self.temporal_k))
         return result
 
     def _aligned(self, max_samples: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

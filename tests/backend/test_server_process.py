@@ -67,6 +67,7 @@ def spawn(tmp_path):
         process.stop()
 
 
+@pytest.mark.slow  # starts a server process
 def test_serves_advertises_and_shuts_down_cleanly_on_sigterm(spawn, tmp_path):
     process = spawn()
     info = process.wait_info()
@@ -92,6 +93,7 @@ def test_serves_advertises_and_shuts_down_cleanly_on_sigterm(spawn, tmp_path):
         assert store.scalars("proc-run")["value"] == [pytest.approx(0.7)]
 
 
+@pytest.mark.slow  # starts a server process
 def test_exits_by_itself_after_the_idle_timeout(spawn, tmp_path):
     process = spawn(idle_timeout_s=1.0)
     process.wait_info()

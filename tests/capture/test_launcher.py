@@ -41,6 +41,7 @@ def test_default_db_path_is_in_the_working_folder(tmp_path, monkeypatch):
     assert default_db_path() == tmp_path / "sentrycam-runs" / "sentrycam.duckdb"
 
 
+@pytest.mark.slow  # starts a server process
 def test_starts_a_server_then_reuses_it_and_stop_ends_it(db_path):
     assert running_server_url(db_path) is None
     url = ensure_local_server(db_path, timeout=60, idle_timeout_s=600)
@@ -64,6 +65,7 @@ def test_starts_a_server_then_reuses_it_and_stop_ends_it(db_path):
     assert stop_local_server(db_path) is False
 
 
+@pytest.mark.slow  # starts a server process
 def test_two_trainers_racing_get_one_server(db_path):
     urls: list[str] = []
     errors: list[BaseException] = []
@@ -84,6 +86,7 @@ def test_two_trainers_racing_get_one_server(db_path):
     assert _health(urls[0])["pid"] == read_info_file(db_path)["pid"]
 
 
+@pytest.mark.slow  # starts a server process
 def test_a_directory_as_database_gives_a_runtime_error_with_the_server_log(tmp_path):
     bad = tmp_path / "not-a-file"
     bad.mkdir()
@@ -96,6 +99,7 @@ def test_a_directory_as_database_gives_a_runtime_error_with_the_server_log(tmp_p
     assert not info_file_path(bad).exists()
 
 
+@pytest.mark.slow  # starts a server process
 def test_a_stale_info_file_is_not_reused_and_stop_cleans_it(db_path):
     db_path.parent.mkdir(parents=True)
     stale = {"pid": 2**22 + 12345, "url": "http://127.0.0.1:9", "db": str(db_path)}

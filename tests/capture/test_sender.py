@@ -2,9 +2,10 @@
 
 ``AckingServer`` behaves like the sentrycam ingest endpoint as far as the transport can tell:
 it commits binary frames per seq, skipping a seq <= the last one committed (the real server's
-dedup), and answers ``{"type": "ack", "seq": N}``. Switches let it hold acks back, lose acks
-and drop the connection, reject a frame, or demand a token. Tests against the real server are
-in test_sender_real_server.py.
+dedup), and answers ``{"type": "ack", "run_id": R, "seq": N}``, or the real server's
+``error_reply`` for a rejected frame. Switches let it hold acks back, lose acks and drop the
+connection, reject a frame, or demand a token. Tests against the real server are in
+test_sender_real_server.py.
 """
 
 from __future__ import annotations
@@ -26,14 +27,10 @@ from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
 from sentrycam.capture.sender import WebSocketTransport, ingest_url, replay_spool
 from sentrycam.capture.spool import Spool
 from sentrycam.capture.transport import Transport
+from sentrycam.backend.routes.ingest_ws import error_reply
+from tests.server_process import free_port
 
 RUN = "0123456789abcdef0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _scalars(step: int, run_id: str = RUN) -> Scalars:
@@ -119,7 +116,7 @@ class AckingServer:
                 if frame is not None:
                     run_id, seq, ok = self._commit(frame)
                     if not ok:
-                        ws.send(json.dumps({"type": "error", "seq": seq, "error": "rejected"}))
+                        ws.send(json.dumps(error_reply("rejected", seq=seq, run_id=run_id)))
                     elif not self._losing_acks():
                         unacked = unacked or {}
                         unacked[run_id] = seq
@@ -141,7 +138,7 @@ def server():
     started = []
 
     def start(port: int | None = None, **kw) -> AckingServer:
-        srv = AckingServer(port or _free_port(), **kw)
+        srv = AckingServer(port or free_port(), **kw)
         started.append(srv)
         return srv
 
@@ -234,7 +231,7 @@ def test_lost_acks_and_a_dropped_connection_store_everything_exactly_once(server
 
 def test_server_down_at_start_spools_then_replays_in_order_when_it_comes_up(server, transports,
                                                                           tmp_path):
-    port = _free_port()
+    port = free_port()
     transport = transports(f"http://127.0.0.1:{port}", tmp_path)
     for i in range(50):
         assert transport.send(_scalars(i))
@@ -253,7 +250,7 @@ def test_server_down_at_start_spools_then_replays_in_order_when_it_comes_up(serv
 
 def test_flush_delivers_to_a_server_that_came_back_rather_than_settling_for_the_spool(
         server, transports, tmp_path):
-    port = _free_port()
+    port = free_port()
     transport = transports(f"http://127.0.0.1:{port}", tmp_path)
     for i in range(30):
         transport.send(_scalars(i))
@@ -267,7 +264,7 @@ def test_flush_delivers_to_a_server_that_came_back_rather_than_settling_for_the_
 
 def test_close_with_the_server_unreachable_returns_and_leaves_everything_in_the_spool(transports,
                                                                                      tmp_path):
-    transport = transports(f"http://127.0.0.1:{_free_port()}", tmp_path)
+    transport = transports(f"http://127.0.0.1:{free_port()}", tmp_path)
     sent = [_scalars(i) for i in range(300)]
     for message in sent:
         transport.send(message)
@@ -322,7 +319,7 @@ def test_the_token_is_sent_and_a_wrong_one_is_an_error_with_data_kept(server, tr
 
 
 def test_send_refuses_what_is_not_a_message_without_raising(transports, tmp_path):
-    transport = transports(f"http://127.0.0.1:{_free_port()}", tmp_path)
+    transport = transports(f"http://127.0.0.1:{free_port()}", tmp_path)
     assert transport.send("not a message") is False  # type: ignore[arg-type]
     assert transport.send(None) is False  # type: ignore[arg-type]
     assert transport.send(_scalars(0, run_id="")) is False
@@ -362,7 +359,7 @@ def test_a_full_queue_drops_and_counts_without_using_up_seq_numbers(server, tran
 def test_without_a_usable_spool_an_outage_drops_and_counts(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    transport = WebSocketTransport(f"http://127.0.0.1:{_free_port()}", RUN, blocker)
+    transport = WebSocketTransport(f"http://127.0.0.1:{free_port()}", RUN, blocker)
     assert not transport.spool_available
     assert all(transport.send(_scalars(i)) for i in range(20))
     transport.close(timeout=5)
@@ -371,7 +368,7 @@ def test_without_a_usable_spool_an_outage_drops_and_counts(tmp_path):
 
 
 def test_replay_spool_pushes_a_dead_trainers_spool_exactly_once(server, tmp_path):
-    port = _free_port()
+    port = free_port()
     offline = WebSocketTransport(f"http://127.0.0.1:{port}", RUN, tmp_path)
     for i in range(60):
         offline.send(_scalars(i))
@@ -386,7 +383,7 @@ def test_replay_spool_pushes_a_dead_trainers_spool_exactly_once(server, tmp_path
 
 
 def test_replay_skips_a_spool_that_a_live_transport_holds(server, transports, tmp_path):
-    live = transports(f"http://127.0.0.1:{_free_port()}", tmp_path)
+    live = transports(f"http://127.0.0.1:{free_port()}", tmp_path)
     live.send(_scalars(0))
     assert live.flush(timeout=20)
     srv = server()

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -25,13 +20,8 @@ from sentrycam.protocol.messages import RunEnd, RunStart, Scalars
 from sentrycam.capture.sender import WebSocketTransport, replay_spool
 from sentrycam.capture.spool import Spool
 
+pytestmark = pytest.mark.slow  # starts server processes
 RUN = "feedface" * 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for(condition, timeout: float = 30.0) -> bool:
@@ -48,42 +38,6 @@ def _get_json(url: str):
         return json.loads(response.read())
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return _get_json(url + "/health").get("status") == "ok"
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def start_server(tmp_path):
-    """Starts real servers (``start(db, port)``); every one still running is killed at the end."""
-    processes: list[subprocess.Popen] = []
-
-    def start(db: Path, port: int) -> subprocess.Popen:
-        log = open(tmp_path / f"server-{len(processes)}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "sentrycam", "serve", "--db", str(db),
-                                 "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        processes.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        if not _wait_for(lambda: proc.poll() is not None or _healthy(url), timeout=60):
-            pytest.fail("the sentrycam server did not become healthy within 60 s")
-        assert proc.poll() is None, (tmp_path / f"server-{len(processes) - 1}.log").read_text()
-        return proc
-
-    yield start
-    for proc in processes:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
 def _loss_steps(url: str) -> collections.Counter:
     columns = _get_json(f"{url}/api/runs/{RUN}/scalars?names=loss")
     return collections.Counter(columns["step"])
@@ -93,11 +47,10 @@ def _scalars(step: int) -> Scalars:
     return Scalars(RUN, step, 1000.0 + step, {"loss": 1.0 / (step + 1)})
 
 
-def test_a_server_killed_and_restarted_mid_run_stores_every_message_exactly_once(start_server,
-                                                                                tmp_path):
-    db, port = tmp_path / "runs.duckdb", _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start_server(db, port)
+def test_a_server_killed_and_restarted_mid_run_stores_every_message_exactly_once(
+        server_process, tmp_path):
+    server = server_process(db=tmp_path / "runs.duckdb").start()
+    url = server.url
     transport = WebSocketTransport(url, RUN, tmp_path / "spool")
     total = 600
 
@@ -112,10 +65,9 @@ def test_a_server_killed_and_restarted_mid_run_stores_every_message_exactly_once
     trainer.start()
     try:
         assert _wait_for(lambda: transport.counters().acked >= 150)
-        server.send_signal(signal.SIGKILL)
-        server.wait(10)
+        server.kill()
         assert _wait_for(lambda: transport.counters().spooled > 0)  # the outage was noticed
-        start_server(db, port)
+        server_process(db=server.db, port=server.port).start()
     finally:
         trainer.join(60)
     assert transport.wait_acked(timeout=60)  # flush alone may be satisfied by the spool
@@ -129,9 +81,9 @@ def test_a_server_killed_and_restarted_mid_run_stores_every_message_exactly_once
 
 
 def test_a_server_that_never_started_costs_nothing_and_replay_stores_everything_once(
-        start_server, tmp_path):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+        server_process, tmp_path):
+    server = server_process(db=tmp_path / "runs.duckdb")  # not started yet
+    url = server.url
     spool_dir = tmp_path / "spool"
     transport = WebSocketTransport(url, RUN, spool_dir)
     messages = [RunStart(RUN, "offline", 1.0)] + [_scalars(step) for step in range(2000)]
@@ -150,7 +102,7 @@ def test_a_server_that_never_started_costs_nothing_and_replay_stores_everything_
     assert [wire.decode(frame)[1] for _, frame in records] == messages
     assert transport.counters().spooled == len(messages)
 
-    start_server(tmp_path / "runs.duckdb", port)
+    server.start()
     assert replay_spool(spool_dir, url, timeout=60) == len(messages)
     assert not (spool_dir / RUN).exists()
     assert replay_spool(spool_dir, url, timeout=60) == 0

@@ -1,47 +1,10 @@
-"""Helpers of the browser tests: the system's Chromium driven by Playwright, and reading what
-the dashboard page holds.
-
-Chromium comes from the OS (``apt-get install chromium``; CI installs it in .ci/run), never from
-``playwright install``. Without it the browser tests skip on a developer machine, and FAIL when
-the ``CI`` environment variable is set, so CI can never pass them by skipping.
-"""
+"""Helpers of the browser tests: reading what the dashboard page holds, clicking its plots.
+(The ``browser`` and ``page`` fixtures are in this folder's conftest.)"""
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Iterator
-
-import pytest
-
-from sentrycam.frontend.testing import chromium_path, launch_chromium
-
-PAGE_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    path = chromium_path()
-    if path is None:
-        message = "chromium is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the browser tests")
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        launched = launch_chromium(playwright)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1500, "height": 1200})
-    opened = context.new_page()
-    opened.set_default_timeout(PAGE_TIMEOUT_MS)
-    yield opened
-    context.close()
-
+from typing import Any
 
 # JavaScript run in the page: the data the embedding view's points are drawn from.
 _POINTS_JS = """() => {

@@ -1,86 +1,26 @@
-"""Helpers for end-to-end tests: real `sentrycam serve` processes on loopback, small trainings."""
+"""Fixtures of the end-to-end tests: small seeded trainings, and the system's Chromium driven by
+Playwright (real `sentrycam serve` processes come from the ``server_process`` fixture of
+:mod:`tests.server_process`).
+
+Chromium comes from the OS (``apt-get install chromium``; CI installs it in .ci/run), never from
+``playwright install``. Without it the browser tests skip on a developer machine, and FAIL when
+the ``CI`` environment variable is set, so CI can never pass them by skipping.
+"""
 
 from __future__ import annotations
 
-import json
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import torch
 from torch import nn
 
 from sentrycam.capture import demo
+from sentrycam.frontend.testing import chromium_path, launch_chromium
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return json.load(response)["status"] == "ok"
-    except OSError:
-        return False
-
-
-@dataclass
-class ServerProcess:
-    """A `python -m sentrycam serve` child process on a fixed port."""
-
-    db: Path
-    port: int
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> "ServerProcess":
-        log = open(self.db.with_suffix(".log"), "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sentrycam", "serve", "--db", str(self.db), "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not healthy(self.url):
-            assert self.process.poll() is None, self.db.with_suffix(".log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.1)
-        return self
-
-    def kill(self) -> None:
-        """SIGKILL: no graceful shutdown, whatever was in flight is lost by the server."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-
-@pytest.fixture
-def server_process(tmp_path):
-    """A factory of real server processes, all stopped at the end of the test."""
-    started: list[ServerProcess] = []
-
-    def make(db: Path | None = None, port: int | None = None) -> ServerProcess:
-        server = ServerProcess(db or tmp_path / "e2e.duckdb", port or free_port())
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop()
+PAGE_TIMEOUT_MS = 60_000
 
 
 @dataclass
@@ -116,3 +56,29 @@ def in_tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SENTRYCAM_URL", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """The system's headless Chromium (one per test module)."""
+    path = chromium_path()
+    if path is None:
+        message = "chromium is not installed (apt-get install -y chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the browser tests")
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        launched = launch_chromium(playwright)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh 1500 x 1200 page of ``browser``, closed after the test."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1200})
+    opened = context.new_page()
+    opened.set_default_timeout(PAGE_TIMEOUT_MS)
+    yield opened
+    context.close()

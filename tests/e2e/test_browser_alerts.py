@@ -21,10 +21,9 @@ from sentrycam.backend.audit.detectors.geometry import METRICS
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.testing import StandInProjector, isolate_environment, serve_in_thread
 from sentrycam.frontend.timeline_view import FIGURE_NAME
-from tests.e2e.browser import (browser, click_plot, latest_step,  # noqa: F401
-                               page, source_data, wait_until)
+from tests.e2e.browser import click_plot, latest_step, source_data, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.browser
 
 EVERY = 5
 #: Steps trained before the collapse: 5 snapshots (steps 0..20). The geometry watches calibrate

@@ -11,10 +11,9 @@ import pytest
 from sentrycam import capture
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.testing import StandInProjector, serve_in_thread
-from tests.e2e.browser import (browser, latest_step, page, points,  # noqa: F401
-                               wait_until)
+from tests.e2e.browser import latest_step, points, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.browser, pytest.mark.projector]  # the real worker draws the maps
 PARTS = ("sc-embedding", "sc-heatmap", "sc-curves", "sc-alerts", "sc-latest-step")
 MAP_TIMEOUT_S = 180.0  # a real projector worker warms up (numba JIT) before its first map
 

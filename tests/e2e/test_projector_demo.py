@@ -8,8 +8,10 @@ import sys
 import pytest
 
 from sentrycam.backend.store import Store
+from sentrycam.projector.graph import DEFAULT_K
+from sentrycam.projector.quality import neighbour_metric
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.projector
 
 
 def _sentrycam(*args: str, env: dict | None = None, timeout: float = 600):
@@ -33,7 +35,8 @@ def test_demo_projects_every_snapshot_of_every_layer(tmp_path):
         maps = {(row["step"], row["layer"]) for row in store.embedding_index(run["run_id"])}
         quality = store.projection_quality(run["run_id"])
         rated = {(step, layer) for step, layer, metric in
-                 zip(quality["step"], quality["layer"], quality["metric"]) if metric == "nn@15"}
+                 zip(quality["step"], quality["layer"], quality["metric"])
+                 if metric == neighbour_metric(DEFAULT_K)}
         last_step, layer = max(maps)
         ids, coords = store.embedding(run["run_id"], layer, last_step)
     assert len({layer for _, layer in maps}) == 2

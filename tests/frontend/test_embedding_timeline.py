@@ -8,8 +8,9 @@ import pytest
 
 from sentrycam.backend.feed import Change
 from sentrycam.frontend.state_views import SEVERITY_COLOUR
-from tests.frontend.conftest import LAYER, N_PROBE, RUN, coords, project, snapshot
-from tests.frontend.test_run_view import _drain_until, dashboard  # noqa: F401 (fixture)
+from sentrycam.protocol.changes import ChangeKind
+from tests.frontend.dashboards import drain_until
+from tests.live_server import LAYER, N_PROBE, RUN, coords, project, snapshot
 
 OTHER = "conv"
 ALERTS = ({"step": 3, "detector": "knn_consistency", "severity": 2, "layer": LAYER,
@@ -23,17 +24,17 @@ ALERTS = ({"step": 3, "detector": "knn_consistency", "severity": 2, "layer": LAY
 def _map_of_other_layer(server, step: int) -> None:
     server.store.write_embedding(RUN, OTHER, step, np.arange(N_PROBE, dtype=np.int64),
                                  coords(step))
-    server.app.state.feed.publish([Change(RUN, "embedding", step, OTHER)])
+    server.app.state.feed.publish([Change(RUN, ChangeKind.EMBEDDING, step, OTHER)])
 
 
 @pytest.fixture
 def timeline(dashboard, server):
-    """The dashboard of test_run_view (maps of LAYER at steps 0 and 3), then a map of another
+    """The ``dashboard`` fixture's run (maps of LAYER at steps 0 and 3), then a map of another
     layer and alerts of LAYER, of the other layer and of no layer, pushed live."""
     _map_of_other_layer(server, 2)
     for alert in ALERTS:
         server.store.upsert_alert(RUN, alert)
-    server.app.state.feed.publish([Change(RUN, "alert")])
+    server.app.state.feed.publish([Change(RUN, ChangeKind.ALERT)])
     return dashboard.embedding.timeline
 
 
@@ -43,8 +44,8 @@ def _column(source, name: str) -> list:
 
 def test_the_timeline_shows_the_shown_layer_its_maps_and_its_alerts(dashboard, timeline, server,
                                                                     ingest):
-    _drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 3)
-                 and len(timeline.alert_source.data["step"]) == 2)
+    drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 3)
+                and len(timeline.alert_source.data["step"]) == 2)
     assert _column(timeline.tick_source, "step") == [0, 3]
     assert _column(timeline.shown_source, "step") == [3]
     # the other layer's alert is left out; the run-wide one (no layer) is kept
@@ -53,7 +54,7 @@ def test_the_timeline_shows_the_shown_layer_its_maps_and_its_alerts(dashboard, t
     assert _column(timeline.alert_source, "colour") == [SEVERITY_COLOUR[1], SEVERITY_COLOUR[2]]
 
     dashboard.embedding.layer.value = OTHER  # the ticks and alerts follow the picked layer
-    _drain_until(dashboard, lambda: dashboard.embedding.shown == (OTHER, 2))
+    drain_until(dashboard, lambda: dashboard.embedding.shown == (OTHER, 2))
     assert _column(timeline.tick_source, "step") == [2]
     assert _column(timeline.shown_source, "step") == [2]
     assert _column(timeline.alert_source, "detector") == ["loss_divergence",
@@ -62,13 +63,13 @@ def test_the_timeline_shows_the_shown_layer_its_maps_and_its_alerts(dashboard, t
     dashboard.embedding.layer.value = LAYER
     snapshot(ingest, 5)
     project(server, 5)  # a new map of the shown layer adds its tick
-    _drain_until(dashboard, lambda: _column(timeline.tick_source, "step") == [0, 3, 5])
+    drain_until(dashboard, lambda: _column(timeline.tick_source, "step") == [0, 3, 5])
 
 
 def test_clicking_near_a_tick_moves_the_view_to_that_snapshot(dashboard, timeline):
-    _drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 3))
+    drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 3))
     timeline.pick_near(0.6)  # nearest tick: step 0
-    _drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 0))
+    drain_until(dashboard, lambda: dashboard.embedding.shown == (LAYER, 0))
     assert dashboard.embedding.live.value is False
     assert _column(timeline.shown_source, "step") == [0]
     timeline.pick_near(40.0)  # far from every tick: nothing happens
@@ -78,10 +79,10 @@ def test_clicking_near_a_tick_moves_the_view_to_that_snapshot(dashboard, timelin
 
 def test_new_alerts_replace_the_markers_in_place(dashboard, timeline, server):
     source = timeline.alert_source
-    _drain_until(dashboard, lambda: len(source.data["step"]) == 2)
+    drain_until(dashboard, lambda: len(source.data["step"]) == 2)
     server.store.upsert_alert(RUN, {"step": 3, "detector": "effective_rank", "severity": 3,
                                     "layer": LAYER, "message": "rank fell to 1.2"})
-    server.app.state.feed.publish([Change(RUN, "alert")])
-    _drain_until(dashboard, lambda: len(source.data["step"]) == 3)
+    server.app.state.feed.publish([Change(RUN, ChangeKind.ALERT)])
+    drain_until(dashboard, lambda: len(source.data["step"]) == 3)
     assert timeline.alert_source is source  # the same source, updated
     assert "effective_rank" in _column(source, "detector")

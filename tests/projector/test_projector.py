@@ -8,7 +8,12 @@ import torch
 
 from sentrycam.projector import Projector, metrics
 
-FAST = dict(first_steps=120, steps=20, train=dict(edge_batch=512, temporal_batch=128))
+pytestmark = pytest.mark.projector
+
+# A step budget and no time limit: the maps (and the quality bounds below) do not depend on
+# how busy the machine is.
+FAST = dict(first_steps=120, steps=20, time_limit_s=None, first_time_limit_s=None,
+            train=dict(edge_batch=512, temporal_batch=128))
 
 
 def test_ten_updates_give_finite_maps_in_input_order(snapshots):
@@ -116,6 +121,20 @@ def test_inverse_decodes_back_near_the_features(snapshots):
     assert np.mean(nearest == labels) > 0.9
 
 
+def test_without_a_time_limit_every_snapshot_trains_its_whole_step_budget(snapshots):
+    projector = Projector(seed=0, **FAST)
+    for features, labels in snapshots[:2]:
+        projector.update(features, np.arange(len(features)), labels)
+    assert [info["steps"] for info in projector.history] == [FAST["first_steps"], FAST["steps"]]
+
+
+def test_a_time_limit_cuts_training_short(snapshots):
+    projector = Projector(seed=0, **{**FAST, "first_time_limit_s": 0.0})
+    features, labels = snapshots[0]
+    coords = projector.update(features, np.arange(len(features)), labels)
+    assert projector.last_info["steps"] == 1 and np.isfinite(coords).all()
+
+
 def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
     projector = Projector(seed=0, sample_above=100, **FAST)
     for features, labels in snapshots[:2]:
@@ -124,6 +143,16 @@ def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
         assert 0 < info["fraction"] <= 1
         assert info["n_sampled"] == round(info["fraction"] * info["n"])
         assert info["density_curve"]
+
+
+@pytest.fixture(scope="module")
+def one_update(snapshots) -> bytes:
+    """The state of a projector after one update with the first snapshot (each test that
+    uses it restores its own copy, so the update runs once per module)."""
+    projector = Projector(seed=0, **FAST)
+    features, _ = snapshots[0]
+    projector.update(features, np.arange(len(features)))
+    return projector.to_bytes()
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -136,12 +165,10 @@ def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
     (lambda f, i: (f, i.astype(float)), "integers"),
     (lambda f, i: (f[0], i), "2-D array"),
 ])
-def test_bad_input_raises_clear_value_error(snapshots, mutate, message):
-    projector = Projector(seed=0, **FAST)
+def test_bad_input_raises_clear_value_error(snapshots, one_update, mutate, message):
+    projector = Projector.from_bytes(one_update)
     features, _ = snapshots[0]
-    ids = np.arange(len(features))
-    projector.update(features, ids)
-    bad_features, bad_ids = mutate(features, ids)
+    bad_features, bad_ids = mutate(features, np.arange(len(features)))
     with pytest.raises(ValueError, match=message):
         projector.update(bad_features, bad_ids)
     assert projector.n_updates == 1  # a refused snapshot changes nothing

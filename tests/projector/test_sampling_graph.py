@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from sentrycam.projector import sampling
 from sentrycam.projector.graph import build_spatial_graph, warm_start_graph
@@ -55,6 +56,7 @@ def test_warm_start_translates_previous_neighbours_to_todays_rows():
     assert ((graph >= 0) & (graph < 4)).all()
 
 
+@pytest.mark.projector
 def test_spatial_graph_links_neighbours_with_fuzzy_weights():
     rng = np.random.default_rng(2)
     features = np.concatenate([rng.normal(size=(60, 5)), rng.normal(size=(60, 5)) + 20.0])

@@ -8,7 +8,7 @@ import pytest
 
 from sentrycam.backend.geometry import cluster_health
 from sentrycam.frontend.client import ApiClient
-from tests.frontend.conftest import LAYER, N_PROBE, RUN, project, snapshot, start_run
+from tests.live_server import LAYER, N_PROBE, RUN, project, quality, snapshot, start_run
 
 
 def test_cluster_health_measures_spread_and_separation():
@@ -45,8 +45,9 @@ def test_embedding_index_map_trails_quality_and_health(filled):
         assert trails["sample_id"] == [3, 3, 4, 4] and trails["step"] == [0, 2, 0, 2]
         bad = http.get(f"/api/runs/{RUN}/trails", params={"layer": LAYER, "sample_ids": "x"})
         assert bad.status_code == 422 and "comma-separated" in bad.json()["detail"]
-        quality = http.get(f"/api/runs/{RUN}/quality").json()
-        assert quality["metric"] == ["trustworthiness_15"] * 2
+        stored = http.get(f"/api/runs/{RUN}/quality").json()
+        assert dict(zip(zip(stored["step"], stored["metric"]), stored["value"])) == pytest.approx(
+            {(step, name): value for step in (0, 2) for name, value in quality(step).items()})
         health = http.get(f"/api/runs/{RUN}/cluster-health", params={"layer": LAYER}).json()
         assert health["step"] == [0, 2] and all(i < j for i, j in zip(health["intra"],
                                                                       health["inter"]))

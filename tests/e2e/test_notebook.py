@@ -8,15 +8,13 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.e2e.conftest import ServerProcess, free_port
-
 pytestmark = pytest.mark.slow
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "live_dashboard.ipynb"
 PANEL_MIMETYPE = "application/vnd.holoviews_exec.v0+json"
 
 
-def test_notebook_runs_and_displays_the_live_panels(tmp_path, monkeypatch):
-    server = ServerProcess(tmp_path / "nb.duckdb", free_port()).start()
+def test_notebook_runs_and_displays_the_live_panels(tmp_path, monkeypatch, server_process):
+    server = server_process(db=tmp_path / "nb.duckdb").start()
     try:
         monkeypatch.setenv("SENTRYCAM_URL", server.url)
         notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -1,5 +1,11 @@
-"""Fixtures of the push hub and dashboard tests: a real in-process server over a real store,
-fed through its real ingest websocket; 2D maps written as the projector worker writes them."""
+"""A real in-process server over a real store, fed through its real ingest websocket, for the
+backend's route and push-hub tests and the dashboard tests; registered as a pytest plugin by
+the root conftest, so its fixtures (``make_settings``, ``server``, ``ingest``) serve every folder.
+
+A small run: ``N_PROBE`` probe samples of 4 classes, scalars and layer statistics per step,
+snapshots of one layer (``LAYER``). :func:`project` writes a 2D map as the projector worker
+does, with the quality metrics the worker's :class:`QualityWindow` computes for it.
+"""
 
 from __future__ import annotations
 
@@ -18,21 +24,34 @@ from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunS
                                         Snapshot, Status)
 from sentrycam.protocol.push import PushHeader, decode
 from sentrycam.backend.testing import RunningServer, isolate_environment, serve_in_thread
+from sentrycam.projector.quality import QualityWindow
+from sentrycam.protocol.changes import ChangeKind
 
 RUN = "run0001"
 N_PROBE = 40
+N_CLASSES = 4
 LAYER = "fc:input"
-
-
-@pytest.fixture(autouse=True)
-def _no_sentrycam_environment(monkeypatch):
-    isolate_environment(monkeypatch)
+FEATURE_DIM = 6
+WRONG_PREDICTIONS = 5
+ACK_TIMEOUT_S = 20.0
 
 
 @pytest.fixture
-def server(tmp_path, store) -> Iterator[RunningServer]:
-    with serve_in_thread(ServerSettings(db_path=tmp_path / "runs.duckdb", port=0), store) as s:
-        yield s
+def make_settings(tmp_path, monkeypatch):
+    """``make_settings(**overrides)``: ServerSettings for a store in tmp_path, on a free port,
+    from the test's arguments only (no SENTRYCAM_* variable of the caller's shell)."""
+    isolate_environment(monkeypatch)
+
+    def make(**overrides: Any) -> ServerSettings:
+        return ServerSettings(**{"db_path": tmp_path / "runs.duckdb", "port": 0, **overrides})
+    return make
+
+
+@pytest.fixture
+def server(make_settings, store) -> Iterator[RunningServer]:
+    """The app serving the ``store`` fixture's file, in this process."""
+    with serve_in_thread(make_settings(), store) as running:
+        yield running
 
 
 class Ingest:
@@ -43,10 +62,11 @@ class Ingest:
         self.socket = connect(server.ws_url)
 
     def send(self, *messages: Any) -> None:
+        """Send ``messages``; return once the server acknowledged (stored) the last one."""
         for message in messages:
             self.seq += 1
             self.socket.send(wire.encode(message, self.seq, time.time()))
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + ACK_TIMEOUT_S
         while True:
             reply = json.loads(self.socket.recv(timeout=max(0.1, deadline - time.monotonic())))
             assert reply["type"] == "ack", reply
@@ -65,11 +85,12 @@ def ingest(server) -> Iterator[Ingest]:
 
 
 def labels() -> np.ndarray:
-    return (np.arange(N_PROBE) % 4).astype(np.int64)
+    """Class of each probe sample: int64 [N_PROBE], 0..N_CLASSES-1 in turn."""
+    return (np.arange(N_PROBE) % N_CLASSES).astype(np.int64)
 
 
 def start_run(ingest: Ingest, run_id: str = RUN, steps: int = 3) -> None:
-    """A run with a probe of N_PROBE samples (4 classes), scalars and stats for ``steps``."""
+    """A run with a probe of N_PROBE samples, scalars and stats for steps 0..steps-1."""
     ids = np.arange(N_PROBE, dtype=np.int64)
     ingest.send(RunStart(run_id, "hub-test", time.time(), {}),
                 ProbeSet(run_id, ids, labels(), np.full(N_PROBE, SPLIT_TRAIN, np.uint8)))
@@ -78,45 +99,62 @@ def start_run(ingest: Ingest, run_id: str = RUN, steps: int = 3) -> None:
 
 
 def train_step(ingest: Ingest, step: int, run_id: str = RUN) -> None:
+    """Scalars (loss 1/(step+1), lr) and layer stats of layers conv and fc for ``step``."""
     ingest.send(Scalars(run_id, step, time.time(), {"loss": 1.0 / (step + 1), "lr": 0.01}),
                 LayerStats(run_id, step, ("conv", "fc"), ("grad_norm", "act_std"),
                            np.array([[step + 1.0, 0.5], [2.0, 0.25]], np.float32)))
 
 
+def features(step: int) -> np.ndarray:
+    """The snapshot's features of LAYER at ``step``: float16 [N_PROBE, FEATURE_DIM]."""
+    return np.random.default_rng(step).normal(size=(N_PROBE, FEATURE_DIM)).astype(np.float16)
+
+
 def snapshot(ingest: Ingest, step: int, run_id: str = RUN) -> None:
+    """A snapshot of LAYER with WRONG_PREDICTIONS wrong predictions, then a status message."""
     ids = np.arange(N_PROBE, dtype=np.int64)
     pred = labels().copy()
-    pred[:5] = (pred[:5] + 1) % 4  # five wrong predictions
+    pred[:WRONG_PREDICTIONS] = (pred[:WRONG_PREDICTIONS] + 1) % N_CLASSES
     ingest.send(Snapshot(run_id, step, 0, ids, {
         "pred": pred, "confidence": np.full(N_PROBE, 0.8, np.float32),
-        "loss": np.linspace(0, 1, N_PROBE).astype(np.float32)},
-        {LAYER: np.random.default_rng(step).normal(size=(N_PROBE, 6)).astype(np.float16)}),
+        "loss": np.linspace(0, 1, N_PROBE).astype(np.float32)}, {LAYER: features(step)}),
         Status(run_id, step, dropped=2, spooled=0, overhead=0.004, snapshot_every=5,
                queue_depth=0))
 
 
 def coords(step: int) -> np.ndarray:
-    """A 2D map where class c sits around (10 c, step)."""
+    """A 2D map float32 [N_PROBE, 2] where class c sits around (10 c, step)."""
     rng = np.random.default_rng(step)
     centre = np.stack([labels() * 10.0, np.full(N_PROBE, float(step))], axis=1)
     return (centre + rng.normal(scale=0.5, size=(N_PROBE, 2))).astype(np.float32)
 
 
+def quality(step: int) -> dict[str, float]:
+    """The quality metrics the projector worker computes for the map of ``step``."""
+    window = QualityWindow()
+    window.add(np.arange(N_PROBE, dtype=np.int64), features(step), coords(step))
+    return window.metrics()
+
+
 def project(server: RunningServer, step: int, run_id: str = RUN) -> np.ndarray:
-    """Store the 2D map of ``step`` and announce it, exactly as the projector worker does."""
+    """Store the 2D map of ``step`` and its quality and announce both, as the projector
+    worker does; returns the map."""
     xy = coords(step)
     server.store.write_embedding(run_id, LAYER, step, np.arange(N_PROBE, dtype=np.int64), xy)
-    server.store.write_quality(run_id, LAYER, step, {"trustworthiness_15": 0.9})
-    server.app.state.feed.publish([Change(run_id, "embedding", step, LAYER),
-                                   Change(run_id, "quality", step, LAYER)])
+    server.store.write_quality(run_id, LAYER, step, quality(step))
+    server.app.state.feed.publish([Change(run_id, ChangeKind.EMBEDDING, step, LAYER),
+                                   Change(run_id, ChangeKind.QUALITY, step, LAYER)])
     return xy
 
 
 class Subscriber:
-    """A websocket subscription to /ws/runs/{run_id} that decodes frames."""
+    """A websocket subscription to /ws/runs/{run_id} that decodes frames. ``close_timeout``:
+    how long :meth:`close` waits for the server's close reply (websockets' default 10 s)."""
 
-    def __init__(self, server: RunningServer, run_id: str = RUN) -> None:
-        self.socket = connect(f"ws://127.0.0.1:{server.port}/ws/runs/{run_id}", max_size=None)
+    def __init__(self, server: RunningServer, run_id: str = RUN,
+                 close_timeout: float = 10.0) -> None:
+        self.socket = connect(f"ws://127.0.0.1:{server.port}/ws/runs/{run_id}", max_size=None,
+                              close_timeout=close_timeout)
         self.frames: list[tuple[PushHeader, dict]] = []
 
     def until(self, predicate, timeout: float = 20.0) -> tuple[PushHeader, dict]:

@@ -10,9 +10,10 @@ from websockets.exceptions import ConnectionClosed
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.hub import PushHub, Subscriber as HubSubscriber
+from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.push import decode
-from tests.frontend.conftest import (LAYER, N_PROBE, RUN, Subscriber, labels, project,
-                                     snapshot, start_run, train_step)
+from tests.live_server import (LAYER, N_PROBE, RUN, WRONG_PREDICTIONS, Subscriber, labels,
+                               project, quality, snapshot, start_run, train_step)
 
 
 def _rows(header, arrays, name):
@@ -37,7 +38,7 @@ def test_late_subscriber_catches_up_on_the_whole_run(server, ingest):
     assert frames["embedding_index"][0].entries == [(0, LAYER, N_PROBE), (4, LAYER, N_PROBE)]
     header, arrays = frames["embedding"]
     assert header.step == 4 and arrays["xy"].shape == (N_PROBE, 2)
-    assert (arrays["pred"] != labels()).sum() == 5
+    assert (arrays["pred"] != labels()).sum() == WRONG_PREDICTIONS
     assert frames["health"][1]["step"].tolist() == [0, 4]
     assert frames["run"][0].summary["run_id"] == RUN
     assert frames["alerts"][0].alerts == []
@@ -61,10 +62,12 @@ def test_live_frames_follow_what_the_store_receives(server, ingest):
     header, arrays = subscriber.until_type("embedding")
     assert header.step == 7 and np.allclose(arrays["xy"], xy)
     assert header.health.inter > 10 > header.health.intra
-    assert subscriber.until_type("quality")[0].rows == [(7, LAYER, "trustworthiness_15", 0.9)]
+    rows = subscriber.until_type("quality")[0].rows
+    assert {(step, layer, name): value for step, layer, name, value in rows} == pytest.approx(
+        {(7, LAYER, name): value for name, value in quality(7).items()})
     alert_id = server.store.upsert_alert(RUN, {"step": 7, "detector": "loss_divergence",
                                                "severity": 2, "message": "loss rising"})
-    server.app.state.feed.publish([Change(RUN, "alert")])
+    server.app.state.feed.publish([Change(RUN, ChangeKind.ALERT)])
     alerts = subscriber.until_type("alerts")[0].alerts
     assert [a["alert_id"] for a in alerts] == [alert_id]
     subscriber.close()
@@ -79,7 +82,9 @@ def test_unknown_run_is_refused_with_a_reason(server):
 
 def test_clients_that_vanish_or_never_read_do_not_stop_ingest_or_the_others(server, ingest):
     start_run(ingest, steps=1)
-    idle = [Subscriber(server) for _ in range(10)]  # open, never read
+    # Open, never read. Their receive queues fill up, so at the end they cannot read the
+    # server's close reply either: close without waiting the default 10 s each for it.
+    idle = [Subscriber(server, close_timeout=0.2) for _ in range(10)]
     vanishing = [Subscriber(server) for _ in range(3)]
     for subscriber in vanishing:
         subscriber.socket.close()
