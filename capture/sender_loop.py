@@ -23,6 +23,7 @@ from typing import Any
 
 from sentrycam.protocol import wire
 from sentrycam.protocol.messages import Message
+from sentrycam.protocol.wire import ReplyType
 from sentrycam.capture.queue import BoundedQueue, InFlightWindow, Progress
 from sentrycam.capture.spool import Spool
 
@@ -305,17 +306,17 @@ class SenderLoop:
         if not isinstance(data, dict):
             return
         seq = data.get("seq")
-        if data.get("type") == "ack" and isinstance(seq, int):
+        if data.get("type") == ReplyType.ACK and isinstance(seq, int):
             run_id = data.get("run_id")  # acks are per run; one without a run covers all
             released = self.window.release_through(seq, run_id if isinstance(run_id, str) else None)
             self.counters.add("acked", released)
-        elif data.get("type") == "alert":
+        elif data.get("type") == ReplyType.ALERT:
             if self.on_alert is not None and isinstance(data.get("alert"), dict):
                 try:
                     self.on_alert(data["alert"])
                 except Exception as exc:  # the user's side must never stop the sender
                     self.log.warning("alert", "the alert callback failed: %r", exc)
-        elif data.get("type") == "error":
+        elif data.get("type") == ReplyType.ERROR:
             self.counters.add("errors")
             self.log.warning("rejected", "the server rejected message seq=%s: %s", seq, data.get("error"))
             if isinstance(seq, int):

@@ -12,14 +12,19 @@ This module only frames and unframes. The server validates headers and arrays
 (:func:`sentrycam.protocol.validation.parse_frame`) before trusting them; :func:`split_frame`
 checks only what is needed to cut the bytes safely.
 
-Acknowledgements travel back as JSON text frames: ``{"type": "ack", "seq": N}`` once every
-message with sequence number <= N of that connection's run is committed, and
-``{"type": "error", "seq": N or null, "error": "..."}`` when a frame is rejected (the rest of
-the connection carries on).
+The server answers on the same connection with JSON text frames (:class:`ReplyType`), built
+only by :func:`ack_reply`, :func:`error_reply` and :func:`alert_reply`:
+
+- ``{"type": "ack", "run_id": R, "seq": N}`` once every message of run R with sequence number
+  <= N is committed;
+- ``{"type": "error", "run_id": R or null, "seq": N or null, "error": "..."}`` when a frame is
+  rejected (the rest of the connection carries on);
+- ``{"type": "alert", "run_id": R, "alert": {...}}`` for an alert the audit engine raised on R.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Mapping
 
 import numpy as np
@@ -114,3 +119,27 @@ def decode(frame: bytes) -> tuple[int, Message]:
     """Unframe without schema validation (for trusted frames such as a local spool)."""
     header, arrays = split_frame(frame)
     return int(header.get("seq", -1)), build_message(header, arrays)
+
+
+class ReplyType(str, Enum):
+    """The ``type`` of a JSON text frame the server sends back on an ingest connection."""
+
+    ACK = "ack"
+    ERROR = "error"
+    ALERT = "alert"
+
+
+def ack_reply(run_id: str, seq: int) -> dict[str, Any]:
+    """Every message of ``run_id`` up to ``seq`` is committed."""
+    return {"type": ReplyType.ACK.value, "run_id": run_id, "seq": int(seq)}
+
+
+def error_reply(problem: str, *, seq: int | None = None,
+                run_id: str | None = None) -> dict[str, Any]:
+    """A frame was refused; ``problem`` says why (``seq``/``run_id`` when they were readable)."""
+    return {"type": ReplyType.ERROR.value, "run_id": run_id, "seq": seq, "error": problem}
+
+
+def alert_reply(run_id: str, alert: Mapping[str, Any]) -> dict[str, Any]:
+    """An alert of ``run_id`` (the store's alert row, JSON-safe) for the trainer's callback."""
+    return {"type": ReplyType.ALERT.value, "run_id": run_id, "alert": alert}

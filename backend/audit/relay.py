@@ -13,6 +13,7 @@ from typing import Any, Protocol, Sequence
 
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.wire import alert_reply
 
 
 class Notifiable(Protocol):
@@ -53,5 +54,5 @@ class AlertRelay:
             with self._lock:
                 sinks = list(self._sinks.get(change.run_id, ()))
             for sink in sinks:
-                sink.notify({"type": "alert", "run_id": change.run_id, "alert": change.message})
+                sink.notify(alert_reply(change.run_id, change.message))
                 self.sent += 1

@@ -1,14 +1,11 @@
 """``/ws/ingest``: the websocket that training processes stream their frames into.
 
 Protocol (see :mod:`sentrycam.protocol.wire`): the client sends binary frames, one message each.
-The server answers with JSON text frames:
-
-- ``{"type": "ack", "run_id": R, "seq": N}`` once every message of run R up to N that this
-  connection sent is committed (duplicates of committed messages are acked, not stored again);
-- ``{"type": "error", "run_id": R or null, "seq": N or null, "error": "..."}`` for a frame that
-  was refused or could not be stored. The connection stays open either way;
-- ``{"type": "alert", "run_id": R, "alert": {...}}`` for each alert the audit engine raises or
-  updates on a run this connection carries (see :mod:`sentrycam.backend.audit.relay`).
+The server answers with the JSON text replies of :mod:`sentrycam.protocol.wire`: an ack once
+every message of a run up to a seq that this connection sent is committed (duplicates of
+committed messages are acked, not stored again), an error for a frame that was refused or could
+not be stored (the connection stays open either way), and an alert for each alert the audit
+engine raises or updates on a run this connection carries (:mod:`sentrycam.backend.audit.relay`).
 
 One connection may carry several runs. A frame over the server's ``max_frame_bytes`` closes
 the connection with code 1009 (the websocket layer refuses to buffer it). Frames are validated on the event loop (cheap: arrays
@@ -30,6 +27,7 @@ from sentrycam.backend.ingest import IngestWriter, WriterStopped
 from sentrycam.backend.routes import state_of
 from sentrycam.protocol.validation import FrameRejected, parse_frame
 from sentrycam.protocol.messages import Message
+from sentrycam.protocol.wire import ack_reply, error_reply
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
@@ -38,10 +36,6 @@ router = APIRouter(tags=["ingest"])
 BACKPRESSURE_PAUSE_S = 0.005
 TEXT_FRAME_ERROR = ("text frames are not accepted on /ws/ingest: send each message as a binary "
                     "frame made by sentrycam.protocol.wire.encode")
-
-
-def error_reply(problem: str, *, seq: int | None = None, run_id: str | None = None) -> dict:
-    return {"type": "error", "run_id": run_id, "seq": seq, "error": problem}
 
 
 class ConnectionSink:
@@ -57,7 +51,7 @@ class ConnectionSink:
         self._closed = False
 
     def ack(self, run_id: str, seq: int) -> None:
-        self._post({"type": "ack", "run_id": run_id, "seq": int(seq)})
+        self._post(ack_reply(run_id, seq))
 
     def error(self, run_id: str, seq: int, problem: str) -> None:
         self._post(error_reply(problem, seq=seq, run_id=run_id))

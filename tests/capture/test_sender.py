@@ -2,8 +2,8 @@
 
 ``AckingServer`` behaves like the sentrycam ingest endpoint as far as the transport can tell:
 it commits binary frames per seq, skipping a seq <= the last one committed (the real server's
-dedup), and answers ``{"type": "ack", "run_id": R, "seq": N}``, or the real server's
-``error_reply`` for a rejected frame. Switches let it hold acks back, lose acks and drop the
+dedup), and answers with the protocol's own replies (``ack_reply``, ``error_reply`` of
+:mod:`sentrycam.protocol.wire`). Switches let it hold acks back, lose acks and drop the
 connection, reject a frame, or demand a token. Tests against the real server are in
 test_sender_real_server.py.
 """
@@ -24,10 +24,10 @@ from websockets.sync.server import serve
 
 from sentrycam.protocol import wire
 from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
+from sentrycam.protocol.wire import ack_reply, error_reply
 from sentrycam.capture.sender import WebSocketTransport, ingest_url, replay_spool
 from sentrycam.capture.spool import Spool
 from sentrycam.capture.transport import Transport
-from sentrycam.backend.routes.ingest_ws import error_reply
 from tests.server_process import free_port
 
 RUN = "0123456789abcdef0123456789abcdef"
@@ -127,7 +127,7 @@ class AckingServer:
                 if unacked is not None and not self.hold_acks.is_set():
                     for run_id, seq in unacked.items():
                         if run_id not in self.silent_runs:
-                            ws.send(json.dumps({"type": "ack", "run_id": run_id, "seq": seq}))
+                            ws.send(json.dumps(ack_reply(run_id, seq)))
                     unacked = None
         except ConnectionClosed:
             return
