@@ -32,9 +32,8 @@ test-fast: $(STAMP)
 # the projector benchmark exits 1 when a bar is missed: its result file is written all the same.
 RESULTS := benchmarks/results
 bench: $(STAMP)
-	$(PY) benchmarks/cli_start.py --repeats 5 --json $(RESULTS)/cli_start.json
-	$(PY) benchmarks/capture_overhead.py --steps 50 --warmup 10 --rounds 2 \
-	  --json $(RESULTS)/capture_overhead-quick.json
+	$(PY) benchmarks/cli_start.py --repeats 10 --json $(RESULTS)/cli_start.json
+	$(PY) benchmarks/capture_overhead.py --json $(RESULTS)/capture_overhead.json
 	$(PY) benchmarks/scenarios.py --quick --json $(RESULTS)/scenarios-quick.json
 	$(PY) benchmarks/dashboard_latency.py --no-projector --sizes 2000 --snapshots 5 --actions 5 \
 	  --fanout 3 --json $(RESULTS)/dashboard_latency-stand-in.json
