@@ -7,6 +7,12 @@ reaches the client through the websocket's flow control). The writer thread take
 ``batch_max`` messages (or whatever arrived within ``batch_wait_s``), commits them with one
 ``store.write`` call, and tells each sink the highest committed ``seq`` of each of its runs.
 
+The store applies the sequence rules (:func:`sentrycam.backend.store.writer.order_refusal`):
+a run's messages are stored only in order from its last stored seq, and a finished run takes
+nothing new. A message out of order is answered with an error naming the seq the run needs
+next, so that the client resends from there; an ack only ever names a seq up to which every
+message of the run is stored.
+
 When a batch fails, the writer retries its messages one by one so that one bad message does
 not cost the others, and reports each failure to its sink as an error.
 """
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from sentrycam.backend.feed import ChangeFeed, changes_of
+from sentrycam.backend.store.writer import Refusal
 from sentrycam.protocol.messages import Message
 
 log = logging.getLogger(__name__)
@@ -32,8 +39,10 @@ class AckSink(Protocol):
     def ack(self, run_id: str, seq: int) -> None:
         """Every message of ``run_id`` up to ``seq`` from this sink is committed."""
 
-    def error(self, run_id: str, seq: int, problem: str) -> None:
-        """The message ``seq`` of ``run_id`` could not be stored."""
+    def error(self, run_id: str, seq: int, problem: str,
+              expected_seq: int | None = None) -> None:
+        """The message ``seq`` of ``run_id`` was not stored. ``expected_seq``: it was out of
+        order, and the run needs that seq next."""
 
 
 class WriterStopped(RuntimeError):
@@ -50,9 +59,9 @@ class _Item:
 class IngestWriter:
     """Owns every write to ``store``: a bounded queue and one background thread.
 
-    ``store`` needs ``write(batch: Sequence[tuple[int, Message]]) -> dict[str, int]`` (and a
-    ``stored=`` list keyword when a ``feed`` is given: newly stored messages are published
-    there after each commit).
+    ``store`` needs ``write(batch: Sequence[tuple[int, Message]], *, stored: list | None,
+    refused: list) -> dict[str, int]`` (:meth:`sentrycam.backend.store.Store.write`); with a
+    ``feed``, newly stored messages are published there after each commit.
     """
 
     def __init__(self, store: Any, *, queue_size: int = 10_000, batch_max: int = 500,
@@ -68,7 +77,7 @@ class IngestWriter:
         self._idle = threading.Condition(self._lock)
         self._counts = {"queued": 0, "committed": 0, "batches": 0, "failed_batches": 0,
                         "failed_messages": 0, "rejected": 0, "sink_errors": 0,
-                        "queue_full": 0}
+                        "queue_full": 0, "sequence_refused": 0}
         self._in_flight = 0
         self._last_error: str | None = None
         self._stopping = threading.Event()
@@ -162,8 +171,9 @@ class IngestWriter:
         return batch
 
     def _write(self, batch: list[_Item]) -> None:
+        refused: list[Refusal] = []
         try:
-            committed = self._store_write([(item.seq, item.message) for item in batch])
+            committed = self._store_write([(item.seq, item.message) for item in batch], refused)
         except Exception as exc:
             log.warning("store write of %d messages failed (%s); retrying them one by one",
                         len(batch), exc)
@@ -171,22 +181,36 @@ class IngestWriter:
             self._write_one_by_one(batch)
             return
         with self._lock:
-            self._counts["committed"] += len(batch)
+            self._counts["committed"] += len(batch) - len(refused)
             self._counts["batches"] += 1
         self._acknowledge(batch, committed or {})
+        self._report_refused(batch, refused)
 
-    def _store_write(self, batch: list[tuple[int, Message]]) -> dict[str, int]:
-        if self._feed is None:
-            return self._store.write(batch)
-        stored: list[Message] = []
-        committed = self._store.write(batch, stored=stored)
-        self._feed.publish(changes_of(stored))
+    def _store_write(self, batch: list[tuple[int, Message]],
+                     refused: list[Refusal]) -> dict[str, int]:
+        stored: list[Message] | None = None if self._feed is None else []
+        committed = self._store.write(batch, stored=stored, refused=refused)
+        if self._feed is not None:
+            self._feed.publish(changes_of(stored))
         return committed
+
+    def _report_refused(self, batch: Sequence[_Item], refused: Sequence[Refusal]) -> None:
+        """Tell the sender of each message the sequence rules refused why (and, for one out
+        of order, which seq its run needs next)."""
+        if not refused:
+            return
+        with self._lock:
+            self._counts["sequence_refused"] += len(refused)
+        for refusal in refused:
+            log.debug("refused %s", refusal.problem)
+            self._notify(batch[refusal.index].sink.error, refusal.run_id, refusal.seq,
+                         refusal.problem, refusal.expected_seq)
 
     def _write_one_by_one(self, batch: list[_Item]) -> None:
         for item in batch:
+            refused: list[Refusal] = []
             try:
-                committed = self._store_write([(item.seq, item.message)])
+                committed = self._store_write([(item.seq, item.message)], refused)
             except Exception as exc:
                 problem = f"could not store {item.message.kind} seq {item.seq}: {exc}"
                 log.warning("%s", problem)
@@ -194,20 +218,21 @@ class IngestWriter:
                 self._notify(item.sink.error, item.message.run_id, item.seq, problem)
                 continue
             with self._lock:
-                self._counts["committed"] += 1
+                self._counts["committed"] += 1 - len(refused)
             self._acknowledge([item], committed or {})
+            self._report_refused([item], refused)
 
     def _acknowledge(self, items: Sequence[_Item], committed: dict[str, int]) -> None:
-        """Tell each sink, per run, the highest seq now safe (the store's, or its own latest)."""
-        latest: dict[tuple[int, str], tuple[AckSink, int]] = {}
+        """Tell each sink, per run, the store's highest committed seq: every message of the
+        run up to it is stored (duplicates of stored messages included), nothing unstored is
+        covered. A run with nothing stored yet gets no ack."""
+        sinks: dict[tuple[int, str], AckSink] = {}
         for item in items:
-            key = (id(item.sink), item.message.run_id)
-            previous = latest.get(key, (item.sink, -1))[1]
-            latest[key] = (item.sink, max(previous, item.seq))
-        for (_, run_id), (sink, own_seq) in latest.items():
-            # The store's answer covers duplicates of already committed messages too; it is
-            # the authority when present.
-            self._notify(sink.ack, run_id, committed.get(run_id, own_seq))
+            sinks.setdefault((id(item.sink), item.message.run_id), item.sink)
+        for (_, run_id), sink in sinks.items():
+            seq = committed.get(run_id, -1)
+            if seq >= 0:
+                self._notify(sink.ack, run_id, seq)
 
     def _notify(self, callback: Any, *args: Any) -> None:
         try:

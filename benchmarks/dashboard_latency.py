@@ -128,7 +128,7 @@ class Ingest:
     def __init__(self, url: str) -> None:
         self._context = connect(url.replace("http", "ws") + "/ws/ingest", max_size=None)
         self.connection = self._context.__enter__()
-        self.seq = itertools.count(1)
+        self.seq = itertools.count(0)  # a run's seqs count from 0 (one run per connection)
 
     def send(self, message: Any) -> float:
         """Send ``message``; returns when it was sent (ms since the epoch)."""
@@ -282,7 +282,7 @@ def measure_fanout(subscribers: int, messages: int) -> dict:
         for trial, count in enumerate((0, subscribers, subscribers, 0, 0, subscribers)):
             run_id = f"fanout{trial}"
             with connect(url.replace("http", "ws") + "/ws/ingest") as ingest:
-                ingest.send(wire.encode(RunStart(run_id, run_id, time.time(), {}), 1, time.time()))
+                ingest.send(wire.encode(RunStart(run_id, run_id, time.time(), {}), 0, time.time()))
                 ingest.recv()
             # Readers in their own processes: in-process threads would share the server's GIL.
             stop = multiprocessing.Event()

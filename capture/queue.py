@@ -161,19 +161,22 @@ class Progress:
 
 
 class InFlight(NamedTuple):
-    """One frame of the window: its bytes, whether the spool holds it, and its run."""
+    """One frame of the window: its bytes, whether the spool holds it, its run, and its seq in
+    that run (see :mod:`sentrycam.capture.sequence`)."""
 
     frame: bytes
     spooled: bool
     run_id: str
+    run_seq: int
 
 
 class InFlightWindow:
-    """Frames sent on the current connection and not yet acknowledged, in seq order.
+    """Frames sent on the current connection and not yet acknowledged, in the transport's seq
+    order.
 
     Each entry remembers whether its frame is already in the spool, so that a broken
-    connection spools only the frames that are not, and its run, because the server
-    acknowledges each run separately.
+    connection spools only the frames that are not, and its run and seq in that run, because
+    the server acknowledges (and asks for) each run's seqs separately.
     """
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
@@ -187,21 +190,26 @@ class InFlightWindow:
             return 0
         return max(0, self.max_frames - len(self.frames))
 
-    def add(self, seq: int, frame: bytes, spooled: bool, run_id: str) -> None:
-        self.frames[seq] = InFlight(frame, spooled, run_id)
+    def add(self, seq: int, frame: bytes, spooled: bool, run_id: str,
+            run_seq: int | None = None) -> None:
+        """Hold frame ``seq`` (the transport's); ``run_seq``: its seq in its run (default
+        ``seq``)."""
+        self.frames[seq] = InFlight(frame, spooled, run_id, seq if run_seq is None else run_seq)
         self.nbytes += len(frame)
 
     def release_through(self, seq: int, run_id: str | None = None) -> int:
-        """Forget the frames with seq <= ``seq`` (of ``run_id`` only, if given); returns how many."""
-        doomed = []
-        for held_seq, entry in self.frames.items():
-            if held_seq > seq:
-                break
-            if run_id is None or entry.run_id == run_id:
-                doomed.append(held_seq)
+        """Forget the frames of ``run_id`` (of every run if None) whose seq in their run is
+        <= ``seq``; returns how many."""
+        doomed = [held_seq for held_seq, entry in self.frames.items()
+                  if entry.run_seq <= seq and (run_id is None or entry.run_id == run_id)]
         for held_seq in doomed:
             self.discard(held_seq)
         return len(doomed)
+
+    def of_run(self, run_id: str) -> list[tuple[int, int, bytes]]:
+        """``(seq, run_seq, frame)`` of every frame of ``run_id`` held, in seq order."""
+        return [(seq, entry.run_seq, entry.frame) for seq, entry in self.frames.items()
+                if entry.run_id == run_id]
 
     def discard(self, seq: int) -> None:
         entry = self.frames.pop(seq, None)

@@ -1,10 +1,12 @@
 """``WebSocketTransport``: streams a run's messages to a sentrycam server, spooling to disk on outage.
 
-The training thread calls :meth:`WebSocketTransport.send`, which assigns the next sequence
-number and puts ``(seq, time, message)`` on a :class:`~sentrycam.capture.queue.BoundedQueue`;
-it never waits and never raises, and a full queue drops the message and counts it. One daemon
-thread (``"sentrycam-sender"``, :class:`~sentrycam.capture.sender_loop.SenderLoop`) does the
-rest: encoding, the websocket, the acknowledgement window and the disk spool.
+The training thread calls :meth:`WebSocketTransport.send`, which assigns the transport's next
+sequence number (from 1; its spool and flushes count in it) and puts ``(seq, time, message)``
+on a :class:`~sentrycam.capture.queue.BoundedQueue`; it never waits and never raises, and a
+full queue drops the message and counts it. One daemon thread (``"sentrycam-sender"``,
+:class:`~sentrycam.capture.sender_loop.SenderLoop`) does the rest: encoding (each frame gets
+its seq within its run, from 0: :mod:`sentrycam.capture.sequence`), the websocket, the
+acknowledgement window and the disk spool.
 
 :func:`replay_spool` pushes what earlier processes left in a spool folder (``sentrycam sync``).
 """
@@ -21,7 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 from sentrycam.protocol.messages import MESSAGE_TYPES, Message
 from sentrycam.capture.queue import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, BoundedQueue,
                                      InFlightWindow, Progress, message_nbytes)
-from sentrycam.capture.sender_loop import Counters, LogLimiter, SenderLoop
+from sentrycam.capture.sender_loop import SenderLoop
+from sentrycam.capture.sender_stats import Counters, LogLimiter
 from sentrycam.capture.spool import DEFAULT_SEGMENT_BYTES, Spool, SpoolLockedError, spooled_runs
 from sentrycam.capture.transport import TransportCounters
 from sentrycam.protocol.messages import RUN_ID_RULE

@@ -1,12 +1,15 @@
 """The sender thread of :class:`~sentrycam.capture.sender.WebSocketTransport`.
 
 :class:`SenderLoop` owns the websocket, the disk spool and the window of frames sent but not
-yet acknowledged; nothing else touches them. Frames go out in seq order. When the connection
-fails, the window's unacknowledged frames go to the spool first and every message dequeued
-afterwards behind them, so the spool stays in seq order. After reconnecting, the spool is
-replayed from the last acknowledged seq before anything newer, and spool segments are deleted
-once acknowledged. Because the server skips a seq it already committed for a run, a frame
-re-sent after a lost ack is stored once; for the same reason nothing may overtake the backlog.
+yet acknowledged; nothing else touches them. Frames go out in seq order (the transport's seq;
+each frame also carries its seq within its run, :mod:`sentrycam.capture.sequence`). When the
+connection fails, the window's unacknowledged frames go to the spool first and every message
+dequeued afterwards behind them, so the spool stays in seq order. After reconnecting, the spool
+is replayed from the last acknowledged seq before anything newer, and spool segments are
+deleted once acknowledged. Because the server skips a seq it already committed for a run, a
+frame re-sent after a lost ack is stored once; because it stores a run's messages only in
+order, nothing may overtake the backlog, and when it answers that it needs an earlier seq of a
+run, the sender resends that run's frames from there.
 
 ``websockets`` is imported inside the thread's functions only: importing the capture package
 must stay cheap.
@@ -14,7 +17,6 @@ must stay cheap.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
@@ -25,6 +27,8 @@ from sentrycam.protocol import wire
 from sentrycam.protocol.messages import Message
 from sentrycam.protocol.wire import ReplyType
 from sentrycam.capture.queue import BoundedQueue, InFlightWindow, Progress
+from sentrycam.capture.sender_stats import Counters, LogLimiter
+from sentrycam.capture.sequence import RunSequences, frame_address, resend_plan
 from sentrycam.capture.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -37,55 +41,6 @@ ACK_POLL_S = 0.02
 IDLE_WAIT_S = 0.1
 #: Websocket close code of a server refusing a frame over its size limit.
 MESSAGE_TOO_BIG = 1009
-
-
-def frame_run_id(frame: bytes) -> str:
-    """The run a spooled frame belongs to (from its header); "" if the header is unreadable."""
-    try:
-        return str(wire.split_frame(frame)[0].get("run_id", ""))
-    except wire.FrameError:
-        return ""
-
-
-class LogLimiter:
-    """Logs a warning per key at most once per ``interval`` s, then says how many were held back."""
-
-    def __init__(self, log: logging.Logger, interval: float = 30.0) -> None:
-        self._log, self._interval = log, interval
-        self._last: dict[str, float] = {}
-        self._suppressed: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def warning(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] += 1
-                return
-            self._last[key] = now
-            held_back = self._suppressed.pop(key, 0)
-        if held_back:
-            msg, args = msg + " (%d similar warnings held back)", (*args, held_back)
-        self._log.warning(msg, *args, exc_info=exc_info)
-
-
-class Counters:
-    """Totals shared by both threads; each update holds the lock for one addition."""
-
-    NAMES = ("dropped", "spooled", "sent", "acked", "errors")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(self.NAMES, 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] += n
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
 
 
 class SenderLoop:
@@ -110,6 +65,13 @@ class SenderLoop:
         #: Called (on this thread) with each alert the server sends back; None: ignored.
         self.on_alert = None
         self.skip: set[int] = set()  # seqs the server cannot take (too big)
+        #: Each run's seqs on the wire carry on after what an earlier process spooled.
+        self.sequences = (RunSequences.from_frames(frame for _, frame in spool.records())
+                          if spool else RunSequences())
+        #: Per run, the seq the server last asked for on this connection (answered already),
+        #: and the asks not answered yet.
+        self.asked: dict[str, int] = {}
+        self.resend_from: dict[str, int] = {}
         self.retried_for_flush = 0  # the last flush request that got an extra connect
 
     # -- main loop -------------------------------------------------------------------------
@@ -205,6 +167,7 @@ class SenderLoop:
         return ws
 
     def _online(self, ws: Any) -> None:
+        self.asked, self.resend_from = {}, {}
         if self.spool_has_data:
             self.reader = self.spool.reader(self.acked_through)
             self.backlog = True
@@ -260,24 +223,29 @@ class SenderLoop:
         batch = self.reader.next_batch(room, max(1, self.window.max_bytes - self.window.nbytes))
         if not batch:
             self.backlog = False
-        return self._transmit(ws, [(seq, frame, frame_run_id(frame)) for seq, frame in batch
+        return self._transmit(ws, [(seq, frame, *frame_address(frame)) for seq, frame in batch
                                    if seq not in self.skip], spooled=True)
 
-    def _transmit(self, ws: Any, batch: list[tuple[int, bytes, str]], spooled: bool) -> int:
-        for seq, frame, run_id in batch:
-            self.window.add(seq, frame, spooled, run_id)
-        for _seq, frame, _run_id in batch:
+    def _transmit(self, ws: Any, batch: list[tuple[int, bytes, str, int]], spooled: bool) -> int:
+        """Send ``(seq, frame, run_id, run_seq)`` items; each enters the window first."""
+        for seq, frame, run_id, run_seq in batch:
+            self.window.add(seq, frame, spooled, run_id, run_seq)
+        for _seq, frame, _run_id, _run_seq in batch:
             ws.send(frame)
             self.counters.add("sent")
         return len(batch)
 
     def _encode_batch(self, items: list[tuple[int, float, Message]]
-                      ) -> list[tuple[int, bytes, str]]:
+                      ) -> list[tuple[int, bytes, str, int]]:
+        """Frame queued messages: ``(seq, frame, run_id, run_seq)``, each numbered in its run."""
         frames = []
         for seq, sent_at, message in items:
             self.last_dequeued = seq
             try:
-                frames.append((seq, wire.encode(message, seq, sent_at), message.run_id))
+                run_seq = self.sequences.next(message.run_id)
+                frames.append((seq, wire.encode(message, run_seq, sent_at), message.run_id,
+                               run_seq))
+                self.sequences.take(message.run_id, run_seq)
             except Exception as exc:
                 self.counters.add("errors")
                 self.counters.add("dropped")
@@ -295,6 +263,7 @@ class SenderLoop:
             except TimeoutError:
                 return
             self._handle_reply(reply)
+            self._resend(ws)
             timeout = 0.0
 
     def _handle_reply(self, reply: str | bytes) -> None:
@@ -317,10 +286,41 @@ class SenderLoop:
                 except Exception as exc:  # the user's side must never stop the sender
                     self.log.warning("alert", "the alert callback failed: %r", exc)
         elif data.get("type") == ReplyType.ERROR:
-            self.counters.add("errors")
-            self.log.warning("rejected", "the server rejected message seq=%s: %s", seq, data.get("error"))
-            if isinstance(seq, int):
-                self.window.discard(seq)  # settled: re-sending a rejected frame cannot help
+            self._handle_error(data)
+
+    def _handle_error(self, data: dict) -> None:
+        run_id, seq, expected = data.get("run_id"), data.get("seq"), data.get("expected_seq")
+        if isinstance(expected, int) and isinstance(run_id, str):
+            # Out of order: the server needs ``expected`` next. Every frame sent after the
+            # first such answer gets one too; one resend answers them all.
+            if expected > self.asked.get(run_id, -1):
+                self.asked[run_id] = self.resend_from[run_id] = expected
+            return
+        self.counters.add("errors")
+        self.log.warning("rejected", "the server rejected message seq=%s of run %s: %s", seq,
+                         run_id, data.get("error"))
+        if isinstance(seq, int) and isinstance(run_id, str):
+            # Settled: re-sending a rejected frame cannot help. Its seq is filled in when the
+            # server next asks for it (see _resend), even if it asked for it before.
+            for held_seq, run_seq, _frame in self.window.of_run(run_id):
+                if run_seq == seq:
+                    self.window.discard(held_seq)
+            self.asked.pop(run_id, None)
+
+    def _resend(self, ws: Any) -> None:
+        """Answer the server's asks: send each run's held frames again from the seq it needs,
+        a ``lost`` event in each seq that is gone (:func:`~.sequence.resend_plan`)."""
+        while self.resend_from:
+            run_id, expected = self.resend_from.popitem()
+            held = [(run_seq, frame) for _seq, run_seq, frame in self.window.of_run(run_id)]
+            frames = resend_plan(held, run_id, expected)
+            if not frames:  # nothing to send yet: answer the next ask instead
+                self.asked.pop(run_id, None)
+            logger.info("the server needs message %d of run %s next; resending %d frames",
+                        expected, run_id, len(frames))
+            for frame in frames:
+                ws.send(frame)
+                self.counters.add("sent")
 
     def _settle(self, connected: bool, answer: int = 0) -> None:
         """Advance what is acknowledged / durable, delete acknowledged spool segments, publish.
@@ -367,7 +367,7 @@ class SenderLoop:
     def _spool_queue(self, wait: float) -> None:
         """Move everything queued (waiting up to ``wait`` s for something) to the spool."""
         items = self.queue.get_batch(self.queue.max_items, timeout=wait)
-        for seq, frame, _run_id in self._encode_batch(items):
+        for seq, frame, _run_id, _run_seq in self._encode_batch(items):
             self._spool_frame(seq, frame)
 
     def _spool_frame(self, seq: int, frame: bytes) -> None:

@@ -18,7 +18,10 @@ only by :func:`ack_reply`, :func:`error_reply` and :func:`alert_reply`:
 - ``{"type": "ack", "run_id": R, "seq": N}`` once every message of run R with sequence number
   <= N is committed;
 - ``{"type": "error", "run_id": R or null, "seq": N or null, "error": "..."}`` when a frame is
-  rejected (the rest of the connection carries on);
+  rejected (the rest of the connection carries on); the client gives that frame up;
+- the same with ``"expected_seq": E`` when the frame came out of order: run R's messages are
+  stored only in sequence (each run's seqs count 0, 1, 2, ...), E is the seq the server needs
+  next, and the client resends from E (nothing after E is stored before E is);
 - ``{"type": "alert", "run_id": R, "alert": {...}}`` for an alert the audit engine raised on R.
 """
 
@@ -134,10 +137,17 @@ def ack_reply(run_id: str, seq: int) -> dict[str, Any]:
     return {"type": ReplyType.ACK.value, "run_id": run_id, "seq": int(seq)}
 
 
-def error_reply(problem: str, *, seq: int | None = None,
-                run_id: str | None = None) -> dict[str, Any]:
-    """A frame was refused; ``problem`` says why (``seq``/``run_id`` when they were readable)."""
-    return {"type": ReplyType.ERROR.value, "run_id": run_id, "seq": seq, "error": problem}
+def error_reply(problem: str, *, seq: int | None = None, run_id: str | None = None,
+                expected_seq: int | None = None) -> dict[str, Any]:
+    """A frame was refused; ``problem`` says why (``seq``/``run_id`` when they were readable).
+
+    ``expected_seq``: the frame was out of order and the server needs that seq of ``run_id``
+    next; the client is to resend from there instead of giving the frame up.
+    """
+    reply = {"type": ReplyType.ERROR.value, "run_id": run_id, "seq": seq, "error": problem}
+    if expected_seq is not None:
+        reply["expected_seq"] = int(expected_seq)
+    return reply
 
 
 def alert_reply(run_id: str, alert: Mapping[str, Any]) -> dict[str, Any]:

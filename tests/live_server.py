@@ -55,23 +55,29 @@ def server(make_settings, store) -> Iterator[RunningServer]:
 
 
 class Ingest:
-    """Sends messages through the server's ingest websocket and waits for their acks."""
+    """Sends messages through the server's ingest websocket and waits for their acks.
+
+    Numbers each run's messages 0, 1, 2, ... as a trainer does (the server stores a run's
+    messages only in that order)."""
 
     def __init__(self, server: RunningServer) -> None:
-        self.server, self.seq = server, 0
+        self.server = server
+        self.seqs: dict[str, int] = {}  # the last seq sent, per run
         self.socket = connect(server.ws_url)
 
     def send(self, *messages: Any) -> None:
-        """Send ``messages``; return once the server acknowledged (stored) the last one."""
+        """Send ``messages``; return once the server acknowledged (stored) each run's last."""
+        waiting: dict[str, int] = {}
         for message in messages:
-            self.seq += 1
-            self.socket.send(wire.encode(message, self.seq, time.time()))
+            seq = self.seqs[message.run_id] = self.seqs.get(message.run_id, -1) + 1
+            waiting[message.run_id] = seq
+            self.socket.send(wire.encode(message, seq, time.time()))
         deadline = time.monotonic() + ACK_TIMEOUT_S
-        while True:
+        while waiting:
             reply = json.loads(self.socket.recv(timeout=max(0.1, deadline - time.monotonic())))
             assert reply["type"] == "ack", reply
-            if reply["seq"] >= self.seq:
-                return
+            if reply["seq"] >= waiting.get(reply["run_id"], reply["seq"] + 1):
+                del waiting[reply["run_id"]]
 
     def close(self) -> None:
         self.socket.close()

@@ -2,9 +2,10 @@
 
 Protocol (see :mod:`sentrycam.protocol.wire`): the client sends binary frames, one message each.
 The server answers with the JSON text replies of :mod:`sentrycam.protocol.wire`: an ack once
-every message of a run up to a seq that this connection sent is committed (duplicates of
-committed messages are acked, not stored again), an error for a frame that was refused or could
-not be stored (the connection stays open either way), and an alert for each alert the audit
+every message of a run up to a seq is committed (duplicates of committed messages are acked,
+not stored again), an error for a frame that was refused or could not be stored (the
+connection stays open either way; for a frame out of order the error names the seq the run
+needs next: see :mod:`sentrycam.backend.ingest`), and an alert for each alert the audit
 engine raises or updates on a run this connection carries (:mod:`sentrycam.backend.audit.relay`).
 
 One connection may carry several runs. A frame over the server's ``max_frame_bytes`` closes
@@ -53,8 +54,9 @@ class ConnectionSink:
     def ack(self, run_id: str, seq: int) -> None:
         self._post(ack_reply(run_id, seq))
 
-    def error(self, run_id: str, seq: int, problem: str) -> None:
-        self._post(error_reply(problem, seq=seq, run_id=run_id))
+    def error(self, run_id: str, seq: int, problem: str,
+              expected_seq: int | None = None) -> None:
+        self._post(error_reply(problem, seq=seq, run_id=run_id, expected_seq=expected_seq))
 
     def notify(self, reply: dict) -> None:
         """Any other reply (an alert), from any thread."""

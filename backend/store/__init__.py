@@ -11,10 +11,10 @@ from sentrycam.backend.store.errors import (MissingSnapshotError, StoreClosedErr
                                             StoreVersionError, UnknownAlertError,
                                             UnknownRunError)
 from sentrycam.backend.store.schema import SCHEMA_VERSION
-from sentrycam.backend.store.writer import RetentionSettings
+from sentrycam.backend.store.writer import Refusal, RetentionSettings
 
 __all__ = [
     "Store", "UnknownRunError", "RetentionSettings", "MissingSnapshotError", "StoreClosedError",
     "StoreLockedError", "StoreReadOnlyError", "StoreVersionError", "SCHEMA_VERSION",
-    "UnknownAlertError",
+    "UnknownAlertError", "Refusal",
 ]

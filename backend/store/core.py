@@ -26,7 +26,7 @@ from sentrycam.backend.store import derived, export, reader, schema
 from sentrycam.backend.store.errors import (StoreClosedError, StoreLockedError,
                                             StoreReadOnlyError)
 from sentrycam.protocol.validation import check_batch
-from sentrycam.backend.store.writer import BatchWriter, RetentionSettings
+from sentrycam.backend.store.writer import BatchWriter, Refusal, RetentionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -115,14 +115,19 @@ class Store:
     # ------------------------------------------------------------------ writing
 
     def write(self, batch: Sequence[tuple[int, Message]], *,
-              stored: list[Message] | None = None) -> dict[str, int]:
+              stored: list[Message] | None = None,
+              refused: list[Refusal] | None = None) -> dict[str, int]:
         """Store a batch of ``(seq, message)`` in arrival order, in one transaction.
 
         A message whose seq is <= its run's stored ``last_seq`` was stored before and is
         skipped. A message of a run without a row creates a placeholder row (name = run_id).
         ``stored``, when given, receives (after the commit) the messages that were new.
-        Returns {run_id: highest seq now committed} for every run in the batch. Raises
-        ValueError, with nothing written, if an item is malformed.
+        ``refused``, when given (the server's ingest), turns on the sequence rules: a run
+        takes only seq ``last_seq + 1`` next (its first message is seq 0) and a finished run
+        nothing new; each message refused is appended to it as a :class:`Refusal` (after the
+        commit). Without it (trusted local writers) any seq above ``last_seq`` is stored.
+        Returns {run_id: highest seq now committed} for every run in the batch (-1: none).
+        Raises ValueError, with nothing written, if an item is malformed.
         """
         self._require_writable()
         batch = list(batch)
@@ -130,15 +135,18 @@ class Store:
         if not batch:
             return {}
         batch_writer = None
+        refusals: list[Refusal] | None = None if refused is None else []
 
         def write_batch(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
             nonlocal batch_writer
             batch_writer = BatchWriter(cur, self.retention)
-            return batch_writer.write(batch)
+            return batch_writer.write(batch, refusals)
 
         committed = self._transaction(write_batch)
         if stored is not None:
             stored.extend(batch_writer.stored)
+        if refused is not None:
+            refused.extend(refusals)
         return committed
 
     def _require_writable(self) -> None:

@@ -72,11 +72,44 @@ def to_json(value: Any) -> str:
 
 @dataclass
 class _RunState:
-    """What one batch changes in a run's row; written back once at the end."""
+    """What one batch changes in a run's row; written back once at the end. ``exists``: the
+    run has a row (one is made before its first stored message)."""
 
     last_seq: int
     last_step: int | None
+    status: str = "running"
+    exists: bool = True
     status_values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A message of a batch that the sequence rules refused (nothing of it stored).
+
+    ``index``: its place in the batch. ``expected_seq``: for a message out of order, the seq
+    its run needs next (the sender resends from there); None when the run is finished.
+    """
+
+    index: int
+    run_id: str
+    seq: int
+    problem: str
+    expected_seq: int | None = None
+
+
+def order_refusal(index: int, seq: int, run_id: str, last_seq: int,
+                  status: str) -> Refusal | None:
+    """Why message ``seq`` of ``run_id`` may not be stored after ``last_seq`` (-1: none yet),
+    or None when it is the next one. A seq <= ``last_seq`` is a duplicate: the caller skips it
+    before asking."""
+    if status != "running":
+        return Refusal(index, run_id, seq, f"run {run_id} is finished (status {status!r}); it "
+                       "takes no more messages")
+    if seq != last_seq + 1:
+        return Refusal(index, run_id, seq, f"out of order: run {run_id} needs seq "
+                       f"{last_seq + 1} next, got {seq}; resend from {last_seq + 1}",
+                       expected_seq=last_seq + 1)
+    return None
 
 
 class _Columns:
@@ -149,41 +182,60 @@ class BatchWriter:
         self.snapshot_layers: set[tuple[str, str]] = set()
         self.stored: list[Message] = []  # the messages this batch stored, in order
 
-    def write(self, batch: Sequence[tuple[int, Message]]) -> dict[str, int]:
-        """Store every message not stored yet; return {run_id: highest committed seq}."""
+    def write(self, batch: Sequence[tuple[int, Message]],
+              refused: list[Refusal] | None = None) -> dict[str, int]:
+        """Store every message not stored yet; return {run_id: highest committed seq}.
+
+        ``refused`` given, the sequence rules apply (see :func:`order_refusal`) and each
+        message they refuse is appended to it; None (a trusted local writer), every seq above
+        the run's ``last_seq`` is stored.
+        """
         self._load_runs({message.run_id for _, message in batch})
-        for seq, message in batch:
+        for index, (seq, message) in enumerate(batch):
             state = self.runs[message.run_id]
             if seq <= state.last_seq:
                 continue  # stored by an earlier batch: a replay after a reconnect
-            self._HANDLERS[type(message)](self, message)
-            self.stored.append(message)
-            state.last_seq = int(seq)
-            step = getattr(message, "step", None)
-            if step is not None:
-                state.last_step = max(int(step), -1 if state.last_step is None else state.last_step)
+            if refused is not None:
+                refusal = order_refusal(index, seq, message.run_id, state.last_seq, state.status)
+                if refusal is not None:
+                    refused.append(refusal)
+                    continue
+            self._store(seq, message, state)
         for table, columns in self.pending.items():
             insert_arrow(self.cur, table, columns.table())
         self._apply_retention()
         self._save_runs()
         return {run_id: state.last_seq for run_id, state in self.runs.items()}
 
+    def _store(self, seq: int, message: Message, state: _RunState) -> None:
+        if not state.exists:
+            # A message can outrun its RunStart (dropped, or a spool replay); the run must
+            # exist for its rows to be listed. RunStart fills the name in later.
+            self.cur.execute(
+                "INSERT INTO runs (run_id, name, status, created_at, updated_at, last_seq) "
+                "VALUES (?, ?, 'running', ?, ?, -1)",
+                [message.run_id, message.run_id, self.now, self.now])
+            state.exists = True
+        self._HANDLERS[type(message)](self, message)
+        self.stored.append(message)
+        state.last_seq = int(seq)
+        step = getattr(message, "step", None)
+        if step is not None:
+            state.last_step = max(int(step), -1 if state.last_step is None else state.last_step)
+
     def _load_runs(self, run_ids: set[str]) -> None:
-        """Read each run's last seq/step; give runs without a row a placeholder row."""
+        """Read each run's last seq, last step and status (a run without a row: none yet)."""
         for run_id in sorted(run_ids):
-            row = first_row(self.cur, "SELECT last_seq, last_step FROM runs WHERE run_id = ?",
-                            [run_id])
-            if row is None:
-                # A message can outrun its RunStart (dropped, or a spool replay); the run
-                # must exist for its rows to be listed. RunStart fills the name in later.
-                self.cur.execute(
-                    "INSERT INTO runs (run_id, name, status, created_at, updated_at, last_seq) "
-                    "VALUES (?, ?, 'running', ?, ?, -1)", [run_id, run_id, self.now, self.now])
-                row = (-1, None)
-            self.runs[run_id] = _RunState(last_seq=int(row[0]), last_step=row[1])
+            row = first_row(self.cur, "SELECT last_seq, last_step, status FROM runs "
+                            "WHERE run_id = ?", [run_id])
+            self.runs[run_id] = (_RunState(last_seq=-1, last_step=None, exists=False)
+                                 if row is None else
+                                 _RunState(last_seq=int(row[0]), last_step=row[1], status=row[2]))
 
     def _save_runs(self) -> None:
         for run_id, state in self.runs.items():
+            if not state.exists:
+                continue  # nothing of it was stored
             values = state.status_values
             self.cur.execute(
                 "UPDATE runs SET last_seq = ?, last_step = ?, updated_at = ?, "
@@ -197,12 +249,14 @@ class BatchWriter:
     # ------------------------------------------------------------------ one kind each
 
     def _run_start(self, m: RunStart) -> None:
-        # A second RunStart (a re-attach under the same run_id) reopens the run.
+        # A second RunStart reopens the run (from a trusted writer only: under the sequence
+        # rules a finished run takes nothing new).
         self.cur.execute(
             "UPDATE runs SET name = ?, config = ?, created_at = ?, status = 'running', "
             "ended_at = NULL WHERE run_id = ?",
             [m.name or m.run_id, to_json(dict(m.config)), utc_from_epoch(m.started_at),
              m.run_id])
+        self.runs[m.run_id].status = "running"
 
     def _probe(self, m: ProbeSet) -> None:
         self.cur.execute("DELETE FROM probe_samples WHERE run_id = ?", [m.run_id])
@@ -243,6 +297,7 @@ class BatchWriter:
     def _run_end(self, m: RunEnd) -> None:
         self.cur.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
                          [m.status, self.now, m.run_id])
+        self.runs[m.run_id].status = m.status
 
     def _snapshot(self, m: Snapshot) -> None:
         key = {"run_id": m.run_id, "step": int(m.step)}

@@ -18,15 +18,19 @@ class RecordingSink:
     def __init__(self) -> None:
         self.acks: list[tuple[str, int]] = []
         self.errors: list[tuple[str, int, str]] = []
+        self.asked: list[tuple[str, int, int]] = []  # (run, seq, the seq the run needs)
         self._lock = threading.Lock()
 
     def ack(self, run_id: str, seq: int) -> None:
         with self._lock:
             self.acks.append((run_id, seq))
 
-    def error(self, run_id: str, seq: int, problem: str) -> None:
+    def error(self, run_id: str, seq: int, problem: str,
+              expected_seq: int | None = None) -> None:
         with self._lock:
             self.errors.append((run_id, seq, problem))
+            if expected_seq is not None:
+                self.asked.append((run_id, seq, expected_seq))
 
 
 @pytest.fixture
@@ -102,3 +106,18 @@ def test_a_writer_not_started_refuses_and_bad_sizes_are_errors(store):
         writer.try_submit(RecordingSink(), 0, RunStart(RUN, "a", 1.0))
     with pytest.raises(ValueError, match="queue_size"):
         IngestWriter(store, queue_size=0)
+
+
+def test_messages_out_of_order_are_refused_with_the_seq_needed_and_never_acked(writer, store):
+    sink = RecordingSink()
+    _submit(writer, sink, [(0, RunStart(RUN, "a", 1.0)), (2, Scalars(RUN, 1, 1.0, {"loss": 1.0})),
+                           (3, Scalars(RUN, 2, 1.0, {"loss": 1.0}))])
+    assert writer.wait_idle(10)
+    assert sink.asked == [(RUN, 2, 1), (RUN, 3, 1)]
+    assert max(seq for _, seq in sink.acks) == 0  # only RunStart is stored
+    _submit(writer, sink, [(s + 1, Scalars(RUN, s, 1.0, {"loss": 1.0})) for s in range(3)])
+    assert writer.wait_idle(10)
+    assert store.scalars(RUN)["step"] == [0, 1, 2]
+    assert max(seq for _, seq in sink.acks) == 3
+    stats = writer.stats()
+    assert stats["sequence_refused"] == 2 and stats["failed_messages"] == 0

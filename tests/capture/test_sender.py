@@ -1,11 +1,12 @@
 """WebSocketTransport's protocol logic against a small real websocket server defined here.
 
 ``AckingServer`` behaves like the sentrycam ingest endpoint as far as the transport can tell:
-it commits binary frames per seq, skipping a seq <= the last one committed (the real server's
-dedup), and answers with the protocol's own replies (``ack_reply``, ``error_reply`` of
-:mod:`sentrycam.protocol.wire`). Switches let it hold acks back, lose acks and drop the
-connection, reject a frame, or demand a token. Tests against the real server are in
-test_sender_real_server.py.
+it commits a run's binary frames only in order (seq 0, 1, 2, ... per run), skips a seq <= the
+last one committed (a duplicate), answers a frame out of order with an error naming the seq it
+needs (``expected_seq``), and acks only what it committed, with the protocol's own replies
+(``ack_reply``, ``error_reply`` of :mod:`sentrycam.protocol.wire`). Switches let it hold acks
+back, lose acks and drop the connection, reject a frame, or demand a token. Tests against the
+real server are in test_sender_real_server.py and tests/backend/test_sequence_integrity.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
 from sentrycam.protocol import wire
-from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
+from sentrycam.capture.sequence import LOST_EVENT
+from sentrycam.protocol.messages import Event, RunStart, Scalars, Snapshot
 from sentrycam.protocol.wire import ack_reply, error_reply
 from sentrycam.capture.sender import WebSocketTransport, ingest_url, replay_spool
 from sentrycam.capture.spool import Spool
@@ -55,7 +57,7 @@ class AckingServer:
         self.hold_acks = threading.Event()  # set: commit but do not acknowledge yet
         self.close_after: int | None = None  # close the connection after this many frames
         self.lose_acks_from: int | None = None  # and never ack from this many frames until then
-        self.reject: set[int] = set()
+        self.reject: set[int] = set()  # seqs whose frames are refused, unless a lost event
         self.silent_runs: set[str] = set()  # runs whose frames are committed but never acked
         self.last_committed: dict[str, int] = {}
         self.connections: list[list[int]] = []  # seqs received, per connection
@@ -70,9 +72,11 @@ class AckingServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def stored_seqs(self) -> list[int]:
+    def stored_seqs(self, run_id: str | None = None) -> list[int]:
+        """The seqs committed, in order (of one run, or of all)."""
         with self._lock:
-            return [seq for seq, _ in self.stored]
+            return [seq for seq, frame in self.stored
+                    if run_id is None or wire.split_frame(frame)[0]["run_id"] == run_id]
 
     def received(self) -> int:
         with self._lock:
@@ -87,17 +91,22 @@ class AckingServer:
             return connection.respond(401, "missing or wrong token\n")
         return None
 
-    def _commit(self, frame: bytes) -> tuple[str, int, bool]:
+    def _commit(self, frame: bytes) -> tuple[str, dict | None]:
+        """Commit ``frame`` if it is its run's next; returns its run and the error owed, if any."""
         header, _ = wire.split_frame(frame)
         run_id, seq = header["run_id"], header["seq"]
         with self._lock:
             self.connections[-1].append(seq)
-            if seq in self.reject:
-                return run_id, seq, False
-            if seq > self.last_committed.get(run_id, 0):
+            last = self.last_committed.get(run_id, -1)
+            if seq in self.reject and header["kind"] != str(Event.kind):
+                return run_id, error_reply("rejected", seq=seq, run_id=run_id)
+            if seq > last + 1:
+                return run_id, error_reply("out of order", seq=seq, run_id=run_id,
+                                           expected_seq=last + 1)
+            if seq == last + 1:
                 self.stored.append((seq, frame))
                 self.last_committed[run_id] = seq
-            return run_id, seq, True
+            return run_id, None
 
     def _losing_acks(self) -> bool:
         return (self.close_after is not None and self.lose_acks_from is not None
@@ -114,12 +123,12 @@ class AckingServer:
                 except TimeoutError:
                     frame = None
                 if frame is not None:
-                    run_id, seq, ok = self._commit(frame)
-                    if not ok:
-                        ws.send(json.dumps(error_reply("rejected", seq=seq, run_id=run_id)))
+                    run_id, error = self._commit(frame)
+                    if error is not None:
+                        ws.send(json.dumps(error))
                     elif not self._losing_acks():
                         unacked = unacked or {}
-                        unacked[run_id] = seq
+                        unacked[run_id] = self.last_committed[run_id]
                     if self.close_after is not None and self.received() >= self.close_after:
                         self.close_after = None
                         ws.socket.shutdown(socket.SHUT_RDWR)  # like a crash: no close handshake
@@ -187,7 +196,7 @@ def test_messages_arrive_once_in_order_and_the_spool_folder_is_cleaned_up(server
     assert all(transport.send(m) for m in sent)
     assert transport.flush(timeout=20)
     transport.close()
-    assert srv.stored_seqs() == list(range(1, len(sent) + 1))
+    assert srv.stored_seqs() == list(range(len(sent)))
     assert [wire.decode(frame)[1] for _, frame in srv.stored[:-1]] == sent[:-1]
     got_snap = wire.decode(srv.stored[-1][1])[1]
     assert np.array_equal(got_snap.features["fc:input"], features)
@@ -208,7 +217,7 @@ def test_no_more_than_the_window_is_unacknowledged(server, transports, tmp_path)
     assert srv.received() == 8 and transport.counters().queue_depth == 32
     srv.hold_acks.clear()
     assert transport.flush(timeout=20)
-    assert srv.stored_seqs() == list(range(1, 41))
+    assert srv.stored_seqs() == list(range(40))
     assert transport.counters().acked == 40
 
 
@@ -221,7 +230,7 @@ def test_lost_acks_and_a_dropped_connection_store_everything_exactly_once(server
         transport.send(_scalars(i))
     assert transport.flush(timeout=30)
     assert _wait_for(lambda: transport.counters().acked == 100)
-    assert srv.stored_seqs() == list(range(1, 101))
+    assert srv.stored_seqs() == list(range(100))
     first, *later = srv.connections
     assert len(later) >= 1
     resent = [seq for conn in later for seq in conn if seq in first]
@@ -242,9 +251,9 @@ def test_server_down_at_start_spools_then_replays_in_order_when_it_comes_up(serv
     for i in range(50, 80):
         transport.send(_scalars(i))
     assert _wait_for(lambda: transport.counters().acked == 80)
-    assert srv.stored_seqs() == list(range(1, 81))
+    assert srv.stored_seqs() == list(range(80))
     received = [seq for conn in srv.connections for seq in conn]
-    assert received == list(range(1, 81))  # the backlog went first, nothing overtook it
+    assert received == list(range(80))  # the backlog went first, nothing overtook it
     assert _wait_for(lambda: not Spool(tmp_path / RUN).segments())  # acked segments deleted
 
 
@@ -258,7 +267,7 @@ def test_flush_delivers_to_a_server_that_came_back_rather_than_settling_for_the_
     assert transport.counters().spooled == 30 and transport.counters().acked == 0
     srv = server(port)
     assert transport.flush(timeout=20)  # the server is tried at once, not after the backoff
-    assert srv.stored_seqs() == list(range(1, 31))
+    assert srv.stored_seqs() == list(range(30))
     assert transport.counters().acked == 30
 
 
@@ -284,7 +293,11 @@ def test_a_rejected_frame_is_counted_and_does_not_hold_up_the_rest(server, trans
     for i in range(10):
         transport.send(_scalars(i))
     assert transport.flush(timeout=20)
-    assert srv.stored_seqs() == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    # The server needed seq 5 before it would store 6; a lost event took its place.
+    assert srv.stored_seqs() == list(range(10))
+    stored = [wire.decode(frame)[1] for _, frame in srv.stored]
+    assert [m.step for m in stored if isinstance(m, Scalars)] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert isinstance(stored[5], Event) and stored[5].event == LOST_EVENT
     counters = transport.counters()
     assert counters.errors == 1 and counters.acked == 9
 
@@ -300,7 +313,9 @@ def test_a_frame_over_the_servers_size_limit_is_dropped_instead_of_looping(serve
     for i in range(2, 6):
         transport.send(_scalars(i))
     assert _wait_for(lambda: transport.counters().acked == 5)
-    assert srv.stored_seqs() == [1, 3, 4, 5, 6]
+    assert _wait_for(lambda: srv.stored_seqs() == [0, 1, 2, 3, 4, 5])
+    lost = wire.decode(srv.stored[1][1])[1]  # the snapshot's seq holds a lost event
+    assert isinstance(lost, Event) and lost.event == LOST_EVENT and lost.step == 2
     counters = transport.counters()
     assert counters.dropped == 1 and counters.errors >= 1
 
@@ -310,7 +325,7 @@ def test_the_token_is_sent_and_a_wrong_one_is_an_error_with_data_kept(server, tr
     srv = server(token="s3cret")
     good = transports(srv.url, tmp_path / "good", token="s3cret")
     good.send(_scalars(0))
-    assert good.flush(timeout=20) and srv.stored_seqs() == [1]
+    assert good.flush(timeout=20) and srv.stored_seqs() == [0]
     bad = WebSocketTransport(srv.url, "otherrun", tmp_path / "bad", token="wrong")
     bad.send(Scalars("otherrun", 0, 0.0, {"loss": 1.0}))
     assert _wait_for(lambda: bad.counters().errors >= 1)
@@ -338,7 +353,9 @@ def test_acks_are_per_run_when_one_transport_carries_two_runs(server, transports
     srv.silent_runs = set()
     transport.send(_scalars(10, run_id="runb"))  # the next ack of run b covers the rest
     assert transport.flush(timeout=20)
-    assert transport.counters().acked == 11 and srv.stored_seqs() == list(range(1, 12))
+    # Each run's seqs count from 0 on their own, so the server takes both in order.
+    assert transport.counters().acked == 11
+    assert srv.stored_seqs(RUN) == list(range(5)) and srv.stored_seqs("runb") == list(range(6))
 
 
 def test_a_full_queue_drops_and_counts_without_using_up_seq_numbers(server, transports, tmp_path):
@@ -352,7 +369,7 @@ def test_a_full_queue_drops_and_counts_without_using_up_seq_numbers(server, tran
     assert transport.counters().dropped == 95 and transport.counters().queue_depth == 4
     srv.hold_acks.clear()
     assert transport.flush(timeout=20)
-    assert srv.stored_seqs() == [1, 2, 3, 4, 5]  # no gaps: dropped messages took no seq
+    assert srv.stored_seqs() == [0, 1, 2, 3, 4]  # no gaps: dropped messages took no seq
     assert [wire.decode(f)[1].step for _, f in srv.stored] == [0, 1, 2, 3, 4]
 
 
@@ -377,7 +394,7 @@ def test_replay_spool_pushes_a_dead_trainers_spool_exactly_once(server, tmp_path
         replay_spool(tmp_path, f"http://127.0.0.1:{port}", timeout=20)
     srv = server(port)
     assert replay_spool(tmp_path, srv.url, timeout=30) == 60
-    assert srv.stored_seqs() == list(range(1, 61))
+    assert srv.stored_seqs() == list(range(60))
     assert not (tmp_path / RUN).exists()
     assert replay_spool(tmp_path, srv.url, timeout=30) == 0
 
