@@ -30,8 +30,10 @@ from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.fields import (INT64_MAX, Array, ArrayMap, Declared, KeysOf, Matches,
                                        Unique, declare)
 
-#: Version of the message schema; bumped when a message's fields change.
-SCHEMA_VERSION = 1
+#: Version of the message schema; bumped when a message's fields or the meaning of its frame
+#: header change. 2: a run's seq numbers count from 0, one run at a time (a trainer of version
+#: 1 numbered from 1 and would be refused seq by seq; the version check tells it to upgrade).
+SCHEMA_VERSION = 2
 
 #: Split codes stored with each probe sample.
 SPLIT_TRAIN = 0
