@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes.params import AlertId, Layer, Step, int64_list
 from sentrycam.backend.store import MissingSnapshotError, UnknownAlertError
 from sentrycam.protocol.changes import ChangeKind
 
@@ -21,7 +22,6 @@ router = APIRouter(tags=["derived"])
 
 #: Trails of at most this many samples per request.
 MAX_TRAIL_SAMPLES = 1000
-Layer = Annotated[str, Query(min_length=1, description="a captured layer, e.g. 'fc:input'")]
 
 
 @router.get("/api/runs/{run_id}/embeddings", response_model=list[dict[str, Any]])
@@ -31,8 +31,7 @@ def get_embedding_index(run_id: str, request: Request) -> list[dict[str, Any]]:
 
 
 @router.get("/api/runs/{run_id}/embedding")
-def get_embedding(run_id: str, request: Request, layer: Layer,
-                  step: Annotated[int, Query(ge=0)],
+def get_embedding(run_id: str, request: Request, layer: Layer, step: Step,
                   format: Literal["json", "frame"] = "json") -> Any:
     """The 2D map of ``layer`` at ``step``: JSON {sample_id, x, y}, or a binary push frame
     (coordinates with the model's outputs at that step and the map's cluster health)."""
@@ -54,14 +53,7 @@ def get_trails(run_id: str, request: Request, layer: Layer,
                ) -> dict[str, Any]:
     """Every stored position of the given samples: columns sample_id, step, x, y in
     (sample_id, step) order."""
-    try:
-        wanted = [int(s) for s in sample_ids.split(",") if s.strip()]
-    except ValueError:
-        raise HTTPException(status_code=422, detail="sample_ids must be comma-separated "
-                            f"integers, got {sample_ids[:80]!r}") from None
-    if len(wanted) > MAX_TRAIL_SAMPLES:
-        raise HTTPException(status_code=422, detail=f"at most {MAX_TRAIL_SAMPLES} sample ids "
-                            f"per request, got {len(wanted)}; split the request")
+    wanted = int64_list(sample_ids, "sample_ids", MAX_TRAIL_SAMPLES)
     trails = state_of(request).store.embedding_trails(run_id, layer, wanted)
     return {"run_id": run_id, "layer": layer, **{k: v.tolist() for k, v in trails.items()}}
 
@@ -100,7 +92,7 @@ def get_alerts(request: Request,
 
 
 @router.post("/api/alerts/{alert_id}/acknowledge")
-def acknowledge_alert(alert_id: int, request: Request) -> dict[str, Any]:
+def acknowledge_alert(alert_id: AlertId, request: Request) -> dict[str, Any]:
     """Mark an alert seen; dashboards subscribed to its run receive the updated list."""
     state = state_of(request)
     try:

@@ -14,10 +14,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes.params import Limit, SinceStep
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
-
-SinceStep = Annotated[int | None, Query(ge=0, description="only rows with step >= this")]
 
 
 class _NonFinite(BaseModel):
@@ -87,7 +86,7 @@ def get_run(run_id: str, request: Request) -> RunSummary:
 def get_scalars(run_id: str, request: Request,
                 names: Annotated[str | None, Query(description="comma-separated names")] = None,
                 since_step: SinceStep = None,
-                limit: Annotated[int | None, Query(ge=1, le=10_000_000)] = None) -> ScalarColumns:
+                limit: Limit = None) -> ScalarColumns:
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     columns = state_of(request).store.scalars(run_id, names=wanted, since_step=since_step,
                                               limit=limit)
