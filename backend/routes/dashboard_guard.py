@@ -41,6 +41,10 @@ BOKEH_SUBPROTOCOL = "bokeh"
 #: The close code of a refused session, and how long its reason may be (a close frame's
 #: payload is at most 125 bytes, two of them the code).
 POLICY_VIOLATION, MAX_CLOSE_REASON = 1008, 123
+#: Bokeh's handler closes a session with codes of its own that the websocket protocol forbids
+#: (only 1000-4999 may travel: sending one fails with a traceback and no close frame); they go
+#: out as the standard codes of the same meaning (internal error, protocol error).
+BOKEH_CLOSE_CODES = {10000: 1011, 10001: 1002}
 #: What decoding a malformed session token can raise (base64, JSON, zlib, wrong types).
 TOKEN_ERRORS = (ValueError, TypeError, KeyError, AttributeError, zlib.error)
 #: Why a request is refused: (HTTP status, reason).
@@ -137,7 +141,7 @@ def _refusing(inner: Callable, check: Callable[[dict], Problem | None]) -> Calla
     async def guarded(scope: dict, receive: Any, send: Any) -> None:
         problem = check(scope)
         if problem is None:
-            await inner(scope, receive, send)
+            await inner(scope, receive, send if scope["type"] == "http" else _valid_close(send))
             return
         status, reason = problem
         log.info("refused %s %s: %s", scope["type"], scope.get("path"), reason)
@@ -146,6 +150,16 @@ def _refusing(inner: Callable, check: Callable[[dict], Problem | None]) -> Calla
         else:
             await _close_with_reason(scope, receive, send, reason)
     return guarded
+
+
+def _valid_close(send: Any) -> Any:
+    """``send``, with Bokeh's own close codes replaced by their standard counterparts."""
+    async def sending(message: dict) -> None:
+        code = message.get("code") if message["type"] == "websocket.close" else None
+        if code in BOKEH_CLOSE_CODES:
+            message = {**message, "code": BOKEH_CLOSE_CODES[code]}
+        await send(message)
+    return sending
 
 
 async def _close_with_reason(scope: dict, receive: Any, send: Any, reason: str) -> None:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.routes import json_safe, state_of
-from sentrycam.backend.routes.params import AlertId, Layer, Step, int64_list
+from sentrycam.backend.routes.params import AlertId, Layer, RunId, Step, int64_list
 from sentrycam.backend.store import MissingSnapshotError, UnknownAlertError
 from sentrycam.protocol.changes import ChangeKind
 
@@ -25,13 +25,13 @@ MAX_TRAIL_SAMPLES = 1000
 
 
 @router.get("/api/runs/{run_id}/embeddings", response_model=list[dict[str, Any]])
-def get_embedding_index(run_id: str, request: Request) -> list[dict[str, Any]]:
+def get_embedding_index(run_id: RunId, request: Request) -> list[dict[str, Any]]:
     """[{step, layer, n}] of every stored 2D map, in (step, layer) order."""
     return json_safe(state_of(request).store.embedding_index(run_id))
 
 
 @router.get("/api/runs/{run_id}/embedding")
-def get_embedding(run_id: str, request: Request, layer: Layer, step: Step,
+def get_embedding(run_id: RunId, request: Request, layer: Layer, step: Step,
                   format: Literal["json", "frame"] = "json") -> Any:
     """The 2D map of ``layer`` at ``step``: JSON {sample_id, x, y}, or a binary push frame
     (coordinates with the model's outputs at that step and the map's cluster health)."""
@@ -48,7 +48,7 @@ def get_embedding(run_id: str, request: Request, layer: Layer, step: Step,
 
 
 @router.get("/api/runs/{run_id}/trails")
-def get_trails(run_id: str, request: Request, layer: Layer,
+def get_trails(run_id: RunId, request: Request, layer: Layer,
                sample_ids: Annotated[str, Query(description="comma-separated sample ids")]
                ) -> dict[str, Any]:
     """Every stored position of the given samples: columns sample_id, step, x, y in
@@ -59,7 +59,7 @@ def get_trails(run_id: str, request: Request, layer: Layer,
 
 
 @router.get("/api/runs/{run_id}/quality")
-def get_quality(run_id: str, request: Request,
+def get_quality(run_id: RunId, request: Request,
                 layer: Annotated[str | None, Query()] = None) -> dict[str, Any]:
     """Projection quality as columns step, layer, metric, value."""
     return {"run_id": run_id,
@@ -67,7 +67,7 @@ def get_quality(run_id: str, request: Request,
 
 
 @router.get("/api/runs/{run_id}/cluster-health")
-def get_cluster_health(run_id: str, request: Request, layer: Layer) -> dict[str, Any]:
+def get_cluster_health(run_id: RunId, request: Request, layer: Layer) -> dict[str, Any]:
     """Intra-class variance and inter-class distance of each stored map of ``layer``
     (columns step, intra, inter; spread [step][class] with the list of classes; see
     :mod:`sentrycam.backend.geometry`)."""
@@ -78,7 +78,7 @@ def get_cluster_health(run_id: str, request: Request, layer: Layer) -> dict[str,
 
 
 @router.get("/api/runs/{run_id}/alerts", response_model=list[dict[str, Any]])
-def get_run_alerts(run_id: str, request: Request,
+def get_run_alerts(run_id: RunId, request: Request,
                    min_severity: Annotated[int, Query(ge=0, le=3)] = 0) -> list[dict[str, Any]]:
     """The run's alerts in (step, alert_id) order."""
     return json_safe(state_of(request).store.alerts(run_id, min_severity))

@@ -12,9 +12,13 @@ from typing import Annotated
 from fastapi import HTTPException, Path, Query
 
 from sentrycam.protocol.fields import INT64_MAX
+from sentrycam.protocol.messages import RUN_ID_RULE
 
 INT64_MIN = -INT64_MAX - 1
 
+#: A run's id, as the wire messages declare it (so a malformed one is a 422 saying what it may be).
+RunId = Annotated[str, Path(pattern=f"^(?:{RUN_ID_RULE.pattern})$",
+                            description=f"a run's id: {RUN_ID_RULE.explain}")]
 #: A training step (``step`` of the wire messages): 0 .. 2**63-1.
 Step = Annotated[int, Query(ge=0, le=INT64_MAX, description="a training step")]
 SinceStep = Annotated[int | None, Query(ge=0, le=INT64_MAX,

@@ -70,6 +70,11 @@ def _ws_url(server) -> str:
     return f"ws://127.0.0.1:{server.port}/ws"
 
 
+def _page_session_token(http: httpx.Client) -> str:
+    """The Bokeh session token of a freshly served dashboard page."""
+    return re.search(r'"token":\s*"([^"]+)"', http.get("/").text).group(1)
+
+
 def _forged_token(secret_key: bytes, expiration: int = 300) -> str:
     session_id = generate_session_id(secret_key=secret_key, signed=True)
     return generate_jwt_token(session_id, secret_key=secret_key, signed=True,
@@ -92,8 +97,7 @@ def test_a_bad_bokeh_session_is_closed_with_the_reason(server, subprotocols, say
 
 
 def test_the_page_session_token_opens_the_bokeh_websocket(server, http):
-    page = http.get("/")
-    token = re.search(r'"token":\s*"([^"]+)"', page.text).group(1)
+    token = _page_session_token(http)
     with connect(_ws_url(server), subprotocols=["bokeh", token], open_timeout=20) as socket:
         header = socket.recv(timeout=20)
     assert '"msgtype":"ACK"' in header.replace(" ", "")
@@ -112,3 +116,15 @@ def test_a_page_request_naming_a_foreign_session_is_a_400(http, session_id, capl
     answer = http.get("/", params={"bokeh_session_id": session_id})
     assert answer.status_code == 400 and "bokeh_session_id" in answer.json()["detail"]
     assert _server_errors(caplog) == []
+
+
+def test_a_garbage_message_in_a_bokeh_session_closes_it_with_a_reason(server, http, caplog):
+    token = _page_session_token(http)
+    with connect(_ws_url(server), subprotocols=["bokeh", token], open_timeout=20) as socket:
+        socket.recv(timeout=20)  # ACK
+        socket.send(b"\x00\xff not a bokeh message")
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                socket.recv(timeout=20)
+    assert closed.value.rcvd.code == 1002 and "binary fragment" in closed.value.rcvd.reason
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []

@@ -112,6 +112,13 @@ def test_a_step_beyond_int64_is_a_422_naming_the_parameter(http, route, params):
     assert answer.json()["detail"][0]["loc"][-1] in params
 
 
+@pytest.mark.parametrize("run_id", ["\U0001f4a5", "a" * 65, "a b", "run;drop"])
+def test_a_malformed_run_id_is_a_422_saying_what_one_may_be(http, run_id):
+    answer = http.get(f"/api/runs/{quote(run_id, safe='')}/scalars")
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["path", "run_id"]
+    assert "A-Za-z0-9_-" in answer.text
+
+
 def test_a_huge_alert_id_is_a_422(http):
     answer = http.post(f"/api/alerts/{HUGE}/acknowledge")
     assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == "alert_id"
