@@ -36,6 +36,9 @@ SESSION_ID_PARAM = "bokeh_session_id"
 #: Top-level packages whose (already imported) modules may serve component resources: the
 #: dashboard's widgets all come from Panel and Bokeh.
 RESOURCE_PACKAGES = frozenset({"panel", "bokeh"})
+#: What Panel's resolver raises when the path names an attribute that is not a list of files
+#: (a module, a property descriptor, None...).
+RESOLVE_ERRORS = (TypeError, AttributeError, ValueError, OSError)
 #: What a websocket client offers in ``Sec-WebSocket-Protocol``: ``bokeh, <session token>``.
 BOKEH_SUBPROTOCOL = "bokeh"
 #: The close code of a refused session, and how long its reason may be (a close frame's
@@ -69,6 +72,9 @@ def component_resource(path: str) -> FileResponse:
     except HTTPError as exc:
         raise HTTPException(status_code=exc.status_code,
                             detail=exc.log_message or exc.reason or "bad component path") from None
+    except RESOLVE_ERRORS:  # the named attribute exists but is no list of files
+        raise HTTPException(status_code=404, detail=f"{path[:120]!r} names no component "
+                            "resource") from None
     if not os.path.isfile(resolved):
         raise HTTPException(status_code=404, detail=f"component resource {path[:120]!r} is "
                             "listed but not installed")

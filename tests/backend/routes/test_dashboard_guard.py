@@ -52,6 +52,9 @@ def test_a_module_path_is_a_404_and_the_module_is_never_imported(http, probe_mod
     "x", "panel", "panel/Nope", "panel/Nope/__css__/a.css", "panel.io.server/HTTPError/x/y",
     "panel.template.vanilla/VanillaTemplate/__file__/x", "panel/../../etc/passwd/a/b",
     "bokeh.nonexistent/A/__css__/a.css", "%00/a/b/c", "panel.template.vanilla/%F0%9F%92%A5/_css/x",
+    # attributes that exist but are no list of files
+    "bokeh/models/css/x", "bokeh.models.css/InlineStyleSheet/css/x",
+    "bokeh.models.tools/WheelPanTool/modifiers/x", "panel.reactive/ReactiveCustomBase/__css__/x",
 ])
 def test_malformed_component_paths_are_4xx(http, path, caplog):
     answer = http.get(f"/components/{path}")
