@@ -10,7 +10,8 @@ Routes that Panel's FastAPI integration adds take their input straight from the 
 - ``/`` (the page) and ``/ws`` (its Bokeh websocket) raised on a session id or token that
   this server did not sign or that is malformed (500, traceback in the log).
   :func:`guard_bokeh_sessions` refuses those requests first, naming the problem (a 4xx for
-  the page, a close frame for the websocket).
+  the page, a close frame for the websocket). The page also sees only the cookies Panel can
+  read (:func:`readable_cookies`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import os
 import sys
 import time
 import zlib
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.datastructures import QueryParams
+from starlette.requests import cookie_parser
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +138,39 @@ def guard_bokeh_sessions(app: FastAPI, secret_key: bytes) -> None:
                                                     secret_key),
     }
     for route in app.router.routes:
-        check = checks.get(getattr(route, "path", None))
-        if check is not None:
-            route.app = _refusing(route.app, check)
+        path = getattr(route, "path", None)
+        if path == PAGE_ROUTE:
+            route.app = _with_readable_cookies(route.app)
+        if path in checks:
+            route.app = _refusing(route.app, checks[path])
+
+
+def readable_cookies(header: str) -> str:
+    """The ``Cookie`` header ``header`` without the cookies Python's ``http.cookies`` cannot
+    hold (an empty or illegal name, a reserved one such as ``path``). Panel copies the page
+    request's cookies into a ``SimpleCookie``, which raises on those: a browser carrying one for
+    this host (cookies ignore the port, so any local app may have set it) got a 500."""
+    kept = []
+    for name, value in cookie_parser(header).items():
+        try:
+            SimpleCookie()[name] = value
+        except CookieError:
+            continue
+        kept.append(f"{name}={value}")
+    return "; ".join(kept)
+
+
+def _with_readable_cookies(inner: Callable) -> Callable:
+    """An ASGI app that passes requests to ``inner`` with :func:`readable_cookies` only."""
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        headers = [(name, value) for name, value in scope.get("headers", [])
+                   if name.lower() != b"cookie"]
+        cookies = "; ".join(value.decode("latin-1") for name, value in scope.get("headers", [])
+                            if name.lower() == b"cookie")
+        if cookies:
+            headers.append((b"cookie", readable_cookies(cookies).encode("latin-1")))
+        await inner({**scope, "headers": headers}, receive, send)
+    return app
 
 
 def _refusing(inner: Callable, check: Callable[[dict], Problem | None]) -> Callable:

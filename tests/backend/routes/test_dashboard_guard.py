@@ -13,7 +13,8 @@ from bokeh.util.token import generate_jwt_token, generate_session_id
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
-from sentrycam.backend.routes.dashboard_guard import POLICY_VIOLATION, token_problem
+from sentrycam.backend.routes.dashboard_guard import (POLICY_VIOLATION, readable_cookies,
+                                                      token_problem)
 
 PROBE_MODULE = "sentrycam_import_probe"
 
@@ -131,3 +132,14 @@ def test_a_garbage_message_in_a_bokeh_session_closes_it_with_a_reason(server, ht
                 socket.recv(timeout=20)
     assert closed.value.rcvd.code == 1002 and "binary fragment" in closed.value.rcvd.reason
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+@pytest.mark.parametrize("cookie", ['a="\\\\; b=\x7f; c', "=x", "path=/; ok=1", "a=b=c; ;;"])
+def test_the_page_is_served_whatever_cookies_the_browser_carries(http, cookie, caplog):
+    answer = http.get("/", headers={"cookie": cookie})
+    assert answer.status_code == 200 and "<title>sentrycam</title>" in answer.text
+    assert _server_errors(caplog) == []
+
+
+def test_readable_cookies_keeps_the_cookies_python_can_hold():
+    assert readable_cookies('ok=1; =x; path=/; bad key=2; q="a b"') == "ok=1; q=a b"
