@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 #: A DuckDB file starts with a checksum (8 bytes), then these magic bytes.
 DUCKDB_MAGIC, DUCKDB_MAGIC_AT = b"DUCK", 8
+#: The first bytes of a SQLite database, the foreign file most often mistaken for one.
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _refuse_foreign_file(path: pathlib.Path) -> None:
@@ -43,14 +45,15 @@ def _refuse_foreign_file(path: pathlib.Path) -> None:
     before DuckDB reads it. A missing or unreadable file is left to DuckDB to report."""
     try:
         with open(path, "rb") as file:
-            head = file.read(DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC))
+            head = file.read(max(DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC), len(SQLITE_MAGIC)))
     except OSError:
         return
-    if head and head[DUCKDB_MAGIC_AT:] != DUCKDB_MAGIC:
-        raise StoreFormatError(
-            f"{path} is not a sentrycam DuckDB database (it does not start with DuckDB's file "
-            f"header; it starts {head!r}); give --db a new file name or a file written by "
-            "sentrycam")
+    if not head or head[DUCKDB_MAGIC_AT:DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC)] == DUCKDB_MAGIC:
+        return
+    what = ("it is a SQLite database" if head.startswith(SQLITE_MAGIC)
+            else f"it does not start with DuckDB's file header but with {head[:12]!r}")
+    raise StoreFormatError(f"{path} is not a sentrycam DuckDB database ({what}); give --db a "
+                           "new file name or a file written by sentrycam")
 
 
 def _connect(path: pathlib.Path, read_only: bool) -> duckdb.DuckDBPyConnection:

@@ -44,10 +44,10 @@ def test_a_foreign_file_is_refused_naming_it_and_left_unchanged(tmp_path, make, 
     assert not any(p.name.endswith(".wal") for p in tmp_path.iterdir())
 
 
-def test_a_refused_sqlite_file_is_still_a_readable_sqlite_database(tmp_path):
+def test_a_refused_sqlite_file_is_named_as_one_and_still_readable(tmp_path):
     path = tmp_path / "app.db"
     _sqlite_file(path)
-    with pytest.raises(StoreFormatError, match="app.db"):
+    with pytest.raises(StoreFormatError, match=r"app\.db .*\(it is a SQLite database\)"):
         Store(path)
     con = sqlite3.connect(path)
     assert con.execute("SELECT id, total FROM invoices").fetchall() == [(1, 9.5)]
