@@ -14,7 +14,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.routes import json_safe, state_of
-from sentrycam.backend.routes.params import AlertId, Layer, RunId, Step, int64_list
+from sentrycam.backend.routes.params import (AlertId, Layer, MinSeverity, RunId, Step,
+                                             int64_list)
 from sentrycam.backend.store import MissingSnapshotError, UnknownAlertError
 from sentrycam.protocol.changes import ChangeKind
 
@@ -79,14 +80,14 @@ def get_cluster_health(run_id: RunId, request: Request, layer: Layer) -> dict[st
 
 @router.get("/api/runs/{run_id}/alerts", response_model=list[dict[str, Any]])
 def get_run_alerts(run_id: RunId, request: Request,
-                   min_severity: Annotated[int, Query(ge=0, le=3)] = 0) -> list[dict[str, Any]]:
+                   min_severity: MinSeverity = 0) -> list[dict[str, Any]]:
     """The run's alerts in (step, alert_id) order."""
     return json_safe(state_of(request).store.alerts(run_id, min_severity))
 
 
 @router.get("/api/alerts", response_model=list[dict[str, Any]])
 def get_alerts(request: Request,
-               min_severity: Annotated[int, Query(ge=0, le=3)] = 0) -> list[dict[str, Any]]:
+               min_severity: MinSeverity = 0) -> list[dict[str, Any]]:
     """Alerts of every run."""
     return json_safe(state_of(request).store.alerts(None, min_severity))
 

@@ -2,7 +2,7 @@
 
 Every integer a route hands to the store becomes a DuckDB ``BIGINT``: its declaration bounds it
 to int64, so a bigger number is refused with a 422 naming the bound (and the OpenAPI schema
-shows it) instead of overflowing inside a query.
+shows it) instead of overflowing inside a query. A ``run_id`` follows the wire's rule.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import HTTPException, Path, Query
 
+from sentrycam.backend.audit.alerts import SEVERITY_NAMES
 from sentrycam.protocol.fields import INT64_MAX
 from sentrycam.protocol.messages import RUN_ID_RULE
 
@@ -29,6 +30,8 @@ Limit = Annotated[int | None, Query(ge=1, le=MAX_ROWS, description="at most this
 #: An alert's id as the store numbers them (1, 2, ...).
 AlertId = Annotated[int, Path(ge=1, le=INT64_MAX,
                               description="an alert's id, as GET /api/alerts lists them")]
+MinSeverity = Annotated[int, Query(ge=0, le=len(SEVERITY_NAMES) - 1,
+                                   description="only alerts of at least this severity")]
 #: A captured layer's name.
 Layer = Annotated[str, Query(min_length=1, description="a captured layer, e.g. 'fc:input'")]
 
