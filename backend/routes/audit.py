@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 
 from sentrycam.backend.audit.detectors import build_detectors
 from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes.params import RunId
 
 router = APIRouter(prefix="/api/runs", tags=["audit"])
 
@@ -21,7 +22,7 @@ NOT_SEEN = "no data from this run has reached the audit engine since the server 
 
 
 @router.get("/{run_id}/audit", response_model=dict[str, Any])
-def get_audit(run_id: str, request: Request) -> dict[str, Any]:
+def get_audit(run_id: RunId, request: Request) -> dict[str, Any]:
     state = state_of(request)
     state.store.run_summaries(run_id)  # unknown run -> 404
     engine = getattr(state, "audit", None)

@@ -14,6 +14,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes.params import (AlertId, Layer, MinSeverity, RunId, Step,
+                                             int64_list)
 from sentrycam.backend.store import MissingSnapshotError, UnknownAlertError
 from sentrycam.protocol.changes import ChangeKind
 
@@ -21,18 +23,16 @@ router = APIRouter(tags=["derived"])
 
 #: Trails of at most this many samples per request.
 MAX_TRAIL_SAMPLES = 1000
-Layer = Annotated[str, Query(min_length=1, description="a captured layer, e.g. 'fc:input'")]
 
 
 @router.get("/api/runs/{run_id}/embeddings", response_model=list[dict[str, Any]])
-def get_embedding_index(run_id: str, request: Request) -> list[dict[str, Any]]:
+def get_embedding_index(run_id: RunId, request: Request) -> list[dict[str, Any]]:
     """[{step, layer, n}] of every stored 2D map, in (step, layer) order."""
     return json_safe(state_of(request).store.embedding_index(run_id))
 
 
 @router.get("/api/runs/{run_id}/embedding")
-def get_embedding(run_id: str, request: Request, layer: Layer,
-                  step: Annotated[int, Query(ge=0)],
+def get_embedding(run_id: RunId, request: Request, layer: Layer, step: Step,
                   format: Literal["json", "frame"] = "json") -> Any:
     """The 2D map of ``layer`` at ``step``: JSON {sample_id, x, y}, or a binary push frame
     (coordinates with the model's outputs at that step and the map's cluster health)."""
@@ -49,25 +49,18 @@ def get_embedding(run_id: str, request: Request, layer: Layer,
 
 
 @router.get("/api/runs/{run_id}/trails")
-def get_trails(run_id: str, request: Request, layer: Layer,
+def get_trails(run_id: RunId, request: Request, layer: Layer,
                sample_ids: Annotated[str, Query(description="comma-separated sample ids")]
                ) -> dict[str, Any]:
     """Every stored position of the given samples: columns sample_id, step, x, y in
     (sample_id, step) order."""
-    try:
-        wanted = [int(s) for s in sample_ids.split(",") if s.strip()]
-    except ValueError:
-        raise HTTPException(status_code=422, detail="sample_ids must be comma-separated "
-                            f"integers, got {sample_ids[:80]!r}") from None
-    if len(wanted) > MAX_TRAIL_SAMPLES:
-        raise HTTPException(status_code=422, detail=f"at most {MAX_TRAIL_SAMPLES} sample ids "
-                            f"per request, got {len(wanted)}; split the request")
+    wanted = int64_list(sample_ids, "sample_ids", MAX_TRAIL_SAMPLES)
     trails = state_of(request).store.embedding_trails(run_id, layer, wanted)
     return {"run_id": run_id, "layer": layer, **{k: v.tolist() for k, v in trails.items()}}
 
 
 @router.get("/api/runs/{run_id}/quality")
-def get_quality(run_id: str, request: Request,
+def get_quality(run_id: RunId, request: Request,
                 layer: Annotated[str | None, Query()] = None) -> dict[str, Any]:
     """Projection quality as columns step, layer, metric, value."""
     return {"run_id": run_id,
@@ -75,7 +68,7 @@ def get_quality(run_id: str, request: Request,
 
 
 @router.get("/api/runs/{run_id}/cluster-health")
-def get_cluster_health(run_id: str, request: Request, layer: Layer) -> dict[str, Any]:
+def get_cluster_health(run_id: RunId, request: Request, layer: Layer) -> dict[str, Any]:
     """Intra-class variance and inter-class distance of each stored map of ``layer``
     (columns step, intra, inter; spread [step][class] with the list of classes; see
     :mod:`sentrycam.backend.geometry`)."""
@@ -86,21 +79,21 @@ def get_cluster_health(run_id: str, request: Request, layer: Layer) -> dict[str,
 
 
 @router.get("/api/runs/{run_id}/alerts", response_model=list[dict[str, Any]])
-def get_run_alerts(run_id: str, request: Request,
-                   min_severity: Annotated[int, Query(ge=0, le=3)] = 0) -> list[dict[str, Any]]:
+def get_run_alerts(run_id: RunId, request: Request,
+                   min_severity: MinSeverity = 0) -> list[dict[str, Any]]:
     """The run's alerts in (step, alert_id) order."""
     return json_safe(state_of(request).store.alerts(run_id, min_severity))
 
 
 @router.get("/api/alerts", response_model=list[dict[str, Any]])
 def get_alerts(request: Request,
-               min_severity: Annotated[int, Query(ge=0, le=3)] = 0) -> list[dict[str, Any]]:
+               min_severity: MinSeverity = 0) -> list[dict[str, Any]]:
     """Alerts of every run."""
     return json_safe(state_of(request).store.alerts(None, min_severity))
 
 
 @router.post("/api/alerts/{alert_id}/acknowledge")
-def acknowledge_alert(alert_id: int, request: Request) -> dict[str, Any]:
+def acknowledge_alert(alert_id: AlertId, request: Request) -> dict[str, Any]:
     """Mark an alert seen; dashboards subscribed to its run receive the updated list."""
     state = state_of(request)
     try:

@@ -14,10 +14,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes.params import Limit, RunId, SinceStep
 
 router = APIRouter(prefix="/api/runs", tags=["runs"])
-
-SinceStep = Annotated[int | None, Query(ge=0, description="only rows with step >= this")]
 
 
 class _NonFinite(BaseModel):
@@ -78,16 +77,16 @@ def list_runs(request: Request) -> list[RunSummary]:
 
 
 @router.get("/{run_id}", response_model=RunSummary)
-def get_run(run_id: str, request: Request) -> RunSummary:
+def get_run(run_id: RunId, request: Request) -> RunSummary:
     rows = state_of(request).store.run_summaries(run_id)
     return _summary(rows[0])
 
 
 @router.get("/{run_id}/scalars", response_model=ScalarColumns)
-def get_scalars(run_id: str, request: Request,
+def get_scalars(run_id: RunId, request: Request,
                 names: Annotated[str | None, Query(description="comma-separated names")] = None,
                 since_step: SinceStep = None,
-                limit: Annotated[int | None, Query(ge=1, le=10_000_000)] = None) -> ScalarColumns:
+                limit: Limit = None) -> ScalarColumns:
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     columns = state_of(request).store.scalars(run_id, names=wanted, since_step=since_step,
                                               limit=limit)
@@ -95,25 +94,25 @@ def get_scalars(run_id: str, request: Request,
 
 
 @router.get("/{run_id}/scalar-names", response_model=list[str])
-def get_scalar_names(run_id: str, request: Request) -> list[str]:
+def get_scalar_names(run_id: RunId, request: Request) -> list[str]:
     return list(state_of(request).store.scalar_names(run_id))
 
 
 @router.get("/{run_id}/layer-stats", response_model=LayerStatColumns)
-def get_layer_stats(run_id: str, request: Request,
+def get_layer_stats(run_id: RunId, request: Request,
                     since_step: SinceStep = None) -> LayerStatColumns:
     columns = state_of(request).store.layer_stats(run_id, since_step=since_step)
     return LayerStatColumns(run_id=run_id, **_columns(columns, ("step", "layer", "stat", "value")))
 
 
 @router.get("/{run_id}/snapshots", response_model=list[dict[str, Any]])
-def get_snapshots(run_id: str, request: Request) -> list[dict[str, Any]]:
+def get_snapshots(run_id: RunId, request: Request) -> list[dict[str, Any]]:
     """One entry per stored snapshot (step, layers, sizes ...), oldest first."""
     return json_safe(state_of(request).store.snapshot_index(run_id))
 
 
 @router.get("/{run_id}/events", response_model=list[dict[str, Any]])
-def get_events(run_id: str, request: Request) -> list[dict[str, Any]]:
+def get_events(run_id: RunId, request: Request) -> list[dict[str, Any]]:
     """The run's event log, oldest first."""
     return json_safe(state_of(request).store.events(run_id))
 

@@ -7,14 +7,14 @@ Modules: ``core`` (the Store), ``schema`` (tables, version, migrations), ``write
 
 from sentrycam.backend.store.core import Store
 from sentrycam.backend.store.errors import (MissingSnapshotError, StoreClosedError,
-                                            StoreLockedError, StoreReadOnlyError,
-                                            StoreVersionError, UnknownAlertError,
-                                            UnknownRunError)
+                                            StoreFormatError, StoreLockedError,
+                                            StoreReadOnlyError, StoreVersionError,
+                                            UnknownAlertError, UnknownRunError)
 from sentrycam.backend.store.schema import SCHEMA_VERSION
 from sentrycam.backend.store.writer import Refusal, RetentionSettings
 
 __all__ = [
     "Store", "UnknownRunError", "RetentionSettings", "MissingSnapshotError", "StoreClosedError",
     "StoreLockedError", "StoreReadOnlyError", "StoreVersionError", "SCHEMA_VERSION",
-    "UnknownAlertError", "Refusal",
+    "UnknownAlertError", "Refusal", "StoreFormatError",
 ]

@@ -23,12 +23,37 @@ import numpy as np
 
 from sentrycam.protocol.messages import Message
 from sentrycam.backend.store import derived, export, reader, schema
-from sentrycam.backend.store.errors import (StoreClosedError, StoreLockedError,
+from sentrycam.backend.store.errors import (StoreClosedError, StoreFormatError, StoreLockedError,
                                             StoreReadOnlyError)
 from sentrycam.protocol.validation import check_batch
 from sentrycam.backend.store.writer import BatchWriter, Refusal, RetentionSettings
 
 logger = logging.getLogger(__name__)
+
+
+#: Set on every connection before the file is read: DuckDB would otherwise fetch extensions
+#: from the internet when it meets a file one of them reads (a SQLite database, say).
+OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+#: A DuckDB file starts with a checksum (8 bytes), then these magic bytes.
+DUCKDB_MAGIC, DUCKDB_MAGIC_AT = b"DUCK", 8
+#: The first bytes of a SQLite database, the foreign file most often mistaken for one.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _refuse_foreign_file(path: pathlib.Path) -> None:
+    """Raise StoreFormatError for an existing, non-empty file that is not a DuckDB database,
+    before DuckDB reads it. A missing or unreadable file is left to DuckDB to report."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(max(DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC), len(SQLITE_MAGIC)))
+    except OSError:
+        return
+    if not head or head[DUCKDB_MAGIC_AT:DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC)] == DUCKDB_MAGIC:
+        return
+    what = ("it is a SQLite database" if head.startswith(SQLITE_MAGIC)
+            else f"it does not start with DuckDB's file header but with {head[:12]!r}")
+    raise StoreFormatError(f"{path} is not a sentrycam DuckDB database ({what}); give --db a "
+                           "new file name or a file written by sentrycam")
 
 
 def _connect(path: pathlib.Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -38,8 +63,9 @@ def _connect(path: pathlib.Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                                 "read-only open never creates a file)")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign_file(path)
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        return duckdb.connect(str(path), read_only=read_only, config=OFFLINE_CONFIG)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreLockedError(

@@ -53,3 +53,7 @@ class StoreClosedError(RuntimeError):
 
 class StoreReadOnlyError(RuntimeError):
     """A write was attempted on a store opened with ``read_only=True``."""
+
+
+class StoreFormatError(ValueError):
+    """The file is not a DuckDB database at all (a SQLite file, a text file...)."""

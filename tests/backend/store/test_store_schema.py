@@ -117,10 +117,3 @@ def test_a_duckdb_file_of_something_else_is_not_touched(tmp_path):
     tables = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
     con.close()
     assert tables == [("invoices",)]
-
-
-def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path):
-    path = tmp_path / "notes.duckdb"
-    path.write_text("these are not the bytes of a database\n" * 100)
-    with pytest.raises(ValueError, match="cannot open .*notes.duckdb as a DuckDB database"):
-        Store(path)
