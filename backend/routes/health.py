@@ -23,6 +23,7 @@ class Health(BaseModel):
     """``schema_version``: the database schema; ``message_schema``: the wire message schema;
     ``ingest``: the writer's counters (queued, committed, batches, failed_batches,
     failed_messages, rejected, sink_errors, queue_full (times a sender had to wait),
+    sequence_refused (messages refused for their seq: a gap, or new data for a finished run),
     queue_depth, queue_capacity, last_error, running)."""
 
     status: str
