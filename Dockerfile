@@ -16,6 +16,7 @@ RUN useradd --create-home --uid 1000 sentrycam \
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY __init__.py __main__.py ./
+COPY protocol/ protocol/
 COPY capture/ capture/
 COPY projector/ projector/
 COPY backend/ backend/
