@@ -55,11 +55,13 @@ def server(make_settings, store) -> Iterator[RunningServer]:
 
 
 class Ingest:
-    """Sends messages through the server's ingest websocket and waits for their acks."""
+    """Sends messages through the server's ingest websocket and waits for their acks
+    (``token``: the server's write token, when it has one)."""
 
-    def __init__(self, server: RunningServer) -> None:
+    def __init__(self, server: RunningServer, token: str | None = None) -> None:
         self.server, self.seq = server, 0
-        self.socket = connect(server.ws_url)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.socket = connect(server.ws_url, additional_headers=headers)
 
     def send(self, *messages: Any) -> None:
         """Send ``messages``; return once the server acknowledged (stored) the last one."""
