@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, token guard, activity tracking, and the ingest lifecycle.
+"""The FastAPI application: routes, host/origin and token guards, activity tracking, and the
+ingest lifecycle.
 
 ``create_app(settings)`` builds an app whose lifespan opens the store (unless one is given),
 starts the :class:`~sentrycam.backend.ingest.IngestWriter`, and on shutdown drains the writer and
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 import sentrycam
 from sentrycam.backend.auth import OPEN_PATHS, TokenGuard
+from sentrycam.backend.origin import HostOriginGuard
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.hub import PushHub
 from sentrycam.backend.ingest import IngestWriter
@@ -29,11 +31,14 @@ from sentrycam.backend.audit.service import start_audit, stop_audit
 from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.backend.routes import (audit, derived, health, ingest_ws, pages, projector,
                                       push_ws, runs)
-from sentrycam.backend.settings import ServerSettings
+from sentrycam.backend.settings import WILDCARD_HOSTS, ServerSettings
 from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
+from sentrycam.protocol.redaction import redacting_logger
 
 log = logging.getLogger(__name__)
 
+#: uvicorn's loggers that write request URLs and (at DEBUG) handshake headers, tokens included.
+URL_LOGGERS = ("uvicorn.error", "uvicorn.access")
 #: How long shutdown waits for queued messages to reach the store.
 DRAIN_TIMEOUT_S = 60.0
 
@@ -144,11 +149,20 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         app.include_router(module.router)
     pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
+    for name in URL_LOGGERS:
+        redacting_logger(name)
+    # Middleware added later wraps what was added before: a request meets the activity
+    # tracker (refused requests count as activity too), then the Host/Origin guard (a foreign
+    # page learns nothing, not even whether a token is needed), then the token guard.
     if settings.token:
-        app.add_middleware(TokenGuard, token=settings.token,
+        app.add_middleware(TokenGuard, token=settings.token, read_token=settings.read_token,
                            open_paths=OPEN_PATHS | pages.OPEN_PATHS,
                            open_prefixes=pages.OPEN_PREFIXES)
-    # Added last, so outermost: refused requests count as activity too.
+    app.add_middleware(HostOriginGuard, hosts=settings.served_hosts,
+                       origins=settings.extra_origins)
+    if settings.host in WILDCARD_HOSTS and not settings.allowed_hosts:
+        log.warning("bound to %r but no --allowed-host given: only requests naming this "
+                    "machine's loopback names are served", settings.host)
     app.add_middleware(ActivityTracker, activity=app.state.activity)
     return app
 

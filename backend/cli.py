@@ -28,8 +28,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serve.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     serve.add_argument("--token", default=None,
-                       help="token required from writers and readers (or SENTRYCAM_TOKEN); "
+                       help="write token (trainers, admins); visible to other users in `ps`: "
+                            "prefer SENTRYCAM_TOKEN or --token-file. A write token is "
                             "mandatory on a non-loopback address")
+    serve.add_argument("--token-file", type=Path, default=None,
+                       help="file whose first line is the write token (or SENTRYCAM_TOKEN)")
+    serve.add_argument("--read-token-file", type=Path, default=None,
+                       help="file whose first line is the read-only token for viewers: "
+                            "dashboard, REST reads, push (or SENTRYCAM_READ_TOKEN)")
+    serve.add_argument("--allowed-host", action="append", default=None, metavar="HOST",
+                       help="a host name the server answers to besides loopback and the bind "
+                            "address, e.g. the name of a reverse proxy (repeatable; or "
+                            "SENTRYCAM_ALLOWED_HOSTS=a,b)")
+    serve.add_argument("--allowed-origin", action="append", default=None, metavar="ORIGIN",
+                       help="a browser origin (https://team.example.com) whose pages may open "
+                            "websockets and change state, besides the server's own "
+                            "(repeatable; or SENTRYCAM_ALLOWED_ORIGINS=a,b)")
     serve.add_argument("--idle-timeout", type=float, default=0.0,
                        help="exit after this many idle seconds (0: never)")
 
@@ -103,7 +117,12 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {"db_path": args.db, "host": args.host, "port": args.port,
                  "idle_timeout_s": args.idle_timeout}
     if args.token:
-        overrides["token"] = args.token
+        log.warning("--token shows the token to every user of this machine (`ps`); set "
+                    "SENTRYCAM_TOKEN or use --token-file instead")
+    given = {"token": args.token, "token_file": args.token_file,
+             "read_token_file": args.read_token_file, "allowed_hosts": args.allowed_host,
+             "allowed_origins": args.allowed_origin}
+    overrides.update({name: value for name, value in given.items() if value})
     try:
         settings = ServerSettings(**overrides)
     except ValidationError as exc:

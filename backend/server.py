@@ -26,14 +26,13 @@ from typing import Any
 import uvicorn
 
 from sentrycam.backend.app import Activity, create_app, open_store
-from sentrycam.backend.settings import ServerSettings
+from sentrycam.backend.settings import ServerSettings, server_url
 from sentrycam.protocol.server_info import info_file_path, read_info_file
 
 log = logging.getLogger(__name__)
 
 #: Seconds uvicorn waits for open connections to finish after a shutdown starts.
 GRACEFUL_SHUTDOWN_S = 10
-_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
 class ServerStartError(RuntimeError):
@@ -63,6 +62,7 @@ def run_server(settings: ServerSettings) -> None:
     previous_handlers = _install_signal_handlers()
     try:
         sock = bind_socket(settings.host, settings.port)
+        settings = on_bound_port(settings, sock)
         app = create_app(settings, store)
         server = uvicorn.Server(uvicorn_config(app, settings))
         asyncio.run(_serve(server, sock, settings, app.state.activity))
@@ -84,6 +84,12 @@ def uvicorn_config(app: Any, settings: ServerSettings, **overrides: Any) -> uvic
     return uvicorn.Config(app, **options)
 
 
+def on_bound_port(settings: ServerSettings, sock: socket.socket) -> ServerSettings:
+    """``settings`` with the port ``sock`` listens on (port 0 lets the OS pick one), so that
+    ``settings.url`` is the server's own address: the one its dashboard sessions call."""
+    return settings.model_copy(update={"port": sock.getsockname()[1]})
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free port the OS picks)."""
     try:
@@ -103,12 +109,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
                                "choose another --port (0 picks a free one)") from None
     sock.set_inheritable(True)
     return sock
-
-
-def server_url(host: str, port: int) -> str:
-    """The URL local clients should use; a wildcard bind is reached through loopback."""
-    host = "127.0.0.1" if host in _WILDCARD_HOSTS else host
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _serve(server: uvicorn.Server, sock: socket.socket, settings: ServerSettings,

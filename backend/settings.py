@@ -2,6 +2,8 @@
 
 Every field can come from the environment with the ``SENTRYCAM_`` prefix
 (``SENTRYCAM_DB_PATH``, ``SENTRYCAM_TOKEN``, ``SENTRYCAM_PORT`` ...) or be passed as a keyword.
+List fields take a comma-separated value from the environment
+(``SENTRYCAM_ALLOWED_HOSTS=team.example.com,10.0.0.5``).
 Nothing is read at import time: build ``ServerSettings(...)`` where it is needed.
 """
 
@@ -9,13 +11,23 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sentrycam.protocol.server_info import info_file_path
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+#: Host names every server answers to: a browser on this machine reaches it by these.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Bind addresses that listen on every interface (reached locally through loopback).
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: An origin as compared: (scheme, host, port), all lower case, the port made explicit.
+Origin = tuple[str, str, int]
 
 
 def is_loopback(host: str) -> bool:
@@ -29,12 +41,65 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve to anything: treat as public
 
 
+def host_name(host: str) -> str:
+    """``host`` as compared against allowed hosts: lower case, without IPv6 brackets."""
+    return host.strip().strip("[]").lower()
+
+
+def parse_origin(origin: str) -> Origin | None:
+    """``scheme://host[:port]`` as an :data:`Origin`, or None when it is not one (a path,
+    user info, a scheme other than http/https, or the browsers' opaque origin ``null``)."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if (parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname
+            or parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc):
+        return None
+    scheme = parts.scheme.lower()
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def server_url(host: str, port: int) -> str:
+    """The URL local clients should use; a wildcard bind is reached through loopback."""
+    host = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _comma_separated(value: Any) -> Any:
+    """A list from the environment's ``a,b,c``; a list or tuple passes unchanged."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _first_line(path: Path, what: str) -> str:
+    """The token in a token file: its first line, stripped (a trailing newline is usual)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ValueError(f"the {what} file {path} is empty; its first line must be the token")
+    return token
+
+
 class ServerSettings(BaseSettings):
     """What a server binds to, where it stores, and how it batches ingest.
 
     ``port`` 0 picks a free port; ``idle_timeout_s`` 0 never exits on idleness;
     ``info_file`` defaults to ``<db_path>.server.json``; ``retention_max_snapshots`` keeps at
-    most that many snapshots' feature vectors per run (None keeps all). ``audit`` runs the
+    most that many snapshots' feature vectors per run (None keeps all).
+
+    ``token`` (write: trainers and admins, every route) and ``read_token`` (viewers: GET
+    routes, the push websocket, the dashboard) come from the environment or from the first
+    line of ``token_file`` / ``read_token_file``; a read token needs a write token beside it.
+    ``allowed_hosts``: Host names served besides the loopback names and the bind address;
+    ``allowed_origins`` (``https://team.example.com``): browser origins that may open
+    websockets and change state besides the server's own (see
+    :mod:`sentrycam.backend.origin`). ``audit`` runs the
     audit engine; ``alert_webhook_url`` (opt-in, none by default) receives a POST for each alert
     that reaches ``alert_webhook_min_severity``. ``projector`` runs the
     resident projector worker (``SENTRYCAM_PROJECTOR=off`` disables it, e.g. in tests that do not
@@ -51,6 +116,11 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     token: str | None = Field(None, repr=False)  # never in logs or tracebacks
+    read_token: str | None = Field(None, repr=False)
+    token_file: Path | None = None
+    read_token_file: Path | None = None
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     idle_timeout_s: float = Field(0.0, ge=0.0)
     info_file: Path | None = None
     max_frame_bytes: int = Field(512 * 1024 * 1024, ge=1024)
@@ -74,6 +144,29 @@ class ServerSettings(BaseSettings):
             raise ValueError("host must not be empty; use 127.0.0.1 for this machine only")
         return host.strip()
 
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return _comma_separated(value)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if not host_name(host) or (any(c in host for c in "/:@ ") and not _is_ipv6(host)):
+                raise ValueError(f"allowed host {host!r} must be a bare host name or address "
+                                 "(no scheme, port or path), e.g. team.example.com")
+        return tuple(host_name(host) for host in hosts)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in origins:
+            if parse_origin(origin) is None:
+                raise ValueError(f"allowed origin {origin!r} must look like "
+                                 "https://team.example.com[:port] (scheme and host, no path)")
+        return origins
+
     @field_validator("alert_webhook_url")
     @classmethod
     def _webhook_is_http(cls, url: str | None) -> str | None:
@@ -83,7 +176,7 @@ class ServerSettings(BaseSettings):
             raise ValueError(f"alert_webhook_url must be an http:// or https:// URL, got {url!r}")
         return url
 
-    @field_validator("token")
+    @field_validator("token", "read_token")
     @classmethod
     def _blank_token_is_none(cls, token: str | None) -> str | None:
         # An empty SENTRYCAM_TOKEN= in a shell means "no token", not "the empty token".
@@ -91,13 +184,55 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_exposure_and_fill_defaults(self) -> "ServerSettings":
+        self.token = self._token_from_file(self.token, self.token_file, "token")
+        self.read_token = self._token_from_file(self.read_token, self.read_token_file,
+                                                "read token")
         if not is_loopback(self.host) and self.token is None:
-            raise ValueError(f"refusing to bind {self.host!r} without a token: set --token or "
-                             "SENTRYCAM_TOKEN when binding a non-loopback address")
+            raise ValueError(f"refusing to bind {self.host!r} without a token: set "
+                             "SENTRYCAM_TOKEN or --token-file when binding a non-loopback "
+                             "address")
+        if self.read_token is not None and self.token is None:
+            raise ValueError("a read token needs a write token too (SENTRYCAM_TOKEN or "
+                             "--token-file): without one, anyone could write")
+        if self.read_token is not None and self.read_token == self.token:
+            raise ValueError("the read token must differ from the write token")
         if self.info_file is None:
             self.info_file = info_file_path(self.db_path)
         return self
 
+    @staticmethod
+    def _token_from_file(token: str | None, path: Path | None, what: str) -> str | None:
+        if path is None:
+            return token
+        if token is not None:
+            raise ValueError(f"give the {what} or the {what} file, not both")
+        return _first_line(path, what)
+
     @property
     def token_required(self) -> bool:
         return self.token is not None
+
+    @property
+    def url(self) -> str:
+        """Where this server is reached from its own machine (``http://127.0.0.1:PORT`` for a
+        loopback or wildcard bind): the address its own dashboard sessions call."""
+        return server_url(self.host, self.port)
+
+    @property
+    def served_hosts(self) -> frozenset[str]:
+        """Host names (no port) this server answers to: loopback names, the bind address
+        unless it is a wildcard, and ``allowed_hosts``."""
+        bound = () if self.host in WILDCARD_HOSTS else (host_name(self.host),)
+        return frozenset((*LOOPBACK_HOSTS, *bound, *self.allowed_hosts))
+
+    @property
+    def extra_origins(self) -> frozenset[Origin]:
+        """``allowed_origins`` as compared (scheme, host, port)."""
+        return frozenset(filter(None, map(parse_origin, self.allowed_origins)))
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version == 6
+    except ValueError:
+        return False

@@ -29,7 +29,7 @@ import uvicorn
 
 from sentrycam.backend.app import create_app
 from sentrycam.backend.feed import Change
-from sentrycam.backend.server import bind_socket, uvicorn_config
+from sentrycam.backend.server import bind_socket, on_bound_port, uvicorn_config
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.store import Store
 from sentrycam.protocol.changes import ChangeKind
@@ -71,6 +71,7 @@ def serve_in_thread(settings: ServerSettings, store: Store | None = None) -> Ite
     """Serve ``create_app(settings, store)`` with uvicorn on 127.0.0.1 (a free port) until the
     block exits; then shut down gracefully (the writer drains) and join the thread."""
     sock = bind_socket("127.0.0.1", 0)
+    settings = on_bound_port(settings, sock)
     app = create_app(settings, store)
     server = uvicorn.Server(uvicorn_config(app, settings, log_config=None))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},

@@ -25,6 +25,7 @@ from typing import Any
 
 from sentrycam.protocol import wire
 from sentrycam.protocol.messages import Message
+from sentrycam.protocol.redaction import redacting_logger
 from sentrycam.protocol.wire import ReplyType
 from sentrycam.capture.queue import BoundedQueue, InFlightWindow, Progress
 from sentrycam.capture.sender_stats import Counters, LogLimiter
@@ -144,7 +145,8 @@ class SenderLoop:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         try:
             ws = connect(self.ws_url, additional_headers=headers, max_size=None,
-                         open_timeout=self.open_timeout, close_timeout=1.0, compression=None)
+                         open_timeout=self.open_timeout, close_timeout=1.0, compression=None,
+                         logger=redacting_logger(f"{__name__}.websocket"))
         except InvalidHandshake as exc:  # the server answered but refused: token, path, version
             self.failed_connects += 1
             self.counters.add("errors")

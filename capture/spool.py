@@ -41,6 +41,8 @@ RECORD_HEADER = struct.Struct("<4sQQI")
 SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = ".lock"
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 class SpoolLockedError(RuntimeError):
@@ -74,6 +76,13 @@ def _read_record(f: BinaryIO) -> tuple[int, bytes] | None:
     if zlib.crc32(frame) != crc:
         raise _TornRecord(f"record of seq {seq} fails its CRC check")
     return seq, frame
+
+
+def _open_private(path: Path, mode: str) -> BinaryIO:
+    """Open ``path`` to write (``"wb"``: truncate, ``"ab"``: append), created readable and
+    writable by its owner only."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, PRIVATE_FILE_MODE), mode)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -110,8 +119,10 @@ class Spool:
         """Create the folder and take its lock. Raises :class:`SpoolLockedError` or ``OSError``."""
         if self._lock_file is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        lock_file = open(self.directory / LOCK_NAME, "ab")
+        # Owner only (0700 folders, 0600 files): the frames are the run's data.
+        self.directory.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        self.directory.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        lock_file = _open_private(self.directory / LOCK_NAME, "ab")
         if fcntl is not None:
             try:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -170,7 +181,7 @@ class Spool:
         path = self.directory / _segment_name(first_seq)
         # A file of that name can only be the torn leftover of a crash (its first record
         # never became valid, else last_seq would be past it), so overwriting it loses nothing.
-        self._writer = open(path, "wb")
+        self._writer = _open_private(path, "wb")
         self._writer_first = first_seq
         self._writer_size = 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any, Callable
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import numpy as np
@@ -20,8 +20,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from sentrycam.protocol.push import PushFrame, PushFrameError, decode
+from sentrycam.protocol.redaction import redacting_logger
 
 log = logging.getLogger(__name__)
+#: The push websockets' own log (handshake headers at DEBUG level, the token redacted).
+_WS_LOG = redacting_logger(f"{__name__}.websocket")
 
 #: Seconds between reconnection attempts of a push subscription.
 RECONNECT_S = 1.0
@@ -38,8 +41,10 @@ class ApiClient:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.token = token
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=HTTP_TIMEOUT_S)
+        # In a header, never in a URL: URLs end up in logs (the server's, proxies').
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=self._headers,
+                                  timeout=HTTP_TIMEOUT_S)
 
     def close(self) -> None:
         self._http.close()
@@ -84,22 +89,25 @@ class ApiClient:
         return response.json() if response.status_code == 200 else None
 
     def push_url(self, run_id: str) -> str:
+        """The push websocket's URL (the token goes in a header, see :meth:`subscribe`)."""
         base = "wss" + self.url[5:] if self.url.startswith("https") else "ws" + self.url[4:]
-        query = f"?{urlencode({'token': self.token})}" if self.token else ""
-        return f"{base}/ws/runs/{quote(run_id)}{query}"
+        return f"{base}/ws/runs/{quote(run_id)}"
 
     def subscribe(self, run_id: str, on_frame: Callable[[PushFrame], None]) -> PushSubscription:
         """Start receiving ``run_id``'s push frames on a background thread."""
-        return PushSubscription(self.push_url(run_id), on_frame).start()
+        return PushSubscription(self.push_url(run_id), on_frame, headers=self._headers).start()
 
 
 class PushSubscription:
     """A thread that stays subscribed (reconnecting after a drop, each time receiving the
     catch-up again) and calls ``on_frame(frame)`` for every push frame. A message that is not
-    a valid push frame is counted in ``rejected``, logged and skipped."""
+    a valid push frame is counted in ``rejected``, logged and skipped. ``headers`` go with
+    each handshake (``Authorization``)."""
 
-    def __init__(self, url: str, on_frame: Callable[[PushFrame], None]) -> None:
+    def __init__(self, url: str, on_frame: Callable[[PushFrame], None],
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self._headers = dict(headers or {})
         self._on_frame = on_frame
         self._stop = threading.Event()
         self._socket = None
@@ -135,7 +143,8 @@ class PushSubscription:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with connect(self.url, max_size=None, open_timeout=10) as socket:
+                with connect(self.url, max_size=None, open_timeout=10, logger=_WS_LOG,
+                             additional_headers=self._headers) as socket:
                     self._socket = socket
                     self.connects += 1
                     for message in socket:

@@ -128,19 +128,18 @@ def _label(run: dict[str, Any]) -> str:
     return f"{run.get('name') or run['run_id'][:8]} ({status}, {run['run_id'][:6]})"
 
 
-def session_page() -> pn.viewable.Viewable:
+def session_page(api_url: str, token: str | None = None) -> pn.viewable.Viewable:
     """The page of one browser session of ``sentrycam serve``. The session reads from the
-    server it is served by (the Host the browser used, with the page's ``?token=``), through
-    the same HTTP API and push websocket as any other client. ``?render=canvas`` draws the
+    server at ``api_url`` (the server's own address, never one the browser's request named)
+    with ``token``, through the same HTTP API and push websocket as any other client. URL
+    parameters: ``?run=`` and ``?compare=`` pick the runs shown; ``?render=canvas`` draws the
     2D maps on a plain canvas instead of WebGL (faster on machines without a GPU)."""
     pn.extension("tabulator")  # the alerts table is added after load: its JS must come now
-    request = pn.state.curdoc.session_context.request
-    host = request.headers.get("Host", "127.0.0.1")
-    token = _argument(request.arguments, "token")
-    page = DashboardPage(ApiClient(f"http://{host}", token=token),
-                         run_id=_argument(request.arguments, "run"),
-                         compare=_argument(request.arguments, "compare"),
-                         webgl=_argument(request.arguments, "render") != "canvas").start()
+    arguments = pn.state.curdoc.session_context.request.arguments
+    page = DashboardPage(ApiClient(api_url, token=token),
+                         run_id=_argument(arguments, "run"),
+                         compare=_argument(arguments, "compare"),
+                         webgl=_argument(arguments, "render") != "canvas").start()
     pn.state.on_session_destroyed(lambda context: page.close())
     return page.panel()
 

@@ -13,8 +13,9 @@ imports it:
   header per frame type);
 - :mod:`~sentrycam.protocol.changes`: the kinds of change the server's feed announces;
 - :mod:`~sentrycam.protocol.signals`: every per-step and per-layer signal, declared once;
-- :mod:`~sentrycam.protocol.server_info`: how a running server is found from its database.
+- :mod:`~sentrycam.protocol.server_info`: how a running server is found from its database;
+- :mod:`~sentrycam.protocol.redaction`: keeps tokens out of every log line.
 
-The trainer side (capture) uses messages, wire, signals and server_info, none of which
-imports pydantic.
+The trainer side (capture) uses messages, wire, signals, server_info and redaction, none of
+which imports pydantic.
 """

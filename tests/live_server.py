@@ -55,15 +55,17 @@ def server(make_settings, store) -> Iterator[RunningServer]:
 
 
 class Ingest:
-    """Sends messages through the server's ingest websocket and waits for their acks.
+    """Sends messages through the server's ingest websocket and waits for their acks
+    (``token``: the server's write token, when it has one).
 
     Numbers each run's messages 0, 1, 2, ... as a trainer does (the server stores a run's
     messages only in that order)."""
 
-    def __init__(self, server: RunningServer) -> None:
+    def __init__(self, server: RunningServer, token: str | None = None) -> None:
         self.server = server
         self.seqs: dict[str, int] = {}  # the last seq sent, per run
-        self.socket = connect(server.ws_url)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.socket = connect(server.ws_url, additional_headers=headers)
 
     def send(self, *messages: Any) -> None:
         """Send ``messages``; return once the server acknowledged (stored) each run's last."""

@@ -3,21 +3,24 @@
 :func:`mount_dashboard` adds the Panel application at the root URL with ``bokeh-fastapi``:
 the page, BokehJS's static files (``/static``) and the page's own websocket (``/ws``) all come
 from the server. Each browser session reads through the server's HTTP API and push websocket
-(:mod:`sentrycam.frontend.page`), like any other client. What the Panel/Bokeh routes take from a
-request is checked first (:mod:`sentrycam.backend.routes.dashboard_guard`).
+(:mod:`sentrycam.frontend.page`), like any other client: at the server's own address
+(``settings.url``), never at the host the browser's request named, and with the server's
+token of the scope the viewer was granted (the viewer's own token never reaches the session,
+see :mod:`sentrycam.backend.auth`). What the Panel/Bokeh routes take from a request is checked
+first (:mod:`sentrycam.backend.routes.dashboard_guard`).
 """
 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from fastapi import FastAPI
 
+from sentrycam.backend.auth import Access, granted_access
 from sentrycam.backend.routes.dashboard_guard import guard_bokeh_sessions, serve_components_safely
-from sentrycam.backend.settings import ServerSettings, is_loopback
+from sentrycam.backend.settings import ServerSettings
 
-#: Origins whose pages may open the dashboard's websocket on a loopback server.
-LOOPBACK_ORIGINS = ("localhost:*", "127.0.0.1:*", "[::1]:*")
 #: What a browser fetches without the page's ``?token=`` and the token guard lets through:
 #: BokehJS/Panel bundles (public files), and the page's own websocket, which Bokeh admits only
 #: with a session token signed by this server when it served the (token-guarded) page.
@@ -26,17 +29,23 @@ OPEN_PREFIXES = ("/static/",)
 
 
 def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
-    """Serve the dashboard at ``/`` of ``app``. On a loopback server only pages from this
-    machine may connect; a server bound elsewhere requires its token anyway."""
+    """Serve the dashboard at ``/`` of ``app``."""
+    import panel as pn
     from panel.io.fastapi import add_applications
 
     from sentrycam.frontend.page import session_page
 
-    origins = list(LOOPBACK_ORIGINS) if is_loopback(settings.host) else ["*"]
+    tokens = {Access.WRITE: settings.token, Access.READ: settings.read_token}
+
+    def page() -> Any:
+        request = pn.state.curdoc.session_context.request
+        return session_page(settings.url, token=tokens.get(granted_access(request.headers)))
+
     # Signed sessions: a websocket must present a session token this server minted, and a
-    # fresh secret per server means no token outlives it.
+    # fresh secret per server means no token outlives it. Which pages may open that websocket
+    # is the HostOriginGuard's to decide (sentrycam.backend.origin), for every route alike.
     secret_key = secrets.token_bytes(32)
-    add_applications({"/": session_page}, app=app, title="sentrycam", websocket_origin=origins,
+    add_applications({"/": page}, app=app, title="sentrycam", websocket_origin=["*"],
                      secret_key=secret_key, sign_sessions=True)
     serve_components_safely(app)
     guard_bokeh_sessions(app, secret_key)

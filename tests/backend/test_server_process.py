@@ -127,7 +127,7 @@ def test_a_port_in_use_is_a_clear_error():
 # ---- settings -----------------------------------------------------------------------------------
 
 def test_a_public_address_needs_a_token(tmp_path):
-    with pytest.raises(ValidationError, match="set --token or SENTRYCAM_TOKEN"):
+    with pytest.raises(ValidationError, match="set SENTRYCAM_TOKEN or --token-file"):
         ServerSettings(db_path=tmp_path / "a.duckdb", host="0.0.0.0")
     assert ServerSettings(db_path=tmp_path / "a.duckdb", host="0.0.0.0", token="t").token == "t"
     for loopback in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):

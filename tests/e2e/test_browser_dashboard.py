@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import httpx
@@ -16,6 +17,7 @@ from tests.e2e.browser import latest_step, points, wait_until
 pytestmark = [pytest.mark.browser, pytest.mark.projector]  # the real worker draws the maps
 PARTS = ("sc-embedding", "sc-heatmap", "sc-curves", "sc-alerts", "sc-latest-step")
 MAP_TIMEOUT_S = 180.0  # a real projector worker warms up (numba JIT) before its first map
+WRITE_TOKEN, READ_TOKEN = "s3cret-write", "s3cret-read"
 
 
 @pytest.fixture
@@ -125,16 +127,29 @@ def test_a_dashboard_opened_after_training_ends_replays_the_whole_run(server_pro
     assert "finished" in status
 
 
-def test_a_server_with_a_token_serves_the_dashboard_only_to_token_holders(tmp_path, page,
-                                                                         trainer):
-    settings = ServerSettings(db_path=tmp_path / "guarded.duckdb", port=0, token="s3cret")
+def test_a_server_with_tokens_serves_the_dashboard_to_viewers_and_never_shows_a_token(
+        tmp_path, page, trainer, caplog):
+    """The trainer writes with the write token, a viewer opens the page with the read token
+    (?token=); no log line of the whole session, and not the page, holds either token."""
+    caplog.set_level(logging.DEBUG)
+    settings = ServerSettings(db_path=tmp_path / "guarded.duckdb", port=0, token=WRITE_TOKEN,
+                              read_token=READ_TOKEN)
     with serve_in_thread(settings) as server:
         run = capture.attach(trainer.model, _probe(trainer, 100), url=server.url, every=10,
-                             optimizer=trainer.optimizer, token="s3cret", run_name="guarded")
+                             optimizer=trainer.optimizer, token=WRITE_TOKEN, run_name="guarded")
         trainer.train(12)
         assert httpx.get(server.url).status_code == 401
-        page.goto(f"{server.url}/?token=s3cret")
+        page.goto(f"{server.url}/?token={READ_TOKEN}")
         wait_until(lambda: latest_step(page) is not None, what="the guarded run's steps")
         for part in PARTS:
             assert page.locator(f".{part}").count() >= 1, part
+        first_seen = latest_step(page)
+        trainer.train(30)
+        wait_until(lambda: latest_step(page) > first_seen,
+                   what=f"steps after {first_seen} pushed to the viewer")
+        source = page.content()
         run.detach()
+    assert WRITE_TOKEN not in source and READ_TOKEN not in source
+    lines = [record.getMessage() for record in caplog.records]
+    assert any("WebSocket" in line for line in lines), "the server logged no websocket"
+    assert [line for line in lines if WRITE_TOKEN in line or READ_TOKEN in line] == []
