@@ -63,7 +63,7 @@ def test_the_read_token_reads_and_the_write_token_does_everything(scoped):
     status, body = handshake(scoped.port, "/ws/ingest", headers=_bearer(READ))
     assert status == 403 and b"write token" in body
     with connect(scoped.ws_url, additional_headers=_bearer(WRITE)) as ws:
-        ws.send(wire.encode(RunStart("second", "written", 1.0), 1, 1.0))
+        ws.send(wire.encode(RunStart("second", "written", 1.0), 0, 1.0))
         assert '"type": "ack"' in ws.recv(timeout=10)
 
 

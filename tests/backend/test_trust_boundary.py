@@ -82,7 +82,7 @@ def test_a_foreign_page_may_not_open_websockets_or_change_state(server, ingest):
 def test_the_servers_own_pages_and_clients_without_an_origin_pass(server):
     origins = (None, f"http://127.0.0.1:{server.port}", f"http://localhost:{server.port}")
     for number, origin in enumerate(origins):
-        frame = wire.encode(RunStart(f"own-origin-{number}", "a page of the server", 1.0), 1, 1.0)
+        frame = wire.encode(RunStart(f"own-origin-{number}", "a page of the server", 1.0), 0, 1.0)
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         with connect(f"ws://127.0.0.1:{server.port}/ws/ingest", sock=sock, origin=origin) as ws:
             ws.send(frame)
