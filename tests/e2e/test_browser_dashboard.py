@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import httpx
 import numpy as np
@@ -62,18 +63,30 @@ def test_dashboard_follows_a_training_run_and_replays_earlier_snapshots(live_ser
 
     options = page.locator(".sc-embedding select").first.locator("option")
     wait_until(lambda: options.count() >= 2, what="both layers in the layer picker")
-    layer = page.locator(".sc-embedding select").first.input_value()  # the layer shown
-    first_step = min(m["step"] for m in _maps(live_server.url, run.run_id) if m["layer"] == layer)
     _replay_first_snapshot(page)
-    wait_until(lambda: f"step {first_step}" in page.locator(".sc-map-step").first.inner_text(),
-               what="the slider to replay the first snapshot")
-    stored = httpx.get(f"{live_server.url}/api/runs/{run.run_id}/embedding",
-                       params={"layer": layer, "step": first_step}).json()
-    # The same points as stored for that snapshot (compared as sets of coordinates: the
-    # order of the page's rows is the view's own business).
-    wait_until(lambda: np.allclose(np.sort(points(page)["x"]), np.sort(stored["x"]), atol=1e-4)
-               and np.allclose(np.sort(points(page)["y"]), np.sort(stored["y"]), atol=1e-4),
-               what="the first snapshot's points drawn")
+    # The map shown is then the first stored map of the layer shown, point for point. The
+    # layer and the stored map are read afresh on each look, so that neither a layer that
+    # changes after the replay nor a map stored again meanwhile makes the check stale; the
+    # points are compared as sets of coordinates (row order is the view's own business).
+    replayed: dict = {}
+
+    def shows_the_first_stored_map() -> bool:
+        layer = page.locator(".sc-embedding select").first.input_value()
+        shown = re.search(r"step (\d+)", page.locator(".sc-map-step").first.inner_text())
+        first = min(m["step"] for m in _maps(live_server.url, run.run_id) if m["layer"] == layer)
+        replayed.update(layer=layer, shown=shown and int(shown.group(1)), first=first)
+        if shown is None or int(shown.group(1)) != first:
+            return False
+        stored = httpx.get(f"{live_server.url}/api/runs/{run.run_id}/embedding",
+                           params={"layer": layer, "step": first}, timeout=10).json()
+        drawn = points(page)
+        return (np.allclose(np.sort(drawn["x"]), np.sort(stored["x"]), atol=1e-4)
+                and np.allclose(np.sort(drawn["y"]), np.sort(stored["y"]), atol=1e-4))
+
+    try:
+        wait_until(shows_the_first_stored_map, what="the first snapshot's points drawn")
+    finally:
+        logging.getLogger(__name__).info("replay: %s", replayed)
     run.detach()
 
 
