@@ -37,8 +37,10 @@ from sentrycam.protocol.redaction import redacting_logger
 
 log = logging.getLogger(__name__)
 
-#: uvicorn's loggers that write request URLs and (at DEBUG) handshake headers, tokens included.
-URL_LOGGERS = ("uvicorn.error", "uvicorn.access")
+#: Loggers that write request URLs and (at DEBUG) handshake headers, tokens included.
+URL_LOGGERS = ("uvicorn.error", "uvicorn.access",
+               # the page's Location model logs the browser's URL (href, search) at DEBUG
+               "panel.viewable.Location")
 #: How long shutdown waits for queued messages to reach the store.
 DRAIN_TIMEOUT_S = 60.0
 
