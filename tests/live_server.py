@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 
 from sentrycam.backend.feed import Change
 from sentrycam.backend.settings import ServerSettings
-from sentrycam.protocol import wire
+from sentrycam.protocol import signals, wire
 from sentrycam.protocol.messages import (SPLIT_TRAIN, LayerStats, ProbeSet, RunStart, Scalars,
                                         Snapshot, Status)
 from sentrycam.protocol.push import PushHeader, decode
@@ -108,8 +108,10 @@ def start_run(ingest: Ingest, run_id: str = RUN, steps: int = 3) -> None:
 
 def train_step(ingest: Ingest, step: int, run_id: str = RUN) -> None:
     """Scalars (loss 1/(step+1), lr) and layer stats of layers conv and fc for ``step``."""
-    ingest.send(Scalars(run_id, step, time.time(), {"loss": 1.0 / (step + 1), "lr": 0.01}),
-                LayerStats(run_id, step, ("conv", "fc"), ("grad_norm", "act_std"),
+    scalars = {signals.LOSS.name: 1.0 / (step + 1), signals.LR.name: 0.01}
+    ingest.send(Scalars(run_id, step, time.time(), scalars),
+                LayerStats(run_id, step, ("conv", "fc"),
+                           (signals.LAYER_GRAD_NORM.name, signals.ACT_STD.name),
                            np.array([[step + 1.0, 0.5], [2.0, 0.25]], np.float32)))
 
 
