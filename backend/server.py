@@ -27,7 +27,7 @@ import uvicorn
 
 from sentrycam.backend.app import Activity, create_app, open_store
 from sentrycam.backend.settings import ServerSettings, server_url
-from sentrycam.protocol.server_info import info_file_path, read_info_file
+from sentrycam.protocol.server_info import read_info_file
 
 log = logging.getLogger(__name__)
 

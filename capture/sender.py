@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sentrycam.protocol.messages import MESSAGE_TYPES, Message
+from sentrycam.protocol.messages import MESSAGE_TYPES, RUN_ID_RULE, Message
 from sentrycam.capture.queue import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, BoundedQueue,
                                      InFlightWindow, Progress, message_nbytes)
 from sentrycam.capture.sender_loop import SenderLoop
 from sentrycam.capture.sender_stats import Counters, LogLimiter
 from sentrycam.capture.spool import DEFAULT_SEGMENT_BYTES, Spool, SpoolLockedError, spooled_runs
 from sentrycam.capture.transport import TransportCounters
-from sentrycam.protocol.messages import RUN_ID_RULE
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import pytest
 from pydantic import ValidationError
 from websockets.sync.client import connect
 
-from sentrycam.backend.server import (ServerStartError, bind_socket, info_file_path,
-                                      read_info_file, run_server)
+from sentrycam.backend.server import ServerStartError, bind_socket, run_server
 from sentrycam.backend.settings import ServerSettings
+from sentrycam.protocol.server_info import info_file_path, read_info_file
 from sentrycam.backend.store import Store
 from sentrycam.protocol import wire
 from sentrycam.protocol.messages import RunStart, Scalars
