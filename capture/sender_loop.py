@@ -303,8 +303,8 @@ class SenderLoop:
         if data.get("retry") is True:
             # The server cannot store now: keep every frame; hang up, spool, retry later.
             if self.retry_later is None:
-                self.log.warning("retry", "the server cannot store messages now (%s); keeping "
-                                 "them in the spool and retrying", data.get("error"))
+                self.log.warning("retry", "the server asks to send again later (%s); the "
+                                 "messages wait in the spool meanwhile", data.get("error"))
             self.retry_later = str(data.get("error"))
             return
         if isinstance(expected, int) and isinstance(run_id, str):
