@@ -9,6 +9,7 @@ file-size limit on this process (RLIMIT_FSIZE), under which DuckDB's writes fail
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import threading
 import time
@@ -23,6 +24,8 @@ from websockets.sync.client import connect
 from sentrycam.backend.ingest import IngestWriter
 from sentrycam.backend.store import Store, StoreUnavailableError
 from sentrycam.backend.testing import serve_in_thread
+from sentrycam.frontend.client import ApiClient
+from sentrycam.frontend.state_views import StatusView
 from sentrycam.protocol import wire
 from sentrycam.protocol.messages import RunStart, Scalars, Snapshot
 from tests.full_disk import SmallDisk, file_size_limit
@@ -201,6 +204,7 @@ def test_the_server_says_503_with_the_reason_while_its_disk_is_full_and_200_afte
         assert body["status"] == "failing" and body["failing_since"] <= time.time()
         assert any(w in body["reason"] for w in ("No space left", "File too large"))
         assert body["ingest"]["retry_later"] >= 1
+        _assert_dashboard_shows(server.url, body["reason"])
         runs = http.get("/api/runs")
         assert runs.status_code in (200, 503), runs.text  # served, or the reason; never a 500
         if runs.status_code == 503:
@@ -223,3 +227,19 @@ def _replies_until(socket, wanted, timeout: float = 20.0) -> dict:
         reply = json.loads(socket.recv(timeout=max(0.1, deadline - time.monotonic())))
         if wanted(reply):
             return reply
+
+
+def _assert_dashboard_shows(url: str, reason: str) -> None:
+    """The dashboard reads the failure through its API client and puts it on the status line."""
+    client = ApiClient(url)
+    try:
+        health = client.health()
+    finally:
+        client.close()
+    assert health["status"] == "failing" and health["reason"] == reason
+    status = StatusView()
+    status.update(storage_failure=health["reason"])
+    assert "cannot store new data" in status.pane.object
+    assert html.escape(reason) in status.pane.object
+    status.update(storage_failure=None)
+    assert "cannot store" not in status.pane.object
