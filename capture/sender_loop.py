@@ -11,11 +11,8 @@ frame re-sent after a lost ack is stored once; because it stores a run's message
 order, nothing may overtake the backlog, and when it answers that it needs an earlier seq of a
 run, the sender resends that run's frames from there.
 
-A *retryable* error (``"retry": true``: the server's storage failed, not the frame) is handled
-like a lost connection: the sender hangs up, the window's frames go to the spool, and after a
-backoff (doubling up to :data:`BACKOFF_MAX_S`) it reconnects and replays them from the last
-acknowledged seq; nothing is given up. Closing the transport meanwhile leaves them in the spool
-for the next start or ``sentrycam sync``.
+A *retryable* error (``"retry": true``: the server cannot store now) is handled like a lost
+connection: hang up, spool the window, back off, reconnect and replay; nothing is given up.
 
 ``websockets`` is imported inside the thread's functions only: importing the capture package
 must stay cheap.
@@ -301,7 +298,6 @@ class SenderLoop:
     def _handle_error(self, data: dict) -> None:
         run_id, seq, expected = data.get("run_id"), data.get("seq"), data.get("expected_seq")
         if data.get("retry") is True:
-            # The server cannot store now: keep every frame; hang up, spool, retry later.
             if self.retry_later is None:
                 self.log.warning("retry", "the server asks to send again later (%s); the "
                                  "messages wait in the spool meanwhile", data.get("error"))

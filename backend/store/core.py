@@ -22,7 +22,6 @@ import logging
 import os
 import pathlib
 import threading
-import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import duckdb
@@ -32,7 +31,7 @@ from sentrycam.protocol.messages import Message
 from sentrycam.backend.store import derived, export, reader, schema
 from sentrycam.backend.store.errors import (StoreClosedError, StoreFormatError, StoreLockedError,
                                             StoreReadOnlyError, StoreUnavailableError)
-from sentrycam.backend.store.failure import StorageFailure, storage_failure
+from sentrycam.backend.store.failure import FailureState, StorageFailure, storage_failure
 from sentrycam.protocol.validation import check_batch
 from sentrycam.backend.store.writer import BatchWriter, Refusal, RetentionSettings
 
@@ -102,8 +101,7 @@ class Store:
         self.retention = retention or RetentionSettings()
         self._write_lock = threading.Lock()
         self._closed = False
-        #: Set by a storage failure, cleared by the next commit that works.
-        self._failure: StorageFailure | None = None
+        self._failure = FailureState(self.path)  # set by a storage failure, ended by a commit
         self._generation = 0  # counts reopenings: a read that spans one must not see a 500
         self._open()
         logger.debug("opened store %s (read_only=%s, schema %d)", self.path, self.read_only,
@@ -151,9 +149,9 @@ class Store:
         """A fresh cursor for one call: DuckDB cursors must not be shared between threads."""
         if self._closed:
             raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
-        failure, generation = self._failure, self._generation
+        failure, generation = self._failure.current, self._generation
         if failure is not None and failure.reopen:
-            raise StoreUnavailableError(self._unavailable(failure))
+            raise self._failure.error()
         try:
             cur = self._con.cursor()
             try:
@@ -163,8 +161,7 @@ class Store:
         except duckdb.Error as exc:
             failure = storage_failure(exc)
             if failure is not None:
-                self._note_failure(failure)
-                raise StoreUnavailableError(self._unavailable(failure)) from exc
+                raise self._failure.note(failure) from exc
             if generation != self._generation:
                 raise StoreUnavailableError(
                     f"the store {self.path} was reopened during this read; try again") from exc
@@ -218,8 +215,8 @@ class Store:
         with self._write_lock:
             if self._closed:
                 raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
-            if self._failure is not None and self._failure.reopen:
-                raise StoreUnavailableError(self._unavailable(self._failure))
+            if self._failure.current is not None and self._failure.current.reopen:
+                raise self._failure.error()
             cur = self._writer
             try:
                 cur.begin()
@@ -230,9 +227,8 @@ class Store:
                 failure = storage_failure(exc)
                 if failure is None:
                     raise
-                self._note_failure(failure)
-                raise StoreUnavailableError(self._unavailable(failure)) from exc
-            self._end_failure()
+                raise self._failure.note(failure) from exc
+            self._failure.end()
         return result
 
     # ------------------------------------------------------------------ storage failures
@@ -240,7 +236,7 @@ class Store:
     @property
     def failure(self) -> StorageFailure | None:
         """The storage failure that the last commit met, or None while commits work."""
-        return self._failure
+        return self._failure.current
 
     def recover(self) -> bool:
         """Try to end a storage failure: reopen the file if DuckDB invalidated it (the write-
@@ -252,16 +248,16 @@ class Store:
             if self._closed:
                 raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
             try:
-                if self._failure is not None and self._failure.reopen:
+                if self._failure.current is not None and self._failure.current.reopen:
                     self._reopen()
                 self._writer.execute("CHECKPOINT")
             except Exception as exc:  # anything at all: the failure goes on
                 failure = storage_failure(exc) or StorageFailure(
                     f"reopening failed: {type(exc).__name__}: {exc}", reopen=True)
-                self._note_failure(failure)
+                self._failure.note(failure)
                 logger.warning("store %s still cannot be written: %s", self.path, failure.reason)
                 return False
-            self._end_failure()
+            self._failure.end()
         return True
 
     def _reopen(self) -> None:
@@ -274,25 +270,8 @@ class Store:
                 pass  # an invalidated connection may refuse even that
         self._generation += 1
         self._open()
-        # Opened again: what fails from here on is a new problem, not the invalidation.
-        self._failure = StorageFailure(self._failure.reason, False, self._failure.since)
+        self._failure.reopened()
         logger.info("reopened store %s after a storage failure", self.path)
-
-    def _note_failure(self, failure: StorageFailure) -> None:
-        previous = self._failure
-        self._failure = failure if previous is None else previous.again(failure)
-        if previous is None:
-            logger.error("store %s cannot be written: %s", self.path, failure.reason)
-
-    def _end_failure(self) -> None:
-        if self._failure is not None:
-            logger.warning("store %s can be written again (it failed for %.1f s)", self.path,
-                           time.time() - self._failure.since)
-            self._failure = None
-
-    def _unavailable(self, failure: StorageFailure) -> str:
-        return (f"the store {self.path} cannot be written now ({failure.reason}); the server "
-                "retries until storage works again")
 
     # ------------------------------------------------------------------ derived data
 

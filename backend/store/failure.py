@@ -12,10 +12,15 @@ of the data (a bad message, a constraint), which a retry cannot cure.
 from __future__ import annotations
 
 import errno
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import duckdb
+
+from sentrycam.backend.store.errors import StoreUnavailableError
+
+logger = logging.getLogger(__name__)
 
 #: OS errors of the storage itself (a full disk, a quota, a file-size limit, a broken device).
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
@@ -60,3 +65,38 @@ def storage_failure(exc: BaseException) -> StorageFailure | None:
 def _reason(exc: BaseException, text: str) -> str:
     reason = f"{type(exc).__name__}: {text}"
     return reason if len(reason) <= REASON_MAX_CHARS else reason[:REASON_MAX_CHARS - 3] + "..."
+
+
+class FailureState:
+    """The storage failure a store is in (``current``; None while commits work), with the
+    log lines that mark its start and end. Updated by the store's threads without a lock: a
+    stale read only delays a retry."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        self.current: StorageFailure | None = None
+
+    def note(self, failure: StorageFailure) -> StoreUnavailableError:
+        """Remember ``failure`` (as part of the episode under way); returns the error to raise."""
+        previous = self.current
+        self.current = failure if previous is None else previous.again(failure)
+        if previous is None:
+            logger.error("store %s cannot be written: %s", self.path, failure.reason)
+        return self.error()
+
+    def error(self) -> StoreUnavailableError:
+        reason = self.current.reason if self.current else "storage failure"
+        return StoreUnavailableError(f"the store {self.path} cannot be written now ({reason}); "
+                                     "the server retries until storage works again")
+
+    def reopened(self) -> None:
+        """The file was opened again: what fails next is a new problem, not the invalidation."""
+        if self.current is not None:
+            self.current = replace(self.current, reopen=False)
+
+    def end(self) -> None:
+        """A commit worked: the episode is over."""
+        if self.current is not None:
+            logger.warning("store %s can be written again (it failed for %.1f s)", self.path,
+                           time.time() - self.current.since)
+            self.current = None
