@@ -19,6 +19,7 @@ import pytest
 
 from sentrycam import capture
 from sentrycam.backend.store import Store
+from sentrycam.capture.sender import replay_spool
 from sentrycam.capture.sequence import LOST_EVENT
 from tests.full_disk import SmallDisk, limit_file_size
 
@@ -33,6 +34,8 @@ ROOM_BYTES = 500_000
 #: Under the fallback, no file of the server may grow past this.
 FILE_LIMIT_BYTES = 1_000_000
 FAILURE_TIMEOUT_S = 30.0
+#: run.detach() gives up on a server that cannot store within its flush and close timeouts.
+DETACH_BOUND_S = 60.0
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -79,22 +82,31 @@ class Disk:
             self.small.__exit__(*exc_info)
 
 
+def _attach(trainer, url: str):
+    return capture.attach(trainer.model, probe=(trainer.data.x_train, trainer.data.y_train),
+                          criterion=trainer.criterion, optimizer=trainer.optimizer, url=url,
+                          every=EVERY, overhead_budget=None, probe_size=PROBE_SIZE)
+
+
+def _train_until_the_disk_is_full(trainer, url: str) -> dict:
+    """Train until /health says 503 (the disk filled up); returns its body."""
+    deadline = time.monotonic() + FAILURE_TIMEOUT_S
+    while True:
+        assert time.monotonic() < deadline, "the disk never filled up"
+        trainer.train(EVERY)
+        status, health = _get(f"{url}/health")
+        if status == 503:
+            assert health["status"] == "failing"
+            assert any(w in health["reason"] for w in ("No space left", "File too large"))
+            return health
+
+
 def test_a_full_disk_mid_run_loses_and_duplicates_nothing_and_the_run_finishes(
         server_process, trainer, in_tmp_cwd, tmp_path):
     with Disk(tmp_path, server_process) as disk:
         url = disk.server.url
-        run = capture.attach(trainer.model, probe=(trainer.data.x_train, trainer.data.y_train),
-                             criterion=trainer.criterion, optimizer=trainer.optimizer, url=url,
-                             every=EVERY, overhead_budget=None, probe_size=PROBE_SIZE)
-        failing, deadline = None, time.monotonic() + FAILURE_TIMEOUT_S
-        while failing is None:  # train until the disk is full and the server says so
-            assert time.monotonic() < deadline, "the disk never filled up"
-            trainer.train(EVERY)
-            status, health = _get(f"{url}/health")
-            if status == 503:
-                failing = health
-        assert failing["status"] == "failing"
-        assert any(w in failing["reason"] for w in ("No space left", "File too large"))
+        run = _attach(trainer, url)
+        _train_until_the_disk_is_full(trainer, url)
         trainer.train(4 * EVERY)  # still failing: the trainer spools, training goes on
         status, _ = _get(f"{url}/api/runs/{run.run_id}")
         assert status in (200, 503)  # what it can serve, or why not; never a 500
@@ -108,6 +120,25 @@ def test_a_full_disk_mid_run_loses_and_duplicates_nothing_and_the_run_finishes(
         assert (status, health["status"]) == (200, "ok"), health
         summary = _get(f"{url}/api/runs/{run.run_id}")[1]
         assert summary["status"] == "finished", (summary, run.counters())
+        disk.server.stop()
+        _assert_stored_exactly_once(disk.server.db, run.run_id, trainer.steps_done)
+
+
+def test_a_run_that_ends_while_the_disk_is_full_waits_in_the_spool_and_sync_completes_it(
+        server_process, trainer, in_tmp_cwd, tmp_path):
+    with Disk(tmp_path, server_process) as disk:
+        run = _attach(trainer, disk.server.url)
+        _train_until_the_disk_is_full(trainer, disk.server.url)
+        trainer.train(2 * EVERY)
+        started = time.monotonic()
+        run.detach()  # the server still cannot store: bounded wait, the rest stays spooled
+        assert time.monotonic() - started < DETACH_BOUND_S
+        spool = in_tmp_cwd / "sentrycam-runs" / "spool"
+        assert list(spool.rglob("*.seg")), "the unacknowledged messages should be spooled"
+        assert run.counters().dropped == 0
+        disk.free()
+        assert replay_spool(spool, disk.server.url, timeout=60) > 0
+        assert not list(spool.rglob("*.seg"))
         disk.server.stop()
         _assert_stored_exactly_once(disk.server.db, run.run_id, trainer.steps_done)
 
