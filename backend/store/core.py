@@ -160,7 +160,9 @@ class Store:
                 cur.close()
         except duckdb.Error as exc:
             failure = storage_failure(exc)
-            if failure is not None:
+            # Only an invalidated database is the store's failure: an I/O error of one read
+            # (an export to a full disk, say) belongs to that read.
+            if failure is not None and failure.reopen:
                 raise self._failure.note(failure) from exc
             if generation != self._generation:
                 raise StoreUnavailableError(
