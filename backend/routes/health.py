@@ -28,7 +28,8 @@ class Health(BaseModel):
     ``ingest``: the writer's counters (queued, committed, batches, failed_batches,
     failed_messages, rejected, sink_errors, queue_full (times a sender had to wait),
     sequence_refused (messages refused for their seq: a gap, or new data for a finished run),
-    queue_depth, queue_capacity, last_error, running)."""
+    retry_later (messages answered "retry later" during a storage failure), queue_depth,
+    queue_capacity, last_error, running)."""
 
     status: str
     version: str
