@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import resource
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -30,10 +32,20 @@ class SmallDisk:
         self.filler = self.path / FILLER
 
     @staticmethod
+    @functools.lru_cache(maxsize=1)
     def why_not() -> str | None:
-        """Why no tmpfs can be mounted here (None: it can, we are root)."""
+        """Why no tmpfs can be mounted here (None: it can; tried once per test process)."""
         if os.geteuid() != 0:
             return "mounting a tmpfs needs root"
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                          folder], capture_output=True, text=True)
+            except OSError as exc:
+                return f"cannot run mount ({exc})"
+            if mounted.returncode != 0:
+                return f"mount refused a tmpfs ({mounted.stderr.strip()})"
+            subprocess.run(["umount", folder], check=False, capture_output=True)
         return None
 
     def __enter__(self) -> SmallDisk:
