@@ -184,7 +184,7 @@ class IngestWriter:
     # ---- storage failures -----------------------------------------------------------------------
 
     def _storage_failed(self) -> bool:
-        return getattr(self._store, "failure", None) is not None
+        return self._store.failure is not None
 
     def _retry_due(self) -> bool:
         return time.monotonic() >= self._retry_at
