@@ -32,7 +32,8 @@ from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.backend.routes import (audit, derived, health, ingest_ws, pages, projector,
                                       push_ws, runs)
 from sentrycam.backend.settings import WILDCARD_HOSTS, ServerSettings
-from sentrycam.backend.store import RetentionSettings, Store, UnknownRunError
+from sentrycam.backend.store import (RetentionSettings, Store, StoreUnavailableError,
+                                     UnknownRunError)
 from sentrycam.protocol.redaction import redacting_logger
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         app.include_router(module.router)
     pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
+    app.add_exception_handler(StoreUnavailableError, _store_unavailable)
     for name in URL_LOGGERS:
         redacting_logger(name)
     # Middleware added later wraps what was added before: a request meets the activity
@@ -171,3 +173,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
 
 async def _unknown_run(request: Any, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+
+async def _store_unavailable(request: Any, exc: Exception) -> JSONResponse:
+    """A read met a storage failure (the database invalidated, being reopened): 503 with the
+    reason, never a 500; /health says when it is over."""
+    return JSONResponse(status_code=503, content={"detail": str(exc)})

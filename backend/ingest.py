@@ -13,8 +13,15 @@ nothing new. A message out of order is answered with an error naming the seq the
 next, so that the client resends from there; an ack only ever names a seq up to which every
 message of the run is stored.
 
-When a batch fails, the writer retries its messages one by one so that one bad message does
-not cost the others, and reports each failure to its sink as an error.
+When a batch fails because of its data, the writer retries its messages one by one so that
+one bad message does not cost the others, and reports each failure to its sink as an error.
+When it fails because of the storage (a full disk, an I/O error, DuckDB invalidating the
+database: :class:`~sentrycam.backend.store.StoreUnavailableError`), no message is at fault:
+each is answered with a *retryable* error (never an ack), and the client keeps it and sends
+it again. Until storage works, messages are answered so at once, and every ``retry_s`` (doubling
+from :data:`RETRY_MIN_S` up to :data:`RETRY_MAX_S`) the writer tries again: it reopens and
+checks the store (:meth:`~sentrycam.backend.store.Store.recover`), then writes the batch at
+hand, if any. The store's ``failure`` is what ``/health`` reports.
 """
 
 from __future__ import annotations
@@ -27,10 +34,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from sentrycam.backend.feed import ChangeFeed, changes_of
+from sentrycam.backend.store.errors import StoreUnavailableError
 from sentrycam.backend.store.writer import Refusal
 from sentrycam.protocol.messages import Message
 
 log = logging.getLogger(__name__)
+
+#: Seconds between attempts to write again after a storage failure: the first wait, and the
+#: most it grows to (doubling on each failed attempt).
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 8.0
 
 
 class AckSink(Protocol):
@@ -40,9 +53,10 @@ class AckSink(Protocol):
         """Every message of ``run_id`` up to ``seq`` from this sink is committed."""
 
     def error(self, run_id: str, seq: int, problem: str,
-              expected_seq: int | None = None) -> None:
+              expected_seq: int | None = None, retry: bool = False) -> None:
         """The message ``seq`` of ``run_id`` was not stored. ``expected_seq``: it was out of
-        order, and the run needs that seq next."""
+        order, and the run needs that seq next. ``retry``: storage failed, not the message:
+        it is to be sent again later."""
 
 
 class WriterStopped(RuntimeError):
@@ -60,8 +74,9 @@ class IngestWriter:
     """Owns every write to ``store``: a bounded queue and one background thread.
 
     ``store`` needs ``write(batch: Sequence[tuple[int, Message]], *, stored: list | None,
-    refused: list) -> dict[str, int]`` (:meth:`sentrycam.backend.store.Store.write`); with a
-    ``feed``, newly stored messages are published there after each commit.
+    refused: list) -> dict[str, int]`` (:meth:`sentrycam.backend.store.Store.write`), and
+    ``failure`` and ``recover()`` for storage failures; with a ``feed``, newly stored messages
+    are published there after each commit.
     """
 
     def __init__(self, store: Any, *, queue_size: int = 10_000, batch_max: int = 500,
@@ -77,9 +92,11 @@ class IngestWriter:
         self._idle = threading.Condition(self._lock)
         self._counts = {"queued": 0, "committed": 0, "batches": 0, "failed_batches": 0,
                         "failed_messages": 0, "rejected": 0, "sink_errors": 0,
-                        "queue_full": 0, "sequence_refused": 0}
+                        "queue_full": 0, "sequence_refused": 0, "retry_later": 0}
         self._in_flight = 0
         self._last_error: str | None = None
+        self._retry_s = 0.0  # the wait after the last failed attempt (0: storage works)
+        self._retry_at = 0.0  # time.monotonic() of the next attempt during a storage failure
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sentrycam-ingest-writer",
                                         daemon=True)
@@ -142,16 +159,58 @@ class IngestWriter:
     def _run(self) -> None:
         while True:
             batch = self._next_batch()
-            if batch:
-                try:
-                    self._write(batch)
-                except Exception:  # never let the thread die: count, log, carry on
-                    log.exception("unexpected failure in the ingest writer")
-                    self._note_failure("unexpected writer failure; see the server log")
-                finally:
+            try:
+                if batch:
+                    self._take(batch)
+                elif self._stopping.is_set():
+                    return
+                elif self._storage_failed() and self._retry_due():
+                    self._recover()  # nobody waits, but /health should say when it works
+            except Exception:  # never let the thread die: count, log, carry on
+                log.exception("unexpected failure in the ingest writer")
+                self._note_failure("unexpected writer failure; see the server log")
+            finally:
+                if batch:
                     self._done(len(batch))
-            elif self._stopping.is_set():
-                return
+
+    def _take(self, batch: list[_Item]) -> None:
+        """Write a batch, or during a storage failure answer it "retry later" until the next
+        attempt is due."""
+        if self._storage_failed() and (not self._retry_due() or not self._recover()):
+            self._answer_retry(batch, self._store.failure)
+            return
+        self._write(batch)
+
+    # ---- storage failures -----------------------------------------------------------------------
+
+    def _storage_failed(self) -> bool:
+        return self._store.failure is not None
+
+    def _retry_due(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def _recover(self) -> bool:
+        """Try the store again (reopen and check); schedule the next try when it still fails."""
+        if self._store.recover():
+            self._retry_s = 0.0
+            return True
+        self._schedule_retry()
+        return False
+
+    def _schedule_retry(self) -> None:
+        self._retry_s = min(max(2 * self._retry_s, RETRY_MIN_S), RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._retry_s
+
+    def _answer_retry(self, items: Sequence[_Item], failure: Any) -> None:
+        """Tell each sender that storage failed, not its message: it keeps it and resends."""
+        reason = getattr(failure, "reason", None) or "storage failure"
+        self._note_failure(f"storage failure: {reason}")
+        with self._lock:
+            self._counts["retry_later"] += len(items)
+        for item in items:
+            self._notify(item.sink.error, item.message.run_id, item.seq,
+                         f"the server cannot store messages now ({reason}); nothing of seq "
+                         f"{item.seq} was stored: send it again later", None, True)
 
     def _next_batch(self) -> list[_Item]:
         """Up to ``batch_max`` items: waits for the first, then at most ``batch_wait_s`` more."""
@@ -174,6 +233,10 @@ class IngestWriter:
         refused: list[Refusal] = []
         try:
             committed = self._store_write([(item.seq, item.message) for item in batch], refused)
+        except StoreUnavailableError:
+            self._schedule_retry()
+            self._answer_retry(batch, self._store.failure)
+            return
         except Exception as exc:
             log.warning("store write of %d messages failed (%s); retrying them one by one",
                         len(batch), exc)
@@ -207,10 +270,14 @@ class IngestWriter:
                          refusal.problem, refusal.expected_seq)
 
     def _write_one_by_one(self, batch: list[_Item]) -> None:
-        for item in batch:
+        for index, item in enumerate(batch):
             refused: list[Refusal] = []
             try:
                 committed = self._store_write([(item.seq, item.message)], refused)
+            except StoreUnavailableError:
+                self._schedule_retry()
+                self._answer_retry(batch[index:], self._store.failure)
+                return
             except Exception as exc:
                 problem = f"could not store {item.message.kind} seq {item.seq}: {exc}"
                 log.warning("%s", problem)

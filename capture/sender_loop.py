@@ -11,6 +11,9 @@ frame re-sent after a lost ack is stored once; because it stores a run's message
 order, nothing may overtake the backlog, and when it answers that it needs an earlier seq of a
 run, the sender resends that run's frames from there.
 
+A *retryable* error (``"retry": true``: the server cannot store now) is handled like a lost
+connection: hang up, spool the window, back off, reconnect and replay; nothing is given up.
+
 ``websockets`` is imported inside the thread's functions only: importing the capture package
 must stay cheap.
 """
@@ -74,6 +77,8 @@ class SenderLoop:
         self.asked: dict[str, int] = {}
         self.resend_from: dict[str, int] = {}
         self.retried_for_flush = 0  # the last flush request that got an extra connect
+        #: Why the server asked to retry later on this connection (its storage failed), if it did.
+        self.retry_later: str | None = None
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -117,7 +122,7 @@ class SenderLoop:
                 self._drop_oversized()
         finally:
             self._after_disconnect()
-        if self.acked_through > acked_before or self.stop.is_set():
+        if self.stop.is_set() or (self.acked_through > acked_before and not self.retry_later):
             return BACKOFF_MIN_S
         # A server that accepts and then drops us without committing anything must not be
         # hammered in a tight loop: back off as if the connection had failed.
@@ -169,11 +174,11 @@ class SenderLoop:
         return ws
 
     def _online(self, ws: Any) -> None:
-        self.asked, self.resend_from = {}, {}
+        self.asked, self.resend_from, self.retry_later = {}, {}, None
         if self.spool_has_data:
             self.reader = self.spool.reader(self.acked_through)
             self.backlog = True
-        while not self.stop.is_set():
+        while not self.stop.is_set() and self.retry_later is None:
             self._read_replies(ws, 0.0)
             room = self.window.room()
             if not room:
@@ -292,6 +297,12 @@ class SenderLoop:
 
     def _handle_error(self, data: dict) -> None:
         run_id, seq, expected = data.get("run_id"), data.get("seq"), data.get("expected_seq")
+        if data.get("retry") is True:
+            if self.retry_later is None:
+                self.log.warning("retry", "the server asks to send again later (%s); the "
+                                 "messages wait in the spool meanwhile", data.get("error"))
+            self.retry_later = str(data.get("error"))
+            return
         if isinstance(expected, int) and isinstance(run_id, str):
             # Out of order: the server needs ``expected`` next. Every frame sent after the
             # first such answer gets one too; one resend answers them all.

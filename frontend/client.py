@@ -82,6 +82,14 @@ class ApiClient:
     def acknowledge(self, alert_id: int) -> None:
         self._http.post(f"/api/alerts/{int(alert_id)}/acknowledge").raise_for_status()
 
+    def health(self) -> dict[str, Any]:
+        """The server's ``/health``: ``status`` "ok", or "failing" (answered 503) with the
+        ``reason`` its store cannot be written (a full disk, say)."""
+        response = self._http.get("/health")
+        if response.status_code != 503:
+            response.raise_for_status()
+        return response.json()
+
     def projector_state(self) -> dict[str, Any] | None:
         """The server's projector worker state (``GET /api/projector``: state, queue_depth,
         behind_by_s, counts), or None when the server has no such route."""

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 DRAIN_MS = 100
 #: At most this many frames are applied per drain, so one drain never holds the page long.
 DRAIN_MAX = 200
-#: Seconds between two requests for the projector worker's state (server-wide, not pushed).
+#: Seconds between two requests for the server's health and its projector worker's state
+#: (server-wide, not pushed).
 PROJECTOR_POLL_S = 2.0
 
 #: What the inbox holds: a push frame, or an update prepared by a fetch worker.
@@ -62,7 +63,7 @@ class RunDashboard:
         self._closed = False
         self.subscription = client.subscribe(run_id, self.inbox.append)
         self._projector_polled = time.monotonic()
-        self._pool.submit(self._fetch_projector_state)
+        self._pool.submit(self._fetch_server_state)
 
     def start(self) -> RunDashboard:
         """Start applying updates (call where a document or notebook comm is current)."""
@@ -88,11 +89,11 @@ class RunDashboard:
     # ------------------------------------------------------------------ document thread
     def drain(self) -> None:
         """Apply up to ``DRAIN_MAX`` queued frames to the views (and now and then ask for the
-        projector's state, which is server-wide and not pushed)."""
+        server's health and projector state, which are server-wide and not pushed)."""
         now = time.monotonic()
         if now - self._projector_polled >= PROJECTOR_POLL_S:
             self._projector_polled = now
-            self._submit_plain(self._fetch_projector_state)
+            self._submit_plain(self._fetch_server_state)
         for _ in range(min(len(self.inbox), DRAIN_MAX)):
             update = self.inbox.popleft()
             try:
@@ -203,9 +204,16 @@ class RunDashboard:
         if not self._closed:
             self._pool.submit(task)
 
-    def _fetch_projector_state(self) -> None:
-        """The projector worker's state is server-wide and polled, not pushed; it is applied
-        as the ``projector`` frame the hub would send."""
+    def _fetch_server_state(self) -> None:
+        """The server's health and its projector worker's state are server-wide and polled, not
+        pushed; the projector's is applied as the ``projector`` frame the hub would send."""
+        try:
+            health = self.client.health()
+        except Exception as exc:
+            log.debug("health of the server of %s: %s", self.run_id, exc)
+        else:  # None while it stores; the reason while it cannot
+            failing = health.get("reason") if health.get("status") == "failing" else None
+            self.inbox.append(functools.partial(self.status.update, storage_failure=failing))
         try:
             state = self.client.projector_state()
         except Exception as exc:

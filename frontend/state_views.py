@@ -206,13 +206,21 @@ class StatusView:
         v = self.values
         step = "-" if v["latest_step"] is None else str(v["latest_step"])
         parts = [f"<b>{html.escape(str(v.get('name') or ''))}</b>",
-                 html.escape(str(v["status"])),
+                 html.escape(str(v["status"])), self._storage_state(),
                  f"latest step <span class='sc-latest-step'>{step}</span>",
                  self._map_state(), self._projector_state(),
                  f"capture overhead {_percent(v.get('overhead'))}",
                  f"dropped by capture {_count(v.get('dropped'))}",
                  f"dropped on the way to this page {_count(v.get('hub_dropped', 0))}"]
         return "<div class='sc-status-text'>" + " &middot; ".join(p for p in parts if p) + "</div>"
+
+    def _storage_state(self) -> str:
+        """Empty while the server stores; else why it cannot (the trainer spools meanwhile)."""
+        reason = self.values.get("storage_failure")
+        if not reason:
+            return ""
+        return ("<span class='sc-storage-failure'>the server cannot store new data: "
+                f"{html.escape(str(reason))}; trainers keep it and resend</span>")
 
     def _map_state(self) -> str:
         v = self.values

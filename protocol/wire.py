@@ -19,6 +19,9 @@ only by :func:`ack_reply`, :func:`error_reply` and :func:`alert_reply`:
   <= N is committed;
 - ``{"type": "error", "run_id": R or null, "seq": N or null, "error": "..."}`` when a frame is
   rejected (the rest of the connection carries on); the client gives that frame up;
+- the same with ``"retry": true`` when the frame is fine but the server cannot store anything
+  now (its disk is full, an I/O error): nothing of it is stored, and the client keeps the frame
+  (spooled) and sends it again later, with backoff, until it is acknowledged;
 - the same with ``"expected_seq": E`` when the frame came out of order: run R's messages are
   stored only in sequence (each run's seqs count 0, 1, 2, ...), E is the seq the server needs
   next, and the client resends from E (nothing after E is stored before E is);
@@ -138,15 +141,18 @@ def ack_reply(run_id: str, seq: int) -> dict[str, Any]:
 
 
 def error_reply(problem: str, *, seq: int | None = None, run_id: str | None = None,
-                expected_seq: int | None = None) -> dict[str, Any]:
+                expected_seq: int | None = None, retry: bool = False) -> dict[str, Any]:
     """A frame was refused; ``problem`` says why (``seq``/``run_id`` when they were readable).
 
     ``expected_seq``: the frame was out of order and the server needs that seq of ``run_id``
-    next; the client is to resend from there instead of giving the frame up.
+    next; the client is to resend from there instead of giving the frame up. ``retry``: the
+    server cannot store now (storage failure); the client keeps the frame and resends it later.
     """
     reply = {"type": ReplyType.ERROR.value, "run_id": run_id, "seq": seq, "error": problem}
     if expected_seq is not None:
         reply["expected_seq"] = int(expected_seq)
+    if retry:
+        reply["retry"] = True
     return reply
 
 

@@ -43,12 +43,15 @@ def healthy(url: str) -> bool:
 
 @dataclass
 class ServerProcess:
-    """A ``python -m sentrycam serve`` child process on a fixed port; its output goes to the
-    database path with suffix ``.log``."""
+    """A ``python -m sentrycam serve`` child process on a fixed port; its output goes to
+    ``log_path`` (default: the database path with suffix ``.log``). ``preexec_fn`` runs in the
+    child before the server starts (a resource limit, say)."""
 
     db: Path
     port: int
     process: subprocess.Popen | None = None
+    log_path: Path | None = None
+    preexec_fn: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -56,14 +59,15 @@ class ServerProcess:
 
     @property
     def log(self) -> Path:
-        return self.db.with_suffix(".log")
+        return self.log_path or self.db.with_suffix(".log")
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "ServerProcess":
         """Start the server and return once it is healthy (fail with its log if it exits)."""
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "sentrycam", "serve", "--db", str(self.db),
-                 "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+                 "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while not healthy(self.url):
             assert self.process.poll() is None, self.log.read_text()[-2000:]
@@ -89,12 +93,14 @@ class ServerProcess:
 
 @pytest.fixture
 def server_process(tmp_path) -> Iterator[Callable[..., ServerProcess]]:
-    """``server_process(db=None, port=None)``: a ServerProcess (not started yet) for ``db``
-    (default tmp_path/e2e.duckdb) on ``port`` (default a free one); all stopped at the end."""
+    """``server_process(db=None, port=None, **options)``: a ServerProcess (not started yet) for
+    ``db`` (default tmp_path/e2e.duckdb) on ``port`` (default a free one), with ``options``
+    (``log_path``, ``preexec_fn``); all stopped at the end."""
     made: list[ServerProcess] = []
 
-    def make(db: Path | None = None, port: int | None = None) -> ServerProcess:
-        made.append(ServerProcess(db or tmp_path / "e2e.duckdb", port or free_port()))
+    def make(db: Path | None = None, port: int | None = None, **options) -> ServerProcess:
+        made.append(ServerProcess(db or tmp_path / "e2e.duckdb", port or free_port(),
+                                  **options))
         return made[-1]
 
     yield make

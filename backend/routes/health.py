@@ -1,6 +1,9 @@
 """``GET /health``: is the server up, which versions does it speak, how is ingest doing.
 
 It is the one route that needs no token, so that probes and launchers can check liveness.
+While the store cannot be written (a full disk, an I/O error: see
+:mod:`sentrycam.backend.store.failure`) it answers 503, status ``"failing"``, with the reason
+and since when; once a commit works again, 200 and ``"ok"``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import sentrycam
@@ -24,7 +28,8 @@ class Health(BaseModel):
     ``ingest``: the writer's counters (queued, committed, batches, failed_batches,
     failed_messages, rejected, sink_errors, queue_full (times a sender had to wait),
     sequence_refused (messages refused for their seq: a gap, or new data for a finished run),
-    queue_depth, queue_capacity, last_error, running)."""
+    retry_later (messages answered "retry later" during a storage failure), queue_depth,
+    queue_capacity, last_error, running)."""
 
     status: str
     version: str
@@ -37,11 +42,22 @@ class Health(BaseModel):
     ingest: dict[str, Any]
 
 
-@router.get("/health", response_model=Health)
-def get_health(request: Request) -> Health:
+class HealthFailing(Health):
+    """The store cannot be written: ``reason`` (the storage error), ``failing_since`` (epoch
+    seconds). Messages are answered "retry later" meanwhile; nothing acknowledged is lost."""
+
+    reason: str
+    failing_since: float
+
+
+@router.get("/health", response_model=Health,
+            responses={503: {"model": HealthFailing,
+                             "description": "The store cannot be written (storage failure)"}})
+def get_health(request: Request) -> Health | JSONResponse:
     state = state_of(request)
     stats = state.writer.stats()
-    return Health(
+    failure = state.store.failure
+    health = Health(
         status="ok" if stats["running"] else "degraded",
         version=sentrycam.__version__,
         schema_version=state.store.schema_version,
@@ -52,3 +68,8 @@ def get_health(request: Request) -> Health:
         token_required=state.settings.token is not None,
         ingest=json_safe(stats),
     )
+    if failure is None:
+        return health
+    failing = HealthFailing(**{**health.model_dump(), "status": "failing"},
+                            reason=failure.reason, failing_since=failure.since)
+    return JSONResponse(status_code=503, content=failing.model_dump())

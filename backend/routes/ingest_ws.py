@@ -55,8 +55,9 @@ class ConnectionSink:
         self._post(ack_reply(run_id, seq))
 
     def error(self, run_id: str, seq: int, problem: str,
-              expected_seq: int | None = None) -> None:
-        self._post(error_reply(problem, seq=seq, run_id=run_id, expected_seq=expected_seq))
+              expected_seq: int | None = None, retry: bool = False) -> None:
+        self._post(error_reply(problem, seq=seq, run_id=run_id, expected_seq=expected_seq,
+                               retry=retry))
 
     def notify(self, reply: dict) -> None:
         """Any other reply (an alert), from any thread."""

@@ -2,19 +2,22 @@
 
 Modules: ``core`` (the Store), ``schema`` (tables, version, migrations), ``writer``
 (messages -> rows), ``reader`` (queries), ``derived`` (embeddings, quality, alerts),
-``export`` (Parquet), ``errors``.
+``export`` (Parquet), ``errors``, ``failure`` (storage failures).
 """
 
 from sentrycam.backend.store.core import Store
 from sentrycam.backend.store.errors import (MissingSnapshotError, StoreClosedError,
                                             StoreFormatError, StoreLockedError,
-                                            StoreReadOnlyError, StoreVersionError,
-                                            UnknownAlertError, UnknownRunError)
+                                            StoreReadOnlyError, StoreUnavailableError,
+                                            StoreVersionError, UnknownAlertError,
+                                            UnknownRunError)
+from sentrycam.backend.store.failure import StorageFailure
 from sentrycam.backend.store.schema import SCHEMA_VERSION
 from sentrycam.backend.store.writer import Refusal, RetentionSettings
 
 __all__ = [
     "Store", "UnknownRunError", "RetentionSettings", "MissingSnapshotError", "StoreClosedError",
     "StoreLockedError", "StoreReadOnlyError", "StoreVersionError", "SCHEMA_VERSION",
-    "UnknownAlertError", "Refusal", "StoreFormatError",
+    "UnknownAlertError", "Refusal", "StoreFormatError", "StoreUnavailableError",
+    "StorageFailure",
 ]

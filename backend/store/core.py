@@ -7,6 +7,12 @@ it, ``sentrycam inspect``/``export`` open it with ``read_only=True``.
 Threads: :meth:`Store.write` runs under a lock on the store's own writer cursor, one
 transaction per batch; every read makes a fresh cursor, so reads run while a write is under
 way and see only committed batches.
+
+Storage failures (:mod:`.failure`: a full disk, an I/O error, DuckDB invalidating the
+database) raise :class:`StoreUnavailableError` naming the cause and are remembered in
+:attr:`Store.failure` until a commit works again; :meth:`Store.recover` reopens an
+invalidated file and checks that it can be written. Reads keep working while DuckDB can
+serve them, and raise :class:`StoreUnavailableError` while the database is invalidated.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import numpy as np
 from sentrycam.protocol.messages import Message
 from sentrycam.backend.store import derived, export, reader, schema
 from sentrycam.backend.store.errors import (StoreClosedError, StoreFormatError, StoreLockedError,
-                                            StoreReadOnlyError)
+                                            StoreReadOnlyError, StoreUnavailableError)
+from sentrycam.backend.store.failure import FailureState, StorageFailure, storage_failure
 from sentrycam.protocol.validation import check_batch
 from sentrycam.backend.store.writer import BatchWriter, Refusal, RetentionSettings
 
@@ -94,16 +101,23 @@ class Store:
         self.retention = retention or RetentionSettings()
         self._write_lock = threading.Lock()
         self._closed = False
-        self._con = _connect(self.path, self.read_only)
-        try:
-            with self._cursor() as cur:
-                self.schema_version = schema.prepare(cur, str(self.path), read_only=self.read_only)
-            self._writer = None if self.read_only else self._con.cursor()
-        except BaseException:
-            self._con.close()
-            raise
+        self._failure = FailureState(self.path)  # set by a storage failure, ended by a commit
+        self._generation = 0  # counts reopenings: a read that spans one must not see a 500
+        self._open()
         logger.debug("opened store %s (read_only=%s, schema %d)", self.path, self.read_only,
                      self.schema_version)
+
+    def _open(self) -> None:
+        """Open the file, create or check its schema, make the writer cursor."""
+        con = _connect(self.path, self.read_only)
+        try:
+            with con.cursor() as cur:
+                self.schema_version = schema.prepare(cur, str(self.path), read_only=self.read_only)
+            writer = None if self.read_only else con.cursor()
+        except BaseException:
+            con.close()
+            raise
+        self._con, self._writer = con, writer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,9 +127,12 @@ class Store:
             if self._closed:
                 return
             self._closed = True
-            if self._writer is not None:
-                self._writer.close()
-            self._con.close()
+            for closable in (self._writer, self._con):
+                if closable is not None:
+                    try:
+                        closable.close()
+                    except duckdb.Error as exc:  # invalidated by a storage failure
+                        logger.warning("closing store %s: %s", self.path, exc)
 
     def __enter__(self) -> Store:
         return self
@@ -132,11 +149,25 @@ class Store:
         """A fresh cursor for one call: DuckDB cursors must not be shared between threads."""
         if self._closed:
             raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
-        cur = self._con.cursor()
+        failure, generation = self._failure.current, self._generation
+        if failure is not None and failure.reopen:
+            raise self._failure.error()
         try:
-            yield cur
-        finally:
-            cur.close()
+            cur = self._con.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+        except duckdb.Error as exc:
+            failure = storage_failure(exc)
+            # Only an invalidated database is the store's failure: an I/O error of one read
+            # (an export to a full disk, say) belongs to that read.
+            if failure is not None and failure.reopen:
+                raise self._failure.note(failure) from exc
+            if generation != self._generation:
+                raise StoreUnavailableError(
+                    f"the store {self.path} was reopened during this read; try again") from exc
+            raise
 
     # ------------------------------------------------------------------ writing
 
@@ -186,15 +217,63 @@ class Store:
         with self._write_lock:
             if self._closed:
                 raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
+            if self._failure.current is not None and self._failure.current.reopen:
+                raise self._failure.error()
             cur = self._writer
-            cur.begin()
             try:
+                cur.begin()
                 result = work(cur)
                 cur.commit()
-            except BaseException:
+            except BaseException as exc:
                 self._rollback(cur)
-                raise
+                failure = storage_failure(exc)
+                if failure is None:
+                    raise
+                raise self._failure.note(failure) from exc
+            self._failure.end()
         return result
+
+    # ------------------------------------------------------------------ storage failures
+
+    @property
+    def failure(self) -> StorageFailure | None:
+        """The storage failure that the last commit met, or None while commits work."""
+        return self._failure.current
+
+    def recover(self) -> bool:
+        """Try to end a storage failure: reopen the file if DuckDB invalidated it (the write-
+        ahead log brings back every commit; the schema is checked again), then checkpoint
+        (which writes what the log holds into the file, so it needs the room that was
+        missing). True when that worked (the failure is over); False keeps the failure."""
+        self._require_writable()
+        with self._write_lock:
+            if self._closed:
+                raise StoreClosedError(f"the store {self.path} is closed; open a new Store")
+            try:
+                if self._failure.current is not None and self._failure.current.reopen:
+                    self._reopen()
+                self._writer.execute("CHECKPOINT")
+            except Exception as exc:  # anything at all: the failure goes on
+                failure = storage_failure(exc) or StorageFailure(
+                    f"reopening failed: {type(exc).__name__}: {exc}", reopen=True)
+                self._failure.note(failure)
+                logger.warning("store %s still cannot be written: %s", self.path, failure.reason)
+                return False
+            self._failure.end()
+        return True
+
+    def _reopen(self) -> None:
+        """Close the invalidated connection (readers on it fail over to a 503) and open the
+        file again. Called under the write lock."""
+        for closable in (self._writer, self._con):
+            try:
+                closable.close()
+            except duckdb.Error:
+                pass  # an invalidated connection may refuse even that
+        self._generation += 1
+        self._open()
+        self._failure.reopened()
+        logger.info("reopened store %s after a storage failure", self.path)
 
     # ------------------------------------------------------------------ derived data
 
@@ -226,9 +305,10 @@ class Store:
     def _rollback(self, cur: duckdb.DuckDBPyConnection) -> None:
         try:
             cur.rollback()
-        except duckdb.Error:
-            # The first error is the one to report; a failed rollback only adds noise.
-            logger.exception("rollback after a failed write to %s also failed", self.path)
+        except duckdb.Error as exc:
+            # The first error is the one to report; a failed rollback only adds noise (and a
+            # failed commit has rolled back already: "no transaction is active").
+            logger.debug("rollback after a failed write to %s also failed: %s", self.path, exc)
 
     # ------------------------------------------------------------------ reading
 

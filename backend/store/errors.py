@@ -57,3 +57,9 @@ class StoreReadOnlyError(RuntimeError):
 
 class StoreFormatError(ValueError):
     """The file is not a DuckDB database at all (a SQLite file, a text file...)."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The database cannot be written (or, after DuckDB invalidated it, read) right now: the
+    disk is full, an I/O error, a file-size limit. The message names the cause. What was
+    committed before stays; the server retries until a commit works again."""
