@@ -42,7 +42,6 @@ def _announce(text: str) -> None:
         sys.stderr.write(text + "\n")
 
 
-
 def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = None,
            every: int | str | None = None, criterion: nn.Module | None = None,
            optimizer: torch.optim.Optimizer | None = None, url: str | None = None,
@@ -78,6 +77,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     the fix.
     """
     check_training_parts(model, criterion, optimizer)
+    check_materialized(model)
     every = check_schedule(every, overhead_budget, stats_every, DEFAULT_EVERY)
     check_probe_arguments(probe, heldout, probe_size)
     check_token_pool(token_pool)
@@ -133,6 +133,21 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     if url is not None:
         _announce(f"sentrycam: dashboard at {url} (run {run_id})")
     return run
+
+
+def check_materialized(model: nn.Module) -> None:
+    """ValueError for a model with parameters or buffers on the ``meta`` device: they have
+    shapes but no values, so there is nothing to train, snapshot or record."""
+    on_meta = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+               if tensor.is_meta]
+    if on_meta:
+        listed = ", ".join(repr(name) for name in on_meta[:3]) + (
+            ", ..." if len(on_meta) > 3 else "")
+        raise ValueError(
+            f"the model has {len(on_meta)} tensors on the 'meta' device ({listed}): they hold "
+            "shapes but no values, so nothing could be recorded. Materialise the model first "
+            "(model.to_empty(device='cpu') then load its weights, or load_state_dict(..., "
+            "assign=True)) and attach after that")
 
 
 def _distributed_rank() -> tuple[int, int]:
