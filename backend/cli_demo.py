@@ -20,6 +20,8 @@ log = logging.getLogger("sentrycam.demo")
 
 #: How long ``--exit-when-done`` waits for the server's projector to catch up.
 PROJECTOR_WAIT_S = 600.0
+#: How often the demo, done training, checks that its server still runs.
+SERVER_POLL_S = 1.0
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -49,12 +51,26 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     _say(f"training done; the dashboard stays at {url} (Ctrl-C to stop)")
     try:
-        while True:
-            time.sleep(3600)
+        _wait_while_served(db if started_here else None)
     except KeyboardInterrupt:
         if started_here:
             launcher.stop_local_server(db)
     return 0
+
+
+def _wait_while_served(db: Path | None) -> None:
+    """Sleep until Ctrl-C or, for a server this demo started (``db``), until that server exits
+    (``sentrycam stop``, its idle timeout): then say so and return. Polling its pid also reaps
+    it, so a stopped server does not linger as this process's zombie."""
+    from sentrycam.protocol.server_info import pid_alive, read_info_file
+
+    info = read_info_file(db) if db is not None else None
+    pid = info.get("pid") if info else None
+    while True:
+        time.sleep(SERVER_POLL_S)
+        if isinstance(pid, int) and not pid_alive(pid):
+            _say("the server stopped; the demo exits")
+            return
 
 
 def _server_url(url: str | None, db: Path | None) -> tuple[str, bool]:

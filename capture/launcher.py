@@ -28,6 +28,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no cross-process lock, races are possible
     fcntl = None  # type: ignore[assignment]
 
+from sentrycam.capture.console import announce
 from sentrycam.protocol.server_info import info_file_path, pid_alive, read_info_file
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ _LOG_TAIL_BYTES = 4000
 _POLL_S = 0.1
 #: Niceness added to the embedded server process (a lower scheduling priority than the trainer).
 EMBEDDED_SERVER_NICENESS = 10
+
+
+def idle_timeout_text(idle_timeout_s: float) -> str:
+    """How a server with this idle timeout ends: ``"stops itself after 30 idle minutes (no
+    trainer, dashboard or request)"``; ``"runs until stopped"`` for 0."""
+    if idle_timeout_s <= 0:
+        return "runs until stopped"
+    amount = (f"{idle_timeout_s / 60:g} idle minutes" if idle_timeout_s >= 60
+              else f"{idle_timeout_s:g} idle seconds")
+    return f"stops itself after {amount} (no trainer, dashboard or request)"
 
 
 def default_db_path() -> Path:
@@ -159,6 +170,9 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
         if info and info.get("url") == url and _same_file(info.get("db"), db_path):
             health = server_health(url, timeout=1.0)
             if health is not None and _same_file(health.get("db"), db_path):
+                announce(f"sentrycam: started a local server for {db_path} (log: {log_path}); "
+                         f"it {idle_timeout_text(idle_timeout_s)}, or stop it now with "
+                         f"`sentrycam stop --db {db_path}`")
                 return url
         time.sleep(_POLL_S)
     _terminate(process)
