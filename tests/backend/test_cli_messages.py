@@ -87,6 +87,28 @@ def test_stop_does_not_wait_for_a_server_that_exited_as_a_zombie(tmp_path):
         parent.wait(30)
 
 
+@pytest.mark.slow
+def test_stop_ends_a_waiting_demo_at_once(tmp_path):
+    db = tmp_path / "demo.duckdb"
+    demo = subprocess.Popen([sys.executable, "-m", "sentrycam", "demo", "--steps", "20",
+                             "--db", str(db), "--no-browser"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in demo.stdout:  # trains, then waits with the dashboard up
+            if line.startswith("training done"):
+                break
+        stopped = subprocess.run([sys.executable, "-m", "sentrycam", "stop", "--db", str(db)],
+                                 capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0 and "server stopped" in stopped.stdout, stopped.stderr
+        assert "killing" not in stopped.stderr
+        assert demo.wait(60) == 0
+        assert demo.stdout.read().strip() == "the server stopped; the demo exits"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(30)
+
+
 def _spool_one_run(spool) -> str:
     """A run whose RunStart waits in ``spool`` (sent while nothing listened)."""
     run_id = uuid.uuid4().hex
