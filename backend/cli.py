@@ -21,7 +21,7 @@ log = logging.getLogger("sentrycam.cli")
 
 DESCRIPTION = ("sentrycam: watch a PyTorch model while it trains. Start with 'sentrycam demo', "
                "or call sentrycam.capture.attach(model, probe) in your own training script.")
-RUN_HELP = "one run: its id, a unique prefix of the id, or its name (default: all)"
+RUN_HELP = "the run: its id, a unique prefix of the id, or its name"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--url", default=None, help="stream to this running server instead")
     demo.add_argument("--every", type=int, default=25,
                       help="snapshot every N steps, a fixed schedule (default 25)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the data split, the model and the probe (default 0)")
     demo.add_argument("--exit-when-done", action="store_true",
                       help="exit after training (stopping the server the demo started)")
     demo.add_argument("--no-browser", action="store_true", help="do not open a browser")
@@ -60,8 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     export = command("export", "write a run's tables as Parquet files")
     export.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
-    export.add_argument("--run", dest="run_id", metavar="RUN", required=True,
-                        help="the run: its id, a unique prefix of the id, or its name")
+    export.add_argument("--run", dest="run_id", metavar="RUN", required=True, help=RUN_HELP)
     export.add_argument("--out", type=Path, required=True, help="output folder")
 
     sync = command("sync", "send spooled messages (written while no server answered)")
@@ -110,7 +110,8 @@ def _source_arguments(command: argparse.ArgumentParser) -> None:
     where.add_argument("--db", type=Path, help="DuckDB file (its running server is used if any)")
     where.add_argument("--url", help="base URL of a running server")
     command.add_argument("--token", default=None, help="server token (or SENTRYCAM_TOKEN)")
-    command.add_argument("--run", dest="run_id", metavar="RUN", default=None, help=RUN_HELP)
+    command.add_argument("--run", dest="run_id", metavar="RUN", default=None,
+                         help=f"{RUN_HELP} (default: every run)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -126,7 +126,8 @@ def render_table(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "no runs"
     rows = [[_cell(run.get(col)) for col in SUMMARY_COLUMNS] for run in runs]
-    widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(SUMMARY_COLUMNS)]
+    widths = [max(len(col), *(len(row[i]) for row in rows))
+              for i, col in enumerate(SUMMARY_COLUMNS)]
     lines = ["  ".join(col.ljust(w) for col, w in zip(SUMMARY_COLUMNS, widths))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     if len(runs) == 1:
