@@ -21,9 +21,12 @@ def sync_spool(spool: Path, url: str, token: str | None) -> int:
     """Replay every spooled run under ``spool`` to ``url``; returns the messages acknowledged.
     ``token``: the write token (default: env SENTRYCAM_TOKEN)."""
     from sentrycam.capture.sender import replay_spool
+    from sentrycam.capture.spool import spooled_runs
 
     if not spool.is_dir():
         raise CLIError(f"no spool folder at {spool}")
+    if not spooled_runs(spool):
+        return 0  # nothing to send: no need for the server
     token = token or os.environ.get("SENTRYCAM_TOKEN") or None
     check_write_access(url, token)
     try:

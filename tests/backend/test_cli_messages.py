@@ -145,7 +145,7 @@ def test_sync_names_a_missing_or_wrong_token_and_keeps_the_spool(make_settings, 
 
 def test_sync_to_nothing_listening_is_a_message_not_a_traceback(tmp_path, capsys):
     spool = tmp_path / "spool"
-    spool.mkdir()
+    _spool_one_run(spool)
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["sync", "--spool", str(spool), "--url", url]) == 2
     assert f"cannot reach a sentrycam server at {url}" in capsys.readouterr().err
