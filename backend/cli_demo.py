@@ -28,8 +28,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from sentrycam import capture
     from sentrycam.capture import demo, launcher
 
-    if args.steps < 1:
-        raise CLIError(f"--steps must be at least 1, got {args.steps}")
+    for name in ("steps", "every"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name} must be at least 1, got {getattr(args, name)}")
     db = None if args.url else Path(args.db or launcher.default_db_path()).resolve()
     url, started_here = _server_url(args.url, db)
     _say(f"sentrycam dashboard: {url}")

@@ -151,3 +151,10 @@ def test_sync_to_nothing_listening_is_a_message_not_a_traceback(tmp_path, capsys
     assert f"cannot reach a sentrycam server at {url}" in capsys.readouterr().err
     assert main(["sync", "--spool", str(spool), "--url", "localhost:8765"]) == 2
     assert "must look like http://host:port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--steps", "--every"])
+def test_demo_refuses_a_schedule_below_one_step(option, tmp_path, capsys):
+    assert main(["demo", option, "0", "--db", str(tmp_path / "d.duckdb"), "--no-browser"]) == 2
+    assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "d.duckdb").exists()
