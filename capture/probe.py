@@ -27,6 +27,8 @@ from sentrycam.protocol.messages import SPLIT_HELDOUT, SPLIT_TRAIN, ProbeSet
 #: A dataset larger than this many times the wanted probe size is sampled from a random pool of
 #: that size before stratifying, so that attaching never reads a whole large dataset.
 POOL_FACTOR = 5
+#: Probe samples checked for NaN/Inf at a time (bounds the temporary mask).
+FINITE_CHECK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,9 @@ def check_finite(inputs: torch.Tensor, indices: np.ndarray, what: str) -> None:
     """
     if not (inputs.is_floating_point() or inputs.is_complex()) or inputs.numel() == 0:
         return
-    bad = ~torch.isfinite(inputs.reshape(len(inputs), -1)).all(dim=1)
+    # In chunks: the mask of a whole probe of images would be a quarter of its size again.
+    bad = torch.cat([~torch.isfinite(chunk.reshape(len(chunk), -1)).all(dim=1)
+                     for chunk in inputs.split(FINITE_CHECK_ROWS)])
     n_bad = int(bad.sum())
     if not n_bad:
         return

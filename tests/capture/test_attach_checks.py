@@ -19,13 +19,13 @@ def _poisoned(x: torch.Tensor, rows: list[int], value: float) -> torch.Tensor:
 
 def test_a_probe_with_nan_is_refused_naming_the_samples(make_model, data):
     model = make_model("mlp")
-    x, y = data("mlp", n=64)
+    x, y = data("mlp", n=600)  # more than one chunk of the check
     with pytest.raises(ValueError) as refused:
-        capture.attach(model, probe=(_poisoned(x, [3, 40], math.nan), y),
+        capture.attach(model, probe=(_poisoned(x, [3, 40, 400], math.nan), y),
                        transport=MemoryTransport())
     text = str(refused.value)
-    assert "probe data has NaN or Inf input values in 2 of the 64 samples" in text
-    assert "3, 40" in text and "torch.isfinite" in text
+    assert "probe data has NaN or Inf input values in 3 of the 600 samples" in text
+    assert "3, 40, 400)" in text and "torch.isfinite" in text
     assert not capture.run.ACTIVE.get(model), "nothing stays attached after a refusal"
 
 
