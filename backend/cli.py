@@ -1,4 +1,4 @@
-"""The ``sentrycam`` command line: serve, demo, inspect, alerts, export, sync, stop.
+"""The sentrycam command line: serve, demo, inspect, alerts, export, sync, stop.
 
 Each subcommand imports what it needs when it runs: ``sentrycam demo`` is a training process and
 must not load the web stack or DuckDB (the server it talks to runs in its own process).
@@ -13,22 +13,78 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from sentrycam import __version__
 from sentrycam.backend.cli_errors import CLIError
 
 log = logging.getLogger("sentrycam.cli")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentrycam", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = parser.add_subparsers(dest="command", required=True)
+DESCRIPTION = ("sentrycam: watch a PyTorch model while it trains. Start with 'sentrycam demo', "
+               "or call sentrycam.capture.attach(model, probe) in your own training script.")
+RUN_HELP = "the run: its id, a unique prefix of the id, or its name"
 
-    serve = sub.add_parser("serve", help="run the server: websocket ingest, REST API, dashboard")
-    serve.add_argument("--db", required=True, type=Path, help="DuckDB file (created if missing)")
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentrycam", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"sentrycam {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary)
+
+    _serve_arguments(command("serve", "run the server: websocket ingest, REST API, dashboard"))
+
+    demo = command("demo", "train a small CNN on sklearn digits with capture attached")
+    demo.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    demo.add_argument("--db", type=Path, default=None,
+                      help="DuckDB file for a local server (default "
+                           "./sentrycam-runs/sentrycam.duckdb; its folder is created)")
+    demo.add_argument("--url", default=None, help="stream to this running server instead")
+    demo.add_argument("--every", type=int, default=25,
+                      help="snapshot every N steps, a fixed schedule (default 25)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the data split, the model and the probe (default 0)")
+    demo.add_argument("--exit-when-done", action="store_true",
+                      help="exit after training (stopping the server the demo started)")
+    demo.add_argument("--no-browser", action="store_true", help="do not open a browser")
+
+    inspect = command("inspect", "summarise the runs of a database or server")
+    _source_arguments(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    alerts = command("alerts", "list the audit engine's alerts")
+    _source_arguments(alerts)
+    alerts.add_argument("--min-severity", type=int, default=0, choices=range(4),
+                        help="only alerts of at least this severity (0-3)")
+    alerts.add_argument("--json", action="store_true", help="print JSON")
+
+    export = command("export", "write a run's tables as Parquet files")
+    export.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
+    export.add_argument("--run", dest="run_id", metavar="RUN", required=True, help=RUN_HELP)
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+
+    sync = command("sync", "send spooled messages (written while no server answered)")
+    sync.add_argument("--spool", type=Path, default=Path("sentrycam-runs") / "spool",
+                      help="spool folder (default ./sentrycam-runs/spool)")
+    sync.add_argument("--url", required=True, help="base URL of a running server")
+    sync.add_argument("--token", default=None,
+                      help="the server's write token (or SENTRYCAM_TOKEN)")
+
+    stop = command("stop", "stop the local server that holds a database file")
+    stop.add_argument("--db", type=Path, required=True, help="the server's DuckDB file")
+    return parser
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--db", required=True, type=Path,
+                       help="DuckDB file (created if missing; its folder must exist)")
+    serve.add_argument("--create-dirs", action="store_true",
+                       help="create the database's folder if it does not exist")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
     serve.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     serve.add_argument("--token", default=None,
-                       help="write token (trainers, admins); visible to other users in `ps`: "
+                       help="write token (trainers, admins); visible to other users in 'ps': "
                             "prefer SENTRYCAM_TOKEN or --token-file. A write token is "
                             "mandatory on a non-loopback address")
     serve.add_argument("--token-file", type=Path, default=None,
@@ -47,48 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=float, default=0.0,
                        help="exit after this many idle seconds (0: never)")
 
-    demo = sub.add_parser("demo", help="train a small CNN on sklearn digits with capture attached")
-    demo.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
-    demo.add_argument("--db", type=Path, default=None,
-                      help="DuckDB file for a local server (default ./sentrycam-runs/sentrycam.duckdb)")
-    demo.add_argument("--url", default=None, help="stream to this running server instead")
-    demo.add_argument("--every", type=int, default=25, help="snapshot every N steps (default 25)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--exit-when-done", action="store_true",
-                      help="exit after training (stopping the server the demo started)")
-    demo.add_argument("--no-browser", action="store_true", help="do not open a browser")
 
-    inspect = sub.add_parser("inspect", help="summarise the runs of a database or server")
-    where = inspect.add_mutually_exclusive_group(required=True)
+def _source_arguments(command: argparse.ArgumentParser) -> None:
+    """Where a read command looks (a file or a server), and which run."""
+    where = command.add_mutually_exclusive_group(required=True)
     where.add_argument("--db", type=Path, help="DuckDB file (its running server is used if any)")
     where.add_argument("--url", help="base URL of a running server")
-    inspect.add_argument("--token", default=None, help="server token (or SENTRYCAM_TOKEN)")
-    inspect.add_argument("--run", dest="run_id", default=None, help="one run id (default: all)")
-    inspect.add_argument("--json", action="store_true", help="print JSON")
-
-    alerts = sub.add_parser("alerts", help="list the audit engine's alerts")
-    where = alerts.add_mutually_exclusive_group(required=True)
-    where.add_argument("--db", type=Path, help="DuckDB file (its running server is used if any)")
-    where.add_argument("--url", help="base URL of a running server")
-    alerts.add_argument("--token", default=None, help="server token (or SENTRYCAM_TOKEN)")
-    alerts.add_argument("--run", dest="run_id", default=None, help="one run id (default: all)")
-    alerts.add_argument("--min-severity", type=int, default=0, choices=range(4),
-                        help="only alerts of at least this severity (0-3)")
-    alerts.add_argument("--json", action="store_true", help="print JSON")
-
-    export = sub.add_parser("export", help="write a run's tables as Parquet files")
-    export.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
-    export.add_argument("--run", dest="run_id", required=True, help="run id")
-    export.add_argument("--out", type=Path, required=True, help="output folder")
-
-    sync = sub.add_parser("sync", help="send spooled messages (written while no server answered)")
-    sync.add_argument("--spool", type=Path, default=Path("sentrycam-runs") / "spool")
-    sync.add_argument("--url", required=True, help="base URL of a running server")
-    sync.add_argument("--token", default=None)
-
-    stop = sub.add_parser("stop", help="stop the local server that holds a database file")
-    stop.add_argument("--db", type=Path, required=True)
-    return parser
+    command.add_argument("--token", default=None, help="server token (or SENTRYCAM_TOKEN)")
+    command.add_argument("--run", dest="run_id", metavar="RUN", default=None,
+                         help=f"{RUN_HELP} (default: every run)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from sentrycam.backend.server import ServerStartError, run_server
     from sentrycam.backend.settings import ServerSettings
+    from sentrycam.capture.launcher import idle_timeout_text
 
+    _check_db_folder(args.db, create=args.create_dirs)
     overrides = {"db_path": args.db, "host": args.host, "port": args.port,
                  "idle_timeout_s": args.idle_timeout}
     if args.token:
@@ -128,11 +153,26 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise CLIError("; ".join(e["msg"].removeprefix("Value error, ")
                                  for e in exc.errors())) from None
+    log.info("this server %s", idle_timeout_text(settings.idle_timeout_s))
     try:
         run_server(settings)
     except ServerStartError as exc:
         raise CLIError(str(exc)) from None
     return 0
+
+
+def _check_db_folder(db: Path, *, create: bool) -> None:
+    """Refuse a database whose folder is missing (a typo would otherwise leave the data in a
+    new folder nobody looks at), unless ``create`` asks for it."""
+    folder = db.expanduser().absolute().parent
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise CLIError(f"{folder} is not a folder, so it cannot hold the database {db}")
+    if not create:
+        raise CLIError(f"the folder {folder} does not exist; create it, fix the --db path, or "
+                       "pass --create-dirs to have sentrycam create it")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -167,20 +207,24 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from sentrycam.capture.sender import replay_spool
+    from sentrycam.backend.cli_sync import sync_spool
 
-    if not args.spool.is_dir():
-        raise CLIError(f"no spool folder at {args.spool}")
-    acked = replay_spool(args.spool, args.url, token=args.token)
+    acked = sync_spool(args.spool, args.url, token=args.token)
     print(f"{acked} spooled messages stored by {args.url}")
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from sentrycam.capture.launcher import stop_local_server
+    from sentrycam.protocol.server_info import info_file_path
 
-    stopped = stop_local_server(args.db)
-    print("server stopped" if stopped else f"no running server holds {args.db}")
+    if not args.db.exists() and not info_file_path(args.db).exists():
+        raise CLIError(f"no database file at {args.db} (and no server info file next to it); "
+                       "give the --db path the server was started with")
+    if stop_local_server(args.db):
+        print(f"server stopped ({args.db})")
+    else:
+        print(f"no running server holds {args.db}; nothing to stop")
     return 0
 
 

@@ -10,8 +10,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from sentrycam.backend.cli_data import _get_json, _open_store, _server_for
-from sentrycam.backend.cli_errors import CLIError
+from sentrycam.backend.cli_data import _get_json, _open_store, _server_for, run_summaries
+from sentrycam.backend.cli_runs import resolve_run
 
 COLUMNS = ("run_id", "step", "severity", "detector", "layer", "duration", "magnitude",
            "confidence", "message")
@@ -20,31 +20,21 @@ SEVERITY = ("none", "developing", "confirmed", "critical")
 
 def list_alerts(*, db: Path | None, url: str | None, run_id: str | None,
                 token: str | None = None, min_severity: int = 0) -> list[dict[str, Any]]:
-    """Alert dicts (as ``Store.alerts`` returns them) of one run or of every run."""
+    """Alert dicts (as ``Store.alerts`` returns them) of one run (``run_id``: an id, a unique
+    id prefix or a run name) or of every run."""
     url = url or (_server_for(db) if db is not None else None)
     if url is not None:
-        return _alerts_from_server(url, run_id, token, min_severity)
-    from sentrycam.backend.store import UnknownRunError
-
+        runs = run_summaries(db=None, url=url, token=token)
+        run_ids = [resolve_run(run_id, runs)["run_id"]] if run_id else [r["run_id"] for r in runs]
+        query = f"alerts?min_severity={int(min_severity)}"
+        return [alert for rid in run_ids
+                for alert in _get_json(url, f"/api/runs/{urllib.parse.quote(rid)}/{query}", token)]
     store = _open_store(db)
     try:
-        if run_id is not None:
-            store.run_summaries(run_id)  # a clear error for an unknown run
-        return store.alerts(run_id, min_severity=min_severity)
-    except UnknownRunError as exc:
-        raise CLIError(str(exc)) from None
+        wanted = resolve_run(run_id, store.run_summaries())["run_id"] if run_id else None
+        return store.alerts(wanted, min_severity=min_severity)
     finally:
         store.close()
-
-
-def _alerts_from_server(url: str, run_id: str | None, token: str | None,
-                        min_severity: int) -> list[dict[str, Any]]:
-    run_ids = [run_id] if run_id else [r["run_id"] for r in _get_json(url, "/api/runs", token)]
-    alerts: list[dict[str, Any]] = []
-    for rid in run_ids:
-        path = f"/api/runs/{urllib.parse.quote(rid)}/alerts?min_severity={int(min_severity)}"
-        alerts.extend(_get_json(url, path, token))
-    return alerts
 
 
 def render_alerts(alerts: list[dict[str, Any]]) -> str:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from sentrycam.backend.cli_errors import CLIError
+from sentrycam.backend.cli_runs import resolve_run
 
 SUMMARY_COLUMNS = ("run_id", "name", "status", "last_step", "n_scalar_rows", "n_snapshots",
-                   "n_probe", "n_embeddings", "n_alerts", "dropped", "capture_overhead")
+                   "captured_layers", "telemetry_layers", "n_probe", "n_embeddings", "n_alerts",
+                   "dropped", "capture_overhead")
 
 
 def _server_for(db: Path) -> str | None:
@@ -29,18 +31,32 @@ def _server_for(db: Path) -> str | None:
 
 def _get_json(url: str, path: str, token: str | None) -> Any:
     token = token or os.environ.get("SENTRYCAM_TOKEN")
-    request = urllib.request.Request(url.rstrip("/") + path)
+    try:
+        request = urllib.request.Request(url.rstrip("/") + path)
+    except ValueError:
+        raise CLIError(f"{url!r} is not a server URL; give one like http://127.0.0.1:8765"
+                       ) from None
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise CLIError(f"{url}{path} answered {exc.code}: {detail}") from None
+        raise CLIError(f"{url}{path} answered {exc.code}: {server_detail(exc.read())}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise CLIError(f"cannot reach a sentrycam server at {url}: {exc}; "
                        "start one with `sentrycam serve --db FILE`") from None
+    except ValueError:
+        raise CLIError(f"{url}{path} did not answer JSON: is {url} a sentrycam server?") from None
+
+
+def server_detail(body: bytes | None) -> str:
+    """The text of a server's error answer: its ``{"detail": ...}``, else the raw body."""
+    text = (body or b"").decode(errors="replace")
+    try:
+        return str(json.loads(text)["detail"])
+    except (ValueError, KeyError, TypeError):
+        return text or "no reason given"
 
 
 def _open_store(db: Path):
@@ -54,38 +70,53 @@ def _open_store(db: Path):
         raise CLIError(str(exc)) from None
 
 
-def inspect_runs(*, db: Path | None, url: str | None, run_id: str | None,
-                 token: str | None = None) -> list[dict[str, Any]]:
-    """One summary dict per run (see ``Store.run_summaries``), newest first."""
+def run_summaries(*, db: Path | None, url: str | None, token: str | None = None
+                  ) -> list[dict[str, Any]]:
+    """Every run's summary (see ``Store.run_summaries``), newest first, from the server at
+    ``url``, else from the server holding ``db``, else from the file ``db`` itself."""
     url = url or (_server_for(db) if db is not None else None)
     if url is not None:
-        if run_id:
-            return [_get_json(url, f"/api/runs/{urllib.parse.quote(run_id)}", token)]
         return _get_json(url, "/api/runs", token)
-    from sentrycam.backend.store import UnknownRunError
-
     store = _open_store(db)
     try:
-        return store.run_summaries(run_id)
-    except UnknownRunError as exc:
-        raise CLIError(str(exc)) from None
+        return store.run_summaries()
     finally:
         store.close()
 
 
+def inspect_runs(*, db: Path | None, url: str | None, run_id: str | None,
+                 token: str | None = None) -> list[dict[str, Any]]:
+    """One summary dict per run, newest first, or of the one run ``run_id`` names (an id, a
+    unique id prefix or a name), with its layers split by :func:`split_layers`."""
+    runs = run_summaries(db=db, url=url, token=token)
+    if run_id:
+        runs = [resolve_run(run_id, runs)]
+    return [split_layers(run) for run in runs]
+
+
+def split_layers(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with ``layers`` (every layer anything was stored for) replaced by
+    ``captured_layers`` (the layers attach hooked: snapshots and activation statistics, as the
+    run's config lists them) and ``telemetry_layers`` (layers with only parameter telemetry)."""
+    stored = summary.get("layers") or []
+    captured = [layer["name"] for layer in (summary.get("config") or {}).get("layers", [])
+                if isinstance(layer, dict) and "name" in layer]
+    split = {key: value for key, value in summary.items() if key != "layers"}
+    split["captured_layers"] = captured
+    split["telemetry_layers"] = [layer for layer in stored if layer not in captured]
+    return split
+
+
 def export_run(*, db: Path, run_id: str, out: Path) -> list[Path]:
-    """Write the run's tables as Parquet files under ``out``; returns their paths."""
+    """Write the run's tables as Parquet files under ``out``; returns their paths. ``run_id``
+    may be a unique id prefix or a run name."""
     server = _server_for(db)
     if server is not None:
         raise CLIError(f"a server ({server}) holds this database; stop it with "
                        f"`sentrycam stop --db {db}` or export after it has exited")
-    from sentrycam.backend.store import UnknownRunError
-
     store = _open_store(db)
     try:
-        return store.export_run(run_id, out)
-    except UnknownRunError as exc:
-        raise CLIError(str(exc)) from None
+        return store.export_run(resolve_run(run_id, store.run_summaries())["run_id"], out)
     finally:
         store.close()
 
@@ -95,15 +126,23 @@ def render_table(runs: list[dict[str, Any]]) -> str:
     if not runs:
         return "no runs"
     rows = [[_cell(run.get(col)) for col in SUMMARY_COLUMNS] for run in runs]
-    widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(SUMMARY_COLUMNS)]
+    widths = [max(len(col), *(len(row[i]) for row in rows))
+              for i, col in enumerate(SUMMARY_COLUMNS)]
     lines = ["  ".join(col.ljust(w) for col, w in zip(SUMMARY_COLUMNS, widths))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    if len(runs) == 1:
+        lines += [f"captured layers (maps, activation statistics): "
+                  f"{', '.join(runs[0].get('captured_layers') or []) or 'none'}",
+                  f"telemetry-only layers (parameter norms, updates): "
+                  f"{', '.join(runs[0].get('telemetry_layers') or []) or 'none'}"]
     return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):  # layer names: the table shows how many
+        return str(len(value))
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

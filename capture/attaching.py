@@ -6,9 +6,7 @@ started on demand) and hands them to :class:`~sentrycam.capture.run.Run`, which 
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +17,7 @@ from torch import nn
 
 from sentrycam.capture.alert_actions import AlertCallback
 from sentrycam.capture.budget import check_schedule
+from sentrycam.capture.console import announce
 from sentrycam.capture.layers import LayerTap, check_token_pool, choose_layers
 from sentrycam.protocol.messages import SCHEMA_VERSION
 from sentrycam.capture.probe import build_probe, check_probe_arguments
@@ -27,20 +26,8 @@ from sentrycam.capture.snapshot import ProbeRunner
 from sentrycam.capture.telemetry import check_training_parts
 from sentrycam.capture.transport import Transport
 
-log = logging.getLogger(__name__)
-
 DEFAULT_EVERY = 50
 DEFAULT_STATS_EVERY = 10
-
-
-def _announce(text: str) -> None:
-    """Tell the user where the dashboard is: through logging when the application configured
-    it, else once on stderr, because a plain script shows no INFO log and this line matters."""
-    if logging.getLogger("sentrycam").hasHandlers():
-        log.info(text)
-    else:
-        sys.stderr.write(text + "\n")
-
 
 
 def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = None,
@@ -78,6 +65,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     the fix.
     """
     check_training_parts(model, criterion, optimizer)
+    check_materialized(model)
     every = check_schedule(every, overhead_budget, stats_every, DEFAULT_EVERY)
     check_probe_arguments(probe, heldout, probe_size)
     check_token_pool(token_pool)
@@ -131,8 +119,23 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
               stats_every=stats_every, budget=overhead_budget, criterion=criterion,
               optimizer=optimizer, config=config, on_alert=on_alert)
     if url is not None:
-        _announce(f"sentrycam: dashboard at {url} (run {run_id})")
+        announce(f"sentrycam: dashboard at {url} (run {run_id})")
     return run
+
+
+def check_materialized(model: nn.Module) -> None:
+    """ValueError for a model with parameters or buffers on the ``meta`` device: they have
+    shapes but no values, so there is nothing to train, snapshot or record."""
+    on_meta = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+               if tensor.is_meta]
+    if on_meta:
+        listed = ", ".join(repr(name) for name in on_meta[:3]) + (
+            ", ..." if len(on_meta) > 3 else "")
+        raise ValueError(
+            f"the model has {len(on_meta)} tensors on the 'meta' device ({listed}): they hold "
+            "shapes but no values, so nothing could be recorded. Materialise the model first "
+            "(model.to_empty(device='cpu') then load its weights, or load_state_dict(..., "
+            "assign=True)) and attach after that")
 
 
 def _distributed_rank() -> tuple[int, int]:

@@ -28,6 +28,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no cross-process lock, races are possible
     fcntl = None  # type: ignore[assignment]
 
+from sentrycam.capture.console import announce
 from sentrycam.protocol.server_info import info_file_path, pid_alive, read_info_file
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ _LOG_TAIL_BYTES = 4000
 _POLL_S = 0.1
 #: Niceness added to the embedded server process (a lower scheduling priority than the trainer).
 EMBEDDED_SERVER_NICENESS = 10
+
+
+def idle_timeout_text(idle_timeout_s: float) -> str:
+    """How a server with this idle timeout ends: ``"stops itself after 30 idle minutes (no
+    trainer, dashboard or request)"``; ``"runs until stopped"`` for 0."""
+    if idle_timeout_s <= 0:
+        return "runs until stopped"
+    amount = (f"{idle_timeout_s / 60:g} idle minutes" if idle_timeout_s >= 60
+              else f"{idle_timeout_s:g} idle seconds")
+    return f"stops itself after {amount} (no trainer, dashboard or request)"
 
 
 def default_db_path() -> Path:
@@ -59,7 +70,8 @@ def _same_file(a: str | os.PathLike[str] | None, b: Path) -> bool:
 
 
 def running_server_url(db_path: str | os.PathLike[str]) -> str | None:
-    """The url of a live, healthy server for ``db_path`` (found through its info file), else None."""
+    """The url of a live, healthy server for ``db_path`` (found through its info file), else
+    None."""
     db_path = Path(db_path).expanduser().absolute()
     info = read_info_file(db_path, live_only=False)
     if not info or not isinstance(info.get("url"), str):
@@ -152,13 +164,17 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
         code = process.poll()
         if code is not None:
             raise RuntimeError(f"the sentrycam server for {db_path} exited with code {code} "
-                               f"before serving. The end of {log_path}:\n{_log_tail(log_path, start)}")
+                               f"before serving. The end of {log_path}:\n"
+                               f"{_log_tail(log_path, start)}")
         # The info file can lag the first healthy answer; a trainer racing in right after we
         # release the launch lock must find it, or it would start a second server.
         info = read_info_file(db_path, live_only=False)
         if info and info.get("url") == url and _same_file(info.get("db"), db_path):
             health = server_health(url, timeout=1.0)
             if health is not None and _same_file(health.get("db"), db_path):
+                announce(f"sentrycam: started a local server for {db_path} (log: {log_path}); "
+                         f"it {idle_timeout_text(idle_timeout_s)}, or stop it now with "
+                         f"`sentrycam stop --db {db_path}`")
                 return url
         time.sleep(_POLL_S)
     _terminate(process)
@@ -209,7 +225,8 @@ def stop_local_server(db_path: str | os.PathLike[str], timeout: float = 20.0) ->
     info_path = info_file_path(db_path)
     info = read_info_file(db_path, live_only=False)
     pid = info.get("pid") if info else None
-    if not isinstance(pid, int) or not pid_alive(pid) or not _is_sentrycam_server(pid, info, db_path):
+    running = isinstance(pid, int) and pid_alive(pid)
+    if not running or not _is_sentrycam_server(pid, info, db_path):
         if info_path.exists():
             logger.info("removing the stale server info file %s", info_path)
             info_path.unlink(missing_ok=True)
@@ -217,7 +234,8 @@ def stop_local_server(db_path: str | os.PathLike[str], timeout: float = 20.0) ->
     os.kill(pid, signal.SIGTERM)
     if not _wait_until(lambda: not pid_alive(pid) and not info_path.exists(), timeout):
         if pid_alive(pid):
-            logger.warning("sentrycam server pid %d did not stop within %.0f s; killing it", pid, timeout)
+            logger.warning("sentrycam server pid %d did not stop within %.0f s; killing it",
+                           pid, timeout)
             os.kill(pid, signal.SIGKILL)
             _wait_until(lambda: not pid_alive(pid), 5.0)
         info_path.unlink(missing_ok=True)

@@ -27,6 +27,8 @@ from sentrycam.protocol.messages import SPLIT_HELDOUT, SPLIT_TRAIN, ProbeSet
 #: A dataset larger than this many times the wanted probe size is sampled from a random pool of
 #: that size before stratifying, so that attaching never reads a whole large dataset.
 POOL_FACTOR = 5
+#: Probe samples checked for NaN/Inf at a time (bounds the temporary mask).
+FINITE_CHECK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,31 @@ def _split_sizes(n_train: int, n_heldout: int, probe_size: int) -> tuple[int, in
     return min(n_train, probe_size - heldout), heldout
 
 
+def check_finite(inputs: torch.Tensor, indices: np.ndarray, what: str) -> None:
+    """ValueError naming the samples whose inputs hold NaN or Inf.
+
+    ``inputs`` [n, ...] (any dtype; only floating and complex inputs can hold NaN/Inf);
+    ``indices`` int64 [n]: each row's index in its source, which the message quotes. A probe
+    sample with NaN gives NaN features and predictions at every snapshot, so its maps and the
+    alerts computed from them would describe the data, not the training: refuse it here.
+    """
+    if not (inputs.is_floating_point() or inputs.is_complex()) or inputs.numel() == 0:
+        return
+    # In chunks: the mask of a whole probe of images would be a quarter of its size again.
+    bad = torch.cat([~torch.isfinite(chunk.reshape(len(chunk), -1)).all(dim=1)
+                     for chunk in inputs.split(FINITE_CHECK_ROWS)])
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return
+    shown = [int(i) for i in indices[bad.numpy()][:5]]
+    listed = ", ".join(map(str, shown)) + (", ..." if n_bad > len(shown) else "")
+    raise ValueError(
+        f"{what} data has NaN or Inf input values in {n_bad} of the {len(inputs)} samples "
+        f"selected (indices in the {what} source: {listed}). Those samples cannot be mapped "
+        f"and would make every snapshot's predictions non-finite. Drop or repair them before "
+        f"attaching, e.g. keep = torch.isfinite(x).flatten(1).all(1); x, y = x[keep], y[keep]")
+
+
 def check_probe_arguments(probe: Any, heldout: Any, probe_size: Any) -> None:
     """ValueError for a held-out set without a probe, or a probe size that is not an int > 0."""
     if heldout is not None and probe is None:
@@ -239,7 +266,9 @@ def build_probe(probe: Any, heldout: Any, probe_size: int, seed: int, pin: bool)
         if size:
             pool, labels = source.candidate_labels(POOL_FACTOR * size, rng)
             keep = stratified_choice(labels, size, rng)
-            parts.append((source.inputs(pool[keep]), pool[keep] + offset, labels[keep],
+            inputs = source.inputs(pool[keep])
+            check_finite(inputs, pool[keep], source.what)
+            parts.append((inputs, pool[keep] + offset, labels[keep],
                           np.full(size, SPLIT_HELDOUT if split else SPLIT_TRAIN, np.uint8)))
         offset += len(source)
     shapes = {tuple(p[0].shape[1:]) for p in parts}

@@ -30,7 +30,8 @@ from sentrycam.capture.budget import OverheadController, Schedule
 from sentrycam.capture.layers import IDLE, STATS, LayerTap
 from sentrycam.protocol.messages import Event, Message, RunEnd, RunStart, Scalars, Status
 from sentrycam.capture.snapshot import ProbeRunner
-from sentrycam.capture.steps import StepReporter, logged_value, nonfinite_counts
+from sentrycam.capture.steps import (StepReporter, logged_value, nonfinite_counts,
+                                     nonfinite_text)
 from sentrycam.capture.telemetry import LossWatch, OptimizerWatch, learning_rates
 from sentrycam.capture.transport import Transport, TransportCounters
 
@@ -366,9 +367,10 @@ class Run:
 
     def _flag(self, what: str, step: int, count: int) -> None:
         self._flagged.add(what)
-        log.warning("sentrycam: %s has NaN/Inf values at step %d", what, step)
+        text = nonfinite_text(what, step)
+        log.warning("sentrycam: %s", text)
         self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(), event="nonfinite",
-                         message=f"{what} has NaN/Inf values at step {step}",
+                         message=text,
                          payload={"layer": what, "count": count}))
 
     def _send_status(self, step: int) -> None:

@@ -253,6 +253,16 @@ def nonfinite_counts(message: Message) -> dict[str, int]:
     return {}
 
 
+def nonfinite_text(what: str, step: int) -> str:
+    """What a key of :func:`nonfinite_counts` says to a reader: ``"layer '0' has NaN/Inf
+    values at step 5"`` (a module path such as ``0`` quoted, so it reads as a name)."""
+    if what == LOSS.name:
+        return f"the training loss is NaN/Inf at step {step}"
+    if what == "gradients":
+        return f"the gradients have NaN/Inf values at step {step}"
+    return f"layer {what!r} has NaN/Inf values at step {step}"
+
+
 def logged_value(key: str, value: Any) -> float:
     """A value given to ``run.log(key=value)`` as a float; ValueError if it is not a number."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:

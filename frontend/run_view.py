@@ -23,7 +23,7 @@ import panel as pn
 from sentrycam.frontend.client import ApiClient
 from sentrycam.frontend.embedding_view import EmbeddingView
 from sentrycam.frontend.signal_views import CurvesView, HeatmapView
-from sentrycam.frontend.state_views import AlertsView, HealthView, StatusView
+from sentrycam.frontend.state_views import FIXED_SCHEDULE, AlertsView, HealthView, StatusView
 from sentrycam.protocol import push
 from sentrycam.protocol.push import PushFrame, PushType
 
@@ -117,6 +117,10 @@ class RunDashboard:
         self.status.update(name=s.get("name"), status=s.get("status"),
                            latest_step=s.get("last_step"), dropped=s.get("dropped"),
                            overhead=s.get("capture_overhead"))
+        config = s.get("config") or {}
+        if "overhead_budget" in config:
+            budget = config["overhead_budget"]
+            self.status.update(budget=FIXED_SCHEDULE if budget is None else budget)
 
     def _on_probe(self, header: push.ProbeHeader, arrays: dict) -> None:
         self.embedding.set_labels(arrays["sample_id"], arrays["label"])

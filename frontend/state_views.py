@@ -182,6 +182,10 @@ class HealthView:
             self._on_pick(int(self.class_source.data["step"][indices[0]]))
 
 
+#: The status line's ``budget`` value for a run attached with ``overhead_budget=None``.
+FIXED_SCHEDULE = "fixed"
+
+
 class StatusView:
     """One line saying honestly where the run and the dashboard stand."""
 
@@ -209,7 +213,7 @@ class StatusView:
                  html.escape(str(v["status"])), self._storage_state(),
                  f"latest step <span class='sc-latest-step'>{step}</span>",
                  self._map_state(), self._projector_state(),
-                 f"capture overhead {_percent(v.get('overhead'))}",
+                 self._overhead_state(),
                  f"dropped by capture {_count(v.get('dropped'))}",
                  f"dropped on the way to this page {_count(v.get('hub_dropped', 0))}"]
         return "<div class='sc-status-text'>" + " &middot; ".join(p for p in parts if p) + "</div>"
@@ -221,6 +225,18 @@ class StatusView:
             return ""
         return ("<span class='sc-storage-failure'>the server cannot store new data: "
                 f"{html.escape(str(reason))}; trainers keep it and resend</span>")
+
+    def _overhead_state(self) -> str:
+        """What the overhead number measures, and against what: under a fixed schedule (no
+        budget, as in ``sentrycam demo``) it is the price of that schedule, not of the
+        defaults."""
+        measured = f"capture took {_percent(self.values.get('overhead'))} of step time"
+        budget = self.values.get("budget")
+        if budget == FIXED_SCHEDULE:
+            return f"{measured} (fixed schedule, no overhead budget)"
+        if budget is None:
+            return measured
+        return f"{measured} (budget {_percent(budget)})"
 
     def _map_state(self) -> str:
         v = self.values

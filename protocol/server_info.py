@@ -40,8 +40,9 @@ def read_info_file(db_path: str | os.PathLike[str] | None = None, *,
 
 
 def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs; reaps it first if it is our own child that exited
-    (a zombie child would otherwise look alive)."""
+    """True while process ``pid`` runs; reaps it first if it is our own child that exited.
+    A zombie (exited, not yet reaped by its parent, e.g. the server of a ``sentrycam demo``
+    stopped from another terminal) counts as dead: the signal probe alone would call it alive."""
     if pid <= 0:
         return False
     try:
@@ -54,5 +55,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        return not _is_zombie(pid)  # exists, owned by someone else
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits for its parent to reap it (Linux ``/proc``; False
+    where that cannot be read)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The command name in parentheses may hold spaces: the state follows the last ")".
+    return stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"])

@@ -21,6 +21,7 @@ def demo_db(tmp_path_factory):
     done = _sentrycam("demo", "--steps", "300", "--db", str(db), "--exit-when-done", "--no-browser")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sentrycam dashboard: http://127.0.0.1:" in done.stdout
+    assert "of the training time at the demo's fixed schedule" in done.stdout
     return db
 
 
@@ -36,7 +37,8 @@ def test_inspect_after_demo_shows_one_complete_run(demo_db):
     assert run["n_probe"] >= 500
     assert run["dropped"] == 0
     assert run["status"] == "finished"
-    assert len(run["layers"]) >= 2
+    assert len(run["captured_layers"]) >= 2 and run["telemetry_layers"]
+    assert not set(run["captured_layers"]) & set(run["telemetry_layers"])
     assert run["capture_overhead"] is not None
 
 
@@ -44,7 +46,12 @@ def test_inspect_human_table_and_unknown_run(demo_db):
     table = _sentrycam("inspect", "--db", str(demo_db))
     assert table.returncode == 0 and "demo-cnn-seed0" in table.stdout
     missing = _sentrycam("inspect", "--db", str(demo_db), "--run", "no-such-run")
-    assert missing.returncode == 2 and "no-such-run" in missing.stderr
+    assert missing.returncode == 2 and "no run matches 'no-such-run'" in missing.stderr
+    assert "demo-cnn-seed0" in missing.stderr  # the runs there are
+    run_id = json.loads(_sentrycam("inspect", "--db", str(demo_db), "--json").stdout)[0]["run_id"]
+    for given in (run_id[:6], "demo-cnn-seed0"):  # as the dashboard shows it; by name
+        one = _sentrycam("inspect", "--db", str(demo_db), "--run", given, "--json")
+        assert one.returncode == 0 and json.loads(one.stdout)[0]["run_id"] == run_id
 
 
 def test_export_writes_readable_parquet(demo_db, tmp_path):

@@ -28,7 +28,7 @@ def test_demo_projects_every_snapshot_of_every_layer(tmp_path):
     shown = _sentrycam("inspect", "--db", str(db), "--json")
     assert shown.returncode == 0, shown.stderr
     run = json.loads(shown.stdout)[0]
-    assert run["n_snapshots"] >= 5 and len(run["layers"]) >= 2
+    assert run["n_snapshots"] >= 5 and len(run["captured_layers"]) >= 2
     # The server projects the deepest two layers of each snapshot by default.
     assert run["n_embeddings"] == run["n_snapshots"] * 2
     with Store(db, read_only=True) as store:
