@@ -46,7 +46,7 @@ make_base() {
   local work start container
   work=$(mktemp -d)
   start=$SECONDS
-  say "debootstrap bookworm from $(debian_mirror) (about 5 minutes)"
+  say "debootstrap bookworm from $(debian_mirror) (1 to 5 minutes)"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$work/rootfs" "$(debian_mirror)" >"$work/debootstrap.log" 2>&1 \
     || { tail -n 20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
