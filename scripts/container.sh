@@ -43,8 +43,9 @@ make_base() {
     say "base image $BASE_IMAGE exists: debootstrap skipped"
     return
   fi
-  local work start container
+  local start container
   work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT  # also when debootstrap fails
   start=$SECONDS
   say "debootstrap bookworm from $(debian_mirror) (1 to 5 minutes)"
   debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
@@ -55,7 +56,6 @@ make_base() {
   container=$("${BUILDAH[@]}" from scratch)
   "${BUILDAH[@]}" add "$container" "$work/rootfs.tar" / >/dev/null
   "${BUILDAH[@]}" commit --quiet --rm "$container" "$BASE_IMAGE" >/dev/null
-  rm -rf "$work"
   say "base image $BASE_IMAGE made in $((SECONDS - start)) s"
 }
 
