@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sentrycam-installed
 
-.PHONY: setup demo test test-fast bench bench-docs clean chromium
+.PHONY: setup demo test test-fast bench bench-docs clean chromium container-tools image
 
 setup: $(STAMP)
 
@@ -46,12 +46,27 @@ bench: $(STAMP)
 bench-docs: $(STAMP)
 	$(PY) benchmarks/report.py
 
-# Debian's chromium for the browser tests (as root, or through sudo when there is one).
+# apt-get install $(1) as root, or through sudo when there is one.
+define apt_install
+if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+else echo "$(1): missing, and this user cannot install it (not root, no sudo)" >&2; exit 1; fi; \
+$$SUDO apt-get update && $$SUDO apt-get install -y $(1)
+endef
+
+# Debian's chromium for the browser tests.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
-	  else echo "chromium is missing and this user cannot install it (not root, no sudo)" >&2; exit 1; fi; \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y chromium; }
+	@command -v chromium >/dev/null 2>&1 || { $(call apt_install,chromium); }
+
+# buildah and debootstrap: the container test (tests/e2e/test_container.py, as root) builds and
+# runs the image with them where there is no Docker daemon.
+container-tools:
+	@command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 \
+	  || { $(call apt_install,buildah debootstrap); }
+
+# The server's image, built with buildah on a local Debian base (as root; see the script).
+# With a Docker daemon: docker build -t sentrycam .
+image:
+	scripts/container.sh
 
 clean:
 	rm -rf $(VENV) sentrycam-runs .pytest_cache

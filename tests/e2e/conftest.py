@@ -9,7 +9,6 @@ the ``CI`` environment variable is set, so CI can never pass them by skipping.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from sentrycam.capture import demo
 from sentrycam.frontend.testing import chromium_path, launch_chromium
+from tests.prerequisites import missing
 
 PAGE_TIMEOUT_MS = 60_000
 
@@ -63,10 +63,8 @@ def browser() -> Iterator[Any]:
     """The system's headless Chromium (one per test module)."""
     path = chromium_path()
     if path is None:
-        message = "chromium is not installed (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run the browser tests")
-        pytest.skip(message)
+        missing("chromium is not installed (apt-get install -y chromium)",
+                "run the browser tests")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         launched = launch_chromium(playwright)
