@@ -11,10 +11,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sentrycam import __version__
 from sentrycam.backend.cli_errors import CLIError
+
+if TYPE_CHECKING:
+    from sentrycam.backend.settings import ServerSettings
 
 log = logging.getLogger("sentrycam.cli")
 
@@ -81,8 +84,10 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="DuckDB file (created if missing; its folder must exist)")
     serve.add_argument("--create-dirs", action="store_true",
                        help="create the database's folder if it does not exist")
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
-    serve.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    serve.add_argument("--host", default=None,
+                       help="bind address (default: SENTRYCAM_HOST, else loopback 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port, 0 picks a free one (default: SENTRYCAM_PORT, else 8765)")
     serve.add_argument("--token", default=None,
                        help="write token (trainers, admins); visible to other users in 'ps': "
                             "prefer SENTRYCAM_TOKEN or --token-file. A write token is "
@@ -100,8 +105,9 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
                        help="a browser origin (https://team.example.com) whose pages may open "
                             "websockets and change state, besides the server's own "
                             "(repeatable; or SENTRYCAM_ALLOWED_ORIGINS=a,b)")
-    serve.add_argument("--idle-timeout", type=float, default=0.0,
-                       help="exit after this many idle seconds (0: never)")
+    serve.add_argument("--idle-timeout", type=float, default=None,
+                       help="exit after this many idle seconds, 0: never (default: "
+                            "SENTRYCAM_IDLE_TIMEOUT_S, else 0)")
 
 
 def _source_arguments(command: argparse.ArgumentParser) -> None:
@@ -131,28 +137,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_settings(args: argparse.Namespace) -> ServerSettings:
+    """The server's settings from ``sentrycam serve``'s flags; a flag not given leaves its
+    setting to the environment (``SENTRYCAM_PORT`` ...) or its default."""
     from pydantic import ValidationError
 
-    from sentrycam.backend.server import ServerStartError, run_server
     from sentrycam.backend.settings import ServerSettings
-    from sentrycam.capture.launcher import idle_timeout_text
 
-    _check_db_folder(args.db, create=args.create_dirs)
-    overrides = {"db_path": args.db, "host": args.host, "port": args.port,
-                 "idle_timeout_s": args.idle_timeout}
     if args.token:
         log.warning("--token shows the token to every user of this machine (`ps`); set "
                     "SENTRYCAM_TOKEN or use --token-file instead")
-    given = {"token": args.token, "token_file": args.token_file,
-             "read_token_file": args.read_token_file, "allowed_hosts": args.allowed_host,
-             "allowed_origins": args.allowed_origin}
-    overrides.update({name: value for name, value in given.items() if value})
+    given = {"db_path": args.db, "host": args.host, "port": args.port,
+             "idle_timeout_s": args.idle_timeout, "token": args.token or None,
+             "token_file": args.token_file, "read_token_file": args.read_token_file,
+             "allowed_hosts": args.allowed_host, "allowed_origins": args.allowed_origin}
     try:
-        settings = ServerSettings(**overrides)
+        return ServerSettings(**{name: value for name, value in given.items()
+                                 if value is not None})
     except ValidationError as exc:
         raise CLIError("; ".join(e["msg"].removeprefix("Value error, ")
                                  for e in exc.errors())) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from sentrycam.backend.server import ServerStartError, run_server
+    from sentrycam.capture.launcher import idle_timeout_text
+
+    _check_db_folder(args.db, create=args.create_dirs)
+    settings = serve_settings(args)
     log.info("this server %s", idle_timeout_text(settings.idle_timeout_s))
     try:
         run_server(settings)

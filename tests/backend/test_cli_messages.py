@@ -158,3 +158,17 @@ def test_demo_refuses_a_schedule_below_one_step(option, tmp_path, capsys):
     assert main(["demo", option, "0", "--db", str(tmp_path / "d.duckdb"), "--no-browser"]) == 2
     assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "d.duckdb").exists()
+
+
+def test_serve_takes_port_host_and_idle_timeout_from_the_environment_unless_flagged(
+        tmp_path, monkeypatch):
+    from sentrycam.backend.cli import _parser, serve_settings
+
+    monkeypatch.setenv("SENTRYCAM_PORT", "9123")
+    monkeypatch.setenv("SENTRYCAM_IDLE_TIMEOUT_S", "60")
+    db = str(tmp_path / "x.duckdb")
+    from_env = serve_settings(_parser().parse_args(["serve", "--db", db]))
+    assert (from_env.host, from_env.port, from_env.idle_timeout_s) == ("127.0.0.1", 9123, 60.0)
+    flagged = serve_settings(_parser().parse_args(["serve", "--db", db, "--port", "0",
+                                                   "--idle-timeout", "0"]))
+    assert (flagged.port, flagged.idle_timeout_s) == (0, 0.0)
