@@ -165,7 +165,7 @@ class Store:
 
         def write_batch(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
             nonlocal batch_writer
-            batch_writer = BatchWriter(cur, self.retention)
+            batch_writer = BatchWriter(cur, self.retention, publish=stored is not None)
             return batch_writer.write(batch, refusals)
 
         committed = self._transaction(write_batch)
