@@ -115,7 +115,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         app.state.store = open_store(settings) if own_store else store
         writer = IngestWriter(app.state.store, queue_size=settings.ingest_queue,
                               batch_max=settings.batch_max, batch_wait_s=settings.batch_wait_s,
-                              feed=app.state.feed)
+                              feed=app.state.feed, max_bytes=settings.ingest_max_bytes)
         writer.start()
         app.state.writer = writer
         app.state.hub = PushHub(app.state.store, app.state.feed)

@@ -18,6 +18,14 @@ from sentrycam.protocol.messages import Snapshot
 #: Bytes of arrays a snapshot chunk holds at most (one row more when a single row is larger).
 CHUNK_TARGET_BYTES = 4 * 1024 * 1024
 
+#: Seconds either end of an ingest websocket waits for the answer to a keepalive ping before
+#: it gives the connection up. A server holding back (it reads nothing while its writer
+#: catches up, see ``ServerSettings.ingest_max_bytes``) answers no ping meanwhile, so this is
+#: longer than such a wait lasts on a working server: a minute or more under heavy load, not
+#: 20 s (the websocket libraries' default, which cut concurrent large uploads). A dead peer
+#: is still found: its TCP connection closes, or at the latest this long after a ping.
+KEEPALIVE_TIMEOUT_S = 120.0
+
 
 def row_nbytes(snapshot: Snapshot) -> int:
     """Bytes one row takes over every array of ``snapshot`` (sample id, outputs, features)."""
