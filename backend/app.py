@@ -102,7 +102,7 @@ class ActivityTracker:
 def open_store(settings: ServerSettings) -> Store:
     """Open the settings' database read-write with their retention policy."""
     retention = RetentionSettings(max_snapshots=settings.retention_max_snapshots)
-    return Store(settings.db_path, retention=retention)
+    return Store(settings.db_path, retention=retention, memory_limit=settings.store_memory_limit)
 
 
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:

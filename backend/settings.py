@@ -140,11 +140,13 @@ class ServerSettings(BaseSettings):
     # the largest frame taken (trainers send snapshots in row chunks of CHUNK_TARGET_BYTES);
     # ``ingest_max_bytes``: frame bytes received and not yet committed, over every
     # connection, before ingest stops reading; ``ws_ping_interval_s`` / ``ws_ping_timeout_s``:
-    # the websocket keepalive (None: no pings).
+    # the websocket keepalive (None: no pings); ``store_memory_limit``: DuckDB's memory limit
+    # (its cache of the file and its queries; beyond it DuckDB evicts and spills to disk).
     max_frame_bytes: int = Field(4 * CHUNK_TARGET_BYTES, ge=1024)
-    ingest_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    ingest_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     ws_ping_interval_s: float | None = Field(20.0, gt=0.0)
     ws_ping_timeout_s: float | None = Field(KEEPALIVE_TIMEOUT_S, gt=0.0)
+    store_memory_limit: str | None = Field("256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
 
     @field_validator("host")
     @classmethod
