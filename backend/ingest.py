@@ -4,9 +4,10 @@ Websocket handlers validate frames on the event loop and hand ``(sink, seq, mess
 :class:`IngestWriter` with :meth:`IngestWriter.try_submit`, which never blocks: when the queue
 is full, or the frames it holds already add up to ``max_bytes``, it returns False and the
 handler awaits a little before trying again (it reads no further frame meanwhile, so the
-backpressure reaches the client through the websocket's flow control; nothing is dropped). The writer thread takes up to
-``batch_max`` messages (or whatever arrived within ``batch_wait_s``), commits them with one
-``store.write`` call, and tells each sink the highest committed ``seq`` of each of its runs.
+backpressure reaches the client through the websocket's flow control; nothing is dropped).
+The writer thread takes up to ``batch_max`` messages (or whatever arrived within
+``batch_wait_s``), commits them with one ``store.write`` call, and tells each sink the highest
+committed ``seq`` of each of its runs.
 
 The store applies the sequence rules (:func:`sentrycam.backend.store.writer.order_refusal`):
 a run's messages are stored only in order from its last stored seq, and a finished run takes
@@ -64,14 +65,14 @@ class IngestWriter:
     ``store`` needs ``write(batch: Sequence[tuple[int, Message]], *, stored: list | None,
     refused: list) -> dict[str, int]`` (:meth:`sentrycam.backend.store.Store.write`); with a
     ``feed``, newly stored messages are published there after each commit. ``max_bytes``
-    bounds the frame bytes submitted and not yet written, over every connection (one frame
-    is always taken, however large).
+    (None: no bound) bounds the frame bytes submitted and not yet written, over every
+    connection (one frame is always taken, however large).
     """
 
     def __init__(self, store: Any, *, queue_size: int = 10_000, batch_max: int = 500,
                  batch_wait_s: float = 0.02, feed: ChangeFeed | None = None,
-                 max_bytes: int = 256 * 1024 * 1024) -> None:
-        if queue_size < 1 or batch_max < 1 or batch_wait_s <= 0 or max_bytes < 1:
+                 max_bytes: int | None = None) -> None:
+        if queue_size < 1 or batch_max < 1 or batch_wait_s <= 0 or (max_bytes or 1) < 1:
             raise ValueError("queue_size, batch_max and max_bytes must be >= 1 and "
                              "batch_wait_s > 0")
         self._store = store
@@ -110,7 +111,8 @@ class IngestWriter:
             raise WriterStopped("the ingest writer is not running (not started, or the server is "
                                 "shutting down)")
         with self._lock:
-            if self._in_flight_bytes and self._in_flight_bytes + nbytes > self._max_bytes:
+            if (self._max_bytes is not None and self._in_flight_bytes
+                    and self._in_flight_bytes + nbytes > self._max_bytes):
                 self._counts["bytes_full"] += 1
                 return False
             try:

@@ -192,6 +192,9 @@ class BatchWriter:
         return {run_id: state.last_seq for run_id, state in self.runs.items()}
 
     def _store(self, seq: int, message: Message, state: _RunState) -> None:
+        is_part = isinstance(message, Snapshot) and not message.is_whole
+        if is_part:
+            parts.check_part(self.cur, message)  # refused before anything of it is written
         if not state.exists:
             # A message can outrun its RunStart (dropped, or a spool replay); the run must
             # exist for its rows to be listed. RunStart fills the name in later.
@@ -200,7 +203,7 @@ class BatchWriter:
                 "VALUES (?, ?, 'running', ?, ?, -1)",
                 [message.run_id, message.run_id, self.now, self.now])
             state.exists = True
-        if isinstance(message, Snapshot) and not message.is_whole:
+        if is_part:
             self._snapshot_part(message)
         else:
             self._HANDLERS[type(message)](self, message)
@@ -298,8 +301,8 @@ class BatchWriter:
                                nonfinite)
 
     def _snapshot_part(self, m: Snapshot) -> None:
-        """One row chunk of a snapshot (see :mod:`.parts`); the last one completes it."""
-        parts.check_part(self.cur, m)
+        """One row chunk of a snapshot, checked already (see :mod:`.parts`); the last one
+        completes it."""
         state = parts.record_part(self.cur, m, self._snapshot_rows(m, parts.PENDING_TABLES),
                                   self.now)
         if state.rows_stored < state.rows_total:
