@@ -118,11 +118,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _default(field: dataclasses.Field) -> Any:
+    """A message field's default as the body model's (``...``: the header must give it), so
+    that a header may leave out what an older sender did not know."""
+    if field.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=field.default_factory)
+    return ... if field.default is dataclasses.MISSING else Field(field.default)
+
+
 def _body_model(cls: type) -> type[BaseModel]:
     """The header's "body" of one kind: every field but run_id; a mapping of arrays travels
     as the list of its names."""
-    defaults = {f.name: f.default_factory for f in dataclasses.fields(cls)
-                if f.default_factory is not dataclasses.MISSING}
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
     fields: dict[str, Any] = {}
     for spec in cls.schema.fields:
         if spec.name == "run_id" or isinstance(spec.array, Array):
@@ -132,8 +139,7 @@ def _body_model(cls: type) -> type[BaseModel]:
             declared = Annotated[tuple[key_type, ...], Unique()]
         else:
             declared = spec.annotation
-        default = Field(default_factory=defaults[spec.name]) if spec.name in defaults else ...
-        fields[spec.name] = (wire_type(declared), default)
+        fields[spec.name] = (wire_type(declared), defaults[spec.name])
     return create_model(f"{cls.__name__}Body", __base__=_Strict, **fields)
 
 
@@ -207,7 +213,8 @@ def parse_frame(data: bytes) -> tuple[int, Message]:
     if not (isinstance(version, int) and OLDEST_READ_VERSION <= version <= SCHEMA_VERSION):
         side = "server" if isinstance(version, int) and version > SCHEMA_VERSION else "trainer"
         raise reject(f"message schema version {version!r} is not supported (this server reads "
-                     f"versions {OLDEST_READ_VERSION}-{SCHEMA_VERSION}); upgrade sentrycam on the {side} side")
+                     f"versions {OLDEST_READ_VERSION}-{SCHEMA_VERSION}); upgrade sentrycam on "
+                     f"the {side} side")
     kind = header.get("kind")
     model = HEADER_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
