@@ -14,8 +14,9 @@ Modes:
   snapshot in row chunks of at most ``CHUNK_TARGET_BYTES``; the server's default
   ``max_frame_bytes``, ``ingest_max_bytes`` and keepalive.
 - ``whole``: as before row chunks: each snapshot in one frame (a plain websocket client),
-  the server's frame limit raised to 512 MiB and its keepalive timeout at the websocket
-  default of 20 s.
+  the server's frame limit raised to 512 MiB, no bound on frame bytes in flight and the
+  keepalive timeout at the websocket default of 20 s (DuckDB's memory limit as in
+  ``chunked``).
 
     python benchmarks/ingest_memory.py [--clients 4] [--rows 100000] [--dim 512]
         [--modes chunked,whole] [--json OUT]
@@ -49,6 +50,7 @@ START_TIMEOUT_S = 120.0
 #: Server settings of each mode (environment variables of ``sentrycam serve``).
 MODE_ENV = {"chunked": {},
             "whole": {"SENTRYCAM_MAX_FRAME_BYTES": str(512 * MIB),
+                      "SENTRYCAM_INGEST_MAX_BYTES": str(16 * 1024 * MIB),
                       "SENTRYCAM_WS_PING_TIMEOUT_S": "20"}}
 
 
