@@ -105,7 +105,7 @@ def record_part(cur: duckdb.DuckDBPyConnection, m: Snapshot,
     the snapshot's progress. ``stored_nonfinite``: NaN/Inf per layer in the part's rows."""
     state = pending(cur, m.run_id, int(m.step))
     if state is None:
-        state = Pending(int(m.epoch), int(m.rows_total),  0,
+        state = Pending(int(m.epoch), int(m.rows_total), 0,
                         {name: [int(f.shape[1]), int(m.nonfinite.get(name, 0)), 0]
                          for name, f in m.features.items()}, sorted(m.outputs))
         cur.execute("INSERT INTO pending_snapshots (run_id, step, epoch, rows_total, "
