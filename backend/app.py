@@ -103,7 +103,7 @@ class ActivityTracker:
 def open_store(settings: ServerSettings) -> Store:
     """Open the settings' database read-write with their retention policy."""
     retention = RetentionSettings(max_snapshots=settings.retention_max_snapshots)
-    return Store(settings.db_path, retention=retention)
+    return Store(settings.db_path, retention=retention, memory_limit=settings.store_memory_limit)
 
 
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
@@ -116,7 +116,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         app.state.store = open_store(settings) if own_store else store
         writer = IngestWriter(app.state.store, queue_size=settings.ingest_queue,
                               batch_max=settings.batch_max, batch_wait_s=settings.batch_wait_s,
-                              feed=app.state.feed)
+                              feed=app.state.feed, max_bytes=settings.ingest_max_bytes)
         writer.start()
         app.state.writer = writer
         app.state.hub = PushHub(app.state.store, app.state.feed)

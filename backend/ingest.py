@@ -2,10 +2,12 @@
 
 Websocket handlers validate frames on the event loop and hand ``(sink, seq, message)`` to
 :class:`IngestWriter` with :meth:`IngestWriter.try_submit`, which never blocks: when the queue
-is full it returns False and the handler awaits a little before trying again (backpressure
-reaches the client through the websocket's flow control). The writer thread takes up to
-``batch_max`` messages (or whatever arrived within ``batch_wait_s``), commits them with one
-``store.write`` call, and tells each sink the highest committed ``seq`` of each of its runs.
+is full, or the frames it holds already add up to ``max_bytes``, it returns False and the
+handler awaits a little before trying again (it reads no further frame meanwhile, so the
+backpressure reaches the client through the websocket's flow control; nothing is dropped).
+The writer thread takes up to ``batch_max`` messages (or whatever arrived within
+``batch_wait_s``), commits them with one ``store.write`` call, and tells each sink the highest
+committed ``seq`` of each of its runs.
 
 The store applies the sequence rules (:func:`sentrycam.backend.store.writer.order_refusal`):
 a run's messages are stored only in order from its last stored seq, and a finished run takes
@@ -68,6 +70,7 @@ class _Item:
     sink: AckSink
     seq: int
     message: Message
+    nbytes: int = 0  # the frame's size, held until the item is written
 
 
 class IngestWriter:
@@ -77,12 +80,16 @@ class IngestWriter:
     refused: list) -> dict[str, int]`` (:meth:`sentrycam.backend.store.Store.write`), and
     ``failure`` and ``recover()`` for storage failures; with a ``feed``, newly stored messages
     are published there after each commit.
+    ``max_bytes`` (None: no bound) bounds the frame bytes submitted and not yet written, over
+    every connection (one frame is always taken, however large).
     """
 
     def __init__(self, store: Any, *, queue_size: int = 10_000, batch_max: int = 500,
-                 batch_wait_s: float = 0.02, feed: ChangeFeed | None = None) -> None:
-        if queue_size < 1 or batch_max < 1 or batch_wait_s <= 0:
-            raise ValueError("queue_size and batch_max must be >= 1 and batch_wait_s > 0")
+                 batch_wait_s: float = 0.02, feed: ChangeFeed | None = None,
+                 max_bytes: int | None = None) -> None:
+        if queue_size < 1 or batch_max < 1 or batch_wait_s <= 0 or (max_bytes or 1) < 1:
+            raise ValueError("queue_size, batch_max and max_bytes must be >= 1 and "
+                             "batch_wait_s > 0")
         self._store = store
         self._feed = feed
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
@@ -92,8 +99,10 @@ class IngestWriter:
         self._idle = threading.Condition(self._lock)
         self._counts = {"queued": 0, "committed": 0, "batches": 0, "failed_batches": 0,
                         "failed_messages": 0, "rejected": 0, "sink_errors": 0,
-                        "queue_full": 0, "sequence_refused": 0, "retry_later": 0}
+                        "queue_full": 0, "bytes_full": 0, "sequence_refused": 0,
+                        "retry_later": 0}
         self._in_flight = 0
+        self._max_bytes, self._in_flight_bytes = max_bytes, 0
         self._last_error: str | None = None
         self._retry_s = 0.0  # the wait after the last failed attempt (0: storage works)
         self._retry_at = 0.0  # time.monotonic() of the next attempt during a storage failure
@@ -110,8 +119,9 @@ class IngestWriter:
         self._started = True
         self._thread.start()
 
-    def try_submit(self, sink: AckSink, seq: int, message: Message) -> bool:
-        """Queue one message without blocking. False when the queue is full (try again later).
+    def try_submit(self, sink: AckSink, seq: int, message: Message, nbytes: int = 0) -> bool:
+        """Queue one message (its frame ``nbytes`` long) without blocking. False when the queue
+        is full or holds ``max_bytes`` of frames already (try again later).
 
         Raises :class:`WriterStopped` once :meth:`stop` has been called.
         """
@@ -119,13 +129,18 @@ class IngestWriter:
             raise WriterStopped("the ingest writer is not running (not started, or the server is "
                                 "shutting down)")
         with self._lock:
+            if (self._max_bytes is not None and self._in_flight_bytes
+                    and self._in_flight_bytes + nbytes > self._max_bytes):
+                self._counts["bytes_full"] += 1
+                return False
             try:
-                self._queue.put_nowait(_Item(sink, seq, message))
+                self._queue.put_nowait(_Item(sink, seq, message, nbytes))
             except queue.Full:
                 self._counts["queue_full"] += 1
                 return False
             self._counts["queued"] += 1
             self._in_flight += 1
+            self._in_flight_bytes += nbytes
         return True
 
     def count_rejected(self) -> None:
@@ -137,6 +152,7 @@ class IngestWriter:
         """Counters since start, plus the queue depth and the last store error (if any)."""
         with self._lock:
             return {**self._counts, "queue_depth": self._queue.qsize(),
+                    "in_flight_bytes": self._in_flight_bytes,
                     "queue_capacity": self._queue.maxsize, "last_error": self._last_error,
                     "running": self._thread.is_alive()}
 
@@ -171,7 +187,7 @@ class IngestWriter:
                 self._note_failure("unexpected writer failure; see the server log")
             finally:
                 if batch:
-                    self._done(len(batch))
+                    self._done(batch)
 
     def _take(self, batch: list[_Item]) -> None:
         """Write a batch, or during a storage failure answer it "retry later" until the next
@@ -315,9 +331,10 @@ class IngestWriter:
             self._counts["failed_batches"] += int(batch)
             self._counts["failed_messages"] += messages
 
-    def _done(self, n: int) -> None:
+    def _done(self, batch: Sequence[_Item]) -> None:
         with self._idle:
-            self._in_flight -= n
+            self._in_flight -= len(batch)
+            self._in_flight_bytes -= sum(item.nbytes for item in batch)
             if self._in_flight == 0:
                 self._idle.notify_all()
 

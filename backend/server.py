@@ -78,8 +78,14 @@ def run_server(settings: ServerSettings) -> None:
 
 def uvicorn_config(app: Any, settings: ServerSettings, **overrides: Any) -> uvicorn.Config:
     """How sentrycam runs its app under uvicorn. A frame larger than ``max_frame_bytes`` makes
-    the websocket layer close that connection with code 1009 (message too big)."""
+    the websocket layer close that connection with code 1009 (message too big), its reason
+    naming the limit. The keepalive waits ``ws_ping_timeout_s`` for a pong: uvicorn reads
+    nothing from a connection, pongs included, while its handler holds back under
+    backpressure, so that wait must outlast a backpressure pause (see
+    :data:`~sentrycam.protocol.chunks.KEEPALIVE_TIMEOUT_S`)."""
     options = {"lifespan": "on", "access_log": False, "ws_max_size": settings.max_frame_bytes,
+               "ws_ping_interval": settings.ws_ping_interval_s,
+               "ws_ping_timeout": settings.ws_ping_timeout_s,
                "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, **overrides}
     return uvicorn.Config(app, **options)
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sentrycam.protocol.chunks import CHUNK_TARGET_BYTES, KEEPALIVE_TIMEOUT_S
 from sentrycam.protocol.server_info import info_file_path
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -123,7 +124,6 @@ class ServerSettings(BaseSettings):
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
     idle_timeout_s: float = Field(0.0, ge=0.0)
     info_file: Path | None = None
-    max_frame_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     ingest_queue: int = Field(10_000, ge=1)
     batch_max: int = Field(500, ge=1)
     batch_wait_s: float = Field(0.02, gt=0.0, le=10.0)
@@ -136,6 +136,17 @@ class ServerSettings(BaseSettings):
     audit: bool = True
     alert_webhook_url: str | None = None
     alert_webhook_min_severity: int = Field(3, ge=1, le=3)
+    # Bounds of ingest (see :mod:`sentrycam.backend.routes.ingest_ws`). ``max_frame_bytes``:
+    # the largest frame taken (trainers send snapshots in row chunks of CHUNK_TARGET_BYTES);
+    # ``ingest_max_bytes``: frame bytes received and not yet committed, over every
+    # connection, before ingest stops reading; ``ws_ping_interval_s`` / ``ws_ping_timeout_s``:
+    # the websocket keepalive (None: no pings); ``store_memory_limit``: DuckDB's memory limit
+    # (its cache of the file and its queries; beyond it DuckDB evicts and spills to disk).
+    max_frame_bytes: int = Field(4 * CHUNK_TARGET_BYTES, ge=1024)
+    ingest_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    ws_ping_interval_s: float | None = Field(20.0, gt=0.0)
+    ws_ping_timeout_s: float | None = Field(KEEPALIVE_TIMEOUT_S, gt=0.0)
+    store_memory_limit: str | None = Field("256MB", pattern=r"^\d+(\.\d+)?\s*[KMGT]i?B$")
 
     @field_validator("host")
     @classmethod

@@ -68,6 +68,18 @@ TABLES: dict[str, list[Column]] = {
         ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
         ("agent-measured overhead", lambda r: num(r["overhead"], 4)),
         ("dropped", lambda r: num(r["dropped"], 0))],
+    "ingest_memory": [
+        ("mode", lambda r: r["mode"]),
+        ("clients x snapshot (MB)", lambda r: f"{r['clients']} x {num(r['snapshot_mb'], 1)}"),
+        ("rows x dim", lambda r: f"{r['rows']:,} x {r['dim']}"),
+        ("data (MB)", lambda r: num(r["data_mb"], 0)),
+        ("server RSS idle / peak (MB)",
+         lambda r: f"{num(r['idle_rss_mb'], 0)} / {num(r['peak_rss_mb'], 0)}"),
+        ("growth / data", lambda r: num(r["growth_mb"] / r["data_mb"])),
+        ("time to store mean / max (s)", lambda r: spread(r, ("store_s_mean", "store_s_max"), 2,
+                                                          "")),
+        ("stored whole", lambda r: f"{r['stored_whole']}/{r['clients']}"),
+        ("failures", lambda r: "; ".join(r["failures"]) or "-")],
     "cli_start": [
         ("command", lambda r: f"`{r['command']}`"), ("runs", lambda r: str(r["repeats"])),
         ("mean / p50 / p95 / max (s)", lambda r: spread(r, ("mean", "p50", "p95", "max"))),

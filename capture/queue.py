@@ -64,13 +64,19 @@ class BoundedQueue(Generic[T]):
 
         An item larger than the whole byte budget never fits and is always refused.
         """
+        return self.put_all([(item, nbytes)])
+
+    def put_all(self, items: list[tuple[T, int]]) -> bool:
+        """Append every ``(item, nbytes)`` or, when they do not all fit, none (one drop
+        counted): the parts of one message go together or not at all."""
+        total = sum(nbytes for _, nbytes in items)
         with self._cond:
-            if (len(self._items) >= self.max_items
-                    or self._bytes + nbytes > self.max_bytes):
+            if (len(self._items) + len(items) > self.max_items
+                    or self._bytes + total > self.max_bytes):
                 self._dropped += 1
                 return False
-            self._items.append((item, nbytes))
-            self._bytes += nbytes
+            self._items.extend(items)
+            self._bytes += total
             self._cond.notify()
             return True
 

@@ -3,7 +3,9 @@
 The training thread calls :meth:`WebSocketTransport.send`, which assigns the transport's next
 sequence number (from 1; its spool and flushes count in it) and puts ``(seq, time, message)``
 on a :class:`~sentrycam.capture.queue.BoundedQueue`; it never waits and never raises, and a
-full queue drops the message and counts it. One daemon thread (``"sentrycam-sender"``,
+full queue drops the message and counts it. A large snapshot is put there as its row chunks
+(:func:`~sentrycam.protocol.chunks.snapshot_chunks`, views of its arrays), one seq each and
+all or none, so that no frame exceeds a few MiB. One daemon thread (``"sentrycam-sender"``,
 :class:`~sentrycam.capture.sender_loop.SenderLoop`) does the rest: encoding (each frame gets
 its seq within its run, from 0: :mod:`sentrycam.capture.sequence`), the websocket, the
 acknowledgement window and the disk spool.
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sentrycam.protocol.messages import MESSAGE_TYPES, RUN_ID_RULE, Message
+from sentrycam.protocol.chunks import snapshot_chunks
+from sentrycam.protocol.messages import MESSAGE_TYPES, RUN_ID_RULE, Message, Snapshot
 from sentrycam.capture.queue import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ITEMS, BoundedQueue,
                                      InFlightWindow, Progress, message_nbytes)
 from sentrycam.capture.sender_loop import SenderLoop
@@ -112,11 +115,14 @@ class WebSocketTransport:
         try:
             reason = self._refusal(message)
             if reason is None:
-                nbytes = message_nbytes(message)
+                parts = snapshot_chunks(message) if isinstance(message, Snapshot) else [message]
+                sized = [(part, message_nbytes(part)) for part in parts]
                 with self._seq_lock:  # only the seq counter and a deque append happen under it
-                    accepted = self._queue.put((self._next_seq, time.time(), message), nbytes)
+                    first, now = self._next_seq, time.time()
+                    accepted = self._queue.put_all([((first + i, now, part), nbytes)
+                                                    for i, (part, nbytes) in enumerate(sized)])
                     if accepted:
-                        self._next_seq += 1
+                        self._next_seq += len(parts)
                 if accepted:
                     return True
                 reason = "the send queue is full (server slow or unreachable)"

@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from sentrycam.protocol import wire
+from sentrycam.protocol.chunks import KEEPALIVE_TIMEOUT_S
 from sentrycam.protocol.messages import Message
 from sentrycam.protocol.redaction import redacting_logger
 from sentrycam.protocol.wire import ReplyType
@@ -151,6 +152,7 @@ class SenderLoop:
         try:
             ws = connect(self.ws_url, additional_headers=headers, max_size=None,
                          open_timeout=self.open_timeout, close_timeout=1.0, compression=None,
+                         ping_timeout=KEEPALIVE_TIMEOUT_S,
                          logger=redacting_logger(f"{__name__}.websocket"))
         except InvalidHandshake as exc:  # the server answered but refused: token, path, version
             self.failed_connects += 1

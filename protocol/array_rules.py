@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from sentrycam.protocol.fields import AXIS, Array, ArrayMap, KeysOf, MessageSchema
+from sentrycam.protocol.fields import AXIS, Array, ArrayMap, KeysOf, MessageSchema, Spans
 
 
 def check_keys(schema: MessageSchema, body: Mapping[str, Any]) -> None:
@@ -47,6 +47,22 @@ def check_arrays(schema: MessageSchema, body: Mapping[str, Any], arrays: Mapping
         for key in body.get(spec.name, ()):
             name = f"{spec.name}/{key}"
             _check_array(label(name), arrays[name], spec.array, key, dict(bound), body, exact)
+    _check_spans(schema, body, bound)
+
+
+def _check_spans(schema: MessageSchema, body: Mapping[str, Any], bound: Mapping[str, int]
+                 ) -> None:
+    """A part's rows must lie within the total it names (see :class:`Spans`)."""
+    for spec in schema.fields:
+        rule = spec.marker(Spans)
+        if rule is None:
+            continue
+        total, offset, rows = body.get(spec.name), body.get(rule.offset, 0), bound.get(rule.axis)
+        if total is None and offset:
+            raise ValueError(f"{rule.offset} is {offset} but {spec.name} is not given; a "
+                             f"message that is one part of many must name its {spec.name}")
+        if total is not None and rows is not None and offset + rows > total:
+            raise ValueError(f"rows {offset}..{offset + rows} lie beyond {spec.name} {total}")
 
 
 _KIND_WORDS = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}

@@ -53,6 +53,16 @@ class KeysOf:
     field: str
 
 
+@dataclass(frozen=True)
+class Spans:
+    """An optional count of the rows a message is one part of: at least the message's
+    ``offset`` field plus its own ``axis`` length (its rows are ``offset .. offset + axis``).
+    None means the message holds every row itself, so its ``offset`` must be 0."""
+
+    offset: str
+    axis: str
+
+
 def _check_axes(shape: tuple[str, ...]) -> None:
     bad = [axis for axis in shape if not AXIS.fullmatch(axis)]
     if bad:

@@ -28,12 +28,17 @@ from annotated_types import Ge, Le, MaxLen, MinLen
 
 from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.fields import (INT64_MAX, Array, ArrayMap, Declared, KeysOf, Matches,
-                                       Unique, declare)
+                                       Spans, Unique, declare)
 
 #: Version of the message schema; bumped when a message's fields or the meaning of its frame
 #: header change. 2: a run's seq numbers count from 0, one run at a time (a trainer of version
 #: 1 numbered from 1 and would be refused seq by seq; the version check tells it to upgrade).
-SCHEMA_VERSION = 2
+#: 3: a snapshot may travel as row chunks (``Snapshot.row_offset``, ``Snapshot.rows_total``).
+SCHEMA_VERSION = 3
+#: The oldest version a server still reads: a version-2 frame is a version-3 frame whose
+#: snapshots are whole (the chunk fields take their defaults), so spools written before an
+#: upgrade still replay.
+OLDEST_READ_VERSION = 2
 
 #: Split codes stored with each probe sample.
 SPLIT_TRAIN = 0
@@ -124,6 +129,12 @@ class Snapshot(Declared):
     names; NaN when unknown); ``features`` maps a layer to its float16 vectors.
     ``nonfinite`` counts NaN/Inf values per layer before the float16 cast.
     ``epoch`` is -1 when the trainer has no notion of epochs.
+
+    A large snapshot travels as row chunks (:func:`sentrycam.protocol.chunks.snapshot_chunks`),
+    each a Snapshot of rows ``row_offset .. row_offset + N`` of ``rows_total``, sent in row
+    order one after the other; ``nonfinite`` then counts the whole snapshot and is sent with
+    the first chunk. ``rows_total`` None: the message is the whole snapshot. The store shows
+    a chunked snapshot only once all its rows are in.
     """
 
     run_id: RunId
@@ -134,6 +145,14 @@ class Snapshot(Declared):
                        ArrayMap(OUTPUT_DTYPES, ("N",), by_key=KNOWN_OUTPUTS)]
     features: Annotated[Mapping[Name, np.ndarray], ArrayMap(("<f2",), ("N", "D>0"))]
     nonfinite: Annotated[Mapping[Name, Count], KeysOf("features")] = field(default_factory=dict)
+    row_offset: Count = 0
+    rows_total: Annotated[Count | None, Spans("row_offset", "N")] = None
+
+    @property
+    def is_whole(self) -> bool:
+        """True when this message holds every row of its snapshot (not a part of it)."""
+        return self.rows_total is None or (self.row_offset == 0
+                                           and len(self.sample_ids) == self.rows_total)
 
 
 @declare(ChangeKind.EVENT)

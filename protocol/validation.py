@@ -20,18 +20,19 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import math
+import types
 import typing
 from collections import Counter
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt,
                       StrictStr, TypeAdapter, ValidationError, create_model)
 
 from sentrycam.protocol.array_rules import check_arrays, check_keys
 from sentrycam.protocol.container import json_safe
-from sentrycam.protocol.fields import Array, ArrayMap, KeysOf, Matches, Unique
-from sentrycam.protocol.messages import (MESSAGE_TYPES, RUN_ID_RULE, SCHEMA_VERSION, Count,
-                                        Message, RunId)
+from sentrycam.protocol.fields import Array, ArrayMap, KeysOf, Matches, Spans, Unique
+from sentrycam.protocol.messages import (MESSAGE_TYPES, OLDEST_READ_VERSION, RUN_ID_RULE,
+                                        SCHEMA_VERSION, Count, Message, RunId)
 from sentrycam.protocol.wire import FrameError, build_message, message_parts, split_frame
 
 _NONFINITE_WORDS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
@@ -98,12 +99,14 @@ def wire_type(declared: Any) -> Any:
     origin, args = typing.get_origin(declared), typing.get_args(declared)
     if origin is Annotated:
         meta = [_constraint(m) for m in declared.__metadata__
-                if not isinstance(m, (Array, ArrayMap, KeysOf))]
+                if not isinstance(m, (Array, ArrayMap, KeysOf, Spans))]
         return Annotated[(wire_type(args[0]), *meta)] if meta else wire_type(args[0])
     if declared in _LEAVES:
         return _LEAVES[declared]
     if origin is Literal:
         return declared
+    if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        return Optional[wire_type(next(a for a in args if a is not type(None)))]
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return list[wire_type(args[0])]
     if origin in (dict, collections.abc.Mapping):
@@ -115,11 +118,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _default(field: dataclasses.Field) -> Any:
+    """A message field's default as the body model's (``...``: the header must give it), so
+    that a header may leave out what an older sender did not know."""
+    if field.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=field.default_factory)
+    return ... if field.default is dataclasses.MISSING else Field(field.default)
+
+
 def _body_model(cls: type) -> type[BaseModel]:
     """The header's "body" of one kind: every field but run_id; a mapping of arrays travels
     as the list of its names."""
-    defaults = {f.name: f.default_factory for f in dataclasses.fields(cls)
-                if f.default_factory is not dataclasses.MISSING}
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
     fields: dict[str, Any] = {}
     for spec in cls.schema.fields:
         if spec.name == "run_id" or isinstance(spec.array, Array):
@@ -129,8 +139,7 @@ def _body_model(cls: type) -> type[BaseModel]:
             declared = Annotated[tuple[key_type, ...], Unique()]
         else:
             declared = spec.annotation
-        default = Field(default_factory=defaults[spec.name]) if spec.name in defaults else ...
-        fields[spec.name] = (wire_type(declared), default)
+        fields[spec.name] = (wire_type(declared), defaults[spec.name])
     return create_model(f"{cls.__name__}Body", __base__=_Strict, **fields)
 
 
@@ -201,10 +210,11 @@ def parse_frame(data: bytes) -> tuple[int, Message]:
         return FrameRejected(problem, seq=seq, run_id=run_id)
 
     version = header.get("v")
-    if version != SCHEMA_VERSION:
+    if not (isinstance(version, int) and OLDEST_READ_VERSION <= version <= SCHEMA_VERSION):
         side = "server" if isinstance(version, int) and version > SCHEMA_VERSION else "trainer"
-        raise reject(f"message schema version {version!r} is not supported (this server speaks "
-                     f"version {SCHEMA_VERSION}); upgrade sentrycam on the {side} side")
+        raise reject(f"message schema version {version!r} is not supported (this server reads "
+                     f"versions {OLDEST_READ_VERSION}-{SCHEMA_VERSION}); upgrade sentrycam on "
+                     f"the {side} side")
     kind = header.get("kind")
     model = HEADER_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:

@@ -9,9 +9,17 @@ needs next: see :mod:`sentrycam.backend.ingest`), and an alert for each alert th
 engine raises or updates on a run this connection carries (:mod:`sentrycam.backend.audit.relay`).
 
 One connection may carry several runs. A frame over the server's ``max_frame_bytes`` closes
-the connection with code 1009 (the websocket layer refuses to buffer it). Frames are validated on the event loop (cheap: arrays
+the connection with code 1009 and a reason naming the limit (the websocket layer refuses to
+buffer it); trainers send large snapshots in row chunks well under it
+(:mod:`sentrycam.protocol.chunks`). Frames are validated on the event loop (cheap: arrays
 are views into the received bytes) and handed to the ingest writer thread without blocking;
 its results come back through :class:`ConnectionSink` onto this connection's loop.
+
+Memory stays bounded: uvicorn reads a connection's next frame only once its handler asks
+for it, and a handler asks only after the writer took its frame, which it does while the
+frames waiting to be written, over all connections, stay under ``ingest_max_bytes``. A
+handler held back reads nothing meanwhile, so the client's sends slow down (nothing is
+dropped); the keepalive waits long enough for that (``ws_ping_timeout_s``).
 """
 
 from __future__ import annotations
@@ -117,15 +125,17 @@ async def _receive_frames(websocket: WebSocket, state: Any, sink: ConnectionSink
         if relay is not None and message.run_id not in relayed:
             relayed.add(message.run_id)
             relay.watch(message.run_id, sink)
-        if not await _submit(writer, sink, seq, message):
+        if not await _submit(writer, sink, seq, message, len(data)):
             await websocket.close(code=1012, reason="server shutting down; reconnect later")
             return
 
 
-async def _submit(writer: IngestWriter, sink: ConnectionSink, seq: int, message: Message) -> bool:
-    """Hand one message to the writer, pausing while its queue is full. False if it stopped."""
+async def _submit(writer: IngestWriter, sink: ConnectionSink, seq: int, message: Message,
+                  nbytes: int) -> bool:
+    """Hand one message (a frame of ``nbytes``) to the writer, pausing while it is full.
+    False if it stopped."""
     try:
-        while not writer.try_submit(sink, seq, message):
+        while not writer.try_submit(sink, seq, message, nbytes):
             # Not reading further frames is the backpressure: the client's sends slow down.
             await asyncio.sleep(BACKPRESSURE_PAUSE_S)
     except WriterStopped:

@@ -63,7 +63,8 @@ def _refuse_foreign_file(path: pathlib.Path) -> None:
                            "new file name or a file written by sentrycam")
 
 
-def _connect(path: pathlib.Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect(path: pathlib.Path, read_only: bool,
+             memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """Open the file, turning DuckDB's errors into ones that say what to do."""
     if read_only and not path.exists():
         raise FileNotFoundError(f"no sentrycam store at {path}; check the --db path (a "
@@ -72,7 +73,10 @@ def _connect(path: pathlib.Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         path.parent.mkdir(parents=True, exist_ok=True)
     _refuse_foreign_file(path)
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=OFFLINE_CONFIG)
+        limit = {"memory_limit": memory_limit} if memory_limit else {}
+        return duckdb.connect(str(path), read_only=read_only, config={**OFFLINE_CONFIG, **limit})
+    except duckdb.InvalidInputException as exc:
+        raise ValueError(f"cannot open {path} with memory_limit {memory_limit!r}: {exc}") from None
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise StoreLockedError(
@@ -88,11 +92,14 @@ class Store:
 
     ``Store(path)`` creates the file and its tables when needed and migrates an older file
     forward; ``read_only=True`` opens an existing, current file for reading only.
-    ``retention`` limits how many snapshots keep their feature vectors.
+    ``retention`` limits how many snapshots keep their feature vectors. ``memory_limit``
+    (DuckDB's, e.g. ``"512MB"``) bounds the memory DuckDB keeps for its cache and queries
+    (beyond it, it evicts and spills to disk); None: DuckDB's default, 80% of the RAM.
     """
 
     def __init__(self, path: str | os.PathLike, *, read_only: bool = False,
-                 retention: RetentionSettings | None = None) -> None:
+                 retention: RetentionSettings | None = None,
+                 memory_limit: str | None = None) -> None:
         if retention is not None and not isinstance(retention, RetentionSettings):
             raise TypeError("retention must be a RetentionSettings, got "
                             f"{type(retention).__name__}")
@@ -101,6 +108,7 @@ class Store:
         self.retention = retention or RetentionSettings()
         self._write_lock = threading.Lock()
         self._closed = False
+        self._memory_limit = memory_limit
         self._failure = FailureState(self.path)  # set by a storage failure, ended by a commit
         self._generation = 0  # counts reopenings: a read that spans one must not see a 500
         self._open()
@@ -109,7 +117,7 @@ class Store:
 
     def _open(self) -> None:
         """Open the file, create or check its schema, make the writer cursor."""
-        con = _connect(self.path, self.read_only)
+        con = _connect(self.path, self.read_only, self._memory_limit)
         try:
             with con.cursor() as cur:
                 self.schema_version = schema.prepare(cur, str(self.path), read_only=self.read_only)
@@ -196,7 +204,7 @@ class Store:
 
         def write_batch(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
             nonlocal batch_writer
-            batch_writer = BatchWriter(cur, self.retention)
+            batch_writer = BatchWriter(cur, self.retention, publish=stored is not None)
             return batch_writer.write(batch, refusals)
 
         committed = self._transaction(write_batch)

@@ -18,7 +18,8 @@ import pyarrow as pa
 from sentrycam.backend.store.errors import MissingSnapshotError, UnknownAlertError
 from sentrycam.backend.store.reader import iso_utc, require_run
 from sentrycam.backend.store.schema import first_row
-from sentrycam.backend.store.writer import insert_arrow, to_json, utc_now
+from sentrycam.backend.store.rows import insert_arrow
+from sentrycam.backend.store.writer import to_json, utc_now
 
 Cursor = duckdb.DuckDBPyConnection
 

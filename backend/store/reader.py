@@ -16,8 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sentrycam.backend.store.errors import MissingSnapshotError, UnknownRunError
-from sentrycam.backend.store.schema import first_row
-from sentrycam.backend.store.writer import PREDICTION_COLUMNS
+from sentrycam.backend.store.schema import PREDICTION_COLUMNS, first_row
 
 Cursor = duckdb.DuckDBPyConnection
 

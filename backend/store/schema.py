@@ -19,14 +19,17 @@ import logging
 from typing import Any, Callable
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from sentrycam.backend.store.errors import StoreVersionError
-from sentrycam.protocol.messages import END_STATUSES
+from sentrycam.protocol.messages import END_STATUSES, KNOWN_OUTPUTS
 
 logger = logging.getLogger(__name__)
 
-#: Version of the store's schema written by this code.
-SCHEMA_VERSION = 1
+#: Version of the store's schema written by this code. 2: the pending_* tables that hold a
+#: snapshot sent in row chunks until all its rows are in.
+SCHEMA_VERSION = 2
 
 #: A run is "running" until its RunEnd says how it ended.
 RUN_STATUSES = ("running", *END_STATUSES)
@@ -109,6 +112,10 @@ CREATE TABLE predictions (
     margin     REAL
 )"""
 
+#: Names of ``Snapshot.outputs`` stored in ``predictions``, with their Arrow types.
+PREDICTION_COLUMNS: dict[str, pa.DataType] = {
+    name: pa.from_numpy_dtype(np.dtype(dtype)) for name, dtype in KNOWN_OUTPUTS.items()}
+
 _EMBEDDINGS = """
 CREATE TABLE embeddings (
     run_id    VARCHAR NOT NULL,
@@ -168,6 +175,29 @@ CREATE TABLE events (
     payload   JSON
 )"""
 
+# A snapshot sent in row chunks waits in these tables until its last chunk is in; only then
+# do its rows move to snapshots, features and predictions (readers never see a part).
+_PENDING_SNAPSHOTS = """
+CREATE TABLE pending_snapshots (
+    run_id      VARCHAR NOT NULL,
+    step        BIGINT NOT NULL,
+    epoch       BIGINT,
+    rows_total  BIGINT NOT NULL,
+    rows_stored BIGINT NOT NULL,
+    layers      JSON NOT NULL,
+    outputs     JSON NOT NULL,
+    created_at  TIMESTAMP NOT NULL
+)"""
+
+
+def _pending(ddl: str, table: str) -> str:
+    """The definition of ``pending_<table>``: the same columns as ``table``."""
+    return ddl.replace(f"CREATE TABLE {table} (", f"CREATE TABLE pending_{table} (", 1)
+
+
+_PENDING_FEATURES = _pending(_FEATURES, "features")
+_PENDING_PREDICTIONS = _pending(_PREDICTIONS, "predictions")
+
 _SCHEMA_META = """
 CREATE TABLE schema_meta (
     key   VARCHAR PRIMARY KEY,
@@ -178,7 +208,8 @@ CREATE TABLE schema_meta (
 CREATE_STATEMENTS: tuple[str, ...] = (
     _SCHEMA_META, _RUNS, _PROBE_SAMPLES, _SCALARS, _LAYER_STATS, _SNAPSHOTS, _FEATURES,
     _PREDICTIONS, _EMBEDDINGS, _PROJECTOR_CHECKPOINTS, _PROJECTION_QUALITY,
-    _ALERT_ID_SEQUENCE, _ALERTS, _EVENTS,
+    _ALERT_ID_SEQUENCE, _ALERTS, _EVENTS, _PENDING_SNAPSHOTS, _PENDING_FEATURES,
+    _PENDING_PREDICTIONS,
 )
 
 #: Tables that hold rows of one run (all have a ``run_id`` column), in export order.
@@ -209,8 +240,16 @@ def _migrate_0_to_1(cur: duckdb.DuckDBPyConnection) -> None:
         cur.execute(ddl)
 
 
+def _migrate_1_to_2(cur: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 sent every snapshot whole: it lacked the pending_* tables of row chunks.
+    These are the version-2 definitions (see the note in :func:`_migrate_0_to_1`)."""
+    for ddl in (_PENDING_SNAPSHOTS, _PENDING_FEATURES, _PENDING_PREDICTIONS):
+        cur.execute(ddl)
+
+
 #: ``MIGRATIONS[i]`` migrates a version ``i`` file to version ``i + 1``.
-MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_migrate_0_to_1,)
+MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_migrate_0_to_1,
+                                                                        _migrate_1_to_2)
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per version step"
 
 

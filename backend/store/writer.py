@@ -19,19 +19,17 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sentrycam.protocol.messages import (KNOWN_OUTPUTS, Event, LayerStats, Message, ProbeSet,
-                                        RunEnd, RunStart,
+from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
-from sentrycam.backend.store.schema import first_row
+from sentrycam.backend.store import parts
+from sentrycam.backend.store.rows import float16_blobs, insert_arrow
+from sentrycam.backend.store.schema import PREDICTION_COLUMNS, first_row
 from sentrycam.protocol.container import json_safe
 
 logger = logging.getLogger(__name__)
 
-#: Names of ``Snapshot.outputs`` stored in ``predictions``, with their Arrow types.
-PREDICTION_COLUMNS: dict[str, pa.DataType] = {
-    name: pa.from_numpy_dtype(np.dtype(dtype)) for name, dtype in KNOWN_OUTPUTS.items()}
-
-_INCOMING = "_sentrycam_incoming_rows"
+#: Where a whole snapshot's rows go: (features table, predictions table).
+SNAPSHOT_TABLES = ("features", "predictions")
 
 
 @dataclass(frozen=True)
@@ -140,47 +138,28 @@ def _pending_tables() -> dict[str, _Columns]:
     }
 
 
-def insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table,
-                 constants: Mapping[str, Any] | None = None) -> None:
-    """Bulk insert ``rows`` (column names as in ``table``); ``constants`` fill the columns
-    that are the same on every row, so that they need no array of their own."""
-    if rows.num_rows == 0:
-        return
-    constants = dict(constants or {})
-    columns = list(constants) + rows.column_names
-    select = ", ".join(["?"] * len(constants) + [f'"{c}"' for c in rows.column_names])
-    cur.register(_INCOMING, rows)
-    try:
-        cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM {_INCOMING}",
-                    list(constants.values()))
-    finally:
-        cur.unregister(_INCOMING)
-
-
-def float16_blobs(features: np.ndarray) -> pa.Array:
-    """One BLOB per row of ``features`` (float16 [N, D]), built over the same buffer
-    without a Python loop. Returns a pyarrow binary array of length N."""
-    feats = np.ascontiguousarray(features, dtype="<f2")
-    n, d = feats.shape
-    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n,
-                                                 [None, pa.py_buffer(feats)])
-    return fixed.cast(pa.binary())
-
-
 # ----------------------------------------------------------------------------- the batch
 
 class BatchWriter:
-    """Writes one batch inside the caller's open transaction on ``cur``."""
+    """Writes one batch inside the caller's open transaction on ``cur``.
 
-    def __init__(self, cur: duckdb.DuckDBPyConnection, retention: RetentionSettings) -> None:
+    ``publish``: the caller passes the stored messages on (the change feed), so a snapshot
+    completed by its last row chunk is read back whole for them.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, retention: RetentionSettings, *,
+                 publish: bool = False) -> None:
         self.cur = cur
         self.retention = retention
+        self.publish = publish
         self.now = utc_now()
         self.wall_time = time.time()
         self.runs: dict[str, _RunState] = {}
         self.pending = _pending_tables()
         self.snapshot_layers: set[tuple[str, str]] = set()
-        self.stored: list[Message] = []  # the messages this batch stored, in order
+        #: The messages this batch stored, in order; a snapshot sent in row chunks once, when
+        #: its last part is in (whole when ``publish``, else that last part).
+        self.stored: list[Message] = []
 
     def write(self, batch: Sequence[tuple[int, Message]],
               refused: list[Refusal] | None = None) -> dict[str, int]:
@@ -200,7 +179,12 @@ class BatchWriter:
                 if refusal is not None:
                     refused.append(refusal)
                     continue
-            self._store(seq, message, state)
+            try:
+                self._store(seq, message, state)
+            except parts.PartRefused as exc:
+                if refused is None:
+                    raise
+                refused.append(Refusal(index, message.run_id, seq, str(exc)))
         for table, columns in self.pending.items():
             insert_arrow(self.cur, table, columns.table())
         self._apply_retention()
@@ -208,6 +192,9 @@ class BatchWriter:
         return {run_id: state.last_seq for run_id, state in self.runs.items()}
 
     def _store(self, seq: int, message: Message, state: _RunState) -> None:
+        is_part = isinstance(message, Snapshot) and not message.is_whole
+        if is_part:
+            parts.check_part(self.cur, message)  # refused before anything of it is written
         if not state.exists:
             # A message can outrun its RunStart (dropped, or a spool replay); the run must
             # exist for its rows to be listed. RunStart fills the name in later.
@@ -216,8 +203,11 @@ class BatchWriter:
                 "VALUES (?, ?, 'running', ?, ?, -1)",
                 [message.run_id, message.run_id, self.now, self.now])
             state.exists = True
-        self._HANDLERS[type(message)](self, message)
-        self.stored.append(message)
+        if is_part:
+            self._snapshot_part(message)
+        else:
+            self._HANDLERS[type(message)](self, message)
+            self.stored.append(message)
         state.last_seq = int(seq)
         step = getattr(message, "step", None)
         if step is not None:
@@ -298,28 +288,59 @@ class BatchWriter:
         self.cur.execute("UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ?",
                          [m.status, self.now, m.run_id])
         self.runs[m.run_id].status = m.status
+        parts.discard(self.cur, m.run_id)
 
     def _snapshot(self, m: Snapshot) -> None:
-        key = {"run_id": m.run_id, "step": int(m.step)}
+        """A whole snapshot: its rows go straight where readers find them."""
+        parts.discard(self.cur, m.run_id)
         self._drop_earlier_snapshot(m.run_id, int(m.step))
+        stored_nonfinite = self._snapshot_rows(m, SNAPSHOT_TABLES)
+        for layer, feats in m.features.items():
+            nonfinite = max(int(m.nonfinite.get(layer, 0)), stored_nonfinite[layer])
+            self._snapshot_row(m.run_id, int(m.step), int(m.epoch), layer, feats.shape,
+                               nonfinite)
+
+    def _snapshot_part(self, m: Snapshot) -> None:
+        """One row chunk of a snapshot, checked already (see :mod:`.parts`); the last one
+        completes it."""
+        state = parts.record_part(self.cur, m, self._snapshot_rows(m, parts.PENDING_TABLES),
+                                  self.now)
+        if state.rows_stored < state.rows_total:
+            return
+        run_id, step = m.run_id, int(m.step)
+        self._drop_earlier_snapshot(run_id, step)
+        parts.move_complete(self.cur, run_id, step)
+        for layer, (dim, _counted, _stored) in state.layers.items():
+            self._snapshot_row(run_id, step, state.epoch, layer, (state.rows_total, dim),
+                               state.nonfinite(layer))
+        self.stored.append(parts.load_complete(self.cur, run_id, step, state)
+                           if self.publish else m)
+
+    def _snapshot_row(self, run_id: str, step: int, epoch: int, layer: str,
+                      shape: tuple[int, int], nonfinite: int) -> None:
+        self.cur.execute(
+            "INSERT INTO snapshots (run_id, step, epoch, layer, n, dim, nonfinite, "
+            "has_features, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, true, ?)",
+            [run_id, step, epoch, layer, shape[0], shape[1], nonfinite, self.now])
+        self.snapshot_layers.add((run_id, layer))
+
+    def _snapshot_rows(self, m: Snapshot, tables: tuple[str, str]) -> dict[str, int]:
+        """Insert ``m``'s feature and prediction rows into ``tables``; returns each layer's
+        NaN/Inf count in its stored float16 rows."""
+        key = {"run_id": m.run_id, "step": int(m.step)}
         sample_ids = pa.array(np.asarray(m.sample_ids, dtype=np.int64))
+        stored_nonfinite = {}
         for layer, raw in m.features.items():
             feats = np.asarray(raw)
             if feats.dtype != np.float16:
                 feats = feats.astype(np.float16)
             # The agent counts before its float16 cast; the cast itself can overflow to Inf.
-            stored_nonfinite = int(feats.size - np.count_nonzero(np.isfinite(feats)))
-            nonfinite = max(int(m.nonfinite.get(layer, 0)), stored_nonfinite)
-            self.cur.execute(
-                "INSERT INTO snapshots (run_id, step, epoch, layer, n, dim, nonfinite, "
-                "has_features, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, true, ?)",
-                [m.run_id, int(m.step), int(m.epoch), layer, feats.shape[0], feats.shape[1],
-                 nonfinite, self.now])
+            stored_nonfinite[layer] = int(feats.size - np.count_nonzero(np.isfinite(feats)))
             rows = pa.table({"sample_id": sample_ids, "vec": float16_blobs(feats)})
-            insert_arrow(self.cur, "features", rows, {**key, "layer": layer})
-            self.snapshot_layers.add((m.run_id, layer))
+            insert_arrow(self.cur, tables[0], rows, {**key, "layer": layer})
         if m.outputs:
-            insert_arrow(self.cur, "predictions", self._prediction_rows(m, sample_ids), key)
+            insert_arrow(self.cur, tables[1], self._prediction_rows(m, sample_ids), key)
+        return stored_nonfinite
 
     def _prediction_rows(self, m: Snapshot, sample_ids: pa.Array) -> pa.Table:
         n = len(sample_ids)

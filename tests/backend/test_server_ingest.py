@@ -216,6 +216,7 @@ def test_a_frame_over_the_size_limit_closes_only_that_connection(make_settings, 
             with pytest.raises(ConnectionClosed) as closed:
                 big.wait_ack(RUN, 1)
             assert closed.value.rcvd.code == 1009
+            assert closed.value.rcvd.reason == "frame exceeds limit of 65536 bytes"
         with open_client(server.ws_url) as fine:  # the run needs seq 1 next: the huge one
             fine.send(Scalars(RUN, 0, 1.0, {"loss": 1.0}), 1)  # never reached the store
             fine.wait_ack(RUN, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import duckdb
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from sentrycam.backend.store import SCHEMA_VERSION, Store, StoreVersionError
+from sentrycam.protocol.chunks import snapshot_chunks
 from sentrycam.protocol.messages import Snapshot, Status
 
 RUN = "c" * 32
@@ -61,7 +63,7 @@ def test_a_version_0_file_migrates_forward_and_keeps_its_data(tmp_path):
         Store(path, read_only=True)
 
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         (summary,) = store.run_summaries()
         assert (summary["name"], summary["status"], summary["last_step"]) == ("old run",
                                                                               "finished", 5)
@@ -78,12 +80,17 @@ def test_a_version_0_file_migrates_forward_and_keeps_its_data(tmp_path):
         assert store.write([(10, status)]) == {RUN: 10}
         snap = Snapshot(RUN, 6, 1, np.arange(6), {}, {"fc:input": vectors})
         store.write([(11, snap)])
+        # Version 2's tables of snapshots sent in row chunks are there too.
+        chunks = snapshot_chunks(dataclasses.replace(snap, step=7), target_bytes=32)
+        assert len(chunks) == 3
+        store.write([(12 + i, chunk) for i, chunk in enumerate(chunks)])
+        np.testing.assert_array_equal(store.features(RUN, 7, "fc:input")[1], vectors)
         summary = store.run_summaries(RUN)[0]
         assert (summary["spooled"], summary["snapshot_every"]) == (3, 25)
 
     with Store(path, read_only=True) as store:  # now current: read-only works
         assert store.schema_version == SCHEMA_VERSION
-        assert len(store.snapshot_index(RUN)) == 3
+        assert len(store.snapshot_index(RUN)) == 4
 
 
 def test_a_new_file_records_the_current_version(tmp_path):
