@@ -63,10 +63,8 @@ class SenderLoop:
         self.acked_through = 0
         self.spool_has_data = bool(spool and spool.segments())
         self.unsynced = False
-        self.reader = None
-        self.backlog = False
-        self.connections = 0
-        self.failed_connects = 0
+        self.reader, self.backlog = None, False
+        self.connections = self.failed_connects = 0
         #: Called (on this thread) with each alert the server sends back; None: ignored.
         self.on_alert = None
         self.skip: set[int] = set()  # seqs the server cannot take (too big)
@@ -154,26 +152,26 @@ class SenderLoop:
                          open_timeout=self.open_timeout, close_timeout=1.0, compression=None,
                          ping_timeout=KEEPALIVE_TIMEOUT_S,
                          logger=redacting_logger(f"{__name__}.websocket"))
-        except InvalidHandshake as exc:  # the server answered but refused: token, path, version
-            self.failed_connects += 1
-            self.counters.add("errors")
-            self.log.warning("refused", "sentrycam server at %s refused the connection (%s); "
-                             "check the url and token. Spooling to disk meanwhile", self.ws_url, exc)
-            return None
-        except (OSError, TimeoutError) as exc:
-            self.failed_connects += 1
-            self.log.warning("connect", "cannot reach sentrycam server at %s (%s); "
-                             "spooling to disk and retrying", self.ws_url, exc)
-            return None
-        except Exception:  # anything else is a bug or a broken server; still an outage for us
-            self.failed_connects += 1
-            self.counters.add("errors")
-            self.log.warning("connectbug", "connecting to %s failed unexpectedly; spooling to disk "
-                             "and retrying", self.ws_url, exc_info=True)
+        except Exception as exc:  # every failure to connect is an outage: spool and retry
+            self._connect_failed(exc, refused=isinstance(exc, InvalidHandshake))
             return None
         if self.spool_has_data:
             logger.info("connected to %s; sending the spooled backlog first", self.ws_url)
         return ws
+
+    def _connect_failed(self, exc: Exception, *, refused: bool) -> None:
+        self.failed_connects += 1
+        if refused:  # the server answered but refused: token, path, version
+            self.counters.add("errors")
+            self.log.warning("refused", "sentrycam server at %s refused the connection (%s); "
+                             "check the url and token. Spooling to disk meanwhile", self.ws_url, exc)
+        elif isinstance(exc, (OSError, TimeoutError)):
+            self.log.warning("connect", "cannot reach sentrycam server at %s (%s); "
+                             "spooling to disk and retrying", self.ws_url, exc)
+        else:  # a bug or a broken server
+            self.counters.add("errors")
+            self.log.warning("connectbug", "connecting to %s failed unexpectedly; spooling to disk "
+                             "and retrying", self.ws_url, exc_info=exc)
 
     def _online(self, ws: Any) -> None:
         self.asked, self.resend_from, self.retry_later = {}, {}, None
@@ -279,9 +277,9 @@ class SenderLoop:
         try:
             data = json.loads(reply)
         except (TypeError, ValueError, UnicodeDecodeError):
-            self.log.warning("reply", "ignoring a reply from the server that is not JSON: %.80r", reply)
-            return
+            data = None
         if not isinstance(data, dict):
+            self.log.warning("reply", "ignoring a reply that is not a JSON object: %.80r", reply)
             return
         seq = data.get("seq")
         if data.get("type") == ReplyType.ACK and isinstance(seq, int):

@@ -29,62 +29,14 @@ import numpy as np
 
 from sentrycam.protocol.messages import Message
 from sentrycam.backend.store import derived, export, reader, schema
-from sentrycam.backend.store.errors import (StoreClosedError, StoreFormatError, StoreLockedError,
-                                            StoreReadOnlyError, StoreUnavailableError)
+from sentrycam.backend.store.connection import connect
+from sentrycam.backend.store.errors import (StoreClosedError, StoreReadOnlyError,
+                                            StoreUnavailableError)
 from sentrycam.backend.store.failure import FailureState, StorageFailure, storage_failure
 from sentrycam.protocol.validation import check_batch
 from sentrycam.backend.store.writer import BatchWriter, Refusal, RetentionSettings
 
 logger = logging.getLogger(__name__)
-
-
-#: Set on every connection before the file is read: DuckDB would otherwise fetch extensions
-#: from the internet when it meets a file one of them reads (a SQLite database, say).
-OFFLINE_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-#: A DuckDB file starts with a checksum (8 bytes), then these magic bytes.
-DUCKDB_MAGIC, DUCKDB_MAGIC_AT = b"DUCK", 8
-#: The first bytes of a SQLite database, the foreign file most often mistaken for one.
-SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _refuse_foreign_file(path: pathlib.Path) -> None:
-    """Raise StoreFormatError for an existing, non-empty file that is not a DuckDB database,
-    before DuckDB reads it. A missing or unreadable file is left to DuckDB to report."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(max(DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC), len(SQLITE_MAGIC)))
-    except OSError:
-        return
-    if not head or head[DUCKDB_MAGIC_AT:DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC)] == DUCKDB_MAGIC:
-        return
-    what = ("it is a SQLite database" if head.startswith(SQLITE_MAGIC)
-            else f"it does not start with DuckDB's file header but with {head[:12]!r}")
-    raise StoreFormatError(f"{path} is not a sentrycam DuckDB database ({what}); give --db a "
-                           "new file name or a file written by sentrycam")
-
-
-def _connect(path: pathlib.Path, read_only: bool,
-             memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    """Open the file, turning DuckDB's errors into ones that say what to do."""
-    if read_only and not path.exists():
-        raise FileNotFoundError(f"no sentrycam store at {path}; check the --db path (a "
-                                "read-only open never creates a file)")
-    if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    _refuse_foreign_file(path)
-    try:
-        limit = {"memory_limit": memory_limit} if memory_limit else {}
-        return duckdb.connect(str(path), read_only=read_only, config={**OFFLINE_CONFIG, **limit})
-    except duckdb.InvalidInputException as exc:
-        raise ValueError(f"cannot open {path} with memory_limit {memory_limit!r}: {exc}") from None
-    except duckdb.IOException as exc:
-        if "lock" in str(exc).lower():
-            raise StoreLockedError(
-                f"cannot open {path}: another process holds it ({exc}). A sentrycam server "
-                "probably holds it; use --url http://HOST:PORT to read through that server, "
-                "or stop that server") from None
-        raise ValueError(f"cannot open {path} as a DuckDB database ({exc}); give a new file "
-                         "name or a file written by sentrycam") from None
 
 
 class Store:
@@ -117,7 +69,7 @@ class Store:
 
     def _open(self) -> None:
         """Open the file, create or check its schema, make the writer cursor."""
-        con = _connect(self.path, self.read_only, self._memory_limit)
+        con = connect(self.path, self.read_only, self._memory_limit)
         try:
             with con.cursor() as cur:
                 self.schema_version = schema.prepare(cur, str(self.path), read_only=self.read_only)
