@@ -86,10 +86,17 @@ def component_resource(path: str) -> FileResponse:
 
 def serve_components_safely(app: FastAPI) -> None:
     """Replace Panel's ``/components/...`` route of ``app`` by :func:`component_resource`."""
-    app.router.routes[:] = [route for route in app.router.routes
-                            if getattr(route, "path", None) != COMPONENT_ROUTE]
-    app.add_api_route(COMPONENT_ROUTE, component_resource, methods=["GET"],
+    replace_get_route(app, COMPONENT_ROUTE, component_resource, response_class=FileResponse,
                       include_in_schema=False)
+
+
+def replace_get_route(app: FastAPI, path: str, endpoint: Callable, **declaration: Any) -> None:
+    """Replace the HTTP route of ``app`` at ``path`` by a GET route to ``endpoint`` declared
+    with ``declaration`` (keywords of ``add_api_route``: response class, responses...)."""
+    app.router.routes[:] = [route for route in app.router.routes
+                            if not (getattr(route, "path", None) == path
+                                    and hasattr(route, "methods"))]
+    app.add_api_route(path, endpoint, methods=["GET"], **declaration)
 
 
 def token_problem(subprotocols: list[str], secret_key: bytes) -> Problem | None:
@@ -123,7 +130,7 @@ def session_id_problem(session_ids: list[str], secret_key: bytes) -> Problem | N
             return None
     except TOKEN_ERRORS:
         pass
-    return 400, (f"{SESSION_ID_PARAM} is not a session of this server; load the page without "
+    return 403, (f"{SESSION_ID_PARAM} is not a session of this server; load the page without "
                  "it to start a new session")
 
 

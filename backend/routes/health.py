@@ -9,11 +9,12 @@ import os
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 import sentrycam
-from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes import json_safe
+from sentrycam.backend.routes.parts import SettingsDep, StartedDep, StoreDep, WriterDep
 from sentrycam.protocol.messages import SCHEMA_VERSION
 
 router = APIRouter(tags=["health"])
@@ -37,18 +38,19 @@ class Health(BaseModel):
     ingest: dict[str, Any]
 
 
-@router.get("/health", response_model=Health)
-def get_health(request: Request) -> Health:
-    state = state_of(request)
-    stats = state.writer.stats()
+@router.get("/health", response_model=Health, responses={503: {
+    "model": Health, "description": "the store cannot be used: status and ingest say why"}})
+def get_health(settings: SettingsDep, store: StoreDep, writer: WriterDep,
+               started: StartedDep) -> Health:
+    stats = writer.stats()
     return Health(
         status="ok" if stats["running"] else "degraded",
         version=sentrycam.__version__,
-        schema_version=state.store.schema_version,
+        schema_version=store.schema_version,
         message_schema=SCHEMA_VERSION,
-        db=str(os.path.abspath(state.store.path)),
+        db=str(os.path.abspath(store.path)),
         pid=os.getpid(),
-        uptime_s=round(time.monotonic() - state.started_monotonic, 3),
-        token_required=state.settings.token is not None,
+        uptime_s=round(time.monotonic() - started, 3),
+        token_required=settings.token is not None,
         ingest=json_safe(stats),
     )

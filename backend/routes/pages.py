@@ -16,9 +16,12 @@ import secrets
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 from sentrycam.backend.auth import Access, granted_access
-from sentrycam.backend.routes.dashboard_guard import guard_bokeh_sessions, serve_components_safely
+from sentrycam.backend.routes.dashboard_guard import (PAGE_ROUTE, guard_bokeh_sessions,
+                                                      replace_get_route, serve_components_safely)
+from sentrycam.backend.routes.errors import problem
 from sentrycam.backend.settings import ServerSettings
 
 #: What a browser fetches without the page's ``?token=`` and the token guard lets through:
@@ -26,6 +29,8 @@ from sentrycam.backend.settings import ServerSettings
 #: with a session token signed by this server when it served the (token-guarded) page.
 OPEN_PATHS = frozenset({"/ws"})
 OPEN_PREFIXES = ("/static/",)
+#: Why the page refuses a request (see guard_bokeh_sessions).
+SESSION_REFUSED = "bokeh_session_id names no session this server signed"
 
 
 def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
@@ -48,4 +53,15 @@ def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
     add_applications({"/": page}, app=app, title="sentrycam", websocket_origin=["*"],
                      secret_key=secret_key, sign_sessions=True)
     serve_components_safely(app)
+    _declare_page(app)
     guard_bokeh_sessions(app, secret_key)
+
+
+def _declare_page(app: FastAPI) -> None:
+    """Declare what Bokeh's page route answers: HTML, or 403 for a session id this server
+    did not sign (:mod:`sentrycam.backend.routes.dashboard_guard`)."""
+    page = next(route for route in app.router.routes
+                if getattr(route, "path", None) == PAGE_ROUTE and hasattr(route, "methods"))
+    replace_get_route(app, PAGE_ROUTE, page.endpoint, response_class=HTMLResponse,
+                      responses=problem(403, SESSION_REFUSED),
+                      summary="The live dashboard (an HTML page)")

@@ -116,9 +116,9 @@ def test_token_problem_refuses_expired_and_accepts_fresh_tokens():
 
 
 @pytest.mark.parametrize("session_id", ["garbage", "a.b", "\U0001f4a5.x", ""])
-def test_a_page_request_naming_a_foreign_session_is_a_400(http, session_id, caplog):
+def test_a_page_request_naming_a_foreign_session_is_a_403(http, session_id, caplog):
     answer = http.get("/", params={"bokeh_session_id": session_id})
-    assert answer.status_code == 400 and "bokeh_session_id" in answer.json()["detail"]
+    assert answer.status_code == 403 and "bokeh_session_id" in answer.json()["detail"]
     assert _server_errors(caplog) == []
 
 
