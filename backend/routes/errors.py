@@ -14,6 +14,7 @@ the app's document, from the guards' own rules (a new route cannot forget them).
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Mapping
 
 from fastapi import FastAPI
@@ -28,7 +29,9 @@ REASONS = {
     404: "the run, alert, map or file named does not exist; detail says what is stored",
     503: "the store cannot be used right now (disk full, I/O error); retry later",
 }
-_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+#: A Problem answer, whatever the route's own media type (the page's is HTML); the document's
+#: components get the schema from :func:`document_guards`.
+_PROBLEM_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 class Problem(BaseModel):
@@ -40,7 +43,7 @@ class Problem(BaseModel):
 def problem(status: int, reason: str | None = None) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` entry of a route that may answer ``status`` with a Problem, for
     ``reason`` (default: the status' entry in :data:`REASONS`)."""
-    return {status: {"model": Problem, "description": reason or REASONS[status]}}
+    return {status: {"description": reason or REASONS[status], "content": _PROBLEM_CONTENT}}
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -68,7 +71,8 @@ def guard_refusals(method: str, path: str, *, token: bool, read_token: bool,
 
 def document_guards(app: FastAPI, refusals: Callable[[str, str], Mapping[int, str]]) -> None:
     """Make ``app``'s OpenAPI document list, for each operation, the Problem answers
-    ``refusals(method, path)`` names (:func:`guard_refusals` with the app's settings)."""
+    ``refusals(method, path)`` names (:func:`guard_refusals` with the app's settings), and
+    hold the Problem schema the routes' declarations refer to."""
     build, decorated = app.openapi, []
 
     def openapi() -> dict[str, Any]:
@@ -90,6 +94,6 @@ def _add_refusals(document: dict[str, Any],
                 declared = answers.setdefault(str(status), {"description": reason})
                 if declared["description"] != reason and reason not in declared["description"]:
                     declared["description"] += f"; or {reason}"
-                declared.setdefault("content", {"application/json": {"schema": _PROBLEM_REF}})
+                declared.setdefault("content", copy.deepcopy(_PROBLEM_CONTENT))
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault("Problem", Problem.model_json_schema())

@@ -19,7 +19,8 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from sentrycam.backend.auth import Access, granted_access
-from sentrycam.backend.routes.dashboard_guard import (PAGE_ROUTE, guard_bokeh_sessions,
+from sentrycam.backend.routes.dashboard_guard import (PAGE_ROUTE, TOO_MANY_LOADING,
+                                                      LoadingSessions, guard_bokeh_sessions,
                                                       replace_get_route, serve_components_safely)
 from sentrycam.backend.routes.errors import problem
 from sentrycam.backend.settings import ServerSettings
@@ -41,10 +42,15 @@ def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
     from sentrycam.frontend.page import session_page
 
     tokens = {Access.WRITE: settings.token, Access.READ: settings.read_token}
+    loading = LoadingSessions()
 
     def page() -> Any:
-        request = pn.state.curdoc.session_context.request
-        return session_page(settings.url, token=tokens.get(granted_access(request.headers)))
+        context = pn.state.curdoc.session_context
+        loading.add(context.id)
+        pn.state.onload(lambda: loading.discard(context.id))  # its browser connected
+        pn.state.on_session_destroyed(lambda _: loading.discard(context.id))
+        access = granted_access(context.request.headers)
+        return session_page(settings.url, token=tokens.get(access))
 
     # Signed sessions: a websocket must present a session token this server minted, and a
     # fresh secret per server means no token outlives it. Which pages may open that websocket
@@ -54,7 +60,7 @@ def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
                      secret_key=secret_key, sign_sessions=True)
     serve_components_safely(app)
     _declare_page(app)
-    guard_bokeh_sessions(app, secret_key)
+    guard_bokeh_sessions(app, secret_key, loading)
 
 
 def _declare_page(app: FastAPI) -> None:
@@ -63,5 +69,6 @@ def _declare_page(app: FastAPI) -> None:
     page = next(route for route in app.router.routes
                 if getattr(route, "path", None) == PAGE_ROUTE and hasattr(route, "methods"))
     replace_get_route(app, PAGE_ROUTE, page.endpoint, response_class=HTMLResponse,
-                      responses=problem(403, SESSION_REFUSED),
+                      responses={**problem(403, SESSION_REFUSED),
+                                 **problem(429, TOO_MANY_LOADING.format(n="too many"))},
                       summary="The live dashboard (an HTML page)")
