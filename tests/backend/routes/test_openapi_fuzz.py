@@ -14,7 +14,9 @@ The websocket routes (``/ws/ingest``, ``/ws/runs/{run_id}``) are not in an OpenA
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import subprocess
 import sys
 import time
@@ -25,19 +27,18 @@ from sentrycam.backend.testing import serve_in_thread
 from sentrycam.protocol.messages import Event, Scalars
 from tests.live_server import RUN, Ingest, project, snapshot, start_run
 
-pytest.importorskip("schemathesis", reason="schemathesis comes with the test extra")
-
 pytestmark = pytest.mark.slow
 
 WRITE_TOKEN = "fuzz-write-token"
 READ_TOKEN = "fuzz-read-token"
-#: Per operation and phase; deterministic generation makes a finding reproduce.
+#: Test cases per operation and phase (about 800 requests in all, ~1 min on two busy cores);
+#: deterministic generation makes a finding reproduce.
 MAX_EXAMPLES = 25
 FUZZ_TIMEOUT_S = 540
 
 
 @pytest.fixture
-def live(make_settings, tmp_path):
+def live(make_settings):
     """A token-guarded server whose store holds one run with every kind of stored data."""
     settings = make_settings(token=WRITE_TOKEN, read_token=READ_TOKEN)
     with serve_in_thread(settings) as server:
@@ -54,13 +55,16 @@ def live(make_settings, tmp_path):
 
 
 def test_schemathesis_finds_nothing(live, tmp_path):
+    if importlib.util.find_spec("schemathesis") is None:
+        message = "schemathesis is not installed (it comes with the test extra)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run the API fuzz test")
+        pytest.skip(message)
     command = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()",
                "run", f"{live.url}/openapi.json", "--checks", "all",
                "--header", f"Authorization: Bearer {WRITE_TOKEN}",
-               "--generation-deterministic",
-               "--max-examples", str(MAX_EXAMPLES), "--workers", "1",
-               "--no-color",
-               "--report", "junit", "--report-dir", str(tmp_path / "report")]
+               "--generation-deterministic", "--max-examples", str(MAX_EXAMPLES),
+               "--workers", "1", "--no-color"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-4000:]
