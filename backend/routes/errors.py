@@ -25,7 +25,6 @@ from sentrycam.backend import auth, origin
 
 #: What the OpenAPI document says each route refusal means.
 REASONS = {
-    400: "a malformed request the parameters' schema cannot express; detail names the problem",
     404: "the run, alert, map or file named does not exist; detail says what is stored",
     503: "the store cannot be used right now (disk full, I/O error); retry later",
 }
