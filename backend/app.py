@@ -4,16 +4,18 @@ ingest lifecycle.
 ``create_app(settings)`` builds an app whose lifespan opens the store (unless one is given),
 starts the :class:`~sentrycam.backend.ingest.IngestWriter`, and on shutdown drains the writer and
 closes the store it opened. Everything the routes need lives in ``app.state``:
-``settings``, ``store``, ``writer``, ``hub`` (the push hub), ``feed`` (the :class:`~sentrycam.backend.feed.ChangeFeed`
-that announces what was stored), ``activity``, ``started_at`` (epoch seconds),
-``started_monotonic``.
+``settings``, ``store``, ``writer``, ``hub`` (the push hub), ``feed`` (the
+:class:`~sentrycam.backend.feed.ChangeFeed` that announces what was stored), ``activity``,
+``started_at`` (epoch seconds), ``started_monotonic``, ``projection``, and the audit's parts;
+routes receive them through the typed dependencies of :mod:`sentrycam.backend.routes.parts`,
+the only readers of ``app.state``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -22,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 import sentrycam
+from sentrycam.backend.activity import Activity, ActivityTracker
 from sentrycam.backend.auth import OPEN_PATHS, TokenGuard
 from sentrycam.backend.origin import HostOriginGuard
 from sentrycam.backend.feed import ChangeFeed
@@ -31,6 +34,7 @@ from sentrycam.backend.audit.service import start_audit, stop_audit
 from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.backend.routes import (audit, derived, health, ingest_ws, pages, projector,
                                       push_ws, runs)
+from sentrycam.backend.routes.errors import Problem, document_guards, guard_refusals
 from sentrycam.backend.settings import WILDCARD_HOSTS, ServerSettings
 from sentrycam.backend.store import (RetentionSettings, Store, StoreUnavailableError,
                                      UnknownRunError)
@@ -44,60 +48,6 @@ URL_LOGGERS = ("uvicorn.error", "uvicorn.access",
                "panel.viewable.Location")
 #: How long shutdown waits for queued messages to reach the store.
 DRAIN_TIMEOUT_S = 60.0
-
-
-class Activity:
-    """When the server was last used, and how many requests/websockets are open (thread-safe).
-
-    The idle shutdown of :func:`~sentrycam.backend.server.run_server` reads :meth:`idle_for`.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open = 0
-        self._last = time.monotonic()
-
-    def touch(self) -> None:
-        with self._lock:
-            self._last = time.monotonic()
-
-    def opened(self) -> None:
-        with self._lock:
-            self._open += 1
-            self._last = time.monotonic()
-
-    def closed(self) -> None:
-        with self._lock:
-            self._open -= 1
-            self._last = time.monotonic()
-
-    @property
-    def open_connections(self) -> int:
-        with self._lock:
-            return self._open
-
-    def idle_for(self) -> float:
-        """Seconds since the last activity; 0 while any request or websocket is open."""
-        with self._lock:
-            return 0.0 if self._open > 0 else time.monotonic() - self._last
-
-
-class ActivityTracker:
-    """ASGI middleware that records every HTTP request and websocket in an :class:`Activity`."""
-
-    def __init__(self, app: Any, activity: Activity) -> None:
-        self.app = app
-        self.activity = activity
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        self.activity.opened()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.activity.closed()
 
 
 def open_store(settings: ServerSettings) -> Store:
@@ -153,6 +103,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
     app.add_exception_handler(StoreUnavailableError, _store_unavailable)
+    document_guards(app, functools.partial(
+        guard_refusals, token=settings.token is not None,
+        read_token=settings.read_token is not None, open_paths=OPEN_PATHS | pages.OPEN_PATHS))
     for name in URL_LOGGERS:
         redacting_logger(name)
     # Middleware added later wraps what was added before: a request meets the activity
@@ -172,10 +125,10 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
 
 
 async def _unknown_run(request: Any, exc: Exception) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"detail": str(exc)})
+    return JSONResponse(status_code=404, content=Problem(detail=str(exc)).model_dump())
 
 
 async def _store_unavailable(request: Any, exc: Exception) -> JSONResponse:
     """A read met a storage failure (the database invalidated, being reopened): 503 with the
     reason, never a 500; /health says when it is over."""
-    return JSONResponse(status_code=503, content={"detail": str(exc)})
+    return JSONResponse(status_code=503, content=Problem(detail=str(exc)).model_dump())

@@ -60,6 +60,16 @@ def required_access(scope: Mapping[str, Any]) -> Access:
     return Access.READ if scope.get("method", "GET") in READ_METHODS else Access.WRITE
 
 
+def refusals(method: str, read_token: bool) -> dict[int, str]:
+    """What :class:`TokenGuard` may answer an HTTP ``method`` request with, and why (the OpenAPI
+    document lists these for every operation but the open paths); ``read_token``: whether the
+    server has one."""
+    answers = {401: "the server has a token and none, or a wrong one, was sent"}
+    if read_token and required_access({"type": "http", "method": method}) == Access.WRITE:
+        answers[403] = "the read token was sent: this needs the write token"
+    return answers
+
+
 def presented_token(headers: Iterable[tuple[bytes, bytes]], query_string: bytes) -> str | None:
     """The token a request carries (header first, then query), or None."""
     for name, value in headers:

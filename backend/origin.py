@@ -57,6 +57,15 @@ def checks_origin(scope: dict) -> bool:
     return scope["type"] == "websocket" or scope.get("method") in STATE_CHANGING_METHODS
 
 
+def refusals(method: str) -> dict[int, str]:
+    """What :class:`HostOriginGuard` may answer an HTTP ``method`` request with, and why (the
+    OpenAPI document lists these for every operation)."""
+    answers = {421: "the Host header names no host this server answers to (see --allowed-host)"}
+    if method in STATE_CHANGING_METHODS:
+        answers[403] = "sent by a browser page of a foreign origin (see --allowed-origin)"
+    return answers
+
+
 class HostOriginGuard:
     """ASGI middleware: 421 for a foreign ``Host``, 403 for a foreign ``Origin`` (see module)."""
 

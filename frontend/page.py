@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 from typing import Any
 
 import panel as pn
@@ -140,7 +141,10 @@ def session_page(api_url: str, token: str | None = None) -> pn.viewable.Viewable
                          run_id=_argument(arguments, "run"),
                          compare=_argument(arguments, "compare"),
                          webgl=_argument(arguments, "render") != "canvas").start()
-    pn.state.on_session_destroyed(lambda context: page.close())
+    # Bokeh runs this on the server's event loop, and closing the push subscription waits for
+    # the server's close frame, which that same loop sends: closing there froze the server.
+    pn.state.on_session_destroyed(lambda context: threading.Thread(
+        target=page.close, name="sc-page-close", daemon=True).start())
     return page.panel()
 
 

@@ -12,6 +12,10 @@ Routes that Panel's FastAPI integration adds take their input straight from the 
   :func:`guard_bokeh_sessions` refuses those requests first, naming the problem (a 4xx for
   the page, a close frame for the websocket). The page also sees only the cookies Panel can
   read (:func:`readable_cookies`).
+- Each page request without a session id makes a session, which starts reading the API and
+  subscribing to a run at once; Bokeh discards one that no browser connects to only 15-30 s
+  later. Page loads that never connect (scripts, scanners) piled up that work until the server
+  stalled; :class:`LoadingSessions` bounds how many may wait for their browser (429 beyond).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import zlib
 from http.cookies import CookieError, SimpleCookie
@@ -55,6 +60,34 @@ BOKEH_CLOSE_CODES = {10000: 1011, 10001: 1002}
 TOKEN_ERRORS = (ValueError, TypeError, KeyError, AttributeError, zlib.error)
 #: Why a request is refused: (HTTP status, reason).
 Problem = tuple[int, str]
+#: Dashboard sessions that may wait for their browser to connect, at most.
+MAX_LOADING_SESSIONS = 8
+TOO_MANY_LOADING = ("{n} dashboard pages are still loading (their browsers have not connected "
+                    "yet); retry in a few seconds")
+
+
+class LoadingSessions:
+    """The dashboard sessions made whose browser has not connected yet (thread-safe)."""
+
+    def __init__(self, most: int = MAX_LOADING_SESSIONS) -> None:
+        self.most = most
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, session_id: str) -> None:
+        with self._lock:
+            self._ids.add(session_id)
+
+    def discard(self, session_id: str) -> None:
+        """The session's browser connected, or the session ended."""
+        with self._lock:
+            self._ids.discard(session_id)
+
+    def problem(self) -> Problem | None:
+        """A 429 while :attr:`most` sessions wait for their browser; None otherwise."""
+        with self._lock:
+            waiting = len(self._ids)
+        return (429, TOO_MANY_LOADING.format(n=waiting)) if waiting >= self.most else None
 
 
 def component_resource(path: str) -> FileResponse:
@@ -86,10 +119,17 @@ def component_resource(path: str) -> FileResponse:
 
 def serve_components_safely(app: FastAPI) -> None:
     """Replace Panel's ``/components/...`` route of ``app`` by :func:`component_resource`."""
-    app.router.routes[:] = [route for route in app.router.routes
-                            if getattr(route, "path", None) != COMPONENT_ROUTE]
-    app.add_api_route(COMPONENT_ROUTE, component_resource, methods=["GET"],
+    replace_get_route(app, COMPONENT_ROUTE, component_resource, response_class=FileResponse,
                       include_in_schema=False)
+
+
+def replace_get_route(app: FastAPI, path: str, endpoint: Callable, **declaration: Any) -> None:
+    """Replace the HTTP route of ``app`` at ``path`` by a GET route to ``endpoint`` declared
+    with ``declaration`` (keywords of ``add_api_route``: response class, responses...)."""
+    app.router.routes[:] = [route for route in app.router.routes
+                            if not (getattr(route, "path", None) == path
+                                    and hasattr(route, "methods"))]
+    app.add_api_route(path, endpoint, methods=["GET"], **declaration)
 
 
 def token_problem(subprotocols: list[str], secret_key: bytes) -> Problem | None:
@@ -123,17 +163,20 @@ def session_id_problem(session_ids: list[str], secret_key: bytes) -> Problem | N
             return None
     except TOKEN_ERRORS:
         pass
-    return 400, (f"{SESSION_ID_PARAM} is not a session of this server; load the page without "
+    return 403, (f"{SESSION_ID_PARAM} is not a session of this server; load the page without "
                  "it to start a new session")
 
 
-def guard_bokeh_sessions(app: FastAPI, secret_key: bytes) -> None:
+def guard_bokeh_sessions(app: FastAPI, secret_key: bytes, loading: LoadingSessions) -> None:
     """Make the page (``/``) and its websocket (``/ws``) of ``app`` refuse a session id or
-    token that :func:`session_id_problem` / :func:`token_problem` find fault with, before
-    Bokeh's handlers see it."""
+    token that :func:`session_id_problem` / :func:`token_problem` find fault with, and a new
+    session while ``loading`` is full, before Bokeh's handlers see it."""
+    def page_problem(scope: dict) -> Problem | None:
+        ids = QueryParams(scope.get("query_string", b"")).getlist(SESSION_ID_PARAM)
+        return session_id_problem(ids, secret_key) if ids else loading.problem()
+
     checks: dict[str, Callable[[dict], Problem | None]] = {
-        PAGE_ROUTE: lambda scope: session_id_problem(
-            QueryParams(scope.get("query_string", b"")).getlist(SESSION_ID_PARAM), secret_key),
+        PAGE_ROUTE: page_problem,
         BOKEH_WS_ROUTE: lambda scope: token_problem(list(scope.get("subprotocols") or []),
                                                     secret_key),
     }

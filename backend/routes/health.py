@@ -12,12 +12,13 @@ import os
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import sentrycam
-from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes import json_safe
+from sentrycam.backend.routes.parts import SettingsDep, StartedDep, StoreDep, WriterDep
 from sentrycam.protocol.messages import SCHEMA_VERSION
 
 router = APIRouter(tags=["health"])
@@ -27,6 +28,7 @@ class Health(BaseModel):
     """``schema_version``: the database schema; ``message_schema``: the wire message schema;
     ``ingest``: the writer's counters (queued, committed, batches, failed_batches,
     failed_messages, rejected, sink_errors, queue_full (times a sender had to wait),
+    bytes_full (times a frame waited for the bytes in flight to drain), in_flight_bytes,
     sequence_refused (messages refused for their seq: a gap, or new data for a finished run),
     retry_later (messages answered "retry later" during a storage failure), queue_depth,
     queue_capacity, last_error, running)."""
@@ -53,19 +55,19 @@ class HealthFailing(Health):
 @router.get("/health", response_model=Health,
             responses={503: {"model": HealthFailing,
                              "description": "The store cannot be written (storage failure)"}})
-def get_health(request: Request) -> Health | JSONResponse:
-    state = state_of(request)
-    stats = state.writer.stats()
-    failure = state.store.failure
+def get_health(settings: SettingsDep, store: StoreDep, writer: WriterDep,
+               started: StartedDep) -> Health | JSONResponse:
+    stats = writer.stats()
+    failure = store.failure
     health = Health(
         status="ok" if stats["running"] else "degraded",
         version=sentrycam.__version__,
-        schema_version=state.store.schema_version,
+        schema_version=store.schema_version,
         message_schema=SCHEMA_VERSION,
-        db=str(os.path.abspath(state.store.path)),
+        db=str(os.path.abspath(store.path)),
         pid=os.getpid(),
-        uptime_s=round(time.monotonic() - state.started_monotonic, 3),
-        token_required=state.settings.token is not None,
+        uptime_s=round(time.monotonic() - started, 3),
+        token_required=settings.token is not None,
         ingest=json_safe(stats),
     )
     if failure is None:

@@ -28,12 +28,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
+from sentrycam.backend.activity import Activity
+from sentrycam.backend.audit.relay import AlertRelay
 from sentrycam.backend.ingest import IngestWriter, WriterStopped
-from sentrycam.backend.routes import state_of
+from sentrycam.backend.routes.parts import ActivityDep, AlertRelayDep, WriterDep
 from sentrycam.protocol.validation import FrameRejected, parse_frame
 from sentrycam.protocol.messages import Message
 from sentrycam.protocol.wire import ack_reply, error_reply
@@ -84,33 +85,32 @@ class ConnectionSink:
 
 
 @router.websocket("/ws/ingest")
-async def ingest(websocket: WebSocket) -> None:
-    state = state_of(websocket)
+async def ingest(websocket: WebSocket, writer: WriterDep, activity: ActivityDep,
+                 relay: AlertRelayDep) -> None:
     await websocket.accept()
     outbox: asyncio.Queue[dict] = asyncio.Queue()
     sink = ConnectionSink(asyncio.get_running_loop(), outbox)
     sender = asyncio.create_task(_send_replies(websocket, outbox))
     try:
-        await _receive_frames(websocket, state, sink, outbox)
+        await _receive_frames(websocket, writer, activity, relay, sink, outbox)
     except Exception:  # a broken connection must never take anything else down
         log.warning("ingest connection failed", exc_info=True)
     finally:
         sink.close()
-        relay = getattr(state, "alert_relay", None)
         if relay is not None:
             relay.forget(sink)
         await _stop_sender(sender)
 
 
-async def _receive_frames(websocket: WebSocket, state: Any, sink: ConnectionSink,
+async def _receive_frames(websocket: WebSocket, writer: IngestWriter, activity: Activity,
+                          relay: AlertRelay | None, sink: ConnectionSink,
                           outbox: asyncio.Queue) -> None:
-    writer: IngestWriter = state.writer
-    relay, relayed = getattr(state, "alert_relay", None), set()
+    relayed: set[str] = set()
     while True:
         event = await websocket.receive()
         if event["type"] == "websocket.disconnect":
             return
-        state.activity.touch()
+        activity.touch()
         data = event.get("bytes")
         if data is None:
             writer.count_rejected()

@@ -16,9 +16,13 @@ import secrets
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 
 from sentrycam.backend.auth import Access, granted_access
-from sentrycam.backend.routes.dashboard_guard import guard_bokeh_sessions, serve_components_safely
+from sentrycam.backend.routes.dashboard_guard import (PAGE_ROUTE, TOO_MANY_LOADING,
+                                                      LoadingSessions, guard_bokeh_sessions,
+                                                      replace_get_route, serve_components_safely)
+from sentrycam.backend.routes.errors import problem
 from sentrycam.backend.settings import ServerSettings
 
 #: What a browser fetches without the page's ``?token=`` and the token guard lets through:
@@ -26,6 +30,8 @@ from sentrycam.backend.settings import ServerSettings
 #: with a session token signed by this server when it served the (token-guarded) page.
 OPEN_PATHS = frozenset({"/ws"})
 OPEN_PREFIXES = ("/static/",)
+#: Why the page refuses a request (see guard_bokeh_sessions).
+SESSION_REFUSED = "bokeh_session_id names no session this server signed"
 
 
 def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
@@ -36,10 +42,15 @@ def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
     from sentrycam.frontend.page import session_page
 
     tokens = {Access.WRITE: settings.token, Access.READ: settings.read_token}
+    loading = LoadingSessions()
 
     def page() -> Any:
-        request = pn.state.curdoc.session_context.request
-        return session_page(settings.url, token=tokens.get(granted_access(request.headers)))
+        context = pn.state.curdoc.session_context
+        loading.add(context.id)
+        pn.state.onload(lambda: loading.discard(context.id))  # its browser connected
+        pn.state.on_session_destroyed(lambda _: loading.discard(context.id))
+        access = granted_access(context.request.headers)
+        return session_page(settings.url, token=tokens.get(access))
 
     # Signed sessions: a websocket must present a session token this server minted, and a
     # fresh secret per server means no token outlives it. Which pages may open that websocket
@@ -48,4 +59,16 @@ def mount_dashboard(app: FastAPI, settings: ServerSettings) -> None:
     add_applications({"/": page}, app=app, title="sentrycam", websocket_origin=["*"],
                      secret_key=secret_key, sign_sessions=True)
     serve_components_safely(app)
-    guard_bokeh_sessions(app, secret_key)
+    _declare_page(app)
+    guard_bokeh_sessions(app, secret_key, loading)
+
+
+def _declare_page(app: FastAPI) -> None:
+    """Declare what Bokeh's page route answers: HTML, or 403 for a session id this server
+    did not sign (:mod:`sentrycam.backend.routes.dashboard_guard`)."""
+    page = next(route for route in app.router.routes
+                if getattr(route, "path", None) == PAGE_ROUTE and hasattr(route, "methods"))
+    replace_get_route(app, PAGE_ROUTE, page.endpoint, response_class=HTMLResponse,
+                      responses={**problem(403, SESSION_REFUSED),
+                                 **problem(429, TOO_MANY_LOADING.format(n="too many"))},
+                      summary="The live dashboard (an HTML page)")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import HTTPException, Path, Query
+from fastapi import Path, Query, Request
 
 from sentrycam.backend.audit.alerts import SEVERITY_NAMES
+from sentrycam.backend.routes.errors import validation_error
 from sentrycam.protocol.fields import INT64_MAX
 from sentrycam.protocol.messages import RUN_ID_RULE
 
@@ -36,21 +37,36 @@ MinSeverity = Annotated[int, Query(ge=0, le=len(SEVERITY_NAMES) - 1,
 Layer = Annotated[str, Query(min_length=1, description="a captured layer, e.g. 'fc:input'")]
 
 
-def int64_list(text: str, name: str, most: int) -> list[int]:
-    """The comma-separated integers of query parameter ``name`` (blank items skipped).
+class Int64ListQuery:
+    """A required query parameter of comma-separated integers, as a dependency that parses it
+    and refuses (422, FastAPI's shape) an item that is not an integer, one outside int64, or
+    more than ``most`` items. Blank items are skipped. :attr:`openapi` declares it (an array of
+    int64 sent as ``style: form, explode: false``), for the route's ``openapi_extra``."""
 
-    Raises HTTPException 422 naming the problem: an item that is not an integer, one outside
-    int64, or more than ``most`` items."""
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise HTTPException(status_code=422, detail=f"{name} must be comma-separated integers, "
-                            f"got {text[:80]!r}") from None
-    outside = next((v for v in values if not INT64_MIN <= v <= INT64_MAX), None)
-    if outside is not None:
-        raise HTTPException(status_code=422, detail=f"{name} must fit int64 ({INT64_MIN} .. "
-                            f"{INT64_MAX}), got {str(outside)[:40]}")
-    if len(values) > most:
-        raise HTTPException(status_code=422, detail=f"at most {most} {name} per request, got "
-                            f"{len(values)}; split the request")
-    return values
+    def __init__(self, name: str, most: int, description: str) -> None:
+        self.name, self.most = name, most
+        items = {"type": "integer", "format": "int64", "minimum": INT64_MIN, "maximum": INT64_MAX}
+        self.openapi = {"parameters": [{
+            "name": name, "in": "query", "required": True, "style": "form", "explode": False,
+            "description": f"{description}, comma-separated (at most {most})",
+            "schema": {"type": "array", "items": items, "maxItems": most}}]}
+
+    def __call__(self, request: Request) -> list[int]:
+        location = ("query", self.name)
+        texts = request.query_params.getlist(self.name)
+        if not texts:
+            raise validation_error(location, "Field required", None)
+        text = ",".join(texts)
+        try:
+            values = [int(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise validation_error(location, f"{self.name} must be comma-separated integers",
+                                   text[:80]) from None
+        outside = next((v for v in values if not INT64_MIN <= v <= INT64_MAX), None)
+        if outside is not None:
+            raise validation_error(location, f"{self.name} must fit int64 ({INT64_MIN} .. "
+                                   f"{INT64_MAX}), got {str(outside)[:40]}", text[:80])
+        if len(values) > self.most:
+            raise validation_error(location, f"at most {self.most} {self.name} per request, "
+                                   f"got {len(values)}; split the request", text[:80])
+        return values

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
 
-from sentrycam.backend.routes import json_safe, state_of
+from sentrycam.backend.routes import json_safe
+from sentrycam.backend.routes.parts import ProjectorDep
 
 router = APIRouter(prefix="/api", tags=["projector"])
 
 
-@router.get("/projector", response_model=dict[str, Any])
-def get_projector(request: Request) -> dict[str, Any]:
-    worker = getattr(state_of(request), "projection", None)
+class ProjectorState(BaseModel):
+    """``state``, then (unless it is ``off``) the worker's queue, counters and problems."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: str
+
+
+@router.get("/projector", response_model=ProjectorState)
+def get_projector(worker: ProjectorDep) -> dict[str, Any]:
     if worker is None:
         return {"state": "off"}
     return json_safe(worker.state())

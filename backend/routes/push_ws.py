@@ -14,7 +14,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from sentrycam.backend.routes import state_of
+from sentrycam.backend.routes.parts import HubDep, StoreDep
 from sentrycam.backend.store import UnknownRunError
 
 log = logging.getLogger(__name__)
@@ -25,15 +25,15 @@ UNKNOWN_RUN_CLOSE = 4404
 
 
 @router.websocket("/ws/runs/{run_id}")
-async def subscribe_run(websocket: WebSocket, run_id: str) -> None:
-    state = state_of(websocket)
+async def subscribe_run(websocket: WebSocket, run_id: str, store: StoreDep,
+                        hub: HubDep) -> None:
     await websocket.accept()
     try:
-        await asyncio.to_thread(state.store.run_summaries, run_id)
+        await asyncio.to_thread(store.run_summaries, run_id)
     except UnknownRunError as exc:
         await websocket.close(code=UNKNOWN_RUN_CLOSE, reason=str(exc)[:120])
         return
-    serving = asyncio.create_task(state.hub.serve(run_id, websocket.send_bytes))
+    serving = asyncio.create_task(hub.serve(run_id, websocket.send_bytes))
     listening = asyncio.create_task(_until_closed(websocket))
     done, pending = await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:

@@ -137,6 +137,6 @@ def test_dashboard_cluster_health_equals_what_the_map_detector_computes(stored_m
     assert rest["classes"] == pushed["classes"] == [0, 1, 2, 3, 4]
     assert pushed["spread"][:4] == [expected["class_spread"][c] for c in range(4)]
     assert len(rest["spread"]) == 1 and rest["spread"][0][:4] == pushed["spread"][:4]
-    assert rest["spread"][0][4] == "NaN"  # REST spells non-finite values for JavaScript
+    assert rest["spread"][0][4] is None  # REST sends non-finite values as null
     assert math.isnan(float(pushed["spread"][4]))  # a lone sample is not a class
     assert detector["intra"] < 5.0  # the far held-out samples were left out

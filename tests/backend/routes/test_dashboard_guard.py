@@ -13,8 +13,8 @@ from bokeh.util.token import generate_jwt_token, generate_session_id
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
-from sentrycam.backend.routes.dashboard_guard import (POLICY_VIOLATION, readable_cookies,
-                                                      token_problem)
+from sentrycam.backend.routes.dashboard_guard import (MAX_LOADING_SESSIONS, POLICY_VIOLATION,
+                                                      readable_cookies, token_problem)
 
 PROBE_MODULE = "sentrycam_import_probe"
 
@@ -116,9 +116,9 @@ def test_token_problem_refuses_expired_and_accepts_fresh_tokens():
 
 
 @pytest.mark.parametrize("session_id", ["garbage", "a.b", "\U0001f4a5.x", ""])
-def test_a_page_request_naming_a_foreign_session_is_a_400(http, session_id, caplog):
+def test_a_page_request_naming_a_foreign_session_is_a_403(http, session_id, caplog):
     answer = http.get("/", params={"bokeh_session_id": session_id})
-    assert answer.status_code == 400 and "bokeh_session_id" in answer.json()["detail"]
+    assert answer.status_code == 403 and "bokeh_session_id" in answer.json()["detail"]
     assert _server_errors(caplog) == []
 
 
@@ -143,3 +143,14 @@ def test_the_page_is_served_whatever_cookies_the_browser_carries(http, cookie, c
 
 def test_readable_cookies_keeps_the_cookies_python_can_hold():
     assert readable_cookies('ok=1; =x; path=/; bad key=2; q="a b"') == "ok=1; q=a b"
+
+
+def test_page_loads_whose_browser_never_connects_are_bounded(http):
+    """Each page load makes a session that reads the API and subscribes at once; loads that
+    never connect (scripts, scanners) stop at MAX_LOADING_SESSIONS with a 429 saying why,
+    and the server keeps answering."""
+    answers = [http.get("/").status_code for _ in range(MAX_LOADING_SESSIONS + 2)]
+    assert answers == [200] * MAX_LOADING_SESSIONS + [429, 429]
+    refused = http.get("/")
+    assert refused.status_code == 429 and "still loading" in refused.json()["detail"]
+    assert http.get("/api/runs").status_code == 200

@@ -44,7 +44,7 @@ def test_embedding_index_map_trails_quality_and_health(filled):
                           params={"layer": LAYER, "sample_ids": "3,4"}).json()
         assert trails["sample_id"] == [3, 3, 4, 4] and trails["step"] == [0, 2, 0, 2]
         bad = http.get(f"/api/runs/{RUN}/trails", params={"layer": LAYER, "sample_ids": "x"})
-        assert bad.status_code == 422 and "comma-separated" in bad.json()["detail"]
+        assert bad.status_code == 422 and "comma-separated" in bad.json()["detail"][0]["msg"]
         stored = http.get(f"/api/runs/{RUN}/quality").json()
         assert dict(zip(zip(stored["step"], stored["metric"]), stored["value"])) == pytest.approx(
             {(step, name): value for step in (0, 2) for name, value in quality(step).items()})

@@ -64,7 +64,7 @@ def test_scalars_come_back_as_columns_with_filters(server, http):
                       params={"names": "loss,grad_norm", "since_step": 2}).json()
     assert list(zip(recent["step"], recent["name"], recent["value"])) == [
         (2, "grad_norm", 1.0), (2, "loss", pytest.approx(1 / 3)),
-        (3, "grad_norm", "Infinity"), (3, "loss", 0.25)]
+        (3, "grad_norm", None), (3, "loss", 0.25)]  # non-finite values go out as null
     assert len(http.get(f"/api/runs/{RUN}/scalars", params={"limit": 5}).json()["step"]) == 5
     assert http.get(f"/api/runs/{RUN}/scalar-names").json() == [
         "grad_norm", "loss", "lr", "sentrycam/dropped", "sentrycam/overhead"]
@@ -73,14 +73,14 @@ def test_scalars_come_back_as_columns_with_filters(server, http):
 def test_layer_stats_snapshots_and_events(server, http):
     _fill(server.store)
     stats = http.get(f"/api/runs/{RUN}/layer-stats", params={"since_step": 3}).json()
-    rows = set(zip(stats["step"], stats["layer"], stats["stat"], map(str, stats["value"])))
-    assert rows == {(3, "conv", "act_std", "3.0"), (3, "conv", "dead_frac", "NaN"),
-                    (3, "fc", "act_std", "0.5"), (3, "fc", "dead_frac", "0.25")}
+    rows = set(zip(stats["step"], stats["layer"], stats["stat"], stats["value"]))
+    assert rows == {(3, "conv", "act_std", 3.0), (3, "conv", "dead_frac", None),
+                    (3, "fc", "act_std", 0.5), (3, "fc", "dead_frac", 0.25)}
     [snapshot] = http.get(f"/api/runs/{RUN}/snapshots").json()
     assert (snapshot["step"], snapshot["layer"], snapshot["n"], snapshot["dim"]) == (2, "fc:input", 5, 3)
     [event] = http.get(f"/api/runs/{RUN}/events").json()
     assert (event["event"], event["message"]) == ("note", "spike")
-    assert math.isnan(float(event["payload"]["ratio"]))  # NaN survives as a JSON-safe string
+    assert event["payload"] == {"ratio": None}  # NaN goes out as null
 
 
 @pytest.mark.parametrize("route", ["", "/scalars", "/scalar-names", "/layer-stats", "/snapshots",
