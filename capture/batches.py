@@ -116,3 +116,29 @@ def token_mask(batch: Batch) -> torch.Tensor | None:
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:
             return mask
     return None
+
+
+class Collated:
+    """A map-style dataset read through its training collate function (the framework's
+    padding collator, say): probe samples are taken from ``dataset`` one by one, then the
+    selected ones are collated together, so a probe of variable-length token sequences is
+    padded as a training batch would be. ``collate(items)`` returns a batch: a tensor, a
+    mapping (labels under ``labels``/``label``) or a tuple ``(inputs, labels, ...)``."""
+
+    def __init__(self, dataset: Any, collate: Callable[[list[Any]], Any]) -> None:
+        self.dataset, self.collate = dataset, collate
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def inputs(self, items: list[Any], what: str) -> Batch:
+        """The model inputs of ``items`` collated: a tensor [N, ...] or a dict of them."""
+        batch = self.collate(items)
+        if isinstance(batch, Mapping):
+            batch = split_mapping(batch, what)[0]
+        elif isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        return apply(batch, lambda value: as_tensor(value, f"{what} inputs"))

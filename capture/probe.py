@@ -124,6 +124,10 @@ class _Source:
         if self.tensors is not None:
             rows = torch.from_numpy(indices)
             return batches.apply(self.tensors[0], lambda tensor: tensor[rows])
+        if isinstance(self.dataset, batches.Collated):
+            items = [self._item(int(i)) for i in indices]
+            with preserved_global_rngs():  # a collator may draw random numbers too
+                return self.dataset.inputs(items, self.what)
         return batches.stack([_item_input(self._item(int(i)), self.what) for i in indices],
                              self.what)
 
