@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from sentrycam.capture.batches import Collated
 from sentrycam.capture.callbacks import CallbackRun, loader_probe, missing_framework
@@ -60,8 +60,7 @@ class SentryCamCallback(TrainerCallback):
         probe = self._capture.probe
         if probe is None:
             probe = loader_probe(eval_dataloader or train_dataloader)
-        elif collate is not None and isinstance(probe, Dataset) \
-                and not isinstance(probe, Collated):
+        elif collate is not None and _map_style(probe):
             probe = Collated(probe, collate)
         self._capture.start(model, _torch_optimizer(optimizer), probe)
         self._hook = model.register_forward_hook(self._on_forward)
@@ -89,6 +88,15 @@ class SentryCamCallback(TrainerCallback):
             self._hook.remove()
             self._hook = None
         self._capture.finish()
+
+
+def _map_style(probe: Any) -> bool:
+    """True for an indexable dataset of items (torch's or the ``datasets`` library's), which
+    the Trainer's collator has to batch; False for tensors, batches and loaders."""
+    if isinstance(probe, (tuple, list, Mapping, torch.Tensor, DataLoader, Collated)):
+        return False
+    return isinstance(probe, Dataset) or (hasattr(probe, "__getitem__")
+                                          and hasattr(probe, "__len__"))
 
 
 def _torch_optimizer(optimizer: Any) -> Any:
