@@ -2,8 +2,9 @@
 
 Sources: a tuple ``(inputs [N, ...], labels int [N] or None)`` of tensors or arrays, a map-style
 ``torch.utils.data.Dataset`` (indexed, items ``(input, label, ...)``, a bare input or a mapping
-``{"input_ids": ..., "label": ...}``), or a ``DataLoader`` (its ``.dataset``; its sampler is never iterated, because a RandomSampler draws
-from the global torch RNG and would change training). Sample ids are indices into the source;
+``{"input_ids": ..., "label": ...}``), or a ``DataLoader`` (its ``.dataset``; its sampler is
+never iterated, because a RandomSampler draws from the global torch RNG and would change
+training). Sample ids are indices into the source;
 held-out ids continue after the training source's length. Inputs may be a mapping of named
 tensors (keyword inputs, as Hugging Face models take): a tuple ``({"input_ids": [N, T], ...},
 labels)``, a collated batch ``{"input_ids": [N, T], ..., "labels": [N]}``, or a Dataset of
