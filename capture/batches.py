@@ -1,10 +1,11 @@
-"""Probe batches of any structure: one tensor ``[N, ...]`` or a mapping of named tensors.
+"""Probe batches of any structure: one tensor ``[N, ...]``, a tuple of tensors or a mapping of
+named tensors.
 
 Hugging Face models take keyword inputs (``{"input_ids": int64 [N, T], "attention_mask":
-int64 [N, T], ...}``); everything else takes one positional tensor. These helpers treat both
-alike: rows are selected, concatenated, moved and fed to the model the same way, so the probe
-code never asks which kind it holds. A mapping batch is a plain ``dict`` of tensors that all
-share their first (sample) dimension.
+int64 [N, T], ...}``), some models several positional tensors, most one. These helpers treat
+all alike: rows are selected, concatenated, moved and fed to the model the same way, so the
+probe code never asks which kind it holds. A mapping batch is a plain ``dict``, a positional
+one a ``tuple``; their tensors all share their first (sample) dimension.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-Batch = Union[torch.Tensor, dict[str, torch.Tensor]]
+Batch = Union[torch.Tensor, tuple[torch.Tensor, ...], dict[str, torch.Tensor]]
 
 #: Keys of a mapping item or batch that hold the class labels, not model inputs.
 LABEL_KEYS = ("labels", "label")
@@ -25,14 +26,24 @@ MASK_KEY = "attention_mask"
 
 
 def apply(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-    """``fn`` applied to the tensor, or to every tensor of a mapping batch."""
+    """``fn`` applied to the tensor, or to every tensor of a tuple or mapping batch."""
     if isinstance(batch, dict):
         return {key: fn(value) for key, value in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(fn(value) for value in batch)
     return fn(batch)
 
 
 def tensors(batch: Batch) -> list[torch.Tensor]:
-    return list(batch.values()) if isinstance(batch, dict) else [batch]
+    if isinstance(batch, dict):
+        return list(batch.values())
+    return list(batch) if isinstance(batch, tuple) else [batch]
+
+
+def is_tensor_tuple(value: Any) -> bool:
+    """True for a tuple/list of tensors or arrays: several positional inputs."""
+    return isinstance(value, (tuple, list)) and len(value) > 0 and all(
+        isinstance(item, (torch.Tensor, np.ndarray)) for item in value)
 
 
 def size(batch: Batch) -> int:
@@ -41,17 +52,23 @@ def size(batch: Batch) -> int:
 
 
 def sample_shape(batch: Batch) -> Any:
-    """Per-sample shape (without N): a tuple, or ``{key: tuple}`` for a mapping batch."""
+    """Per-sample shape (without N): a tuple, or ``(key, tuple)`` pairs for a mapping batch,
+    or ``("#0", tuple), ...`` for a tuple batch."""
     if isinstance(batch, dict):
         return tuple(sorted((key, tuple(value.shape[1:])) for key, value in batch.items()))
+    if isinstance(batch, tuple):
+        return tuple((f"#{i}", tuple(value.shape[1:])) for i, value in enumerate(batch))
     return tuple(batch.shape[1:])
 
 
 def describe(batch: Batch) -> str:
-    """``"shape (2, 8) (dtype torch.float32)"`` or ``"input_ids (2, 16) int64, ..."``."""
-    if isinstance(batch, dict):
+    """``"shape (2, 8) (dtype torch.float32)"``, ``"input_ids (2, 16) int64, ..."`` or
+    ``"#0 (2, 8) float32, #1 (2, 3) int64"``."""
+    if isinstance(batch, (dict, tuple)):
+        named = batch.items() if isinstance(batch, dict) else (
+            (f"#{i}", value) for i, value in enumerate(batch))
         return ", ".join(f"{key} {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
-                         for key, value in batch.items())
+                         for key, value in named)
     return f"shape {tuple(batch.shape)} (dtype {batch.dtype})"
 
 
@@ -59,18 +76,25 @@ def concat(parts: list[Batch]) -> Batch:
     """Parts with the same keys joined along the sample dimension."""
     if isinstance(parts[0], dict):
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(column) for column in zip(*parts))
     return torch.cat(parts)
 
 
 def stack(items: list[Any], what: str) -> Batch:
-    """Per-sample inputs (tensors, or mappings of tensors/arrays/number lists) as one batch;
-    ValueError when their shapes or keys differ."""
+    """Per-sample inputs (tensors, tuples of them, or mappings of tensors/arrays/number lists)
+    as one batch; ValueError when their shapes, keys or lengths differ."""
     if isinstance(items[0], Mapping):
         keys = list(items[0])
         if any(list(item) != keys for item in items):
             raise ValueError(f"{what} items have different keys; every item needs {keys}")
         return {key: stack([as_tensor(item[key], f"{what} {key!r}") for item in items],
                            f"{what} {key!r}") for key in keys}
+    if isinstance(items[0], tuple):
+        if len({len(item) for item in items}) > 1:
+            raise ValueError(f"{what} items have different numbers of input tensors")
+        return tuple(stack([as_tensor(value, what) for value in column], what)
+                     for column in zip(*items))
     shapes = {tuple(x.shape) for x in items}
     if len(shapes) > 1:
         raise ValueError(f"{what} samples have different shapes ({sorted(shapes)[:3]}); pad or "
@@ -105,8 +129,11 @@ def split_mapping(mapping: Mapping, what: str) -> tuple[dict[str, Any], Any]:
 
 
 def call(model: nn.Module, batch: Batch) -> Any:
-    """The model's forward on a batch: keyword arguments for a mapping."""
-    return model(**batch) if isinstance(batch, dict) else model(batch)
+    """The model's forward on a batch: keyword arguments for a mapping, positional ones for a
+    tuple."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    return model(*batch) if isinstance(batch, tuple) else model(batch)
 
 
 def token_mask(batch: Batch) -> torch.Tensor | None:

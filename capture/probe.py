@@ -9,6 +9,8 @@ held-out ids continue after the training source's length. Inputs may be a mappin
 tensors (keyword inputs, as Hugging Face models take): a tuple ``({"input_ids": [N, T], ...},
 labels)``, a collated batch ``{"input_ids": [N, T], ..., "labels": [N]}``, or a Dataset of
 mapping items (see :mod:`~sentrycam.capture.batches`; ``labels``/``label`` keys are the labels).
+Several positional inputs: a tuple ``((a [N, ...], b [N, ...]), labels)`` or items ``((a, b),
+label)``.
 
 Selection uses a local ``np.random.default_rng(seed)``, never a global RNG; reading items of a
 dataset (whose transforms may draw random numbers) happens with the global torch, numpy and
@@ -40,7 +42,7 @@ FINITE_CHECK_ROWS = 256
 
 @dataclass(frozen=True)
 class Probe:
-    """Selected probe samples. ``inputs`` [N, ...] (or a dict of such tensors) on CPU (pinned
+    """Selected probe samples. ``inputs`` [N, ...] (or a tuple or dict of such tensors) on CPU (pinned
     when the model is on CUDA);
     ``sample_ids`` int64 [N] (unique); ``labels`` int64 [N] (-1 unknown); ``split`` uint8 [N]."""
 
@@ -154,8 +156,11 @@ def _check_tensors(source: tuple | list, what: str) -> tuple[Batch, torch.Tensor
     if len(source) != 2:
         raise ValueError(f"{what} must be a pair (inputs, labels) with labels possibly None; got "
                          f"a sequence of {len(source)} items")
-    inputs = (batches.split_mapping(source[0], what)[0] if isinstance(source[0], Mapping)
-              else source[0])
+    inputs = source[0]
+    if isinstance(inputs, Mapping):
+        inputs = batches.split_mapping(inputs, what)[0]
+    elif batches.is_tensor_tuple(inputs):  # several positional inputs
+        inputs = tuple(inputs)
     inputs = batches.apply(inputs, lambda value: batches.as_tensor(value, f"{what} inputs"))
     if any(tensor.ndim == 0 for tensor in batches.tensors(inputs)):
         raise ValueError(f"{what} inputs must have a batch dimension: shape [N, ...]")
@@ -175,6 +180,8 @@ def _item_input(item: Any, what: str) -> torch.Tensor | dict[str, Any]:
     value = item[0] if isinstance(item, (tuple, list)) else item
     if isinstance(value, Mapping):
         return dict(value)
+    if batches.is_tensor_tuple(value):
+        return tuple(value)
     if isinstance(value, (torch.Tensor, np.ndarray)):
         return batches.as_tensor(value, what)
     raise ValueError(f"{what} items must be (input, label) pairs or bare inputs with a tensor "

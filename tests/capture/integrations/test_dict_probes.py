@@ -135,3 +135,51 @@ def test_hugging_face_encoder_classifier_default_layers(monkeypatch):
     snap = next(m for m in transport.messages if isinstance(m, Snapshot))
     assert {name: f.shape for name, f in snap.features.items()} == {
         name: (len(labels), 32) for name in run.layers}
+
+
+class TwoInputs(nn.Module):
+    """forward(a [N, 4], b [N, 2]) -> logits [N, CLASSES]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, WIDTH), nn.Linear(2, WIDTH)
+        self.head = nn.Linear(WIDTH, CLASSES)
+
+    def forward(self, a, b):
+        return self.head(torch.relu(self.a(a) + self.b(b)))
+
+
+class PairItems(Dataset):
+    def __init__(self, a, b, labels) -> None:
+        self.a, self.b, self.labels = a, b, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return (self.a[i], self.b[i]), int(self.labels[i])
+
+
+def test_several_positional_inputs_as_a_tuple_or_a_dataset_of_pairs():
+    torch.manual_seed(0)
+    model = TwoInputs()
+    gen = torch.Generator().manual_seed(1)
+    a, b = torch.randn(20, 4, generator=gen), torch.randn(20, 2, generator=gen)
+    labels = torch.arange(20) % CLASSES
+    transport = MemoryTransport()
+    run = capture.attach(model, probe=((a, b), labels), transport=transport, layers=["head:input"])
+    run.snapshot()
+    run.detach()
+    snap = next(m for m in transport.messages if isinstance(m, Snapshot))
+    with torch.no_grad():
+        expected = torch.relu(model.a(a) + model.b(b))
+    np.testing.assert_allclose(snap.features["head:input"].astype(np.float32), expected.numpy(),
+                               atol=1e-2, rtol=1e-3)
+    transport = MemoryTransport()
+    run = capture.attach(model, probe=PairItems(a, b, labels), transport=transport,
+                         layers=["head:input"])
+    run.snapshot()
+    run.detach()
+    again = next(m for m in transport.messages if isinstance(m, Snapshot))
+    np.testing.assert_array_equal(again.features["head:input"], snap.features["head:input"])
+    np.testing.assert_array_equal(again.outputs["pred"], snap.outputs["pred"])
