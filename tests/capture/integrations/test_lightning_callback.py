@@ -14,7 +14,7 @@ lightning = pytest.importorskip("lightning")
 
 from sentrycam.capture.lightning import SentryCamCallback  # noqa: E402
 from sentrycam.capture.transport import MemoryTransport  # noqa: E402
-from sentrycam.protocol.messages import RunEnd, Snapshot  # noqa: E402
+from sentrycam.protocol.messages import ProbeSet, RunEnd, Snapshot  # noqa: E402
 
 CLASSES, FEATURES = 3, 8
 
@@ -60,7 +60,8 @@ def loaders(seed: int = 0):
     return train, DataLoader(TensorDataset(x[96:], y[96:]), batch_size=16)
 
 
-def fit(callbacks: list, max_epochs: int = 4, accumulate: int = 2, **module_kwargs):
+def fit(callbacks: list, max_epochs: int = 4, accumulate: int = 2, validate: bool = True,
+        **module_kwargs):
     lightning.seed_everything(0, verbose=False)
     module = Classifier(**module_kwargs)
     trainer = lightning.Trainer(
@@ -69,7 +70,7 @@ def fit(callbacks: list, max_epochs: int = 4, accumulate: int = 2, **module_kwar
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         log_every_n_steps=1)
     train, val = loaders()
-    trainer.fit(module, train, val)
+    trainer.fit(module, train, val if validate else None)
     return module, trainer
 
 
@@ -124,3 +125,12 @@ def test_an_exception_in_training_ends_the_run_as_failed():
     ends = [m for m in transport.messages if isinstance(m, RunEnd)]
     assert [(end.status, end.step) for end in ends] == [("failed", 2)]
     assert callback.run is None
+
+
+def test_without_validation_the_probe_comes_from_the_training_set():
+    transport = MemoryTransport()
+    fit([SentryCamCallback(transport=transport, every=5, overhead_budget=None)], max_epochs=1,
+        validate=False)
+    probe = next(m for m in transport.messages if isinstance(m, ProbeSet))
+    assert sorted(probe.sample_ids.tolist()) == list(range(96))  # dataset indices, in full
+    assert [m.step for m in transport.messages if isinstance(m, Snapshot)] == [0, 2]
