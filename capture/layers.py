@@ -26,6 +26,7 @@ from torch.nn.modules.pooling import (_AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _A
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sentrycam.capture.activations import activation_stats, saturation_bounds
+from sentrycam.capture.random_projection import MAX_FEATURE_DIM, PROJECTED_DIM, RandomProjection
 
 #: Modules whose parameters make a representation worth tracking (candidates for depth blocks).
 WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.Bilinear, _ConvNd, nn.RNNBase,
@@ -40,9 +41,6 @@ SKIP_NAMES = frozenset({"downsample", "shortcut", "skip"})
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 DEPTH_FRACTIONS = (0.25, 0.5, 0.75)
-#: Pooled layers wider than this are reduced with a random projection to ``PROJECTED_DIM``.
-MAX_FEATURE_DIM = 4096
-PROJECTED_DIM = 1024
 ROOT_NAME = "(model)"
 
 
@@ -281,40 +279,6 @@ def unit_matrix(value: Any, layout: str) -> torch.Tensor:
     if x.ndim >= 4 or layout == "channels":
         return x.movedim(1, -1).reshape(-1, x.shape[1])
     return x.reshape(-1, x.shape[-1])
-
-
-class RandomProjection:
-    """A fixed Gaussian random projection [N, D] -> [N, k] (entries N(0, 1/k)), seeded locally.
-
-    The matrix is drawn chunk by chunk from a private ``torch.Generator`` (never the global RNG)
-    and cached on the device when it holds at most ``MAX_CACHED`` entries; wider layers redraw
-    their chunks at each call, trading time for memory.
-    """
-
-    CHUNK_ROWS = 8192
-    MAX_CACHED = 1 << 26
-
-    def __init__(self, in_dim: int, out_dim: int, seed: int) -> None:
-        self.in_dim, self.out_dim, self.seed = in_dim, out_dim, seed
-        self._cache: dict[int, torch.Tensor] | None = (
-            {} if in_dim * out_dim <= self.MAX_CACHED else None)
-
-    def _chunk(self, index: int, rows: int, device: torch.device) -> torch.Tensor:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        gen = torch.Generator().manual_seed(self.seed + index)
-        chunk = torch.randn(rows, self.out_dim, generator=gen) / self.out_dim ** 0.5
-        chunk = chunk.to(device)
-        if self._cache is not None:
-            self._cache[index] = chunk
-        return chunk
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], self.out_dim, device=x.device)
-        for index, start in enumerate(range(0, self.in_dim, self.CHUNK_ROWS)):
-            block = x[:, start:start + self.CHUNK_ROWS]
-            out += block @ self._chunk(index, block.shape[1], x.device)
-        return out
 
 
 class LayerCaptureError(RuntimeError):

@@ -42,9 +42,9 @@ FINITE_CHECK_ROWS = 256
 
 @dataclass(frozen=True)
 class Probe:
-    """Selected probe samples. ``inputs`` [N, ...] (or a tuple or dict of such tensors) on CPU (pinned
-    when the model is on CUDA);
-    ``sample_ids`` int64 [N] (unique); ``labels`` int64 [N] (-1 unknown); ``split`` uint8 [N]."""
+    """Selected probe samples. ``inputs`` [N, ...] (or a tuple or dict of such tensors) on
+    CPU (pinned when the model is on CUDA); ``sample_ids`` int64 [N] (unique); ``labels``
+    int64 [N] (-1 unknown); ``split`` uint8 [N]."""
 
     inputs: Batch
     sample_ids: np.ndarray
