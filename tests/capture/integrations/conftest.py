@@ -53,7 +53,8 @@ class LiveServer:
 
 
 @pytest.fixture
-def live(make_settings, monkeypatch) -> Iterator[LiveServer]:
+def live(make_settings, monkeypatch, tmp_path) -> Iterator[LiveServer]:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # a run streaming to url= keeps its spool under ./sentrycam-runs
     with serve_in_thread(make_settings()) as running, StandInProjector(running.app):
         yield LiveServer(running.url)
