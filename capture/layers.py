@@ -26,6 +26,7 @@ from torch.nn.modules.pooling import (_AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _A
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sentrycam.capture.activations import activation_stats, saturation_bounds
+from sentrycam.capture.random_projection import MAX_FEATURE_DIM, PROJECTED_DIM, RandomProjection
 
 #: Modules whose parameters make a representation worth tracking (candidates for depth blocks).
 WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.Bilinear, _ConvNd, nn.RNNBase,
@@ -40,9 +41,6 @@ SKIP_NAMES = frozenset({"downsample", "shortcut", "skip"})
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 DEPTH_FRACTIONS = (0.25, 0.5, 0.75)
-#: Pooled layers wider than this are reduced with a random projection to ``PROJECTED_DIM``.
-MAX_FEATURE_DIM = 4096
-PROJECTED_DIM = 1024
 ROOT_NAME = "(model)"
 
 
@@ -184,7 +182,12 @@ def _block_anchor(name: str, modules: dict[str, nn.Module], classifier: str | No
     addition. Transformer layers are represented by their self-attention output. Layers directly
     in a container (Sequential) or in the model itself stand for themselves. A weight layer
     directly followed in its parent by norm layers is replaced by the last of those norms.
+    A layer inside one item of a stack of attention layers (a Hugging Face encoder's
+    ``encoder.layer.3``) stands for that item: its output hidden states.
     """
+    stacked = _stacked_layer(name, modules)
+    if stacked is not None:
+        return stacked
     parent_name = _parent(name)
     parent = modules[parent_name]
     if isinstance(parent, _TRANSFORMER_LAYERS):
@@ -193,6 +196,21 @@ def _block_anchor(name: str, modules: dict[str, nn.Module], classifier: str | No
         siblings = [n for n in _weight_layers(modules, classifier) if _parent(n) == parent_name]
         name = siblings[-1]
     return _trailing_norm(name, parent_name, parent)
+
+
+def _stacked_layer(name: str, modules: dict[str, nn.Module]) -> str | None:
+    """The outermost item of an nn.ModuleList that holds ``name`` and an attention module (by
+    class name, as Hugging Face layers have), else None. torch's own transformer layers keep
+    their self-attention anchor."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        item = ".".join(parts[:i])
+        if not isinstance(modules[_parent(item)], nn.ModuleList) \
+                or isinstance(modules[item], _TRANSFORMER_LAYERS):
+            continue
+        if any(type(m).__name__.endswith("Attention") for m in modules[item].modules()):
+            return item
+    return None
 
 
 def _trailing_norm(name: str, parent_name: str, parent: nn.Module) -> str:
@@ -218,13 +236,15 @@ def first_tensor(value: Any) -> torch.Tensor | PackedSequence:
                     "or a tuple/list/dict whose first item is a tensor")
 
 
-def pool_features(value: Any, layout: str, token_pool: str = "mean") -> torch.Tensor:
+def pool_features(value: Any, layout: str, token_pool: str = "mean",
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """One float32 vector per sample: [N, D].
 
     Conv maps [N, C, *spatial] -> mean over spatial; token sequences [N, T, D] (or [T, N, D] for
     seq-first modules) -> mean over T, or the first (class) token with ``token_pool="cls"``;
     packed sequences -> mean over each sequence's valid steps. Tensors with 4+ dims are always
-    read as channels first.
+    read as channels first. ``mask`` (an attention mask [N, T], nonzero on real tokens): the
+    mean of a token sequence of that length covers the real tokens only.
     """
     x = first_tensor(value)
     if isinstance(x, PackedSequence):
@@ -241,7 +261,12 @@ def pool_features(value: Any, layout: str, token_pool: str = "mean") -> torch.Te
         return x.flatten(2).mean(2)
     if layout == "tokens_seq_first":
         x = x.transpose(0, 1)
-    return x[:, 0] if token_pool == "cls" else x.mean(1)
+    if token_pool == "cls":
+        return x[:, 0]
+    if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
+        weights = (mask != 0).to(x.dtype)[:, :, None]
+        return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return x.mean(1)
 
 
 def unit_matrix(value: Any, layout: str) -> torch.Tensor:
@@ -254,40 +279,6 @@ def unit_matrix(value: Any, layout: str) -> torch.Tensor:
     if x.ndim >= 4 or layout == "channels":
         return x.movedim(1, -1).reshape(-1, x.shape[1])
     return x.reshape(-1, x.shape[-1])
-
-
-class RandomProjection:
-    """A fixed Gaussian random projection [N, D] -> [N, k] (entries N(0, 1/k)), seeded locally.
-
-    The matrix is drawn chunk by chunk from a private ``torch.Generator`` (never the global RNG)
-    and cached on the device when it holds at most ``MAX_CACHED`` entries; wider layers redraw
-    their chunks at each call, trading time for memory.
-    """
-
-    CHUNK_ROWS = 8192
-    MAX_CACHED = 1 << 26
-
-    def __init__(self, in_dim: int, out_dim: int, seed: int) -> None:
-        self.in_dim, self.out_dim, self.seed = in_dim, out_dim, seed
-        self._cache: dict[int, torch.Tensor] | None = (
-            {} if in_dim * out_dim <= self.MAX_CACHED else None)
-
-    def _chunk(self, index: int, rows: int, device: torch.device) -> torch.Tensor:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        gen = torch.Generator().manual_seed(self.seed + index)
-        chunk = torch.randn(rows, self.out_dim, generator=gen) / self.out_dim ** 0.5
-        chunk = chunk.to(device)
-        if self._cache is not None:
-            self._cache[index] = chunk
-        return chunk
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(x.shape[0], self.out_dim, device=x.device)
-        for index, start in enumerate(range(0, self.in_dim, self.CHUNK_ROWS)):
-            block = x[:, start:start + self.CHUNK_ROWS]
-            out += block @ self._chunk(index, block.shape[1], x.device)
-        return out
 
 
 class LayerCaptureError(RuntimeError):
@@ -311,6 +302,8 @@ class LayerTap:
         self.stats: torch.Tensor | None = None
         self.stats_seconds = 0.0  # time the last statistics took in the hook
         self.features: list[torch.Tensor] = []
+        #: the probe chunk's attention mask [chunk, T] while a chunk with one runs, else None.
+        self.mask: torch.Tensor | None = None
         #: pooled width before any projection; known after the first probe forward.
         self.dim: int | None = None
         self.projection: RandomProjection | None = None
@@ -365,7 +358,7 @@ class LayerTap:
             self._on_error(f"activation statistics of layer {self.spec.name!r}", exc)
 
     def _probe_features(self, value: Any) -> torch.Tensor:
-        pooled = pool_features(value, self.spec.layout, self.token_pool)
+        pooled = pool_features(value, self.spec.layout, self.token_pool, self.mask)
         if self.dim is None:
             self.dim = pooled.shape[1]
             if self.dim > MAX_FEATURE_DIM:

@@ -1,10 +1,16 @@
 """The probe set: a fixed, class-stratified set of samples with stable ids.
 
 Sources: a tuple ``(inputs [N, ...], labels int [N] or None)`` of tensors or arrays, a map-style
-``torch.utils.data.Dataset`` (indexed, items ``(input, label, ...)`` or a bare input), or a
-``DataLoader`` (its ``.dataset``; its sampler is never iterated, because a RandomSampler draws
-from the global torch RNG and would change training). Sample ids are indices into the source;
-held-out ids continue after the training source's length.
+``torch.utils.data.Dataset`` (indexed, items ``(input, label, ...)``, a bare input or a mapping
+``{"input_ids": ..., "label": ...}``), or a ``DataLoader`` (its ``.dataset``; its sampler is
+never iterated, because a RandomSampler draws from the global torch RNG and would change
+training). Sample ids are indices into the source;
+held-out ids continue after the training source's length. Inputs may be a mapping of named
+tensors (keyword inputs, as Hugging Face models take): a tuple ``({"input_ids": [N, T], ...},
+labels)``, a collated batch ``{"input_ids": [N, T], ..., "labels": [N]}``, or a Dataset of
+mapping items (see :mod:`~sentrycam.capture.batches`; ``labels``/``label`` keys are the labels).
+Several positional inputs: a tuple ``((a [N, ...], b [N, ...]), labels)`` or items ``((a, b),
+label)``.
 
 Selection uses a local ``np.random.default_rng(seed)``, never a global RNG; reading items of a
 dataset (whose transforms may draw random numbers) happens with the global torch, numpy and
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -22,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
+from sentrycam.capture import batches
+from sentrycam.capture.batches import Batch
 from sentrycam.protocol.messages import SPLIT_HELDOUT, SPLIT_TRAIN, ProbeSet
 
 #: A dataset larger than this many times the wanted probe size is sampled from a random pool of
@@ -33,10 +42,11 @@ FINITE_CHECK_ROWS = 256
 
 @dataclass(frozen=True)
 class Probe:
-    """Selected probe samples. ``inputs`` [N, ...] on CPU (pinned when the model is on CUDA);
-    ``sample_ids`` int64 [N] (unique); ``labels`` int64 [N] (-1 unknown); ``split`` uint8 [N]."""
+    """Selected probe samples. ``inputs`` [N, ...] (or a tuple or dict of such tensors) on
+    CPU (pinned when the model is on CUDA); ``sample_ids`` int64 [N] (unique); ``labels``
+    int64 [N] (-1 unknown); ``split`` uint8 [N]."""
 
-    inputs: torch.Tensor
+    inputs: Batch
     sample_ids: np.ndarray
     labels: np.ndarray
     split: np.ndarray
@@ -71,12 +81,14 @@ class _Source:
 
     def __init__(self, source: Any, what: str) -> None:
         self.what = what
-        self.tensors: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.tensors: tuple[Batch, torch.Tensor | None] | None = None
         self.dataset: Dataset | None = None
         if isinstance(source, DataLoader):
             source = source.dataset
         if isinstance(source, TensorDataset):
             source = source.tensors[:2] if len(source.tensors) > 1 else (source.tensors[0], None)
+        if isinstance(source, Mapping):  # a collated batch, labels under "labels"
+            source = batches.split_mapping(source, what)
         if isinstance(source, (tuple, list)):
             self.tensors = _check_tensors(source, what)
         elif isinstance(source, IterableDataset):
@@ -84,16 +96,17 @@ class _Source:
                              "map-style Dataset or a tuple (inputs, labels) of tensors")
         elif isinstance(source, Dataset) or (
                 hasattr(source, "__getitem__") and hasattr(source, "__len__")
-                and not isinstance(source, (str, bytes, dict, np.ndarray, torch.Tensor))):
+                and not isinstance(source, (str, bytes, np.ndarray, torch.Tensor))):
             self.dataset = source
         else:
-            raise ValueError(f"{what} must be a tuple (inputs, labels), a Dataset or a DataLoader; "
+            raise ValueError(f"{what} must be a tuple (inputs, labels), a Dataset or a "
+                             "DataLoader (or a mapping of input tensors); "
                              f"got {type(source).__name__}")
         if len(self) == 0:
             raise ValueError(f"{what} is empty; pass at least one sample")
 
     def __len__(self) -> int:
-        return len(self.tensors[0]) if self.tensors is not None else len(self.dataset)
+        return batches.size(self.tensors[0]) if self.tensors is not None else len(self.dataset)
 
     def candidate_labels(self, limit: int, rng: np.random.Generator
                          ) -> tuple[np.ndarray, np.ndarray]:
@@ -110,27 +123,20 @@ class _Source:
         return pool, np.array([_item_label(self._item(int(i)), self.what) for i in pool],
                               dtype=np.int64)
 
-    def inputs(self, indices: np.ndarray) -> torch.Tensor:
+    def inputs(self, indices: np.ndarray) -> Batch:
         if self.tensors is not None:
-            return self.tensors[0][torch.from_numpy(indices)]
-        items = [_item_input(self._item(int(i)), self.what) for i in indices]
-        shapes = {tuple(x.shape) for x in items}
-        if len(shapes) > 1:
-            raise ValueError(f"{self.what} samples have different shapes ({sorted(shapes)[:3]}); "
-                             "pad or resize them to one shape, or pass a tuple of tensors")
-        return torch.stack(items)
+            rows = torch.from_numpy(indices)
+            return batches.apply(self.tensors[0], lambda tensor: tensor[rows])
+        if isinstance(self.dataset, batches.Collated):
+            items = [self._item(int(i)) for i in indices]
+            with preserved_global_rngs():  # a collator may draw random numbers too
+                return self.dataset.inputs(items, self.what)
+        return batches.stack([_item_input(self._item(int(i)), self.what) for i in indices],
+                             self.what)
 
     def _item(self, index: int) -> Any:
         with preserved_global_rngs():
             return self.dataset[index]
-
-
-def _as_tensor(value: Any, what: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise ValueError(f"{what} must be a torch tensor or numpy array, got {type(value).__name__}")
 
 
 def _check_labels(labels: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -146,31 +152,51 @@ def _check_labels(labels: np.ndarray, n: int, what: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _check_tensors(source: tuple | list, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_tensors(source: tuple | list, what: str) -> tuple[Batch, torch.Tensor | None]:
     if len(source) != 2:
         raise ValueError(f"{what} must be a pair (inputs, labels) with labels possibly None; got "
                          f"a sequence of {len(source)} items")
-    inputs = _as_tensor(source[0], f"{what} inputs")
-    if inputs.ndim == 0:
+    inputs = source[0]
+    if isinstance(inputs, Mapping):
+        inputs = batches.split_mapping(inputs, what)[0]
+    elif batches.is_tensor_tuple(inputs):  # several positional inputs
+        inputs = tuple(inputs)
+    inputs = batches.apply(inputs, lambda value: batches.as_tensor(value, f"{what} inputs"))
+    if any(tensor.ndim == 0 for tensor in batches.tensors(inputs)):
         raise ValueError(f"{what} inputs must have a batch dimension: shape [N, ...]")
+    n = {len(tensor) for tensor in batches.tensors(inputs)}
+    if len(n) > 1:
+        raise ValueError(f"{what} input tensors have different numbers of samples {sorted(n)}")
     if source[1] is None:
         return inputs, None
-    labels = _check_labels(_as_tensor(source[1], f"{what} labels").numpy(), len(inputs), what)
+    labels = _check_labels(batches.as_tensor(source[1], f"{what} labels").numpy(),
+                           batches.size(inputs), what)
     return inputs, torch.from_numpy(labels)
 
 
-def _item_input(item: Any, what: str) -> torch.Tensor:
+def _item_input(item: Any, what: str) -> torch.Tensor | dict[str, Any]:
+    if isinstance(item, Mapping):
+        return batches.split_mapping(item, f"{what} item")[0]
     value = item[0] if isinstance(item, (tuple, list)) else item
+    if isinstance(value, Mapping):
+        return dict(value)
+    if batches.is_tensor_tuple(value):
+        return tuple(value)
     if isinstance(value, (torch.Tensor, np.ndarray)):
-        return _as_tensor(value, what)
+        return batches.as_tensor(value, what)
     raise ValueError(f"{what} items must be (input, label) pairs or bare inputs with a tensor "
                      f"input; got an input of type {type(value).__name__}")
 
 
 def _item_label(item: Any, what: str) -> int:
-    if not isinstance(item, (tuple, list)) or len(item) < 2:
+    if isinstance(item, Mapping):
+        label = batches.split_mapping(item, f"{what} item")[1]
+    elif isinstance(item, (tuple, list)) and len(item) >= 2:
+        label = item[1]
+    else:
         return -1
-    label = item[1]
+    if label is None:
+        return -1
     if isinstance(label, torch.Tensor):
         label = label.detach().cpu().numpy()
     if isinstance(label, (np.ndarray, np.generic)) and label.size == 1:
@@ -220,26 +246,28 @@ def _split_sizes(n_train: int, n_heldout: int, probe_size: int) -> tuple[int, in
     return min(n_train, probe_size - heldout), heldout
 
 
-def check_finite(inputs: torch.Tensor, indices: np.ndarray, what: str) -> None:
+def check_finite(inputs: Batch, indices: np.ndarray, what: str) -> None:
     """ValueError naming the samples whose inputs hold NaN or Inf.
 
-    ``inputs`` [n, ...] (any dtype; only floating and complex inputs can hold NaN/Inf);
+    ``inputs`` [n, ...] or a dict of them (any dtype; only floating and complex inputs can hold
+    NaN/Inf);
     ``indices`` int64 [n]: each row's index in its source, which the message quotes. A probe
     sample with NaN gives NaN features and predictions at every snapshot, so its maps and the
     alerts computed from them would describe the data, not the training: refuse it here.
     """
-    if not (inputs.is_floating_point() or inputs.is_complex()) or inputs.numel() == 0:
-        return
-    # In chunks: the mask of a whole probe of images would be a quarter of its size again.
-    bad = torch.cat([~torch.isfinite(chunk.reshape(len(chunk), -1)).all(dim=1)
-                     for chunk in inputs.split(FINITE_CHECK_ROWS)])
+    bad = torch.zeros(len(indices), dtype=torch.bool)
+    for tensor in batches.tensors(inputs):
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():
+            # In chunks: the mask of a whole probe of images would be a quarter of its size.
+            bad |= torch.cat([~torch.isfinite(chunk.reshape(len(chunk), -1)).all(dim=1)
+                              for chunk in tensor.split(FINITE_CHECK_ROWS)])
     n_bad = int(bad.sum())
     if not n_bad:
         return
     shown = [int(i) for i in indices[bad.numpy()][:5]]
     listed = ", ".join(map(str, shown)) + (", ..." if n_bad > len(shown) else "")
     raise ValueError(
-        f"{what} data has NaN or Inf input values in {n_bad} of the {len(inputs)} samples "
+        f"{what} data has NaN or Inf input values in {n_bad} of the {len(indices)} samples "
         f"selected (indices in the {what} source: {listed}). Those samples cannot be mapped "
         f"and would make every snapshot's predictions non-finite. Drop or repair them before "
         f"attaching, e.g. keep = torch.isfinite(x).flatten(1).all(1); x, y = x[keep], y[keep]")
@@ -271,12 +299,12 @@ def build_probe(probe: Any, heldout: Any, probe_size: int, seed: int, pin: bool)
             parts.append((inputs, pool[keep] + offset, labels[keep],
                           np.full(size, SPLIT_HELDOUT if split else SPLIT_TRAIN, np.uint8)))
         offset += len(source)
-    shapes = {tuple(p[0].shape[1:]) for p in parts}
+    shapes = {batches.sample_shape(p[0]) for p in parts}
     if len(shapes) > 1:
         raise ValueError(f"probe and heldout inputs have different sample shapes {sorted(shapes)}; "
                          "they must match what the model takes")
-    inputs = torch.cat([p[0] for p in parts]).contiguous()
-    return Probe(inputs=inputs.pin_memory() if pin else inputs,
+    inputs = batches.apply(batches.concat([p[0] for p in parts]), torch.Tensor.contiguous)
+    return Probe(inputs=batches.apply(inputs, torch.Tensor.pin_memory) if pin else inputs,
                  sample_ids=np.concatenate([p[1] for p in parts]).astype(np.int64),
                  labels=np.concatenate([p[2] for p in parts]).astype(np.int64),
                  split=np.concatenate([p[3] for p in parts]))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sentrycam.capture import batches
 from sentrycam.capture.layers import IDLE, PROBE, LayerCaptureError, LayerTap, first_tensor
 from sentrycam.protocol.messages import Snapshot
 from sentrycam.capture.probe import Probe, preserved_global_rngs
@@ -84,13 +85,15 @@ class ProbeRunner:
     def _forward(self, start: int, stop: int, features: dict[str, list[torch.Tensor]]
                  ) -> torch.Tensor | None:
         """One chunk: returns logits (or None) and appends each layer's [chunk, D] features."""
-        chunk = self.probe.inputs[start:stop].to(self.device, non_blocking=True)
+        chunk = batches.apply(self.probe.inputs, lambda tensor: tensor[start:stop].to(
+            self.device, non_blocking=True))
+        mask = batches.token_mask(chunk)
         for tap in self.taps:
-            tap.features = []
+            tap.features, tap.mask = [], mask
             tap.arm(PROBE)
-        output = self.model(chunk)
+        output = batches.call(self.model, chunk)
         for tap in self.taps:
-            tap.mode = IDLE
+            tap.mode, tap.mask = IDLE, None
             if tap.features and tap.features[0].shape[0] != stop - start:
                 raise LayerCaptureError(
                     f"layer {tap.spec.name!r} gave {tap.features[0].shape[0]} rows for "
@@ -119,16 +122,17 @@ class ProbeRunner:
     def check(self) -> None:
         """Forward two probe samples; ValueError when the model, a layer or the labels disagree."""
         n = min(2, len(self.probe))
-        shape, dtype = tuple(self.probe.inputs[:n].shape), self.probe.inputs.dtype
+        shown = batches.describe(batches.apply(self.probe.inputs, lambda tensor: tensor[:n]))
         try:
             logits, features = self._run(n)
         except LayerCaptureError as exc:
             raise ValueError(f"{exc}. It cannot be pooled to one vector per sample: choose "
                              "another layer with layers=[...]") from exc
         except Exception as exc:
-            raise ValueError(f"the model rejected probe inputs of shape {shape} (dtype {dtype}): "
+            raise ValueError(f"the model rejected probe inputs of {shown}: "
                              f"{type(exc).__name__}: {exc}. Pass probe inputs shaped [N, ...] "
-                             "like one training batch, with the dtype the model expects") from exc
+                             "like one training batch, with the dtype the model expects (a "
+                             "dict of tensors for a model that takes keyword inputs)") from exc
         silent = [tap.spec.name for tap in self.taps if len(features.get(tap.spec.name, [])) == 0]
         if silent:
             raise ValueError(f"layers {silent} did not run during a forward pass of the probe; "
