@@ -265,6 +265,14 @@ class Schedule:
                         floor_gap(activity, last))
 
 
+def floor_text() -> str:
+    """:data:`CADENCE_FLOOR` in words, e.g. "a snapshot at least once per 25% of the steps
+    taken, telemetry at least every 2 steps"."""
+    snapshot, telemetry = CADENCE_FLOOR["snapshot"][1], CADENCE_FLOOR["telemetry"][0]
+    return (f"a snapshot at least once per {snapshot:.0%} of the steps taken, telemetry at "
+            f"least every {telemetry:g} steps")
+
+
 def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
     """``(event, message)`` pairs telling the user how the budget shaped the schedule, each
     saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
@@ -281,13 +289,13 @@ def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
         spacing = " and ".join(f"{activity} every {steps} steps"
                                for activity, steps in apart.items())
         notices.append(("budget_stretched", (
-            f"the {budget} overhead budget spaces capture out on this model: {spacing} (at "
-            f"the least a snapshot per quarter of the steps taken); for more, pass a larger "
+            f"the {budget} overhead budget spaces capture out on this model: {spacing} (the "
+            f"minimum cadence: {floor_text()}); for more, pass a larger "
             f"attach(overhead_budget=...) or None for a fixed schedule")))
     if ending and controller.over_budget:
         notices.append(("over_budget", (
             f"capture took {controller.overhead:.1%} of the training time, over the {budget} "
-            f"budget: on this model the minimum cadence (a snapshot per quarter of the steps "
-            f"taken, telemetry every second step) costs more than that; "
-            f"attach(overhead_budget=None) fixes the schedule at the given every")))
+            f"budget: on this model the minimum cadence ({floor_text()}) and the first "
+            f"firings' warm-up cost more than that; attach(overhead_budget=None) fixes the "
+            f"schedule at the given every")))
     return notices

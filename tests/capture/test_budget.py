@@ -70,6 +70,25 @@ def test_cheap_activities_keep_their_minimum_interval():
     assert schedule.interval("snapshot") == 20
 
 
+def test_the_minimum_cadence_caps_what_the_budget_stretches():
+    # costs that the budget would space thousands of steps apart
+    controller = synthetic_run(OverheadController(0.01, {**EVERY, "snapshot": 50}), steps=20,
+                               step_seconds=0.001, costs={"snapshot": 1.0, "telemetry": 0.01})
+    assert controller.gap("snapshot") > 10_000 and controller.gap("telemetry") > 100
+    schedule = Schedule(controller, {**EVERY, "snapshot": 50})
+    fired = {"snapshot": [], "telemetry": []}
+    for step in range(300):
+        for activity, steps in fired.items():
+            if schedule.due(activity, step):
+                schedule.fired(activity, step)
+                steps.append(step)
+    # a snapshot at least once per quarter of the steps taken, rounded up to every=50
+    assert fired["snapshot"] == [0, 50, 100, 150, 200, 250]
+    assert fired["telemetry"] == list(range(0, 300, 2))
+    assert schedule.stretched("snapshot") and schedule.interval("snapshot") == 100
+    assert schedule.stretched("telemetry")
+
+
 def test_without_a_budget_the_schedule_is_fixed():
     controller = synthetic_run(OverheadController(None, EVERY), steps=20, step_seconds=0.01,
                                costs={"snapshot": 10.0})
