@@ -142,9 +142,9 @@ def main() -> None:
         db = Path(tmp) / "overhead.duckdb"
         launcher.ensure_local_server(db)
         try:
-            rounds = "" if args.quick else f"{args.rounds} rounds x {args.steps} timed steps "
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds}"
-                  f"per copy, ABBA interleaving, watched copy swapped each round", flush=True)
+            rounds = "" if args.quick else f", {args.rounds} rounds x {args.steps} timed steps"
+            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{rounds}, "
+                  f"ABBA interleaving, watched copy swapped each round", flush=True)
             for kind in ("cnn", "mlp"):  # a short run: the minimum cadence at work
                 rows.append(_report(kind, "defaults, 300 steps", measure(
                     kind, 300, 0, 2 if args.quick else args.rounds, db)))
