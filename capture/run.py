@@ -27,6 +27,7 @@ from torch import nn
 
 from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
 from sentrycam.capture.budget import OverheadController, Schedule, cadence_notices
+from sentrycam.capture.console import announce
 from sentrycam.capture.layers import IDLE, STATS, LayerTap
 from sentrycam.protocol.messages import Event, Message, RunEnd, RunStart, Scalars, Status
 from sentrycam.capture.snapshot import ProbeRunner
@@ -379,7 +380,7 @@ class Run:
         for event, text in cadence_notices(self._schedule, ending):
             if event not in self._noticed:
                 self._noticed.add(event)
-                log.info("sentrycam: %s", text)
+                announce(f"sentrycam: {text}")
                 self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(),
                                  event=event, message=text))
         counters = self._transport.counters()

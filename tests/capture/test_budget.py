@@ -1,5 +1,6 @@
 """The overhead controller stretches expensive activities to fit the budget."""
 
+import logging
 import time
 
 import pytest
@@ -119,7 +120,8 @@ class SlowInEval(nn.Module):
 
 
 @pytest.mark.parametrize("budget", [0.01, None])
-def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budget):
+def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budget, caplog):
+    caplog.set_level(logging.INFO, logger="sentrycam")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), SlowInEval(), nn.Linear(32, 4))
@@ -146,4 +148,6 @@ def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budge
         assert "snapshot every" in events["budget_stretched"]
         assert "overhead_budget" in events["budget_stretched"]
         assert "over the 1% budget" in events["over_budget"]
+        told = [r.getMessage() for r in caplog.records]  # without logging set up: stderr
+        assert [text for text in told if "overhead budget spaces capture out" in text]
     assert status.overhead > 0
