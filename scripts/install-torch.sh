@@ -38,8 +38,8 @@ if ! "$PY" -m pip install "$@" --extra-index-url "$index" "torch==$version+cpu";
   cat >&2 <<MSG
 install-torch: torch $version's CPU build ($version+cpu) was not found at $index
   (offline, or a proxy blocks that index?). Choose one and run make setup again:
-  - TORCH_INDEX=URL make setup   a mirror of that index, or a folder holding the wheel
-    (PIP_FIND_LINKS=FOLDER works too)
+  - TORCH_INDEX=URL make setup   a mirror of that index
+  - PIP_FIND_LINKS=FOLDER make setup   a folder holding the wheel
   - TORCH=pypi make setup        PyPI's torch==$version: on Linux the CUDA build, several GB
 MSG
   exit 1
