@@ -9,9 +9,10 @@ FROM ${BASE}
 
 # The server needs no GPU: torch's CPU build, a fraction of the size of the default CUDA build.
 # TORCH_INDEX is a package index URL, or a folder of wheels mounted into the build (torch's own
-# dependencies then come from the default index: pin TORCH_SPEC to the folder's wheel).
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_SPEC=torch
+# dependencies then come from the default index: pin TORCH_SPEC to the folder's wheel). Left
+# empty, both come from constraints.txt: its CPU index and torch==VERSION.
+ARG TORCH_INDEX=
+ARG TORCH_SPEC=
 
 # Both bases have python3 (the slim image's own, or Debian's with python3-venv); a venv on PATH
 # keeps the install apart from the system's Python.
@@ -23,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-COPY pyproject.toml README.md __init__.py __main__.py ./
+COPY pyproject.toml README.md __init__.py __main__.py constraints.txt ./
 COPY protocol/ protocol/
 COPY capture/ capture/
 COPY projector/ projector/
@@ -36,13 +37,15 @@ COPY frontend/ frontend/
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=ca \
     if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && TORCH_INDEX="${TORCH_INDEX:-$(sed -n 's/^# torch-cpu-index: //p' constraints.txt)}" \
+    && TORCH_SPEC="${TORCH_SPEC:-$(grep '^torch==' constraints.txt)}" \
     && python3 -m venv "$VIRTUAL_ENV" \
     && if [ -d "$TORCH_INDEX" ]; then \
          pip install --find-links "$TORCH_INDEX" "$TORCH_SPEC"; \
        else \
          pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"; \
        fi \
-    && pip install /src \
+    && pip install -c constraints.txt /src \
     && rm -rf /src \
     && useradd --create-home --uid 1000 sentrycam \
     && mkdir -p /data \

@@ -11,10 +11,12 @@ STAMP := $(VENV)/.sentrycam-installed
 
 setup: $(STAMP)
 
-# torch is pinned to the CPU build through constraints.txt (see README).
-$(STAMP): pyproject.toml constraints.txt
+# torch first, its CPU build unless TORCH=pypi (scripts/install-torch.sh; the README's
+# "Install"), then sentrycam with constraints.txt holding torch at that release.
+$(STAMP): pyproject.toml constraints.txt scripts/install-torch.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	scripts/install-torch.sh $(PY) --quiet
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 

@@ -19,7 +19,7 @@ from sentrycam.backend.cli_runs import resolve_run
 
 SUMMARY_COLUMNS = ("run_id", "name", "status", "last_step", "n_scalar_rows", "n_snapshots",
                    "captured_layers", "telemetry_layers", "n_probe", "n_embeddings", "n_alerts",
-                   "dropped", "capture_overhead")
+                   "dropped", "capture_overhead", "snapshot_every")
 
 
 def _server_for(db: Path) -> str | None:
@@ -84,14 +84,34 @@ def run_summaries(*, db: Path | None, url: str | None, token: str | None = None
         store.close()
 
 
+def run_events(run_id: str, *, db: Path | None, url: str | None, token: str | None = None
+               ) -> list[dict[str, Any]]:
+    """The run's event log (see ``Store.events``), oldest first, read as
+    :func:`run_summaries` reads."""
+    url = url or (_server_for(db) if db is not None else None)
+    if url is not None:
+        return _get_json(url, f"/api/runs/{urllib.parse.quote(run_id)}/events", token)
+    store = _open_store(db)
+    try:
+        return store.events(run_id)
+    finally:
+        store.close()
+
+
 def inspect_runs(*, db: Path | None, url: str | None, run_id: str | None,
                  token: str | None = None) -> list[dict[str, Any]]:
     """One summary dict per run, newest first, or of the one run ``run_id`` names (an id, a
-    unique id prefix or a name), with its layers split by :func:`split_layers`."""
+    unique id prefix or a name), with its layers split by :func:`split_layers`; the one run's
+    summary adds ``events``, the latest event of each kind (e.g. how the overhead budget
+    shaped the capture schedule), in step order."""
     runs = run_summaries(db=db, url=url, token=token)
-    if run_id:
-        runs = [resolve_run(run_id, runs)]
-    return [split_layers(run) for run in runs]
+    if not run_id:
+        return [split_layers(run) for run in runs]
+    run = split_layers(resolve_run(run_id, runs))
+    latest = {event["event"]: event for event in run_events(run["run_id"], db=db, url=url,
+                                                            token=token)}
+    run["events"] = sorted(latest.values(), key=lambda event: event["step"])
+    return [run]
 
 
 def split_layers(summary: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +155,8 @@ def render_table(runs: list[dict[str, Any]]) -> str:
                   f"{', '.join(runs[0].get('captured_layers') or []) or 'none'}",
                   f"telemetry-only layers (parameter norms, updates): "
                   f"{', '.join(runs[0].get('telemetry_layers') or []) or 'none'}"]
+        lines += [f"{event['event']} (step {event['step']}): {event['message']}"
+                  for event in runs[0].get("events") or []]
     return "\n".join(lines)
 
 

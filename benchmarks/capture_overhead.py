@@ -7,18 +7,24 @@ fast (memory layout), so each round swaps which copy is watched, and an A/A roun
 on either copy shows the noise floor. Printed per model: the median over rounds of the ratio of
 median step times, the mean-time ratio (snapshots included) and the tail ratios (p95, p99, max
 step time of the watched copy over the plain one). A second pass checks that a configured budget
-holds: the capture agent's own measured overhead against the budget.
+holds: the capture agent's own measured overhead against the budget. Every watched run also
+reports what it recorded, read back from the server: snapshots, and the share of its steps with
+gradient telemetry. ``--quick`` measures only "defaults, 300 steps": a short run on each small
+model, where the minimum cadence (see capture/budget.py) decides the schedule.
 
     python benchmarks/capture_overhead.py [--steps 600] [--rounds 4] [--budget 0.05] [--json OUT]
+    python benchmarks/capture_overhead.py --quick [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -71,7 +77,19 @@ def one_round(kind: str, steps: int, warmup: int, db: Path | None, watched: int,
     if run is not None:
         result["overhead"], result["dropped"] = run.overhead, run.counters().dropped
         run.detach()
+        result.update(recorded(run, steps + warmup))
     return result
+
+
+def recorded(run: capture.Run, steps: int) -> dict[str, float]:
+    """What the server stored of ``run``: its snapshots, and the share of its ``steps`` steps
+    that have gradient telemetry."""
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(f"{run.url}/api/runs/{run.run_id}{path}", timeout=30) as r:
+            return json.loads(r.read())
+
+    telemetry = set(get("/scalars?names=grad_norm")["step"])
+    return {"snapshots": get("")["n_snapshots"], "telemetry_share": len(telemetry) / steps}
 
 
 def measure(kind: str, steps: int, warmup: int, rounds: int, db: Path | None,
@@ -87,9 +105,25 @@ def _report(model: str, setting: str, result: dict[str, float]) -> dict[str, flo
     print(f"{model + ' ' + setting:<26} plain step {result['median_ms']:6.3f} ms  median ratio "
           f"{result['p50_ratio']:.4f}  mean ratio {result['mean_ratio']:.4f}  p95/p99/max "
           f"ratio {result['p95_ratio']:.3f}/{result['p99_ratio']:.3f}/{result['max_ratio']:.3f}"
-          f"  agent-measured overhead {result['overhead']:.4f}  dropped {result['dropped']:.0f}",
+          f"  agent-measured overhead {result['overhead']:.4f}  dropped {result['dropped']:.0f}"
+          + (f"  snapshots {result['snapshots']:.0f}  telemetry on "
+             f"{result['telemetry_share']:.0%} of steps" if "snapshots" in result else ""),
           flush=True)
     return {"model": model, "setting": setting, **result}
+
+
+def full_rows(args: argparse.Namespace, db: Path) -> list[dict[str, float | str]]:
+    """A/A, defaults and ``--budget`` rows on each model, ``--steps`` timed steps a round."""
+    rows = []
+    for kind in ("cnn", "mlp"):
+        rows.append(_report(kind, "A/A (no capture)", measure(
+            kind, args.steps, args.warmup, args.rounds, None, aa=True)))
+        rows.append(_report(kind, "defaults", measure(kind, args.steps, args.warmup,
+                                                      args.rounds, db)))
+    for kind in ("cnn", "mlp"):
+        result = measure(kind, 3 * args.steps, args.warmup, 2, db, overhead_budget=args.budget)
+        rows.append(_report(kind, f"budget {args.budget:g}", result))
+    return rows
 
 
 def main() -> None:
@@ -99,6 +133,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per measurement (even)")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="a non-default budget to check in the second pass")
+    parser.add_argument("--quick", action="store_true",
+                        help='only "defaults, 300 steps" on each model, 2 rounds')
     add_json_argument(parser)
     args = parser.parse_args()
     recorder, rows = Recorder("capture_overhead", args), []
@@ -106,18 +142,14 @@ def main() -> None:
         db = Path(tmp) / "overhead.duckdb"
         launcher.ensure_local_server(db)
         try:
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                  f"{args.rounds} rounds x {args.steps} timed steps per copy, ABBA interleaving, "
-                  f"watched copy swapped each round", flush=True)
-            for kind in ("cnn", "mlp"):
-                rows.append(_report(kind, "A/A (no capture)", measure(
-                    kind, args.steps, args.warmup, args.rounds, None, aa=True)))
-                rows.append(_report(kind, "defaults", measure(kind, args.steps, args.warmup,
-                                                              args.rounds, db)))
-            for kind in ("cnn", "mlp"):
-                result = measure(kind, 3 * args.steps, args.warmup, 2, db,
-                                 overhead_budget=args.budget)
-                rows.append(_report(kind, f"budget {args.budget:g}", result))
+            rounds = "" if args.quick else f", {args.rounds} rounds x {args.steps} timed steps"
+            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{rounds}, "
+                  f"ABBA interleaving, watched copy swapped each round", flush=True)
+            for kind in ("cnn", "mlp"):  # a short run: the minimum cadence at work
+                rows.append(_report(kind, "defaults, 300 steps", measure(
+                    kind, 300, 0, 2 if args.quick else args.rounds, db)))
+            if not args.quick:
+                rows += full_rows(args, db)
         finally:
             launcher.stop_local_server(db)
     recorder.write(args.json, rows, threads=torch.get_num_threads())

@@ -67,7 +67,10 @@ TABLES: dict[str, list[Column]] = {
         ("mean ratio", lambda r: num(r["mean_ratio"], 4)),
         ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
         ("agent-measured overhead", lambda r: num(r["overhead"], 4)),
-        ("dropped", lambda r: num(r["dropped"], 0))],
+        ("dropped", lambda r: num(r["dropped"], 0)),
+        ("snapshots", lambda r: num(r.get("snapshots"), 0)),
+        ("steps with telemetry", lambda r: "-" if r.get("telemetry_share") is None
+         else f"{r['telemetry_share']:.0%}")],
     "ingest_memory": [
         ("mode", lambda r: r["mode"]),
         ("clients x snapshot (MB)", lambda r: f"{r['clients']} x {num(r['snapshot_mb'], 1)}"),

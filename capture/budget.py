@@ -27,6 +27,10 @@ MAX_GAP = 1_000_000
 #: Gaps are recomputed at the boundary after a new cost measurement, or at the first boundary
 #: at least this many steps after the last recomputation.
 RECOMPUTE_EVERY = 64
+#: Longest gap the budget may choose per activity, as ``(steps, fraction)``: ``steps`` plus
+#: ``fraction`` of the steps taken when the activity last fired.
+CADENCE_FLOOR: Mapping[str, tuple[float, float]] = {
+    "snapshot": (0.0, 0.25), "telemetry": (2.0, 0.0), "activations": (0.0, 0.25)}
 COST_SMOOTHING = 0.3
 STEP_SMOOTHING = 0.1
 #: The always-on cost comes in lumps (a batch of messages every so many steps): its estimate
@@ -75,9 +79,16 @@ def allocate(demands: Mapping[str, float], shares: Mapping[str, float],
     return granted
 
 
-def next_due(last: int, every: int, gap: float) -> int:
-    """The first multiple of ``every`` at least ``max(every, gap)`` steps after ``last``."""
-    wait = max(every, math.ceil(min(gap, MAX_GAP)))
+def floor_gap(activity: str, last: int) -> float:
+    """The longest gap the budget may put after a firing of ``activity`` at step ``last``."""
+    steps, fraction = CADENCE_FLOOR.get(activity, (MAX_GAP, 0.0))
+    return steps + fraction * last
+
+
+def next_due(last: int, every: int, gap: float, floor: float = MAX_GAP) -> int:
+    """The first multiple of ``every`` at least ``max(every, min(gap, floor))`` steps after
+    ``last``."""
+    wait = max(every, math.ceil(min(gap, floor, MAX_GAP)))
     return -(-(last + wait) // every) * every
 
 
@@ -191,6 +202,12 @@ class OverheadController:
             return 0.0
         return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
 
+    @property
+    def over_budget(self) -> bool:
+        """True when the measured overhead exceeds the budget (the minimum cadence costs more
+        than the budget on this model, or a warm-up firing is not paid off yet)."""
+        return self.budget is not None and self.overhead > self.budget
+
     def _recompute(self) -> bool:
         if self.budget is None:
             self._dirty = False  # a fixed schedule: nothing to recompute
@@ -225,15 +242,60 @@ class Schedule:
 
     def fired(self, activity: str, step: int) -> None:
         self.last[activity] = step
-        self.next[activity] = next_due(step, self.every[activity], self.controller.gap(activity))
+        self.next[activity] = self._after(activity, step)
 
     def refresh(self) -> None:
         """Recompute the next firings after the controller changed its gaps."""
         for activity, last in self.last.items():
             if last is not None:
-                self.next[activity] = next_due(last, self.every[activity],
-                                               self.controller.gap(activity))
+                self.next[activity] = self._after(activity, last)
 
     def interval(self, activity: str) -> int:
-        """The current distance in steps between two firings of ``activity``."""
-        return next_due(0, self.every[activity], self.controller.gap(activity))
+        """The current distance in steps between two firings of ``activity`` (from its latest
+        firing; the minimum cadence lets it grow with the steps taken)."""
+        last = self.last.get(activity) or 0
+        return self._after(activity, last) - last
+
+    def stretched(self, activity: str) -> bool:
+        """True when the budget holds ``activity`` further apart than its minimum interval."""
+        return self.interval(activity) > self.every[activity]
+
+    def _after(self, activity: str, last: int) -> int:
+        return next_due(last, self.every[activity], self.controller.gap(activity),
+                        floor_gap(activity, last))
+
+
+def floor_text() -> str:
+    """:data:`CADENCE_FLOOR` in words, e.g. "a snapshot at least once per 25% of the steps
+    taken, telemetry at least every 2 steps"."""
+    snapshot, telemetry = CADENCE_FLOOR["snapshot"][1], CADENCE_FLOOR["telemetry"][0]
+    return (f"a snapshot at least once per {snapshot:.0%} of the steps taken, telemetry at "
+            f"least every {telemetry:g} steps")
+
+
+def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
+    """``(event, message)`` pairs telling the user how the budget shaped the schedule, each
+    saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
+    telemetry further apart than asked; at the end of a run (``ending``) ``"over_budget"``
+    when the minimum cadence cost more than the budget."""
+    controller = schedule.controller
+    if controller.budget is None:
+        return []
+    budget = f"{controller.budget * 100:g}%"
+    notices = []
+    apart = {activity: schedule.interval(activity) for activity in ("snapshot", "telemetry")
+             if activity in schedule.every and schedule.stretched(activity)}
+    if apart:
+        spacing = " and ".join(f"{activity} every {steps} steps"
+                               for activity, steps in apart.items())
+        notices.append(("budget_stretched", (
+            f"the {budget} overhead budget spaces capture out on this model: {spacing} (the "
+            f"minimum cadence: {floor_text()}); for more, pass a larger "
+            f"attach(overhead_budget=...) or None for a fixed schedule")))
+    if ending and controller.over_budget:
+        notices.append(("over_budget", (
+            f"capture took {controller.overhead:.1%} of the training time, over the {budget} "
+            f"budget: on this model the minimum cadence ({floor_text()}) and the first "
+            f"firings' warm-up cost more than that; attach(overhead_budget=None) fixes the "
+            f"schedule at the given every")))
+    return notices

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
-from sentrycam.capture.budget import OverheadController, Schedule
+from sentrycam.capture.budget import OverheadController, Schedule, cadence_notices
+from sentrycam.capture.console import announce
 from sentrycam.capture.layers import IDLE, STATS, LayerTap
 from sentrycam.protocol.messages import Event, Message, RunEnd, RunStart, Scalars, Status
 from sentrycam.capture.snapshot import ProbeRunner
@@ -88,6 +89,7 @@ class Run:
         self._steps, self._epoch_start = 0, 0
         self._epoch: int | None = None
         self._flagged: set[str] = set()
+        self._noticed: set[str] = set()  # cadence notices sent (see cadence_notice)
         self._last_status = perf_counter()
         # Quiet steps (see _after_step) run while step < _quiet_until and perf_counter() <
         # _quiet_deadline; 0 makes the first step a full one. The controller hears of them at
@@ -213,7 +215,7 @@ class Run:
             self._send_all(self._reporter.flush())  # steps held back, even before a failure
             # Drain the queue first, so that the closing Status and RunEnd find room in it.
             self._transport.flush(FLUSH_TIMEOUT_S / 2)
-            self._send_status(self._last_step)
+            self._send_status(self._last_step, ending=True)
             self._send(RunEnd(run_id=self.run_id, step=self._last_step, status=status))
             self._transport.flush(FLUSH_TIMEOUT_S)
             if self._owns_transport:
@@ -373,8 +375,14 @@ class Run:
                          message=text,
                          payload={"layer": what, "count": count}))
 
-    def _send_status(self, step: int) -> None:
+    def _send_status(self, step: int, ending: bool = False) -> None:
         self._last_status = perf_counter()
+        for event, text in cadence_notices(self._schedule, ending):
+            if event not in self._noticed:
+                self._noticed.add(event)
+                announce(f"sentrycam: {text}")
+                self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(),
+                                 event=event, message=text))
         counters = self._transport.counters()
         every = self._schedule.interval("snapshot") if self._runner is not None else 0
         self._send(Status(run_id=self.run_id, step=step, dropped=counters.dropped,

@@ -1,5 +1,6 @@
 """The overhead controller stretches expensive activities to fit the budget."""
 
+import logging
 import time
 
 import pytest
@@ -43,7 +44,10 @@ def test_expensive_snapshots_are_stretched_to_fit_the_budget():
                                costs={"snapshot": 0.05})
     # 1% of a 10 ms step is 100 us per step; a 50 ms snapshot fits once every 500 steps
     assert controller.gap("snapshot") == pytest.approx(500, rel=1e-6)
-    assert Schedule(controller, EVERY).interval("snapshot") in (500, 510)
+    schedule = Schedule(controller, EVERY)
+    schedule.fired("snapshot", 4000)  # far enough into the run for the floor to allow it
+    assert schedule.interval("snapshot") in (500, 510)
+    assert schedule.stretched("snapshot")
     # the measured overhead counts the warm-up: 1.05 s of capture in 20 steps of 10 ms
     assert controller.overhead == pytest.approx(1.05 / 1.25)
 
@@ -60,10 +64,30 @@ def test_cheap_activities_keep_their_minimum_interval():
     controller = synthetic_run(OverheadController(0.01, EVERY), steps=20, step_seconds=0.01,
                                costs={"snapshot": 0.001, "telemetry": 1e-6})
     schedule = Schedule(controller, EVERY)
+    schedule.fired("snapshot", 1000)
     assert schedule.interval("telemetry") == 1
     # 1 ms snapshots need 100 us/step at every=10: just over what telemetry leaves of the
     # 100 us budget, so the interval goes to the next multiple of every
     assert schedule.interval("snapshot") == 20
+
+
+def test_the_minimum_cadence_caps_what_the_budget_stretches():
+    # costs that the budget would space thousands of steps apart
+    controller = synthetic_run(OverheadController(0.01, {**EVERY, "snapshot": 50}), steps=20,
+                               step_seconds=0.001, costs={"snapshot": 1.0, "telemetry": 0.01})
+    assert controller.gap("snapshot") > 10_000 and controller.gap("telemetry") > 100
+    schedule = Schedule(controller, {**EVERY, "snapshot": 50})
+    fired = {"snapshot": [], "telemetry": []}
+    for step in range(300):
+        for activity, steps in fired.items():
+            if schedule.due(activity, step):
+                schedule.fired(activity, step)
+                steps.append(step)
+    # a snapshot at least once per quarter of the steps taken, rounded up to every=50
+    assert fired["snapshot"] == [0, 50, 100, 150, 200, 250]
+    assert fired["telemetry"] == list(range(0, 300, 2))
+    assert schedule.stretched("snapshot") and schedule.interval("snapshot") == 100
+    assert schedule.stretched("telemetry")
 
 
 def test_without_a_budget_the_schedule_is_fixed():
@@ -96,7 +120,8 @@ class SlowInEval(nn.Module):
 
 
 @pytest.mark.parametrize("budget", [0.01, None])
-def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budget):
+def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budget, caplog):
+    caplog.set_level(logging.INFO, logger="sentrycam")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), SlowInEval(), nn.Linear(32, 4))
@@ -104,17 +129,25 @@ def test_a_slow_probe_forward_stretches_the_snapshot_interval(data, train, budge
     transport = MemoryTransport()
     run = capture.attach(model, probe=(x, y), every=2, overhead_budget=budget,
                          transport=transport)
-    train(model, x, y, 12)
+    train(model, x, y, 12 if budget is None else 60)
     run.detach()
     snapshots = [s.step for s in transport.of_kind("snapshot")]
     status = transport.of_kind("status")[-1]
+    events = {e.event: e.message for e in transport.of_kind("event")}
     if budget is None:
         assert snapshots == [0, 2, 4, 6, 8, 10]
         assert status.snapshot_every == 2
+        assert not events
     else:
-        # a warm-up snapshot, a second one to measure the cost, then nothing: 50 ms per
-        # snapshot cannot fit 1% of sub-millisecond steps
-        assert snapshots == [0, 2]
-        assert status.snapshot_every >= 20
-        assert status.snapshot_every % 2 == 0  # still a multiple of the user's every
+        # 50 ms per snapshot cannot fit 1% of sub-millisecond steps: the budget would stretch
+        # the interval without end, the minimum cadence keeps it within a quarter of the steps
+        # taken (rounded up to the user's every)
+        assert snapshots == [0, 2, 4, 6, 8, 10, 14, 18, 24, 30, 38, 48]
+        assert status.snapshot_every == 12  # the next one at 60
+        # the user reads why, and how to change it
+        assert "snapshot every" in events["budget_stretched"]
+        assert "overhead_budget" in events["budget_stretched"]
+        assert "over the 1% budget" in events["over_budget"]
+        told = [r.getMessage() for r in caplog.records]  # without logging set up: stderr
+        assert [text for text in told if "overhead budget spaces capture out" in text]
     assert status.overhead > 0

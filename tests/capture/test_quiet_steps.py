@@ -64,9 +64,10 @@ def test_every_held_step_reports_its_own_loss_and_learning_rates(make_model, dat
         assert started - 1.0 <= message.wall_time <= finished + 1.0
     assert all(a.wall_time <= b.wall_time for a, b in zip(scalars, scalars[1:]))
 
-    # most steps were plain ones, and the telemetry steps are whole: both hooks ran
+    # a tiny budget leaves telemetry at the minimum cadence, every second step after the first
+    # few: the other steps were plain ones; and the telemetry steps are whole: both hooks ran
     telemetry = {m.step for m in transport.of_kind("layer_stats") if m.stats == LAYER_STATS}
-    assert len(telemetry) < STEPS // 2
+    assert len(telemetry) <= STEPS // 2 + 2
     assert telemetry == {m.step for m in scalars if "grad_norm" in m.values}
 
 
