@@ -1,0 +1,179 @@
+"""Incidents: the alerts of one run that belong to one event, with one diagnosis.
+
+Rule (the only place it is defined): alerts are taken in the order they opened (first step,
+then id). An alert joins the newest open incident when its first step is at most
+:data:`JOIN_GAP_STEPS` after the incident's latest step (their step windows overlap or nearly
+touch: a snapshot-based detector sees an event one snapshot after a per-step one), or at most
+:data:`LINKED_GAP_STEPS` after it when the alert's detector speaks for the same cause as a
+detector already in the incident (causally linked signals: vanishing gradients, then a loss
+plateau). Otherwise it opens a new incident. An incident is reported once one of its alerts was
+confirmed (severity >= :data:`CONFIRMED`); developing alerts before that are its early evidence.
+
+Incremental and causal: :class:`IncidentBook` takes alerts as they arrive (an update of a known
+alert replaces it), and an incident's diagnosis only uses its own alerts that opened by its
+decision step (confirmation + :data:`DECISION_STEPS`), so what is reported at step t was decided
+from data up to step t, and stays as it was once the decision step has passed.
+
+Incidents are derived on read from the stored alerts rather than stored: the alert table is
+already the durable record (written as alerts fire and kept through restarts), so deriving keeps
+incidents consistent with it by construction, needs no migration, and a change of the grouping
+or of the rules applies to runs already stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from sentrycam.backend.audit.alerts import Alert
+from sentrycam.backend.audit.diagnosis import Evidence, cause_of, diagnose
+
+#: An alert opening at most this many steps after an incident's latest step joins it.
+JOIN_GAP_STEPS = 30
+#: The same, for an alert whose detector speaks for a cause already in the incident.
+LINKED_GAP_STEPS = 150
+#: Severity from which an alert is confirmed (an incident is reported once one is).
+CONFIRMED = 2
+#: The diagnosis weighs the alerts that opened up to this many steps after the incident was
+#: confirmed (one snapshot interval: the representations' view of the event), then holds:
+#: what follows a long event (its consequences) must not rewrite its cause.
+DECISION_STEPS = JOIN_GAP_STEPS
+
+
+@dataclass(frozen=True)
+class AlertView:
+    """What grouping needs of an alert (stored record or live :class:`Alert`)."""
+
+    alert_id: int
+    detector: str
+    layer: str | None
+    step: int
+    last_step: int
+    severity: int
+    confirmed_step: int | None
+
+    @classmethod
+    def of_record(cls, record: Mapping[str, Any]) -> AlertView:
+        """From an alert dict as ``Store.alerts`` returns it (``evidence`` holds last and
+        confirmed step)."""
+        evidence = record.get("evidence") or {}
+        step = int(record["step"])
+        confirmed = evidence.get("confirmed_step")
+        return cls(int(record["alert_id"]), str(record["detector"]), record.get("layer"), step,
+                   int(evidence.get("last_step") or step), int(record["severity"]),
+                   int(confirmed) if confirmed is not None else None)
+
+    @classmethod
+    def of_alert(cls, alert: Alert) -> AlertView:
+        return cls(int(alert.alert_id or 0), alert.detector, alert.layer, alert.step,
+                   alert.last_step, alert.severity, alert.confirmed_step)
+
+
+@dataclass
+class Incident:
+    """One event of a run: its alerts by id (in the order they opened)."""
+
+    run_id: str
+    alerts: dict[int, AlertView] = field(default_factory=dict)
+
+    @property
+    def start_step(self) -> int:
+        return min(a.step for a in self.alerts.values())
+
+    @property
+    def end_step(self) -> int:
+        return max(a.last_step for a in self.alerts.values())
+
+    @property
+    def severity(self) -> int:
+        return max(a.severity for a in self.alerts.values())
+
+    @property
+    def confirmed_step(self) -> int | None:
+        steps = [a.confirmed_step for a in self.alerts.values() if a.confirmed_step is not None]
+        return min(steps) if steps else None
+
+    def causes(self) -> set[str]:
+        return {cause for a in self.alerts.values() if (cause := cause_of(a.detector))}
+
+    def accepts(self, alert: AlertView) -> bool:
+        gap = alert.step - self.end_step
+        if gap <= JOIN_GAP_STEPS:
+            return True
+        cause = cause_of(alert.detector)
+        return gap <= LINKED_GAP_STEPS and cause is not None and cause in self.causes()
+
+    @property
+    def decided_step(self) -> int:
+        """The last step whose alerts the diagnosis weighs."""
+        confirmed = self.confirmed_step
+        latest = max(a.step for a in self.alerts.values())
+        return latest if confirmed is None else min(latest, confirmed + DECISION_STEPS)
+
+    def evidence(self, until: int | None = None) -> list[Evidence]:
+        """Per detector (layers folded together) of the alerts that opened by step ``until``
+        (default: all): first step and highest severity."""
+        first: dict[str, Evidence] = {}
+        for alert in self.alerts.values():
+            if until is not None and alert.step > until:
+                continue
+            seen = first.get(alert.detector)
+            if seen is None:
+                first[alert.detector] = Evidence(alert.detector, alert.step, alert.severity)
+            else:
+                first[alert.detector] = Evidence(alert.detector, min(seen.first_step, alert.step),
+                                                 max(seen.severity, alert.severity))
+        return sorted(first.values(), key=lambda e: (e.first_step, e.detector))
+
+    def report(self) -> dict[str, Any]:
+        """The incident as the API and the CLI serve it."""
+        decided = self.decided_step
+        found = diagnose(self.evidence(decided))
+        ordered = sorted(self.alerts.values(), key=lambda a: (a.step, a.alert_id))
+        return {
+            "run_id": self.run_id, "incident_id": ordered[0].alert_id,
+            "start_step": self.start_step, "end_step": self.end_step,
+            "confirmed_step": self.confirmed_step, "severity": self.severity,
+            "alert_ids": [a.alert_id for a in ordered],
+            "detectors": [e.detector for e in self.evidence()],
+            "diagnosis": found.diagnosis, "confidence": found.confidence,
+            "runners_up": [{"diagnosis": cause, "score": score}
+                           for cause, score in found.runners_up],
+            "suggestion": found.suggestion,
+            "decided_step": decided,
+        }
+
+
+class IncidentBook:
+    """The incidents of one run, built as its alerts arrive (in the order they opened)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.incidents: list[Incident] = []
+        self._home: dict[int, Incident] = {}  # alert_id -> its incident
+
+    def add(self, alert: AlertView) -> Incident:
+        """Place one alert (new, or an update of one already placed); returns its incident."""
+        home = self._home.get(alert.alert_id)
+        if home is None:
+            home = next((i for i in reversed(self.incidents) if i.accepts(alert)), None)
+            if home is None:
+                home = Incident(self.run_id)
+                self.incidents.append(home)
+            self._home[alert.alert_id] = home
+        home.alerts[alert.alert_id] = alert
+        return home
+
+    def reports(self, min_severity: int = CONFIRMED) -> list[dict[str, Any]]:
+        """The incidents of at least ``min_severity`` (default: confirmed), oldest first."""
+        return [i.report() for i in self.incidents if i.severity >= min_severity]
+
+
+def incidents_of(run_id: str, alerts: Iterable[Mapping[str, Any]],
+                 min_severity: int = CONFIRMED) -> list[dict[str, Any]]:
+    """Incidents of one run from its stored alert records (``Store.alerts`` dicts)."""
+    book = IncidentBook(run_id)
+    views = sorted((AlertView.of_record(a) for a in alerts), key=lambda a: (a.step, a.alert_id))
+    for view in views:
+        book.add(view)
+    return book.reports(min_severity)
