@@ -10,9 +10,11 @@ plateau). Otherwise it opens a new incident. An incident is reported once one of
 confirmed (severity >= :data:`CONFIRMED`); developing alerts before that are its early evidence.
 
 Incremental and causal: :class:`IncidentBook` takes alerts as they arrive (an update of a known
-alert replaces it), and an incident's diagnosis only uses its own alerts that opened by its
-decision step (confirmation + :data:`DECISION_STEPS`), so what is reported at step t was decided
-from data up to step t, and stays as it was once the decision step has passed.
+alert replaces it). Grouping from the stored alerts is what it was when the later alert opened:
+an alert is open without a break from its first to its last step, so a member ending at or after
+a newcomer's first step was open then. The diagnosis only weighs alerts that opened by the
+decision step (confirmation + :data:`DECISION_STEPS`), each with its severity as of then, so it
+was decided from data up to that step and holds after it.
 
 Incidents are derived on read from the stored alerts rather than stored: the alert table is
 already the durable record (written as alerts fire and kept through restarts), so deriving keeps
@@ -68,6 +70,13 @@ class AlertView:
         return cls(int(alert.alert_id or 0), alert.detector, alert.layer, alert.step,
                    alert.last_step, alert.severity, alert.confirmed_step)
 
+    def severity_at(self, step: int) -> int:
+        """Its severity as of ``step``: developing until it was confirmed. (When a confirmed
+        alert turned critical is not stored: from confirmation on it counts as it ended.)"""
+        if self.confirmed_step is None or self.confirmed_step > step:
+            return min(self.severity, CONFIRMED - 1)
+        return self.severity
+
 
 @dataclass
 class Incident:
@@ -112,17 +121,18 @@ class Incident:
 
     def evidence(self, until: int | None = None) -> list[Evidence]:
         """Per detector (layers folded together) of the alerts that opened by step ``until``
-        (default: all): first step and highest severity."""
+        (default: all): first step and highest severity by then."""
         first: dict[str, Evidence] = {}
         for alert in self.alerts.values():
             if until is not None and alert.step > until:
                 continue
+            severity = alert.severity if until is None else alert.severity_at(until)
             seen = first.get(alert.detector)
             if seen is None:
-                first[alert.detector] = Evidence(alert.detector, alert.step, alert.severity)
+                first[alert.detector] = Evidence(alert.detector, alert.step, severity)
             else:
                 first[alert.detector] = Evidence(alert.detector, min(seen.first_step, alert.step),
-                                                 max(seen.severity, alert.severity))
+                                                 max(seen.severity, severity))
         return sorted(first.values(), key=lambda e: (e.first_step, e.detector))
 
     def report(self) -> dict[str, Any]:
