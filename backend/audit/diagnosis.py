@@ -56,11 +56,11 @@ CAUSES: tuple[Cause, ...] = (
         "the step is too large for this phase of training: lower the learning rate (or add "
         "warm-up), clip gradients, and check for a schedule that jumps"),
     Cause("stalled", {
-        "stagnation": 2.0, "vanishing_gradients": 3.0, "gradient_flow": 2.0, "saturation": 2.0},
+        "stagnation": 2.0, "vanishing_gradients": 4.0, "gradient_flow": 2.0, "saturation": 2.0},
         "learning has stopped: check the learning rate and gradient clipping are not far too "
         "small, and look for saturated activations or a blocked gradient path"),
     Cause("collapse", {
-        "dead_units": 3.0, "effective_rank": 3.0, "class_collapse": 1.5,
+        "dead_units": 4.0, "effective_rank": 3.0, "class_collapse": 1.5,
         "class_separation": 1.5, "davies_bouldin": 1.5, "knn_consistency": 1.0,
         "class_drift": 1.0, "saturation": 1.0, "confidence_collapse": 0.5,
         "entropy_drift": 0.5},

@@ -1,12 +1,13 @@
 """Incidents: the alerts of one run that belong to one event, with one diagnosis.
 
 Rule (the only place it is defined): alerts are taken in the order they opened (first step,
-then id). An alert joins the newest open incident when its first step is at most
+then id). An alert joins the newest incident when its first step is at most
 :data:`JOIN_GAP_STEPS` after the incident's latest step (their step windows overlap or nearly
 touch: a snapshot-based detector sees an event one snapshot after a per-step one), or at most
 :data:`LINKED_GAP_STEPS` after it when the alert's detector speaks for the same cause as a
-detector already in the incident (causally linked signals: vanishing gradients, then a loss
-plateau). Otherwise it opens a new incident. An incident is reported once one of its alerts was
+confirmed alert already in the incident (causally linked signals: vanishing gradients, then a
+loss plateau). Otherwise it opens a new incident. A confirmed alert spans its first to its last
+step; one that stayed developing counts only at its first step. An incident is reported once one of its alerts was
 confirmed (severity >= :data:`CONFIRMED`); developing alerts before that are its early evidence.
 
 Incremental and causal: :class:`IncidentBook` takes alerts as they arrive (an update of a known
@@ -70,6 +71,13 @@ class AlertView:
         return cls(int(alert.alert_id or 0), alert.detector, alert.layer, alert.step,
                    alert.last_step, alert.severity, alert.confirmed_step)
 
+    @property
+    def end(self) -> int:
+        """The last step it holds an incident open: a developing alert that was never
+        confirmed is a point at its first step (a slow drift that stays developing for hundreds
+        of steps must not chain unrelated events together)."""
+        return self.last_step if self.confirmed_step is not None else self.step
+
     def severity_at(self, step: int) -> int:
         """Its severity as of ``step``: developing until it was confirmed. (When a confirmed
         alert turned critical is not stored: from confirmation on it counts as it ended.)"""
@@ -91,7 +99,7 @@ class Incident:
 
     @property
     def end_step(self) -> int:
-        return max(a.last_step for a in self.alerts.values())
+        return max(a.end for a in self.alerts.values())
 
     @property
     def severity(self) -> int:
@@ -103,7 +111,9 @@ class Incident:
         return min(steps) if steps else None
 
     def causes(self) -> set[str]:
-        return {cause for a in self.alerts.values() if (cause := cause_of(a.detector))}
+        """The causes its confirmed alerts point to."""
+        return {cause for a in self.alerts.values()
+                if a.confirmed_step is not None and (cause := cause_of(a.detector))}
 
     def accepts(self, alert: AlertView) -> bool:
         gap = alert.step - self.end_step

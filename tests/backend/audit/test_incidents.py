@@ -85,6 +85,13 @@ def test_developing_alerts_alone_are_no_incident_but_are_early_evidence(store):
     assert incidents_of(RUN, store.alerts(RUN), min_severity=1)[0]["start_step"] == 50
 
 
+def test_a_long_developing_drift_does_not_chain_events_together(store):
+    drift = [_finding("gradient_explosion", step, level=1) for step in range(80, 400, 10)]
+    found = _store(store, drift + [_finding("dead_units", 180, 3), _finding("overfitting", 390)])
+    assert [(i["start_step"], i["diagnosis"]) for i in found] == [(180, "collapse"),
+                                                                 (390, "overfitting")]
+
+
 def test_every_cause_can_be_diagnosed_from_its_own_strongest_evidence():
     for cause in CAUSES:
         strongest = max(cause.weights, key=cause.weights.get)
