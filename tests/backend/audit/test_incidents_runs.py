@@ -35,7 +35,8 @@ def _incidents(server, run_id: str) -> list[dict]:
 def server(tmp_path_factory):
     from sentrycam.backend.settings import ServerSettings
 
-    settings = ServerSettings(db_path=tmp_path_factory.mktemp("runs") / "runs.duckdb", port=0)
+    settings = ServerSettings(db_path=tmp_path_factory.mktemp("runs") / "runs.duckdb", port=0,
+                              projector=False)  # no 2D maps needed: spare the CPU
     with serve_in_thread(settings) as running:
         yield running
 
