@@ -1,21 +1,23 @@
 """Incidents: the alerts of one run that belong to one event, with one diagnosis.
 
 Rule (the only place it is defined): alerts are taken in the order they opened (first step,
-then id). An alert joins the newest incident when its first step is at most
-:data:`JOIN_GAP_STEPS` after the incident's latest step (their step windows overlap or nearly
-touch: a snapshot-based detector sees an event one snapshot after a per-step one), or at most
-:data:`LINKED_GAP_STEPS` after it when the alert's detector speaks for the same cause as a
-confirmed alert already in the incident (causally linked signals: vanishing gradients, then a
-loss plateau). Otherwise it opens a new incident. A confirmed alert spans its first to its last
-step; one that stayed developing counts only at its first step. An incident is reported once one of its alerts was
-confirmed (severity >= :data:`CONFIRMED`); developing alerts before that are its early evidence.
+then id). An alert joins the newest incident that accepts it: one whose latest step, as known
+when the alert opened, is at most :data:`JOIN_GAP_STEPS` before the alert's first step (their
+step windows overlap or nearly touch: a snapshot-based detector sees an event one snapshot after
+a per-step one), or at most :data:`LINKED_GAP_STEPS` before it when the alert's detector speaks
+for the same cause as an alert of the incident confirmed by then (causally linked signals:
+vanishing gradients, then a loss plateau). Otherwise it opens a new incident. A confirmed alert
+spans its first to its last step; a developing one counts only at its first step (a slow drift
+that stays developing for hundreds of steps must not chain unrelated events together). An
+incident is reported once one of its alerts was confirmed (severity >= :data:`CONFIRMED`);
+developing alerts before that are its early evidence.
 
 Incremental and causal: :class:`IncidentBook` takes alerts as they arrive (an update of a known
-alert replaces it). Grouping from the stored alerts is what it was when the later alert opened:
-an alert is open without a break from its first to its last step, so a member ending at or after
-a newcomer's first step was open then. The diagnosis only weighs alerts that opened by the
-decision step (confirmation + :data:`DECISION_STEPS`), each with its severity as of then, so it
-was decided from data up to that step and holds after it.
+alert replaces it), and every decision uses what was known at the step it is made for: an alert
+is open without a break from its first to its last step, so a member confirmed by and ending at
+or after a newcomer's first step was open and confirmed then. The diagnosis only weighs alerts
+that opened by the decision step (confirmation + :data:`DECISION_STEPS`), each with its severity
+as of then, so it was decided from data up to that step and holds after it.
 
 Incidents are derived on read from the stored alerts rather than stored: the alert table is
 already the durable record (written as alerts fire and kept through restarts), so deriving keeps
@@ -71,12 +73,13 @@ class AlertView:
         return cls(int(alert.alert_id or 0), alert.detector, alert.layer, alert.step,
                    alert.last_step, alert.severity, alert.confirmed_step)
 
-    @property
-    def end(self) -> int:
-        """The last step it holds an incident open: a developing alert that was never
-        confirmed is a point at its first step (a slow drift that stays developing for hundreds
-        of steps must not chain unrelated events together)."""
-        return self.last_step if self.confirmed_step is not None else self.step
+    def confirmed_by(self, step: int) -> bool:
+        return self.confirmed_step is not None and self.confirmed_step <= step
+
+    def end_at(self, step: int) -> int:
+        """The last step it holds an incident open, as known at ``step``: its last step once
+        confirmed, else its first step (see the module's rule)."""
+        return min(self.last_step, step) if self.confirmed_by(step) else self.step
 
     def severity_at(self, step: int) -> int:
         """Its severity as of ``step``: developing until it was confirmed. (When a confirmed
@@ -99,7 +102,10 @@ class Incident:
 
     @property
     def end_step(self) -> int:
-        return max(a.end for a in self.alerts.values())
+        return self.end_at(max(a.last_step for a in self.alerts.values()))
+
+    def end_at(self, step: int) -> int:
+        return max(a.end_at(step) for a in self.alerts.values())
 
     @property
     def severity(self) -> int:
@@ -110,17 +116,18 @@ class Incident:
         steps = [a.confirmed_step for a in self.alerts.values() if a.confirmed_step is not None]
         return min(steps) if steps else None
 
-    def causes(self) -> set[str]:
-        """The causes its confirmed alerts point to."""
+    def causes_at(self, step: int) -> set[str]:
+        """The causes its alerts confirmed by ``step`` point to."""
         return {cause for a in self.alerts.values()
-                if a.confirmed_step is not None and (cause := cause_of(a.detector))}
+                if a.confirmed_by(step) and (cause := cause_of(a.detector))}
 
     def accepts(self, alert: AlertView) -> bool:
-        gap = alert.step - self.end_step
+        gap = alert.step - self.end_at(alert.step)
         if gap <= JOIN_GAP_STEPS:
             return True
         cause = cause_of(alert.detector)
-        return gap <= LINKED_GAP_STEPS and cause is not None and cause in self.causes()
+        return (gap <= LINKED_GAP_STEPS and cause is not None
+                and cause in self.causes_at(alert.step))
 
     @property
     def decided_step(self) -> int:

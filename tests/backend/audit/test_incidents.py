@@ -92,6 +92,17 @@ def test_a_long_developing_drift_does_not_chain_events_together(store):
                                                                  (390, "overfitting")]
 
 
+def test_grouping_uses_what_was_known_when_each_alert_opened(store):
+    # Oscillation develops from step 100 and is confirmed only at 200: when dead units are
+    # confirmed at 140 it was a developing point at 100, too far back to share the event.
+    drift = [_finding("oscillation", step, level=1 if step < 200 else 2)
+             for step in range(100, 260, 10)]
+    found = _store(store, drift + [_finding("dead_units", 140)])
+    assert [(i["start_step"], i["detectors"]) for i in found] == [(100, ["oscillation"]),
+                                                                 (140, ["dead_units"])]
+    assert found[0]["end_step"] == 250 and found[0]["confirmed_step"] == 200
+
+
 def test_every_cause_can_be_diagnosed_from_its_own_strongest_evidence():
     for cause in CAUSES:
         strongest = max(cause.weights, key=cause.weights.get)
