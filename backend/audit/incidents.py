@@ -30,12 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from sentrycam.backend.audit.alerts import Alert
 from sentrycam.backend.audit.diagnosis import Evidence, cause_of, diagnose
 
 #: An alert opening at most this many steps after an incident's latest step joins it.
 JOIN_GAP_STEPS = 30
-#: The same, for an alert whose detector speaks for a cause already in the incident.
+#: The same, for an alert whose detector speaks for a cause a confirmed alert of the incident
+#: speaks for (causally linked signals).
 LINKED_GAP_STEPS = 150
 #: Severity from which an alert is confirmed (an incident is reported once one is).
 CONFIRMED = 2
@@ -47,7 +47,8 @@ DECISION_STEPS = JOIN_GAP_STEPS
 
 @dataclass(frozen=True)
 class AlertView:
-    """What grouping needs of an alert (stored record or live :class:`Alert`)."""
+    """What grouping needs of an alert (of a stored record or a live ``Alert``: the same
+    fields)."""
 
     alert_id: int
     detector: str
@@ -67,11 +68,6 @@ class AlertView:
         return cls(int(record["alert_id"]), str(record["detector"]), record.get("layer"), step,
                    int(evidence.get("last_step") or step), int(record["severity"]),
                    int(confirmed) if confirmed is not None else None)
-
-    @classmethod
-    def of_alert(cls, alert: Alert) -> AlertView:
-        return cls(int(alert.alert_id or 0), alert.detector, alert.layer, alert.step,
-                   alert.last_step, alert.severity, alert.confirmed_step)
 
     def confirmed_by(self, step: int) -> bool:
         return self.confirmed_step is not None and self.confirmed_step <= step
