@@ -12,10 +12,10 @@ that stays developing for hundreds of steps must not chain unrelated events toge
 incident is reported once one of its alerts was confirmed (severity >= :data:`CONFIRMED`);
 developing alerts before that are its early evidence.
 
-Incremental and causal: :class:`IncidentBook` takes alerts as they arrive (an update of a known
-alert replaces it), and every decision uses what was known at the step it is made for: an alert
-is open without a break from its first to its last step, so a member confirmed by and ending at
-or after a newcomer's first step was open and confirmed then. The diagnosis only weighs alerts
+Incremental and causal: :class:`IncidentBook` takes alerts as they open, and every decision uses
+what was known at the step it is made for: an alert is open without a break from its first to
+its last step, so a member confirmed by and ending at or after a newcomer's first step was open
+and confirmed then. The diagnosis only weighs alerts
 that opened by the decision step (confirmation + :data:`DECISION_STEPS`), each with its severity
 as of then, so it was decided from data up to that step and holds after it.
 
@@ -27,6 +27,7 @@ or of the rules applies to runs already stored.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -69,13 +70,11 @@ class AlertView:
                    int(evidence.get("last_step") or step), int(record["severity"]),
                    int(confirmed) if confirmed is not None else None)
 
-    def confirmed_by(self, step: int) -> bool:
-        return self.confirmed_step is not None and self.confirmed_step <= step
-
-    def end_at(self, step: int) -> int:
-        """The last step it holds an incident open, as known at ``step``: its last step once
-        confirmed, else its first step (see the module's rule)."""
-        return min(self.last_step, step) if self.confirmed_by(step) else self.step
+    @property
+    def end(self) -> int:
+        """The last step it holds an incident open: its last step if it was confirmed, else
+        its first step (see the module's rule)."""
+        return self.last_step if self.confirmed_step is not None else self.step
 
     def severity_at(self, step: int) -> int:
         """Its severity as of ``step``: developing until it was confirmed. (When a confirmed
@@ -87,10 +86,48 @@ class AlertView:
 
 @dataclass
 class Incident:
-    """One event of a run: its alerts by id (in the order they opened)."""
+    """One event of a run: its alerts by id, added in the order they opened (:meth:`add`)."""
 
     run_id: str
     alerts: dict[int, AlertView] = field(default_factory=dict)
+    # What grouping knows as of the latest step asked (steps asked never decrease): the latest
+    # first step, the latest last step and the causes of the alerts confirmed by then, and a
+    # heap of (confirmed step, alert id) of those confirmed later.
+    _latest_first: int = -1
+    _confirmed_end: int = -1
+    _confirmed_causes: set[str] = field(default_factory=set)
+    _pending: list[tuple[int, int]] = field(default_factory=list)
+
+    def add(self, alert: AlertView) -> None:
+        self.alerts[alert.alert_id] = alert
+        self._latest_first = max(self._latest_first, alert.step)
+        if alert.confirmed_step is not None:
+            heapq.heappush(self._pending, (alert.confirmed_step, alert.alert_id))
+
+    def _advance(self, step: int) -> None:
+        while self._pending and self._pending[0][0] <= step:
+            member = self.alerts[heapq.heappop(self._pending)[1]]
+            self._confirmed_end = max(self._confirmed_end, member.last_step)
+            cause = cause_of(member.detector)
+            if cause is not None:
+                self._confirmed_causes.add(cause)
+
+    def end_at(self, step: int) -> int:
+        """Its latest step as known at ``step`` (a confirmed alert spans its first to its last
+        step, a developing one counts at its first step)."""
+        self._advance(step)
+        return max(self._latest_first, min(self._confirmed_end, step))
+
+    def closed_at(self, step: int) -> bool:
+        """True when no alert opening at ``step`` or later can join it any more."""
+        return step - self.end_at(step) > LINKED_GAP_STEPS and not self._pending
+
+    def accepts(self, alert: AlertView) -> bool:
+        gap = alert.step - self.end_at(alert.step)
+        if gap <= JOIN_GAP_STEPS:
+            return True
+        cause = cause_of(alert.detector)
+        return gap <= LINKED_GAP_STEPS and cause in self._confirmed_causes
 
     @property
     def start_step(self) -> int:
@@ -98,10 +135,7 @@ class Incident:
 
     @property
     def end_step(self) -> int:
-        return self.end_at(max(a.last_step for a in self.alerts.values()))
-
-    def end_at(self, step: int) -> int:
-        return max(a.end_at(step) for a in self.alerts.values())
+        return max(a.end for a in self.alerts.values())
 
     @property
     def severity(self) -> int:
@@ -111,19 +145,6 @@ class Incident:
     def confirmed_step(self) -> int | None:
         steps = [a.confirmed_step for a in self.alerts.values() if a.confirmed_step is not None]
         return min(steps) if steps else None
-
-    def causes_at(self, step: int) -> set[str]:
-        """The causes its alerts confirmed by ``step`` point to."""
-        return {cause for a in self.alerts.values()
-                if a.confirmed_by(step) and (cause := cause_of(a.detector))}
-
-    def accepts(self, alert: AlertView) -> bool:
-        gap = alert.step - self.end_at(alert.step)
-        if gap <= JOIN_GAP_STEPS:
-            return True
-        cause = cause_of(alert.detector)
-        return (gap <= LINKED_GAP_STEPS and cause is not None
-                and cause in self.causes_at(alert.step))
 
     @property
     def decided_step(self) -> int:
@@ -168,23 +189,23 @@ class Incident:
 
 
 class IncidentBook:
-    """The incidents of one run, built as its alerts arrive (in the order they opened)."""
+    """The incidents of one run, built as its alerts arrive: each alert once, in the order they
+    opened (first step, then id)."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.incidents: list[Incident] = []
-        self._home: dict[int, Incident] = {}  # alert_id -> its incident
+        self._open: list[Incident] = []  # those an alert may still join
 
     def add(self, alert: AlertView) -> Incident:
-        """Place one alert (new, or an update of one already placed); returns its incident."""
-        home = self._home.get(alert.alert_id)
+        """Place one alert; returns its incident."""
+        self._open = [i for i in self._open if not i.closed_at(alert.step)]
+        home = next((i for i in reversed(self._open) if i.accepts(alert)), None)
         if home is None:
-            home = next((i for i in reversed(self.incidents) if i.accepts(alert)), None)
-            if home is None:
-                home = Incident(self.run_id)
-                self.incidents.append(home)
-            self._home[alert.alert_id] = home
-        home.alerts[alert.alert_id] = alert
+            home = Incident(self.run_id)
+            self.incidents.append(home)
+            self._open.append(home)
+        home.add(alert)
         return home
 
     def reports(self, min_severity: int = CONFIRMED) -> list[dict[str, Any]]:
