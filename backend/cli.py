@@ -1,4 +1,4 @@
-"""The sentrycam command line: serve, demo, inspect, alerts, export, sync, stop.
+"""The sentrycam command line: serve, demo, inspect, alerts, incidents, export, sync, stop.
 
 Each subcommand imports what it needs when it runs: ``sentrycam demo`` is a training process and
 must not load the web stack or DuckDB (the server it talks to runs in its own process).
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--min-severity", type=int, default=0, choices=range(4),
                         help="only alerts of at least this severity (0-3)")
     alerts.add_argument("--json", action="store_true", help="print JSON")
+
+    incidents = command("incidents", "list incidents: grouped alerts with a diagnosis")
+    _source_arguments(incidents)
+    incidents.add_argument("--json", action="store_true", help="print JSON")
 
     export = command("export", "write a run's tables as Parquet files")
     export.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
@@ -126,8 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"serve": _serve, "demo": _demo, "inspect": _inspect, "alerts": _alerts,
-                "export": _export,
-                "sync": _sync, "stop": _stop}
+                "incidents": _incidents, "export": _export, "sync": _sync, "stop": _stop}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -207,6 +210,14 @@ def _alerts(args: argparse.Namespace) -> int:
     found = list_alerts(db=args.db, url=args.url, run_id=args.run_id, token=args.token,
                         min_severity=args.min_severity)
     print(json.dumps(found, indent=2, default=str) if args.json else render_alerts(found))
+    return 0
+
+
+def _incidents(args: argparse.Namespace) -> int:
+    from sentrycam.backend.cli_incidents import list_incidents, render_incidents
+
+    found = list_incidents(db=args.db, url=args.url, run_id=args.run_id, token=args.token)
+    print(json.dumps(found, indent=2, default=str) if args.json else render_incidents(found))
     return 0
 
 
