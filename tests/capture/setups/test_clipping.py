@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from sentrycam.capture import attach
-from tests.capture.setups.tiny_training import batches, make_data, make_model
+from tests.capture.setups.tiny_training import Setup
 
 MAX_NORM = 0.01  # far below this model's gradient norms (about 0.3)
 
@@ -16,19 +14,17 @@ MAX_NORM = 0.01  # far below this model's gradient norms (about 0.3)
 @pytest.mark.slow
 def test_the_curves_show_the_norm_before_clipping_and_the_clipped_norm(live):
     torchs_own = torch.nn.utils.clip_grad_norm_
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    run = attach(model, make_data(), criterion=criterion, optimizer=optimizer, url=live.url,
-                 every=4, overhead_budget=None, run_name="clipping")
-    data = batches(*make_data())
+    setup = Setup()
+    run = setup.attach(url=live.url, every=4, run_name="clipping")
     returned = {}
     for step in range(8):
-        x, y = next(data)
-        criterion(model(x), y).backward()
+        x, y = next(setup.data)
+        setup.criterion(setup.model(x), y).backward()
         if step % 2 == 0:  # clipped on even steps only
-            returned[step] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM))
-        optimizer.step()
-        optimizer.zero_grad()
+            parameters = setup.model.parameters()
+            returned[step] = float(torch.nn.utils.clip_grad_norm_(parameters, MAX_NORM))
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
     run.detach()
     assert torch.nn.utils.clip_grad_norm_ is torchs_own  # put back at detach
     stored = live.stored("clipping")

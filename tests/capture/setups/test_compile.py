@@ -6,30 +6,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from sentrycam.capture import attach
-from tests.capture.setups.tiny_training import batches, make_data, make_model
+from tests.capture.setups.tiny_training import Setup
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("order", ["attach-then-compile", "compile-then-attach"])
 def test_a_compiled_model_streams_steps_and_snapshots(live, order):
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    setup = Setup()
     if order == "compile-then-attach":
-        model = torch.compile(model)
-    run = attach(model, make_data(), criterion=criterion, optimizer=optimizer, url=live.url,
-                 every=2, overhead_budget=None, run_name=order)
+        setup.model = torch.compile(setup.model)
+    run = setup.attach(url=live.url, every=2, run_name=order)
     if order == "attach-then-compile":
-        model = torch.compile(model)
-    data = batches(*make_data())
+        setup.model = torch.compile(setup.model)
     for _ in range(6):
-        x, y = next(data)
-        criterion(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        setup.step()
     assert run.layers == ["0", "2", "4:input"]  # as for the eager model: no "_orig_mod." prefix
     run.detach()
     stored = live.stored(order)

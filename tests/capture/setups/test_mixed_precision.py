@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from sentrycam.capture import attach
 from sentrycam.capture.transport import MemoryTransport
 from sentrycam.protocol.messages import Scalars, Snapshot
-from tests.capture.setups.tiny_training import batches, make_data, make_model
+from tests.capture.setups.tiny_training import Setup
+
+bf16 = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
 
 
 @pytest.mark.slow
 def test_bf16_autocast_streams_losses_and_finite_snapshots(live):
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    run = attach(model, make_data(), criterion=criterion, optimizer=optimizer, url=live.url,
-                 every=3, overhead_budget=None, run_name="bf16")
-    data = batches(*make_data())
+    setup = Setup()
+    run = setup.attach(url=live.url, every=3, run_name="bf16")
     for _ in range(9):
-        x, y = next(data)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = criterion(model(x), y)
-        assert loss.dtype == torch.float32 and model(x).dtype == torch.float32
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        setup.step(bf16)
     run.detach()
     stored = live.stored("bf16")
     assert sorted(stored.scalars["loss"]) == list(range(9))
@@ -41,17 +33,11 @@ def test_bf16_autocast_streams_losses_and_finite_snapshots(live):
 def test_snapshots_taken_inside_an_autocast_region_are_finite():
     """A loop that steps inside its autocast block: the probe forward then runs in bf16."""
     transport = MemoryTransport()
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    run = attach(model, make_data(), criterion=criterion, optimizer=optimizer,
-                 transport=transport, every=2, overhead_budget=None)
-    x, y = make_data(16)
-    for _ in range(3):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = criterion(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+    setup = Setup()
+    run = setup.attach(transport=transport, every=2)
+    with bf16():
+        for _ in range(3):
+            setup.step()
     run.detach()
     snapshots = [m for m in transport.messages if isinstance(m, Snapshot)]
     assert snapshots
@@ -64,22 +50,19 @@ def test_snapshots_taken_inside_an_autocast_region_are_finite():
 
 def test_steps_a_gradient_scaler_skips_are_not_counted():
     transport = MemoryTransport()
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    setup = Setup()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
-    run = attach(model, None, criterion=criterion, optimizer=optimizer, transport=transport,
-                 overhead_budget=None)
-    data = batches(*make_data())
+    run = setup.attach(transport=transport)
     for iteration in range(8):
-        x, y = next(data)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = criterion(model(x), y)
+        x, y = next(setup.data)
+        with bf16():
+            loss = setup.criterion(setup.model(x), y)
         if iteration in (2, 5):  # an overflow: the scaler skips this update
             loss = loss * math.inf
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scaler.step(setup.optimizer)
         scaler.update()
-        optimizer.zero_grad()
+        setup.optimizer.zero_grad()
     assert run.step == 6
     run.detach()
     losses = {m.step: m.values["loss"] for m in transport.messages

@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from sentrycam.capture import attach
-from tests.capture.setups.tiny_training import batches, make_data, make_model
+from tests.capture.setups.tiny_training import Setup
 
 pytestmark = pytest.mark.slow  # a server, its 2D maps
 
 
 def test_gradient_accumulation_counts_optimizer_steps(live):
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    run = attach(model, make_data(), criterion=criterion, optimizer=optimizer, url=live.url,
-                 every=3, overhead_budget=None, run_name="accumulate")
-    data = batches(*make_data())
+    setup = Setup()
+    run = setup.attach(url=live.url, every=3, run_name="accumulate")
     for _ in range(10):  # 10 optimizer steps of 4 micro-batches each
         for _ in range(4):
-            x, y = next(data)
-            (criterion(model(x), y) / 4).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+            x, y = next(setup.data)
+            (setup.criterion(setup.model(x), y) / 4).backward()
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
     assert run.step == 10
     run.detach()
     stored = live.stored("accumulate")
@@ -36,20 +31,14 @@ def test_gradient_accumulation_counts_optimizer_steps(live):
 
 
 def test_each_parameter_group_has_its_learning_rate_curve_as_the_scheduler_moves_it(live):
-    model, criterion = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD([
+    setup = Setup(lambda model: torch.optim.SGD([
         {"params": model[0].parameters()},
         {"params": model[2].parameters(), "lr": 0.01},
-        {"params": model[4].parameters(), "lr": 0.001}], lr=0.1)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
-    run = attach(model, make_data(), criterion=criterion, optimizer=optimizer, url=live.url,
-                 every=4, overhead_budget=None, run_name="groups")
-    data = batches(*make_data())
+        {"params": model[4].parameters(), "lr": 0.001}], lr=0.1))
+    scheduler = torch.optim.lr_scheduler.StepLR(setup.optimizer, step_size=4, gamma=0.5)
+    run = setup.attach(url=live.url, every=4, run_name="groups")
     for _ in range(12):
-        x, y = next(data)
-        criterion(model(x), y).backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        setup.step()
         scheduler.step()
     run.detach()
     stored = live.stored("groups")
