@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.capture.integrations.conftest import get
 from tests.capture.setups.ddp_worker import STEPS, train_rank
 
 pytestmark = pytest.mark.slow  # two processes per training
@@ -30,6 +31,7 @@ def test_rank_0_streams_the_run_and_training_is_unchanged_on_every_rank(live, tm
     for rank in range(WORLD):
         for name, value in plain[rank]["state"].items():
             assert torch.equal(value, watched[rank]["state"][name]), (rank, name)
+    assert [run["name"] for run in get(f"{live.url}/api/runs")] == ["ddp"]  # one run, rank 0's
     stored = live.stored("ddp")
     assert stored.summary["config"]["world_size"] == WORLD
     assert stored.summary["config"]["rank"] == 0
