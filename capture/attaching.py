@@ -40,6 +40,10 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
            on_alert: AlertCallback | None = None) -> Run:
     """Watch ``model`` while it trains; returns the :class:`Run` handle.
 
+    ``model``: the module, or its ``torch.compile`` or ``DistributedDataParallel`` wrapper
+    (the module inside is watched; attach before or after compiling). Under torch.distributed
+    only rank 0 captures; other ranks get a run that records nothing and opens no connection.
+
     ``probe``: ``(inputs [N, ...], labels int [N] or None)``, a map-style Dataset or a DataLoader
     (its dataset); at most ``probe_size`` samples are kept, class-stratified with ``seed``.
     ``heldout``: the same, stored as the held-out split. Without a probe there are no snapshots.
@@ -64,6 +68,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     (snapshots at ``s % every == 0``). Bad arguments raise ValueError naming the problem and
     the fix.
     """
+    model = unwrapped(model)
     check_training_parts(model, criterion, optimizer)
     check_materialized(model)
     every = check_schedule(every, overhead_budget, stats_every, DEFAULT_EVERY)
@@ -121,6 +126,22 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     if url is not None:
         announce(f"sentrycam: dashboard at {url} (run {run_id})")
     return run
+
+
+def unwrapped(model: Any) -> Any:
+    """The module inside ``torch.compile`` and ``DistributedDataParallel`` wrappers (both share
+    its parameters): layer names are then the model's own, and probe forwards neither
+    recompile nor run DDP's collectives on rank 0 alone (which would hang the other ranks)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif isinstance(model, nn.Module) and type(model).__name__ == "OptimizedModule" \
+                and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def check_materialized(model: nn.Module) -> None:

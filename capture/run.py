@@ -426,6 +426,7 @@ class Run:
         if self._loss is not None:
             self._loss.remove()
         self._watch.stop()
+        self._reporter.telemetry.close()
         if ACTIVE.get(self._model, lambda: None)() is self:
             del ACTIVE[self._model]
         atexit.unregister(self._at_exit)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from sentrycam.capture.clipping import ClipWatch
 from sentrycam.capture.layers import ROOT_NAME
 from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LAYER_UPDATE_RATIO,
                                         LR, NONFINITE_GRAD, PARAMETER_STATS, TELEMETRY_SCALARS,
@@ -34,6 +35,9 @@ from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LA
 #: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
 LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
+#: The gradient norm after ``clip_grad_norm_`` on steps whose gradients were clipped (GRAD_NORM
+#: is then the norm before clipping).
+GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
 
 
 def holds_parameters(optimizer: torch.optim.Optimizer, param_ids: frozenset[int]) -> bool:
@@ -238,6 +242,7 @@ class _Before:
     layer_weight: torch.Tensor
     weight_sample: torch.Tensor
     grad_sample: torch.Tensor
+    unclipped: torch.Tensor | None  # the norm before clip_grad_norm_, when it was called
 
 
 class ParamTelemetry:
@@ -247,7 +252,9 @@ class ParamTelemetry:
     the latter returns one float32 vector [H + S * L] laid out by the signal registry: the
     H = len(TELEMETRY_SCALARS) per-step values (grad_norm, grad_cos, update_ratio), then for
     each of the S = len(LAYER_STATS) per-layer statistics (grad_norm, weight_norm,
-    update_ratio) its values for the L layers. :meth:`unpack` reads it.
+    update_ratio) its values for the L layers, then the gradient norm before clipping (NaN
+    when the step's gradients were not clipped). :meth:`unpack` reads it. Per-layer gradient
+    norms are those the optimizer uses (after clipping). Call :meth:`close` when done.
     """
 
     def __init__(self, model: nn.Module, sample_limit: int = SAMPLE_LIMIT) -> None:
@@ -260,6 +267,12 @@ class ParamTelemetry:
         self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
         self._before: _Before | None = None
         self._previous_grad: torch.Tensor | None = None
+        self._clip = ClipWatch(self._params)
+        self._clip.open()
+
+    def close(self) -> None:
+        """Stop watching gradient clipping."""
+        self._clip.close()
 
     def _owners_of(self, present: list[int]) -> torch.Tensor:
         """Owning layers of a subset of parameters, cached: the set of parameters with gradients
@@ -271,7 +284,7 @@ class ParamTelemetry:
 
     @property
     def vector_size(self) -> int:
-        return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers)
+        return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers) + 1
 
     def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
@@ -306,7 +319,8 @@ class ParamTelemetry:
             layer_grad=self._per_layer(grad_norms, owners),
             layer_weight=self._per_layer(self._norms(weights), self._owners),
             weight_sample=self._sample(weights),
-            grad_sample=self._sample([p.grad for p in self._params]))
+            grad_sample=self._sample([p.grad for p in self._params]),
+            unclipped=self._clip.take())
 
     def after_step(self) -> torch.Tensor | None:
         """The step's telemetry vector (see class docstring), or None without gradients."""
@@ -327,15 +341,22 @@ class ParamTelemetry:
         head = {GRAD_NORM.name: before.grad_norm, GRAD_COS.name: cosine, UPDATE_RATIO.name: ratio}
         per_layer = {LAYER_GRAD_NORM.name: before.layer_grad,
                      WEIGHT_NORM.name: before.layer_weight, LAYER_UPDATE_RATIO.name: layer_ratio}
+        unclipped = before.unclipped if before.unclipped is not None else nan
         return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
-                         + [per_layer[name] for name in LAYER_STATS])
+                         + [per_layer[name] for name in LAYER_STATS]
+                         + [unclipped.to(self.device).reshape(1)])
 
     def unpack(self, values: Sequence[float]) -> tuple[dict[str, float], np.ndarray]:
         """(scalars, per-layer float32 [L, len(LAYER_STATS)]) from an :meth:`after_step` vector;
-        the scalars add NONFINITE_GRAD, derived here from the gradient norm."""
+        the scalars add NONFINITE_GRAD, derived here from the gradient norm, and on clipped
+        steps GRAD_NORM_CLIPPED (GRAD_NORM being the norm before clipping)."""
         head = len(TELEMETRY_SCALARS)
         scalars = dict(zip(TELEMETRY_SCALARS, values[:head]))
+        unclipped = values[-1]
+        if not math.isnan(unclipped):
+            scalars[GRAD_NORM_CLIPPED] = scalars[GRAD_NORM.name]
+            scalars[GRAD_NORM.name] = unclipped
         scalars[NONFINITE_GRAD.name] = 0.0 if math.isfinite(scalars[GRAD_NORM.name]) else 1.0
-        layers = np.asarray(values[head:], dtype=np.float32).reshape(
+        layers = np.asarray(values[head:-1], dtype=np.float32).reshape(
             len(LAYER_STATS), len(self.layers)).T
         return scalars, np.ascontiguousarray(layers)
