@@ -11,8 +11,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import panel as pn
-from bokeh.models import (ColumnDataSource, FactorRange, HoverTool, LinearColorMapper,
-                          LogColorMapper, Range1d)
+from bokeh.models import (ColorBar, ColumnDataSource, FactorRange, HoverTool,
+                          LinearColorMapper, LogColorMapper, Range1d)
 from bokeh.palettes import Category10_10, Magma256, Viridis256
 from bokeh.plotting import figure
 
@@ -21,6 +21,17 @@ from sentrycam.protocol.push import LayerStatsHeader, ScalarsHeader
 
 #: Heatmaps shown: (stat, title, logarithmic colour scale), from the registry.
 HEATMAPS = tuple((s.name, s.title, s.log_scale) for s in signals.heatmaps())
+#: Heatmap rows are this many pixels tall, so row labels (ROW_FONT) never overlap at any
+#: number of layers; the plot grows with its rows.
+ROW_PX, ROW_FONT = 15, "10px"
+#: Height of a heatmap without rows: title, x axis and borders.
+HEATMAP_FRAME_PX = 70
+MIN_HEATMAP_PX = 150
+
+
+def heatmap_height(rows: int) -> int:
+    """Pixel height of a heatmap of ``rows`` layers."""
+    return max(MIN_HEATMAP_PX, HEATMAP_FRAME_PX + ROW_PX * rows)
 
 
 class HeatmapView:
@@ -45,9 +56,14 @@ class HeatmapView:
         mapper = (LogColorMapper if log_scale else LinearColorMapper)(
             palette=Magma256 if log_scale else Viridis256, low=1e-6 if log_scale else 0, high=1,
             nan_color="#eeeeee")
-        fig = figure(height=150, sizing_mode="stretch_width", title=title, x_range=self.x_range,
-                     y_range=FactorRange(factors=[]), tools="tap,xwheel_zoom,xpan,reset",
-                     toolbar_location="right")
+        fig = figure(height=MIN_HEATMAP_PX, sizing_mode="stretch_width", title=title,
+                     x_range=self.x_range, y_range=FactorRange(factors=[]),
+                     tools="tap,xwheel_zoom,xpan,reset", toolbar_location="right",
+                     name=f"sc-heatmap-figure-{stat}", x_axis_label="step")
+        fig.yaxis.major_label_text_font_size = ROW_FONT
+        # The ticker ("auto") follows the mapper: logarithmic ticks for a log colour scale.
+        fig.add_layout(ColorBar(color_mapper=mapper, name=f"sc-heatmap-colour-bar-{stat}",
+                                width=10), "right")
         rects = fig.rect("step", "layer", width=1, height=0.95, source=source, line_color=None,
                          fill_color={"field": "value", "transform": mapper})
         fig.add_tools(HoverTool(tooltips=[("layer", "@layer"), ("step", "@step"),
@@ -84,6 +100,7 @@ class HeatmapView:
         factors = sorted({layer for _, layer in seen})
         if list(fig.y_range.factors) != factors:
             fig.y_range.factors = factors
+            fig.height = heatmap_height(len(factors))
         gaps = np.diff(all_steps)
         self._rects[stat].glyph.width = float(np.median(gaps)) if len(gaps) else 1.0
         self._rescale(stat)
