@@ -97,7 +97,8 @@ class EmbeddingView:
         fig = figure(output_backend="webgl" if self.webgl else "canvas", height=430,
                      sizing_mode="stretch_width",
                      tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
-                     active_scroll="wheel_zoom", title="probe samples (2D map)")
+                     active_scroll="wheel_zoom", title="probe samples (2D map)",
+                     visible=False)  # until the first map: see frontend/__init__.py on ranges
         fig.multi_line("xs", "ys", source=self.trail_source, line_color="#444444",
                        line_alpha=0.6, line_width=1.5)
         points = fig.scatter("x", "y", source=self.source, size=5, line_color=None,
@@ -269,6 +270,7 @@ class EmbeddingView:
         self.shown, self._pending = key, None
         self.timeline.mark_shown(*key)
         self.source.data = {**self._columns, "c": self._colour_values()}
+        self.figure.visible = True  # after its data: see frontend/__init__.py on ranges
         self.figure.title.text = f"{key[0]} at step {key[1]}  ({len(ids)} probe samples)"
         self.caption.object = (f"<span class='sc-map-step'>step {key[1]}</span>"
                                + (" (live)" if self.live.value else ""))

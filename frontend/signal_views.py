@@ -7,6 +7,7 @@ catch-up (see the push hub) or a reconnection's second catch-up change nothing.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,6 +28,12 @@ ROW_PX, ROW_FONT = 15, "10px"
 #: Height of a heatmap without rows: title, x axis and borders.
 HEATMAP_FRAME_PX = 70
 MIN_HEATMAP_PX = 150
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders numbered modules as a model does: ``net.2`` before ``net.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name)]
 
 
 def heatmap_height(rows: int) -> int:
@@ -59,7 +66,8 @@ class HeatmapView:
         fig = figure(height=MIN_HEATMAP_PX, sizing_mode="stretch_width", title=title,
                      x_range=self.x_range, y_range=FactorRange(factors=[]),
                      tools="tap,xwheel_zoom,xpan,reset", toolbar_location="right",
-                     name=f"sc-heatmap-figure-{stat}", x_axis_label="step")
+                     name=f"sc-heatmap-figure-{stat}", x_axis_label="step",
+                     visible=False)  # until its first row
         fig.yaxis.major_label_text_font_size = ROW_FONT
         # The ticker ("auto") follows the mapper: logarithmic ticks for a log colour scale.
         fig.add_layout(ColorBar(color_mapper=mapper, name=f"sc-heatmap-colour-bar-{stat}",
@@ -97,10 +105,12 @@ class HeatmapView:
         step, layer, value = (list(column) for column in zip(*new))
         self.sources[stat].stream({"step": step, "layer": layer, "value": value})
         fig, all_steps = self.figures[stat], sorted({s for s, _ in seen})
-        factors = sorted({layer for _, layer in seen})
+        # the model's first layer at the top (a categorical axis lists its factors upwards)
+        factors = sorted({layer for _, layer in seen}, key=natural_key, reverse=True)
         if list(fig.y_range.factors) != factors:
             fig.y_range.factors = factors
             fig.height = heatmap_height(len(factors))
+            fig.visible = True
         gaps = np.diff(all_steps)
         self._rects[stat].glyph.width = float(np.median(gaps)) if len(gaps) else 1.0
         self._rescale(stat)
@@ -139,7 +149,8 @@ class CurvesView:
         for title, log_scale in CURVES:
             fig = figure(height=190, sizing_mode="stretch_width", title=title,
                          y_axis_type="log" if log_scale else "linear",
-                         tools="xwheel_zoom,xpan,box_zoom,reset", x_axis_label="step")
+                         tools="xwheel_zoom,xpan,box_zoom,reset", x_axis_label="step",
+                         visible=False)  # until its first line
             fig.vspan(x="step", source=self.alert_source, line_color="#d62728", line_alpha=0.6,
                       line_width=1.5, line_dash="dashed")
             self.figures[title] = fig
@@ -161,6 +172,9 @@ class CurvesView:
                                          "value": np.where(np.isfinite(values[keep]),
                                                            values[keep], np.nan).tolist()})
                 self._last[name] = int(steps[keep].max())
+                title = signals.curve_of(name)
+                if title is not None:
+                    self.figures[title].visible = True  # after its data: see frontend doc
 
     def _line(self, name: str) -> ColumnDataSource:
         if name not in self.sources:

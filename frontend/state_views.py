@@ -22,9 +22,9 @@ SEVERITY_COLOUR = {0: "#999999", 1: "#f0ad4e", 2: "#e8590c", 3: "#c92a2a"}
 ALERT_COLUMNS = ("alert_id", "step", "severity", "detector", "layer", "message", "suggestion",
                  "evidence", "acknowledged")
 #: Share of the table's width per column: the text columns wrap, so the table never scrolls
-#: sideways.
-ALERT_WIDTHS = {"step": "5%", "severity": "8%", "detector": "11%", "layer": "9%",
-                "message": "24%", "suggestion": "23%", "evidence": "15%", "acknowledged": "5%"}
+#: sideways (the rest of the width is the checkbox column's).
+ALERT_WIDTHS = {"step": "4%", "severity": "8%", "detector": "11%", "layer": "8%",
+                "message": "22%", "suggestion": "22%", "evidence": "15%", "acknowledged": "4%"}
 ALERTS_PER_PAGE = 8
 #: Alert timeline: pixels per detector row, and the height without rows.
 TIMELINE_ROW_PX, TIMELINE_FRAME_PX = 26, 80
@@ -59,7 +59,7 @@ class AlertsView:
                                name="sc-alert-timeline-figure", sizing_mode="stretch_width",
                                title="alert timeline (one row per detector)",
                                y_range=FactorRange(factors=[]), tools="xpan,xwheel_zoom,reset",
-                               x_axis_label="step")
+                               x_axis_label="step", visible=False)  # until the first alert
         self.timeline.scatter("step", "detector", source=self.source, size=11,
                               fill_color="colour", line_color=None, marker="triangle")
         self.timeline.add_tools(HoverTool(tooltips=[
@@ -97,6 +97,7 @@ class AlertsView:
         detectors = sorted({d for d, _ in keys})
         self.timeline.y_range.factors = detectors
         self.timeline.height = TIMELINE_FRAME_PX + TIMELINE_ROW_PX * max(len(detectors), 1)
+        self.timeline.visible = bool(keys)
 
     def _ack_selected(self) -> None:
         for index in self.table.selection:
@@ -129,7 +130,7 @@ class HealthView:
         self.class_figure = figure(height=200, sizing_mode="stretch_width",
                                    title="spread of each class per snapshot (2D map)",
                                    y_range=FactorRange(factors=[]), tools="tap,xpan,reset",
-                                   x_axis_label="step")
+                                   x_axis_label="step", visible=False)
         self._cells = self.class_figure.rect(
             "step", "cls", width=1, height=0.95, source=self.class_source, line_color=None,
             fill_color={"field": "spread", "transform": self.spread_mapper})
@@ -143,7 +144,7 @@ class HealthView:
     def _trajectory(self) -> Any:
         fig = figure(height=260, sizing_mode="stretch_width", title="cluster health (2D map)",
                      x_axis_label="inter-class distance", y_axis_label="intra-class variance",
-                     tools="pan,wheel_zoom,reset")
+                     tools="pan,wheel_zoom,reset", visible=False)
         fig.line("inter", "intra", source=self.source, line_color="#aaaaaa")
         fig.scatter("inter", "intra", source=self.source, size=7, line_color=None,
                     fill_color={"field": "step", "transform": self.mapper})
@@ -213,6 +214,9 @@ class HealthView:
         if len(finite):
             self.spread_mapper.update(low=float(finite.min()),
                                       high=float(max(finite.max(), finite.min() + 1e-9)))
+        # shown once they have data, after their ranges can be computed (frontend/__init__.py)
+        self.figure.visible = bool(len(steps))
+        self.class_figure.visible = bool(len(self.class_source.data["step"]))
 
     def _picked(self, indices: list[int]) -> None:
         if indices:

@@ -46,7 +46,8 @@ class EmbeddingTimeline:
     def _figure(self) -> Any:
         fig = figure(name=FIGURE_NAME, height=110, sizing_mode="stretch_width",
                      y_range=(-0.8, 1.6), tools="xpan,xwheel_zoom,reset", toolbar_location=None,
-                     x_axis_label="step", min_border_top=4, min_border_bottom=4)
+                     x_axis_label="step", min_border_top=4, min_border_bottom=4,
+                     visible=False)  # until it has a tick or an alert
         fig.vspan(x="step", source=self.shown_source, line_color="#1f77b4", line_width=3,
                   line_alpha=0.5)
         fig.segment(x0="step", y0=TICK_Y - 0.45, x1="step", y1=TICK_Y + 0.45,
@@ -81,6 +82,7 @@ class EmbeddingTimeline:
                 self.tick_source.stream({"step": steps[len(drawn):]})
         else:
             self.tick_source.data = {"step": steps}
+        self._show_if_drawn()
 
     def mark_shown(self, layer: str, step: int) -> None:
         """The embedding view now draws ``layer`` at ``step``."""
@@ -119,3 +121,8 @@ class EmbeddingTimeline:
             "detector": [", ".join(sorted({str(a.get("detector")) for a in by_step[s]}))
                          for s in steps],
             "message": [str(a.get("message") or "") for a in top]}
+        self._show_if_drawn()
+
+    def _show_if_drawn(self) -> None:
+        self.figure.visible = bool(len(self.tick_source.data["step"])
+                                   or len(self.alert_source.data["step"]))
