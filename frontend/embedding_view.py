@@ -290,7 +290,9 @@ class EmbeddingView:
             palette = Category10_10 if classes <= 10 else (Category20_20 if classes <= 20
                                                           else Viridis256)
             self.mapper.update(palette=palette, low=-0.5, high=max(classes, 10) - 0.5)
-            if classes <= LEGEND_CLASSES:
+            if not np.isfinite(values).any():
+                key = [(f"no {mode}s", self.mapper.nan_color)]
+            elif classes <= LEGEND_CLASSES:
                 key = [(str(k), palette[k]) for k in range(classes)]
         elif mode == "correctness":
             self.mapper.update(palette=[c for _, c, _ in CORRECTNESS], low=-0.5, high=1.5)
