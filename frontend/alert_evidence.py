@@ -40,7 +40,7 @@ def summary(evidence: Mapping[str, Any]) -> str:
         parts.append(f"baseline {_num(evidence['baseline'])} +- {_num(evidence.get('scale'))}")
     if _finite(evidence.get("best")):
         parts.append(f"best {_num(evidence['best'])} (noise {_num(evidence.get('noise_scale'))})")
-    extras = [(k, v) for k, v in evidence.items() if k not in _PLOTTED]
+    extras = [(k, v) for k, v in evidence.items() if k not in _PLOTTED and v is not None]
     parts += [f"{k.replace('_', ' ')} {_short(v)}" for k, v in extras[:MAX_FIGURES]]
     if len(extras) > MAX_FIGURES:
         parts.append(f"{len(extras) - MAX_FIGURES} more figures")

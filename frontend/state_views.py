@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import (ColorBar, ColumnDataSource, FactorRange, HoverTool,
+from bokeh.models import (ColorBar, ColumnDataSource, DataRange1d, FactorRange, HoverTool,
                           LinearColorMapper)
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
@@ -58,6 +58,7 @@ class AlertsView:
         self.timeline = figure(height=TIMELINE_FRAME_PX + TIMELINE_ROW_PX,
                                name="sc-alert-timeline-figure", sizing_mode="stretch_width",
                                title="alert timeline (one row per detector)",
+                               x_range=DataRange1d(start=0),  # the run from its start
                                y_range=FactorRange(factors=[]), tools="xpan,xwheel_zoom,reset",
                                x_axis_label="step", visible=False)  # until the first alert
         self.timeline.scatter("step", "detector", source=self.source, size=11,

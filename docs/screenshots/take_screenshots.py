@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -108,7 +110,8 @@ def main() -> None:
         colour_by(page, "loss")
         page.locator(".sc-embedding").first.screenshot(path=OUT / "embedding_loss.png")
 
-        shoot(page, server, run=second)
+        shoot(page, server, run=max((first, second), key=lambda run: len(
+            httpx.get(f"{server.url}/api/runs/{run}/alerts", timeout=10).json())))
         page.locator(".sc-alerts").first.screenshot(path=OUT / "alerts.png")
         shoot(page, server, run=deep)
         page.locator(".sc-heatmap").first.screenshot(path=OUT / "heatmaps.png")
