@@ -116,9 +116,10 @@ class EmbeddingView:
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        controls = pn.Column(pn.Row(self.layer, self.colour, self.live), self.layer_note,
-                             self.player,
-                             self.timeline.panel(), sizing_mode="stretch_width")
+        # wraps when narrow (two runs side by side) instead of hiding the "live" toggle
+        pickers = pn.FlexBox(self.layer, self.colour, self.live, flex_wrap="wrap")
+        controls = pn.Column(pickers, self.layer_note, self.player, self.timeline.panel(),
+                             sizing_mode="stretch_width")
         return pn.Column(controls, self.caption, pn.pane.Bokeh(self.figure), self.quality_text,
                          css_classes=["sc-embedding"], sizing_mode="stretch_width")
 

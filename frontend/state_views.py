@@ -23,8 +23,10 @@ ALERT_COLUMNS = ("alert_id", "step", "severity", "detector", "layer", "message",
                  "evidence", "acknowledged")
 #: Share of the table's width per column: the text columns wrap, so the table never scrolls
 #: sideways (the rest of the width is the checkbox column's).
-ALERT_WIDTHS = {"step": "4%", "severity": "8%", "detector": "11%", "layer": "8%",
+ALERT_WIDTHS = {"step": "5%", "severity": "8%", "detector": "10%", "layer": "8%",
                 "message": "22%", "suggestion": "22%", "evidence": "15%", "acknowledged": "4%"}
+#: Short headers of narrow columns.
+ALERT_TITLES = {"acknowledged": "ack"}
 ALERTS_PER_PAGE = 8
 #: Alert timeline: pixels per detector row, and the height without rows.
 TIMELINE_ROW_PX, TIMELINE_FRAME_PX = 26, 80
@@ -46,7 +48,8 @@ class AlertsView:
         wrap = {"type": "textarea"}
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=list(ALERT_COLUMNS)), show_index=False, selectable="checkbox",
-            layout="fit_columns", widths=ALERT_WIDTHS, hidden_columns=["alert_id"],
+            layout="fit_columns", widths=ALERT_WIDTHS, titles=ALERT_TITLES,
+            hidden_columns=["alert_id"],
             formatters={"message": wrap, "suggestion": wrap, "evidence": {"type": "html"}},
             pagination="local", page_size=ALERTS_PER_PAGE, sizing_mode="stretch_width",
             disabled=True, visible=False)
