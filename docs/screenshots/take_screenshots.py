@@ -40,6 +40,8 @@ ALL_DRAWN_JS = """(count) => { let drawn = 0;
   return drawn >= count; }"""
 #: Views of the first run: file name -> CSS class of the view.
 VIEWS = {"embedding": ".sc-embedding", "curves": ".sc-curves", "cluster_health": ".sc-health"}
+#: Seconds a page may take to replay a run (a 30-layer run's catch-up on a loaded machine).
+SETTLE_S = 400
 #: Learning rate of the second run: high enough that its loss and gradients raise alerts.
 HIGH_LR = 3e-2
 
@@ -65,8 +67,8 @@ def settle(page, views: int) -> None:
     for the last patches to paint."""
     steps = page.locator(".sc-latest-step")
     wait_until(lambda: steps.count() >= views and all(
-        steps.nth(i).inner_text().strip().isdigit() for i in range(views)), 120, "steps")
-    wait_until(lambda: page.evaluate(ALL_DRAWN_JS, views), 120, "points")
+        steps.nth(i).inner_text().strip().isdigit() for i in range(views)), SETTLE_S, "steps")
+    wait_until(lambda: page.evaluate(ALL_DRAWN_JS, views), SETTLE_S, "points")
     time.sleep(3)
 
 
