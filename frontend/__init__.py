@@ -9,6 +9,11 @@ notebook, :func:`show` displays the same panels inline and keeps them live::
 Everything is read through :class:`~sentrycam.frontend.client.ApiClient` (REST + the push
 websocket), never from the store. Panel is imported on first use, so ``import
 sentrycam.frontend`` stays light.
+
+Every plot stays hidden (Bokeh ``visible=False``) until it has data: BokehJS cannot compute the
+automatic range of an empty plot and logs "could not set initial ranges" (or a log axis
+warning) at each repaint of one, about 185 times per page load before this rule. Each view
+shows a line of text saying what it waits for instead.
 """
 
 from __future__ import annotations

@@ -18,10 +18,13 @@ from typing import Any, Callable
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, LinearColorMapper
+from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, Legend, LegendItem,
+                          LinearColorMapper)
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 
+from sentrycam.frontend.quality_text import quality_html
+from sentrycam.frontend.state_views import plural
 from sentrycam.frontend.timeline_view import EmbeddingTimeline
 from sentrycam.protocol.push import EmbeddingHeader
 
@@ -29,6 +32,14 @@ from sentrycam.protocol.push import EmbeddingHeader
 MAP_CACHE = 24
 COLOUR_BY = ("label", "prediction", "correctness", "loss", "confidence")
 MAX_TRAILS = 200
+#: Up to this many classes the map has a legend (one colour per class); beyond, a colour bar.
+LEGEND_CLASSES = 20
+#: Correctness colours: (value, colour, legend entry).
+CORRECTNESS = ((0, "#d62728", "wrong"), (1, "#2ca02c", "right"))
+#: What the layer picker says about which layers have maps.
+MAPPED_LAYERS_HINT = ("Only the deepest layers of each snapshot get a 2D map (the server's "
+                      "SENTRYCAM_PROJECTOR_MAX_LAYERS, 2 by default; 0 maps every layer).")
+WAITING_FOR_MAP = "waiting for the first map"
 
 
 class EmbeddingView:
@@ -53,17 +64,26 @@ class EmbeddingView:
         self.trail_source = ColumnDataSource({"xs": [], "ys": []}, name="sc-embedding-trails")
         self.mapper = LinearColorMapper(palette=Category10_10, low=-0.5, high=9.5,
                                         nan_color="#bbbbbb")
+        # One row per legend entry (x, y NaN: never drawn): the legend groups it by "name".
+        self.key_source = ColumnDataSource({"x": [], "y": [], "name": [], "colour": []},
+                                           name="sc-embedding-key")
+        self.colour_bar = ColorBar(color_mapper=self.mapper, name="sc-embedding-colour-bar",
+                                   title="loss", visible=False, width=12)
         self.figure = self._figure()
         self.timeline = EmbeddingTimeline(self.show_step)
-        self.layer = pn.widgets.Select(name="layer", options=[], width=150)
+        self.layer = pn.widgets.Select(name="layer (mapped ones)", options=[WAITING_FOR_MAP],
+                                       value=WAITING_FOR_MAP, width=190, disabled=True,
+                                       description=MAPPED_LAYERS_HINT)
         self.colour = pn.widgets.Select(name="colour by", options=list(COLOUR_BY), width=110)
         self.live = pn.widgets.Toggle(name="live", value=True, button_type="success", width=70)
         self.player = pn.widgets.Player(name="snapshot", start=0, end=0, value=0, interval=700,
                                         loop_policy="once", show_loop_controls=False,
                                         visible_buttons=["previous", "play", "pause", "next"],
                                         width=330, disabled=True)
-        self.caption = pn.pane.HTML("waiting for the first snapshot", css_classes=["sc-map-state"])
+        self.caption = pn.pane.HTML(WAITING_FOR_MAP, css_classes=["sc-map-state"])
         self.quality_text = pn.pane.HTML("", css_classes=["sc-quality"])
+        self.layer_note = pn.pane.HTML(WAITING_FOR_MAP, css_classes=["sc-layer-note"],
+                                       styles={"font-size": "12px", "color": "#555"})
         self.layer.param.watch(lambda e: self._on_layer(e.new), "value")
         self.colour.param.watch(lambda e: self._recolour(), "value")
         self.player.param.watch(lambda e: self._on_player(e.new), "value")
@@ -77,7 +97,8 @@ class EmbeddingView:
         fig = figure(output_backend="webgl" if self.webgl else "canvas", height=430,
                      sizing_mode="stretch_width",
                      tools="pan,wheel_zoom,box_select,lasso_select,tap,reset",
-                     active_scroll="wheel_zoom", title="probe samples (2D map)")
+                     active_scroll="wheel_zoom", title="probe samples (2D map)",
+                     visible=False)  # until the first map: see frontend/__init__.py on ranges
         fig.multi_line("xs", "ys", source=self.trail_source, line_color="#444444",
                        line_alpha=0.6, line_width=1.5)
         points = fig.scatter("x", "y", source=self.source, size=5, line_color=None,
@@ -85,12 +106,20 @@ class EmbeddingView:
         fig.add_tools(HoverTool(renderers=[points], tooltips=[
             ("sample", "@sample_id"), ("label", "@label"), ("prediction", "@pred"),
             ("loss", "@loss{0.000}"), ("confidence", "@confidence{0.00}")]))
+        key = fig.scatter("x", "y", source=self.key_source, size=9, line_color=None,
+                          fill_color="colour")
+        fig.add_layout(Legend(items=[LegendItem(label={"field": "name"}, renderers=[key])],
+                              name="sc-embedding-legend", title="label",
+                              label_text_font_size="11px", spacing=1, padding=4), "right")
+        fig.add_layout(self.colour_bar, "right")
         fig.xaxis.visible = fig.yaxis.visible = False
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        controls = pn.Column(pn.Row(self.layer, self.colour, self.live), self.player,
-                             self.timeline.panel(), sizing_mode="stretch_width")
+        # wraps when narrow (two runs side by side) instead of hiding the "live" toggle
+        pickers = pn.FlexBox(self.layer, self.colour, self.live, flex_wrap="wrap")
+        controls = pn.Column(pickers, self.layer_note, self.player, self.timeline.panel(),
+                             sizing_mode="stretch_width")
         return pn.Column(controls, self.caption, pn.pane.Bokeh(self.figure), self.quality_text,
                          css_classes=["sc-embedding"], sizing_mode="stretch_width")
 
@@ -163,11 +192,17 @@ class EmbeddingView:
 
     def _refresh_controls(self) -> None:
         layers = sorted(self.steps)
+        if not layers:
+            return  # the picker keeps saying it waits for the first map
         self._setting_layer += 1  # Select picks a value itself when its options change
         try:
             if layers != list(self.layer.options):
                 self.layer.options = layers
-            if layers and (self.layer.value not in layers or not self._user_layer):
+                self.layer.disabled = False
+                self.layer_note.object = (
+                    f"{plural(len(layers), 'layer')} mapped: {', '.join(layers)}. "
+                    + MAPPED_LAYERS_HINT)
+            if self.layer.value not in layers or not self._user_layer:
                 self.layer.value = _default_layer(layers)
         finally:
             self._setting_layer -= 1
@@ -179,6 +214,13 @@ class EmbeddingView:
                 self.player.end = max(len(steps) - 1, 1)
             if self.live.value and self.player.value != len(steps) - 1:
                 self.player.value = len(steps) - 1
+
+    def set_snapshots(self, count: int) -> None:
+        """The run has ``count`` stored snapshots: until a map is shown, the caption says so
+        (in the status line's words)."""
+        if self.shown is None and self._pending is None:
+            self.caption.object = (f"{plural(count, 'snapshot')} stored, {WAITING_FOR_MAP}"
+                                   if count else "waiting for the first snapshot")
 
     def _on_layer(self, layer: str) -> None:
         self._user_layer = self._user_layer or self._setting_layer == 0
@@ -229,30 +271,49 @@ class EmbeddingView:
         self.shown, self._pending = key, None
         self.timeline.mark_shown(*key)
         self.source.data = {**self._columns, "c": self._colour_values()}
+        self.figure.visible = True  # after its data: see frontend/__init__.py on ranges
         self.figure.title.text = f"{key[0]} at step {key[1]}  ({len(ids)} probe samples)"
         self.caption.object = (f"<span class='sc-map-step'>step {key[1]}</span>"
                                + (" (live)" if self.live.value else ""))
         self._show_quality()
 
     def _colour_values(self) -> np.ndarray:
+        """The colour column of the shown map for the chosen mode; sets the mapper and shows
+        the legend (classes, correctness) or the colour bar (values) that reads it."""
         mode, cols = self.colour.value, self._columns
         values = {"label": cols["label"], "prediction": cols["pred"],
                   "correctness": cols["correct"], "loss": cols["loss"],
                   "confidence": cols["confidence"]}[mode].astype(np.float32)
+        key: list[tuple[str, str]] = []  # (legend entry, colour)
         if mode in ("label", "prediction"):
             values = np.where(values < 0, np.nan, values)
             classes = int(np.nanmax(values)) + 1 if np.isfinite(values).any() else 10
             palette = Category10_10 if classes <= 10 else (Category20_20 if classes <= 20
                                                           else Viridis256)
             self.mapper.update(palette=palette, low=-0.5, high=max(classes, 10) - 0.5)
+            if not np.isfinite(values).any():
+                key = [(f"no {mode}s", self.mapper.nan_color)]
+            elif classes <= LEGEND_CLASSES:
+                key = [(str(k), palette[k]) for k in range(classes)]
         elif mode == "correctness":
-            self.mapper.update(palette=["#d62728", "#2ca02c"], low=-0.5, high=1.5)
+            self.mapper.update(palette=[c for _, c, _ in CORRECTNESS], low=-0.5, high=1.5)
+            key = [(name, colour) for _, colour, name in CORRECTNESS]
         else:
             finite = values[np.isfinite(values)]
             high = float(np.percentile(finite, 99)) if len(finite) else 1.0
             low = 0.0 if mode == "loss" else float(finite.min()) if len(finite) else 0.0
             self.mapper.update(palette=Viridis256, low=low, high=max(high, low + 1e-6))
+        self._show_key(mode, key)
         return values
+
+    def _show_key(self, mode: str, key: list[tuple[str, str]]) -> None:
+        """A legend of ``key`` (entry, colour) when there is one, else a colour bar."""
+        nan = [float("nan")] * len(key)
+        self.key_source.data = {"x": nan, "y": nan, "name": [name for name, _ in key],
+                                "colour": [colour for _, colour in key]}
+        legend = self.figure.select_one({"name": "sc-embedding-legend"})
+        legend.update(visible=bool(key), title=mode)
+        self.colour_bar.update(visible=not key, title=mode)
 
     def _recolour(self) -> None:
         if self.shown is not None:
@@ -265,9 +326,7 @@ class EmbeddingView:
             self.quality_text.object = ("projection quality: not computed yet for this map"
                                         if self.shown else "")
             return
-        parts = [f"{name.replace('_', ' ')} <b>{_fmt(value)}</b>" for name, value in
-                 sorted(metrics.items())]
-        self.quality_text.object = "projection quality: " + " &middot; ".join(parts)
+        self.quality_text.object = quality_html(metrics)
 
     def _on_select(self, indices: list[int]) -> None:
         if not indices or self.shown is None:
@@ -287,10 +346,3 @@ def _default_layer(layers: list[str]) -> str:
     """The penultimate representation (the classifier's input) when it is there."""
     inputs = [layer for layer in layers if layer.endswith(":input")]
     return inputs[-1] if inputs else layers[-1]
-
-
-def _fmt(value: Any) -> str:
-    try:
-        return f"{float(value):.3f}"
-    except (TypeError, ValueError):
-        return str(value)

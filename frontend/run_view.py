@@ -136,6 +136,7 @@ class RunDashboard:
     def _on_snapshots(self, header: push.SnapshotsHeader, arrays: dict) -> None:
         self.snapshot_steps.update(header.steps)
         self.status.update(snapshots=len(self.snapshot_steps))
+        self.embedding.set_snapshots(len(self.snapshot_steps))
         if header.steps:
             self.status.update(latest_step=max(header.steps))
 

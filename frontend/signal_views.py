@@ -7,12 +7,13 @@ catch-up (see the push hub) or a reconnection's second catch-up change nothing.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import panel as pn
-from bokeh.models import (ColumnDataSource, FactorRange, HoverTool, LinearColorMapper,
-                          LogColorMapper, Range1d)
+from bokeh.models import (ColorBar, ColumnDataSource, FactorRange, HoverTool,
+                          LinearColorMapper, LogColorMapper, Range1d)
 from bokeh.palettes import Category10_10, Magma256, Viridis256
 from bokeh.plotting import figure
 
@@ -21,6 +22,23 @@ from sentrycam.protocol.push import LayerStatsHeader, ScalarsHeader
 
 #: Heatmaps shown: (stat, title, logarithmic colour scale), from the registry.
 HEATMAPS = tuple((s.name, s.title, s.log_scale) for s in signals.heatmaps())
+#: Heatmap rows are this many pixels tall, so row labels (ROW_FONT) never overlap at any
+#: number of layers; the plot grows with its rows.
+ROW_PX, ROW_FONT = 15, "10px"
+#: Height of a heatmap without rows: title, x axis and borders.
+HEATMAP_FRAME_PX = 70
+MIN_HEATMAP_PX = 150
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders numbered modules as a model does: ``net.2`` before ``net.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name)]
+
+
+def heatmap_height(rows: int) -> int:
+    """Pixel height of a heatmap of ``rows`` layers."""
+    return max(MIN_HEATMAP_PX, HEATMAP_FRAME_PX + ROW_PX * rows)
 
 
 class HeatmapView:
@@ -45,9 +63,15 @@ class HeatmapView:
         mapper = (LogColorMapper if log_scale else LinearColorMapper)(
             palette=Magma256 if log_scale else Viridis256, low=1e-6 if log_scale else 0, high=1,
             nan_color="#eeeeee")
-        fig = figure(height=150, sizing_mode="stretch_width", title=title, x_range=self.x_range,
-                     y_range=FactorRange(factors=[]), tools="tap,xwheel_zoom,xpan,reset",
-                     toolbar_location="right")
+        fig = figure(height=MIN_HEATMAP_PX, sizing_mode="stretch_width", title=title,
+                     x_range=self.x_range, y_range=FactorRange(factors=[]),
+                     tools="tap,xwheel_zoom,xpan,reset", toolbar_location="right",
+                     name=f"sc-heatmap-figure-{stat}", x_axis_label="step",
+                     visible=False)  # until its first row
+        fig.yaxis.major_label_text_font_size = ROW_FONT
+        # The ticker ("auto") follows the mapper: logarithmic ticks for a log colour scale.
+        fig.add_layout(ColorBar(color_mapper=mapper, name=f"sc-heatmap-colour-bar-{stat}",
+                                width=10), "right")
         rects = fig.rect("step", "layer", width=1, height=0.95, source=source, line_color=None,
                          fill_color={"field": "value", "transform": mapper})
         fig.add_tools(HoverTool(tooltips=[("layer", "@layer"), ("step", "@step"),
@@ -81,9 +105,12 @@ class HeatmapView:
         step, layer, value = (list(column) for column in zip(*new))
         self.sources[stat].stream({"step": step, "layer": layer, "value": value})
         fig, all_steps = self.figures[stat], sorted({s for s, _ in seen})
-        factors = sorted({layer for _, layer in seen})
+        # the model's first layer at the top (a categorical axis lists its factors upwards)
+        factors = sorted({layer for _, layer in seen}, key=natural_key, reverse=True)
         if list(fig.y_range.factors) != factors:
             fig.y_range.factors = factors
+            fig.height = heatmap_height(len(factors))
+            fig.visible = True
         gaps = np.diff(all_steps)
         self._rects[stat].glyph.width = float(np.median(gaps)) if len(gaps) else 1.0
         self._rescale(stat)
@@ -122,7 +149,8 @@ class CurvesView:
         for title, log_scale in CURVES:
             fig = figure(height=190, sizing_mode="stretch_width", title=title,
                          y_axis_type="log" if log_scale else "linear",
-                         tools="xwheel_zoom,xpan,box_zoom,reset", x_axis_label="step")
+                         tools="xwheel_zoom,xpan,box_zoom,reset", x_axis_label="step",
+                         visible=False)  # until its first line
             fig.vspan(x="step", source=self.alert_source, line_color="#d62728", line_alpha=0.6,
                       line_width=1.5, line_dash="dashed")
             self.figures[title] = fig
@@ -144,6 +172,9 @@ class CurvesView:
                                          "value": np.where(np.isfinite(values[keep]),
                                                            values[keep], np.nan).tolist()})
                 self._last[name] = int(steps[keep].max())
+                title = signals.curve_of(name)
+                if title is not None:
+                    self.figures[title].visible = True  # after its data: see frontend doc
 
     def _line(self, name: str) -> ColumnDataSource:
         if name not in self.sources:

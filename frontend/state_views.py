@@ -3,51 +3,72 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LinearColorMapper
+from bokeh.models import (ColorBar, ColumnDataSource, DataRange1d, FactorRange, HoverTool,
+                          LinearColorMapper)
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
+from sentrycam.frontend.alert_evidence import evidence_html
+
 SEVERITY = {0: "none", 1: "developing", 2: "confirmed", 3: "critical"}
 SEVERITY_COLOUR = {0: "#999999", 1: "#f0ad4e", 2: "#e8590c", 3: "#c92a2a"}
-ALERT_COLUMNS = ("alert_id", "step", "severity", "detector", "layer", "message", "evidence",
-                 "suggestion", "confidence", "acknowledged")
-#: Evidence (the series a detector fired on) is shown cut to this many characters.
-EVIDENCE_CHARS = 120
+#: The table's columns, in order; ``alert_id`` is kept hidden (acknowledging needs it).
+ALERT_COLUMNS = ("alert_id", "step", "severity", "detector", "layer", "message", "suggestion",
+                 "evidence", "acknowledged")
+#: Share of the table's width per column: the text columns wrap, so the table never scrolls
+#: sideways (the rest of the width is the checkbox column's).
+ALERT_WIDTHS = {"step": "5%", "severity": "8%", "detector": "10%", "layer": "8%",
+                "message": "22%", "suggestion": "22%", "evidence": "15%", "acknowledged": "4%"}
+#: Short headers of narrow columns.
+ALERT_TITLES = {"acknowledged": "ack"}
+ALERTS_PER_PAGE = 8
+#: Alert timeline: pixels per detector row, and the height without rows.
+TIMELINE_ROW_PX, TIMELINE_FRAME_PX = 26, 80
 NO_ALERTS = ("No alerts yet. The audit engine raises them here (severity, evidence, a "
              "suggested next step) when a detector sees a warning sign in this run.")
 
 
 class AlertsView:
     """Live list (with acknowledge) and timeline of a run's alerts; an explanation until the
-    first one arrives. ``acknowledge(alert_id)`` is called for each selected row."""
+    first one arrives. ``acknowledge(alert_id)`` is called for each selected row.
+
+    The timeline has one row per detector and one marker per (detector, step), however many
+    alerts share it (hover gives the count), coloured by the highest severity there."""
 
     def __init__(self, acknowledge: Callable[[int], None]) -> None:
         self._acknowledge = acknowledge
         self.alerts: list[dict[str, Any]] = []
         self.empty = pn.pane.HTML(NO_ALERTS, css_classes=["sc-alerts-empty"])
-        self.table = pn.widgets.Tabulator(pd.DataFrame(columns=list(ALERT_COLUMNS)),
-                                          show_index=False, selectable="checkbox", height=200,
-                                          sizing_mode="stretch_width", disabled=True,
-                                          visible=False)
+        wrap = {"type": "textarea"}
+        self.table = pn.widgets.Tabulator(
+            pd.DataFrame(columns=list(ALERT_COLUMNS)), show_index=False, selectable="checkbox",
+            layout="fit_columns", widths=ALERT_WIDTHS, titles=ALERT_TITLES,
+            hidden_columns=["alert_id"],
+            formatters={"message": wrap, "suggestion": wrap, "evidence": {"type": "html"}},
+            pagination="local", page_size=ALERTS_PER_PAGE, sizing_mode="stretch_width",
+            disabled=True, visible=False)
         self.ack_button = pn.widgets.Button(name="acknowledge selected", visible=False,
                                             button_type="primary", width=180)
         self.ack_button.on_click(lambda event: self._ack_selected())
-        self.source = ColumnDataSource({"step": [], "severity": [], "colour": [],
-                                        "detector": [], "message": []}, name="sc-alert-timeline")
-        self.timeline = figure(height=130, sizing_mode="stretch_width", title="alert timeline",
-                               y_range=(-0.5, 3.5), tools="xpan,xwheel_zoom,reset",
-                               x_axis_label="step")
-        self.timeline.scatter("step", "severity", source=self.source, size=10,
+        self.source = ColumnDataSource({"step": [], "severity": [], "colour": [], "detector": [],
+                                        "count": [], "message": []}, name="sc-alert-timeline")
+        self.timeline = figure(height=TIMELINE_FRAME_PX + TIMELINE_ROW_PX,
+                               name="sc-alert-timeline-figure", sizing_mode="stretch_width",
+                               title="alert timeline (one row per detector)",
+                               x_range=DataRange1d(start=0),  # the run from its start
+                               y_range=FactorRange(factors=[]), tools="xpan,xwheel_zoom,reset",
+                               x_axis_label="step", visible=False)  # until the first alert
+        self.timeline.scatter("step", "detector", source=self.source, size=11,
                               fill_color="colour", line_color=None, marker="triangle")
-        self.timeline.add_tools(HoverTool(tooltips=[("step", "@step"), ("detector", "@detector"),
-                                                    ("", "@message")]))
+        self.timeline.add_tools(HoverTool(tooltips=[
+            ("step", "@step"), ("detector", "@detector"), ("alerts", "@count"),
+            ("severity", "@severity"), ("", "@message")]))
 
     def panel(self) -> pn.viewable.Viewable:
         return pn.Column(self.empty, self.table, self.ack_button, pn.pane.Bokeh(self.timeline),
@@ -60,20 +81,36 @@ class AlertsView:
         self.table.visible = self.ack_button.visible = has
         rows = [{c: a.get(c) for c in ALERT_COLUMNS} for a in alerts]
         for row in rows:
-            row["severity"] = f"{row['severity']} {SEVERITY.get(row['severity'], '')}"
-            evidence = json.dumps(row["evidence"]) if row["evidence"] is not None else ""
-            row["evidence"] = evidence[:EVIDENCE_CHARS] + ("..." if len(evidence) >
-                                                           EVIDENCE_CHARS else "")
+            row["severity"] = severity_name(row["severity"])
+            row["evidence"] = evidence_html(row["evidence"])
         self.table.value = pd.DataFrame(rows, columns=list(ALERT_COLUMNS))
+        self._draw_timeline(alerts)
+
+    def _draw_timeline(self, alerts: list[dict[str, Any]]) -> None:
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for alert in alerts:
+            groups.setdefault((str(alert.get("detector")), int(alert["step"])), []).append(alert)
+        top = {key: max(group, key=lambda a: a["severity"]) for key, group in groups.items()}
+        keys = sorted(groups, key=lambda key: (key[1], key[0]))
         self.source.data = {
-            "step": [a["step"] for a in alerts], "severity": [a["severity"] for a in alerts],
-            "colour": [SEVERITY_COLOUR.get(a["severity"], "#999999") for a in alerts],
-            "detector": [a.get("detector") for a in alerts],
-            "message": [a.get("message") for a in alerts]}
+            "step": [step for _, step in keys], "detector": [d for d, _ in keys],
+            "count": [len(groups[key]) for key in keys],
+            "severity": [severity_name(top[key]["severity"]) for key in keys],
+            "colour": [SEVERITY_COLOUR.get(top[key]["severity"], "#999999") for key in keys],
+            "message": [str(top[key].get("message") or "") for key in keys]}
+        detectors = sorted({d for d, _ in keys})
+        self.timeline.y_range.factors = detectors
+        self.timeline.height = TIMELINE_FRAME_PX + TIMELINE_ROW_PX * max(len(detectors), 1)
+        self.timeline.visible = bool(keys)
 
     def _ack_selected(self) -> None:
         for index in self.table.selection:
             self._acknowledge(int(self.table.value.iloc[index]["alert_id"]))
+
+
+def severity_name(severity: int) -> str:
+    """``2 confirmed``."""
+    return f"{severity} {SEVERITY.get(severity, '')}"
 
 
 class HealthView:
@@ -97,23 +134,28 @@ class HealthView:
         self.class_figure = figure(height=200, sizing_mode="stretch_width",
                                    title="spread of each class per snapshot (2D map)",
                                    y_range=FactorRange(factors=[]), tools="tap,xpan,reset",
-                                   x_axis_label="step")
+                                   x_axis_label="step", visible=False)
         self._cells = self.class_figure.rect(
             "step", "cls", width=1, height=0.95, source=self.class_source, line_color=None,
             fill_color={"field": "spread", "transform": self.spread_mapper})
         self.class_figure.add_tools(HoverTool(tooltips=[("class", "@cls"), ("step", "@step"),
                                                         ("spread", "@spread{0.000}")]))
+        self.class_figure.add_layout(ColorBar(color_mapper=self.spread_mapper, width=10,
+                                              title="spread", name="sc-health-colour-bar"),
+                                     "right")
         self.class_source.selected.on_change("indices", lambda a, o, new: self._picked(new))
 
     def _trajectory(self) -> Any:
         fig = figure(height=260, sizing_mode="stretch_width", title="cluster health (2D map)",
                      x_axis_label="inter-class distance", y_axis_label="intra-class variance",
-                     tools="pan,wheel_zoom,reset")
+                     tools="pan,wheel_zoom,reset", visible=False)
         fig.line("inter", "intra", source=self.source, line_color="#aaaaaa")
         fig.scatter("inter", "intra", source=self.source, size=7, line_color=None,
                     fill_color={"field": "step", "transform": self.mapper})
         fig.add_tools(HoverTool(tooltips=[("step", "@step"), ("intra", "@intra{0.000}"),
                                           ("inter", "@inter{0.000}")]))
+        fig.add_layout(ColorBar(color_mapper=self.mapper, width=10, title="step",
+                                name="sc-health-step-colour-bar"), "right")
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
@@ -176,6 +218,9 @@ class HealthView:
         if len(finite):
             self.spread_mapper.update(low=float(finite.min()),
                                       high=float(max(finite.max(), finite.min() + 1e-9)))
+        # shown once they have data, after their ranges can be computed (frontend/__init__.py)
+        self.figure.visible = bool(len(steps))
+        self.class_figure.visible = bool(len(self.class_source.data["step"]))
 
     def _picked(self, indices: list[int]) -> None:
         if indices:
@@ -244,8 +289,9 @@ class StatusView:
             return "<span class='sc-waiting'>waiting for the first snapshot</span>"
         behind = v["snapshots"] - v["maps"]
         if not v["maps"]:
-            return f"{v['snapshots']} snapshots, no 2D map yet (projector warming up or absent)"
-        return f"{v['maps']} of {v['snapshots']} snapshots mapped" + (
+            return (f"{plural(v['snapshots'], 'snapshot')}, no 2D map yet (projector warming "
+                    "up or absent)")
+        return f"{v['maps']} of {plural(v['snapshots'], 'snapshot')} mapped" + (
             f", projector behind by {behind}" if behind > 0 else "")
 
     def _projector_state(self) -> str:
@@ -259,6 +305,11 @@ class StatusView:
         if state.get("skipped"):
             text += f", {state['skipped']} skipped"
         return f"projector: {html.escape(text)}"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 snapshot``, ``2 snapshots``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _percent(value: Any) -> str:

@@ -2,7 +2,8 @@
 
 x is the training step. A tick marks every stored 2D map of the shown layer, a band marks the
 step shown now, and a triangle marks each alert of the shown layer (or of no layer: run-wide
-alerts), coloured by severity, with hover. Clicking near a tick asks the embedding view to show
+alerts), one per step however many alerts share it (hover names them and gives their count),
+coloured by the highest severity there. Clicking near a tick asks the embedding view to show
 that snapshot.
 
 All methods run on the document's thread; sources are updated in place (``stream`` when ticks
@@ -19,13 +20,13 @@ from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure
 
-from sentrycam.frontend.state_views import SEVERITY, SEVERITY_COLOUR
+from sentrycam.frontend.state_views import SEVERITY_COLOUR, severity_name
 
 #: Heights (y) of the strip's rows: ticks around 0, alert markers above them.
 TICK_Y, ALERT_Y = 0.0, 1.0
 #: Bokeh name of the strip (the browser tests find it by name to click on it).
 FIGURE_NAME = "sc-embedding-timeline-figure"
-ALERT_COLUMNS = ("step", "severity", "colour", "detector", "layer", "message")
+ALERT_COLUMNS = ("step", "severity", "colour", "detector", "count", "message")
 
 
 class EmbeddingTimeline:
@@ -43,9 +44,10 @@ class EmbeddingTimeline:
         self.figure = self._figure()
 
     def _figure(self) -> Any:
-        fig = figure(name=FIGURE_NAME, height=95, sizing_mode="stretch_width",
+        fig = figure(name=FIGURE_NAME, height=110, sizing_mode="stretch_width",
                      y_range=(-0.8, 1.6), tools="xpan,xwheel_zoom,reset", toolbar_location=None,
-                     x_axis_label="step", min_border_top=4, min_border_bottom=4)
+                     x_axis_label="step", min_border_top=4, min_border_bottom=4,
+                     visible=False)  # until it has a tick or an alert
         fig.vspan(x="step", source=self.shown_source, line_color="#1f77b4", line_width=3,
                   line_alpha=0.5)
         fig.segment(x0="step", y0=TICK_Y - 0.45, x1="step", y1=TICK_Y + 0.45,
@@ -53,8 +55,8 @@ class EmbeddingTimeline:
         markers = fig.scatter("step", ALERT_Y, source=self.alert_source, marker="triangle",
                               size=11, fill_color="colour", line_color=None)
         fig.add_tools(HoverTool(renderers=[markers], tooltips=[
-            ("detector", "@detector"), ("severity", "@severity"), ("step", "@step"),
-            ("", "@message")]))
+            ("step", "@step"), ("alerts", "@count"), ("detectors", "@detector"),
+            ("highest severity", "@severity"), ("", "@message")]))
         fig.yaxis.visible = False
         fig.ygrid.visible = False
         fig.on_event(Tap, lambda event: self.pick_near(event.x))
@@ -80,6 +82,7 @@ class EmbeddingTimeline:
                 self.tick_source.stream({"step": steps[len(drawn):]})
         else:
             self.tick_source.data = {"step": steps}
+        self._show_if_drawn()
 
     def mark_shown(self, layer: str, step: int) -> None:
         """The embedding view now draws ``layer`` at ``step``."""
@@ -106,10 +109,20 @@ class EmbeddingTimeline:
     # ------------------------------------------------------------------ internals
     def _draw_alerts(self) -> None:
         mine = [a for a in self.alerts if not a.get("layer") or a.get("layer") == self.layer]
+        by_step: dict[int, list[dict[str, Any]]] = {}
+        for alert in mine:
+            by_step.setdefault(int(alert["step"]), []).append(alert)
+        steps = sorted(by_step)
+        top = [max(by_step[s], key=lambda a: a["severity"]) for s in steps]
         self.alert_source.data = {
-            "step": [int(a["step"]) for a in mine],
-            "severity": [f"{a['severity']} {SEVERITY.get(a['severity'], '')}" for a in mine],
-            "colour": [SEVERITY_COLOUR.get(a["severity"], SEVERITY_COLOUR[0]) for a in mine],
-            "detector": [str(a.get("detector")) for a in mine],
-            "layer": [a.get("layer") or "" for a in mine],
-            "message": [str(a.get("message") or "") for a in mine]}
+            "step": steps, "count": [len(by_step[s]) for s in steps],
+            "severity": [severity_name(a["severity"]) for a in top],
+            "colour": [SEVERITY_COLOUR.get(a["severity"], SEVERITY_COLOUR[0]) for a in top],
+            "detector": [", ".join(sorted({str(a.get("detector")) for a in by_step[s]}))
+                         for s in steps],
+            "message": [str(a.get("message") or "") for a in top]}
+        self._show_if_drawn()
+
+    def _show_if_drawn(self) -> None:
+        self.figure.visible = bool(len(self.tick_source.data["step"])
+                                   or len(self.alert_source.data["step"]))

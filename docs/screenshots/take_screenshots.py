@@ -3,9 +3,11 @@
     python docs/screenshots/take_screenshots.py
 
 Starts a server in this process, trains the demo CNN on digits with capture attached (two runs,
-for the side-by-side view), waits for the server's projector worker to map every snapshot, and
-saves PNGs next to this file. With the worker switched off (``SENTRYCAM_PROJECTOR=off``), 2D maps
-come from the tests' stand-in (a PCA of each snapshot) instead.
+for the side-by-side view; the second with a learning rate high enough for the audit engine to
+raise alerts) and a 30-layer MLP (for heatmaps with many rows), waits for the server's
+projector worker to map every snapshot, and saves PNGs next to this file. With the worker
+switched off (``SENTRYCAM_PROJECTOR=off``), 2D maps come from the tests' stand-in (a PCA of
+each snapshot) instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -26,6 +30,7 @@ from sentrycam.capture import demo  # noqa: E402
 from sentrycam.backend.testing import StandInProjector, serve_in_thread  # noqa: E402
 from sentrycam.frontend.testing import launch_chromium  # noqa: E402
 from tests.e2e.browser import wait_until  # noqa: E402
+from tests.e2e.readability import train_many_layers  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 # True when every embedding view on the page has drawn its points.
@@ -33,17 +38,28 @@ ALL_DRAWN_JS = """(count) => { let drawn = 0;
   for (const d of Bokeh.documents) for (const m of d.all_models)
     if (m.name === 'sc-embedding-points' && m.data.x.length > 0) drawn++;
   return drawn >= count; }"""
-VIEWS = {"embedding": ".sc-embedding", "heatmaps": ".sc-heatmap", "curves": ".sc-curves",
-         "alerts": ".sc-alerts", "cluster_health": ".sc-health"}
+#: Views of the first run: file name -> CSS class of the view.
+VIEWS = {"embedding": ".sc-embedding", "curves": ".sc-curves", "cluster_health": ".sc-health"}
+#: Seconds a page may take to replay a run (a 30-layer run's catch-up on a loaded machine).
+SETTLE_S = 400
+#: Learning rate of the second run: high enough that its loss and gradients raise alerts.
+HIGH_LR = 3e-2
 
 
-def train_in_background(url: str, steps: int, seed: int, name: str) -> threading.Thread:
+def train_in_background(url: str, steps: int, seed: int, name: str,
+                        lr: float = 2e-3) -> threading.Thread:
     attach = functools.partial(capture.attach, url=url, every=40, probe_size=1000,
                                run_name=name)
     thread = threading.Thread(target=demo.train, args=(steps,),
-                              kwargs={"attach": attach, "seed": seed}, daemon=True)
+                              kwargs={"attach": attach, "seed": seed, "lr": lr}, daemon=True)
     thread.start()
     return thread
+
+
+def colour_by(page, mode: str) -> None:
+    """Pick ``mode`` in the first map's "colour by" menu."""
+    page.locator(".sc-embedding select").nth(1).select_option(mode)
+    time.sleep(2)
 
 
 def settle(page, views: int) -> None:
@@ -51,16 +67,27 @@ def settle(page, views: int) -> None:
     for the last patches to paint."""
     steps = page.locator(".sc-latest-step")
     wait_until(lambda: steps.count() >= views and all(
-        steps.nth(i).inner_text().strip().isdigit() for i in range(views)), 120, "steps")
-    wait_until(lambda: page.evaluate(ALL_DRAWN_JS, views), 120, "points")
+        steps.nth(i).inner_text().strip().isdigit() for i in range(views)), SETTLE_S, "steps")
+    wait_until(lambda: page.evaluate(ALL_DRAWN_JS, views), SETTLE_S, "points")
     time.sleep(3)
 
 
 def wait_for_maps(server) -> None:
-    """Let the projector worker (when the server has one) map every snapshot taken so far."""
+    """Let the projector worker (when the server has one) map every snapshot taken so far,
+    and the audit engine judge everything stored."""
     worker = getattr(server.app.state, "projection", None)
     if worker is not None and not worker.wait_idle(600):
         raise RuntimeError("the projector did not catch up within 600 s")
+    audit = getattr(server.app.state, "audit", None)
+    if audit is not None:
+        audit.wait_idle(60)
+
+
+def shoot(page, server, **runs: str) -> None:
+    """Open the page of ``runs`` (``run=`` and maybe ``compare=``) and let it settle."""
+    query = "&".join(f"{key}={value}" for key, value in runs.items())
+    page.goto(f"{server.url}/?{query}")
+    settle(page, len(runs))
 
 
 def main() -> None:
@@ -69,23 +96,28 @@ def main() -> None:
     db = Path(tempfile.mkdtemp(prefix="sc-shots-")) / "demo.duckdb"
     with serve_in_thread(ServerSettings(db_path=db, port=0)) as server, \
             StandInProjector(server.app), sync_playwright() as playwright:
-        first = train_in_background(server.url, 600, 0, "demo-cnn-lr2e-3")
         browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1500, "height": 1000})
-        first.join()
+        train_in_background(server.url, 600, 0, "demo-cnn-lr2e-3").join()
+        first = server.store.run_summaries()[0]["run_id"]
+        train_in_background(server.url, 300, 1, "demo-cnn-lr3e-2", lr=HIGH_LR).join()
+        second = server.store.run_summaries()[0]["run_id"]
+        deep = train_many_layers(server.url, 60, every=5).run_id
         wait_for_maps(server)
-        page.goto(server.url)
-        settle(page, 1)
+
+        shoot(page, server, run=first)
         page.screenshot(path=OUT / "dashboard.png", full_page=True)
         for name, selector in VIEWS.items():
             page.locator(selector).first.screenshot(path=OUT / f"{name}.png")
-        runs = server.store.run_summaries()
-        second = train_in_background(server.url, 300, 1, "demo-cnn-seed1")
-        second.join()
-        wait_for_maps(server)
-        page.goto(f"{server.url}/?run={runs[0]['run_id']}&compare="
-                  f"{server.store.run_summaries()[0]['run_id']}")
-        settle(page, 2)
+        colour_by(page, "loss")
+        page.locator(".sc-embedding").first.screenshot(path=OUT / "embedding_loss.png")
+
+        shoot(page, server, run=max((first, second), key=lambda run: len(
+            httpx.get(f"{server.url}/api/runs/{run}/alerts", timeout=10).json())))
+        page.locator(".sc-alerts").first.screenshot(path=OUT / "alerts.png")
+        shoot(page, server, run=deep)
+        page.locator(".sc-heatmap").first.screenshot(path=OUT / "heatmaps.png")
+        shoot(page, server, run=first, compare=second)
         page.screenshot(path=OUT / "side_by_side.png")
         browser.close()
     print(f"screenshots in {OUT}")

@@ -83,6 +83,9 @@ def test_new_alerts_replace_the_markers_in_place(dashboard, timeline, server):
     server.store.upsert_alert(RUN, {"step": 3, "detector": "effective_rank", "severity": 3,
                                     "layer": LAYER, "message": "rank fell to 1.2"})
     server.app.state.feed.publish([Change(RUN, ChangeKind.ALERT)])
-    drain_until(dashboard, lambda: len(source.data["step"]) == 3)
+    # a second alert at step 3 joins that step's marker: counted, named, its severity wins
+    drain_until(dashboard, lambda: _column(source, "count") == [1, 2])
     assert timeline.alert_source is source  # the same source, updated
-    assert "effective_rank" in _column(source, "detector")
+    assert _column(source, "step") == [1, 3]
+    assert _column(source, "detector")[1] == "effective_rank, knn_consistency"
+    assert _column(source, "colour")[1] == SEVERITY_COLOUR[3]

@@ -100,3 +100,25 @@ def test_maps_draw_with_webgl_unless_a_canvas_is_asked_for(server, ingest):
         for view in views:
             view.close()
         client.close()
+
+
+def test_before_the_first_map_the_picker_caption_and_status_line_agree(server, ingest):
+    start_run(ingest, steps=2)
+    snapshot(ingest, 0)  # stored, not mapped yet
+    client = ApiClient(server.url)
+    view = RunDashboard(client, RUN)
+    try:
+        embedding = view.embedding
+        assert embedding.layer.options == ["waiting for the first map"]
+        drain_until(view, lambda: view.status.values["snapshots"] == 1)
+        assert "1 snapshot stored, waiting for the first map" in embedding.caption.object
+        assert "1 snapshot, no 2D map yet" in view.status.pane.object  # singular, as above
+        assert not embedding.figure.visible  # an empty map is not drawn (no range warnings)
+        project(server, 0)
+        drain_until(view, lambda: embedding.shown == (LAYER, 0))
+        assert embedding.layer.options == [LAYER] and embedding.figure.visible
+        assert f"1 layer mapped: {LAYER}." in embedding.layer_note.object
+        assert "1 of 1 snapshot mapped" in view.status.pane.object
+    finally:
+        view.close()
+        client.close()
