@@ -28,6 +28,11 @@ import numpy as np
 MAD_TO_SD = 1.4826
 
 
+#: The smallest noise scale a score divides by: a floor derived from the values themselves is 0
+#: when they are all 0 (a layer collapsed to one point from the start).
+MIN_SCALE = 1e-12
+
+
 def robust_center_scale(values: Iterable[float], floor: float = 0.0) -> tuple[float, float]:
     """(median, max(1.4826 * MAD, floor)) of the finite values; (nan, nan) when there are none."""
     array = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
@@ -77,7 +82,7 @@ class RobustWindow:
         if not self.ready or not math.isfinite(value):
             return None
         center, scale = self.center_scale()
-        return (value - center) / scale
+        return (value - center) / max(scale, MIN_SCALE)
 
     def update(self, value: float) -> None:
         if math.isfinite(value):
@@ -107,9 +112,9 @@ class RunningBest:
         over sqrt(2)): not centred on the median difference, so a steady improvement counts as
         movement and does not shrink the scale that later degradations are measured in."""
         if len(self._diffs) < 2:
-            return self.floor
+            return max(self.floor, MIN_SCALE)
         typical = MAD_TO_SD * float(np.median(np.abs(np.asarray(self._diffs))))
-        return max(typical / math.sqrt(2.0), self.floor)
+        return max(typical / math.sqrt(2.0), self.floor, MIN_SCALE)
 
     def degradation(self, value: float) -> float | None:
         """How many noise scales ``value`` is worse than the best so far; None until ready."""

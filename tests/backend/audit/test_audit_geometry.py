@@ -103,3 +103,15 @@ def test_map_geometry_fires_on_the_2d_map():
                 found[f.step] = max(found.get(f.step, 0), f.level)
     assert first_confirmed(found) in (250, 275)
     assert detector.status()["active"]
+
+
+def test_a_layer_collapsed_to_one_point_from_the_start_is_observed_without_error():
+    # A deep MLP at PyTorch's default init maps every probe sample to the same vector: every
+    # distance is 0, so every floor derived from the values is 0 too.
+    detector = GeometryDetector()
+    labels = np.repeat(np.arange(CLASSES), PER_CLASS)
+    collapsed = np.zeros((len(labels), 16), np.float16)
+    for i in range(8):
+        findings = detector.observe("snapshot", probe_view(i * 25, labels,
+                                                           features={"body": collapsed}))
+        assert all(f.level < 2 for f in findings if f.detector == "class_collapse")
