@@ -10,14 +10,16 @@ Nothing in torch is replaced (a clip function imported by name before attaching 
 :meth:`ClipWatch.close` removes the hooks.
 
 A gradient scaler's ``unscale_`` leaves the version counters as they are, so on its own it does
-not count as clipping; but when a step is unscaled *and* clipped, the norm noted before is the
-scaled one.
+not count as clipping. When a step is unscaled *and* clipped, the norm noted at the end of
+backward is the scaled one: the ``GradScaler`` whose ``step`` calls the optimizer (found on the
+call stack, as neither torch nor the optimizer keeps a link to it) gives the scale to divide by.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
 import weakref
 from typing import Sequence
 
@@ -32,6 +34,25 @@ def _queue_at_end_of_backward(callback) -> None:
     # torch's engine runs these once the running backward pass has finished (DDP and FSDP
     # use the same mechanism); one queued from such a callback runs after those already queued.
     Variable._execution_engine.queue_callback(callback)
+
+
+#: How many frames above the optimizer pre-hook to look for the GradScaler's ``step``: the
+#: optimizer's step wrappers and hooks, the scaler's ``_maybe_opt_step`` and this package's own.
+SCALER_SEARCH_DEPTH = 24
+
+
+def running_loss_scale() -> torch.Tensor | None:
+    """The loss scale (float32 [1], on its device) of the enabled ``torch.amp.GradScaler`` whose
+    ``step`` is running further up the call stack, or None. Call it from an optimizer hook."""
+    frame = sys._getframe(1)
+    for _ in range(SCALER_SEARCH_DEPTH):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self") if frame.f_code.co_name == "step" else None
+        if isinstance(owner, torch.amp.GradScaler):
+            return owner._scale if owner.is_enabled() else None
+        frame = frame.f_back
+    return None
 
 
 class ClipWatch:
@@ -101,4 +122,6 @@ class ClipWatch:
         if not changed:
             return None
         device = norms[0].device
-        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        scale = running_loss_scale()  # backward's gradients were scaled, these are not
+        return total if scale is None else total / scale.to(device).reshape(())

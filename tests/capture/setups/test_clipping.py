@@ -102,3 +102,27 @@ def test_gradient_scaler_unscaling_is_not_taken_for_clipping(live):
     norms = stored.scalars["grad_norm"]
     assert sorted(norms) == list(range(4))
     assert all(norms[step] == pytest.approx(unscaled[step], rel=1e-5) for step in range(4))
+
+
+@pytest.mark.slow
+def test_unscaled_and_clipped_steps_show_the_unscaled_norm_before_clipping(live):
+    """The usual mixed-precision recipe: ``unscale_``, clip, ``GradScaler.step``."""
+    setup = Setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    run = setup.attach(url=live.url, every=4, run_name="scaled-clipped")
+    measured = {}
+    for step in range(4):
+        x, y = next(setup.data)
+        scaler.scale(setup.criterion(setup.model(x), y)).backward()
+        scaler.unscale_(setup.optimizer)
+        measured[step] = float(clip_grad_norm_(setup.model.parameters(), MAX_NORM))
+        scaler.step(setup.optimizer)
+        scaler.update()
+        setup.optimizer.zero_grad()
+    run.detach()
+    stored = live.stored("scaled-clipped")
+    norms, clipped = stored.scalars["grad_norm"], stored.scalars["grad_norm_clipped"]
+    assert sorted(norms) == sorted(clipped) == list(range(4))
+    for step, before in measured.items():
+        assert norms[step] == pytest.approx(before, rel=1e-5)
+        assert clipped[step] == pytest.approx(MAX_NORM, rel=1e-3)
