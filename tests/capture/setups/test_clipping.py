@@ -45,14 +45,17 @@ def total_norm(model: torch.nn.Module) -> float:
         [p.grad.norm() for p in model.parameters() if p.grad is not None])))
 
 
-def train_clipping_even_steps(live, run_name: str, clip) -> dict[int, tuple[float, float]]:
-    """8 steps, ``clip(parameters)`` on even ones; {step: (norm before, norm after clipping)}."""
+def train_clipping_even_steps(live, run_name: str, clip, accumulate: int = 1
+                              ) -> dict[int, tuple[float, float]]:
+    """8 steps of ``accumulate`` backward passes each, ``clip(parameters)`` on even ones;
+    {step: (norm before, norm after clipping)}."""
     setup = Setup()
     run = setup.attach(url=live.url, every=4, run_name=run_name)
     norms = {}
     for step in range(8):
-        x, y = next(setup.data)
-        setup.criterion(setup.model(x), y).backward()
+        for _ in range(accumulate):
+            x, y = next(setup.data)
+            setup.criterion(setup.model(x), y).backward()
         if step % 2 == 0:
             before = total_norm(setup.model)
             clip(setup.model.parameters())
@@ -64,13 +67,15 @@ def train_clipping_even_steps(live, run_name: str, clip) -> dict[int, tuple[floa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("clip", [
-    pytest.param(lambda params: clip_grad_norm_(params, MAX_NORM), id="norm-imported-by-name"),
-    pytest.param(lambda params: clip_grad_value_(params, MAX_NORM / 10), id="value"),
+@pytest.mark.parametrize("clip, accumulate", [
+    pytest.param(lambda params: clip_grad_norm_(params, MAX_NORM), 1, id="norm-imported-by-name"),
+    pytest.param(lambda params: clip_grad_value_(params, MAX_NORM / 10), 1, id="value"),
+    pytest.param(lambda params: clip_grad_norm_(params, MAX_NORM), 3, id="accumulated"),
 ])
-def test_clipping_by_any_torch_function_is_seen(live, clip):
-    """A clip function bound before attaching, and value clipping, record both norms too."""
-    measured = train_clipping_even_steps(live, "clip-fn", clip)
+def test_clipping_by_any_torch_function_is_seen(live, clip, accumulate):
+    """A clip function bound before attaching, value clipping and the clipping of accumulated
+    gradients record both norms too."""
+    measured = train_clipping_even_steps(live, "clip-fn", clip, accumulate)
     stored = live.stored("clip-fn")
     norms, clipped = stored.scalars["grad_norm"], stored.scalars["grad_norm_clipped"]
     assert sorted(norms) == list(range(8)) and sorted(clipped) == [0, 2, 4, 6]
