@@ -1,78 +1,127 @@
 """The gradient norm before clipping, which the optimizer's hooks cannot see.
 
-By the optimizer's pre-hook, ``clip_grad_norm_`` has already scaled the gradients. While a
-:class:`ClipWatch` is open, ``torch.nn.utils.clip_grad_norm_`` (which Lightning and Hugging Face
-Accelerate call as well) is a wrapper that calls torch's own function and hands each open watch
-the total norm that function returns: the norm before clipping, a 0-d tensor kept on its device
-(reading it would wait for the device). The original is put back when the last watch closes.
-Code that bound the function before the watch opened (``from torch.nn.utils import
-clip_grad_norm_`` at import time) calls torch's original: its steps record the clipped norm only.
+By the optimizer's pre-hook, ``clip_grad_norm_`` / ``clip_grad_value_`` (or any in-place change
+of the gradients) has already altered them. A :class:`ClipWatch` therefore measures the
+gradients as each backward pass leaves them: the parameters' post-accumulate-grad hooks tell it
+a backward pass produced gradients, and a callback queued on that pass (run when it ends, after
+the callbacks queued during it, e.g. DDP's averaging across ranks) takes their norms and in-place
+version counters. With gradient accumulation the last backward pass before a step counts.
+Nothing in torch is replaced (a clip function imported by name before attaching is seen too);
+:meth:`ClipWatch.close` removes the hooks.
+
+A gradient scaler's ``unscale_`` leaves the version counters as they are, so on its own it does
+not count as clipping. When a step is unscaled *and* clipped, the norm noted at the end of
+backward is the scaled one: the ``GradScaler`` whose ``step`` calls the optimizer (found on the
+call stack, as neither torch nor the optimizer keeps a link to it) gives the scale to divide by.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 import weakref
-from typing import Any, Iterable
+from typing import Sequence
 
 import torch
 from torch import nn
+from torch.autograd import Variable
 
-#: Open watches; the wrapper is installed exactly while this is non-empty.
-_OPEN: set[ClipWatch] = set()
-_ORIGINAL: list[Any] = []  # torch's function while the wrapper is installed
+log = logging.getLogger(__name__)
 
 
-def _clip_grad_norm_(parameters: Any, max_norm: float, *args: Any, **kwargs: Any
-                     ) -> torch.Tensor:
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    parameters = list(parameters)  # a generator would be spent by torch's own call
-    total = _ORIGINAL[0](parameters, max_norm, *args, **kwargs)
-    for watch in tuple(_OPEN):
-        watch.clipped(parameters, total)
-    return total
+def _queue_at_end_of_backward(callback) -> None:
+    # torch's engine runs these once the running backward pass has finished (DDP and FSDP
+    # use the same mechanism); one queued from such a callback runs after those already queued.
+    Variable._execution_engine.queue_callback(callback)
+
+
+#: How many frames above the optimizer pre-hook to look for the GradScaler's ``step``: the
+#: optimizer's step wrappers and hooks, the scaler's ``_maybe_opt_step`` and this package's own.
+SCALER_SEARCH_DEPTH = 24
+
+
+def running_loss_scale() -> torch.Tensor | None:
+    """The loss scale (float32 [1], on its device) of the enabled ``torch.amp.GradScaler`` whose
+    ``step`` is running further up the call stack, or None. Call it from an optimizer hook."""
+    frame = sys._getframe(1)
+    for _ in range(SCALER_SEARCH_DEPTH):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self") if frame.f_code.co_name == "step" else None
+        if isinstance(owner, torch.amp.GradScaler):
+            return owner._scale if owner.is_enabled() else None
+        frame = frame.f_back
+    return None
 
 
 class ClipWatch:
-    """Notes the pre-clipping gradient norm of clip calls on the given parameters.
+    """Notes each backward pass's gradient norms, so that :meth:`take`, in the optimizer
+    pre-hook, can tell the norm before any in-place clipping of this step.
 
-    :meth:`take` returns it only while the gradients are those that were clipped (the same
-    gradient tensor, not modified since): a clip call of an earlier step is never reported.
-    When several clip calls precede one step, the last one counts.
+    Costs one batched norm over the gradients (device kernels, no sync) per backward pass.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter]) -> None:
-        self._param_ids = frozenset(id(p) for p in params)
-        self._latest: tuple[torch.Tensor, weakref.ref, int] | None = None
-
-    def open(self) -> None:
-        if not _OPEN:
-            _ORIGINAL.append(torch.nn.utils.clip_grad_norm_)
-            torch.nn.utils.clip_grad_norm_ = functools.wraps(_ORIGINAL[0])(_clip_grad_norm_)
-        _OPEN.add(self)
+    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+        self._params = list(params)
+        self._queued = False  # a backward pass is running and its note is queued
+        #: Per parameter after the last backward pass: None without a gradient, else
+        #: (float32 0-d norm on the gradient's device, the gradient (weakly), its _version).
+        self._seen: list[tuple[torch.Tensor, weakref.ref, int] | None] | None = None
+        self._handles = [p.register_post_accumulate_grad_hook(self._on_gradient)
+                         for p in self._params if p.requires_grad]
 
     def close(self) -> None:
-        _OPEN.discard(self)
-        self._latest = None
-        if not _OPEN and _ORIGINAL:
-            torch.nn.utils.clip_grad_norm_ = _ORIGINAL.pop()
+        """Remove the hooks."""
+        while self._handles:
+            self._handles.pop().remove()
+        self._seen = None
 
-    def clipped(self, parameters: list[Any], total: torch.Tensor) -> None:
-        """A clip call returned ``total`` (the norm before clipping) for ``parameters``."""
-        grad = next((p.grad for p in parameters
-                     if id(p) in self._param_ids and p.grad is not None), None)
-        if grad is not None and isinstance(total, torch.Tensor):
-            self._latest = (total.detach(), weakref.ref(grad), grad._version)
+    def _on_gradient(self, param: torch.Tensor) -> None:
+        # Runs inside backward for every parameter: one comparison after the first.
+        if not self._queued:
+            self._queued = True
+            _queue_at_end_of_backward(
+                functools.partial(_queue_at_end_of_backward, self._note))
+
+    def _note(self) -> None:
+        self._queued = False
+        if not self._handles:  # closed while the pass ran
+            return
+        try:
+            grads = [p.grad for p in self._params]
+            present = [g for g in grads if g is not None]
+            with torch.no_grad():
+                norms = iter(torch._foreach_norm(
+                    [g.coalesce().values() if g.is_sparse else g for g in present],
+                    2, dtype=torch.float32))
+            self._seen = [None if g is None else (next(norms), weakref.ref(g), g._version)
+                          for g in grads]
+        except Exception:  # never break the user's backward pass
+            log.exception("noting the gradient norms failed; clipping goes unseen this step")
+            self._seen = None
 
     def take(self) -> torch.Tensor | None:
-        """The pre-clipping norm (float32 0-d, on its device) of the gradients as they are now,
-        or None when they were not clipped since they last changed."""
-        latest, self._latest = self._latest, None
-        if latest is None:
+        """The gradients' total norm after the last backward pass (float32 0-d, on the first
+        gradient's device) when they changed in place since, i.e. were clipped; None when
+        they did not, or were not all noted. Forgets the note: a later step never reports it."""
+        seen, self._seen = self._seen, None
+        if seen is None:
             return None
-        total, ref, version = latest
-        grad = ref()
-        if grad is None or grad._version != version:
+        changed = False
+        norms = []
+        for param, entry in zip(self._params, seen):
+            grad = param.grad
+            if grad is None:
+                continue
+            if entry is None:
+                return None  # a gradient backward did not leave: cannot tell
+            norm, ref, version = entry
+            changed = changed or ref() is not grad or grad._version != version
+            norms.append(norm)
+        if not changed:
             return None
-        return total.float()
+        device = norms[0].device
+        total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        scale = running_loss_scale()  # backward's gradients were scaled, these are not
+        return total if scale is None else total / scale.to(device).reshape(())

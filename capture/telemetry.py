@@ -35,8 +35,8 @@ from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LA
 #: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
 LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
-#: The gradient norm after ``clip_grad_norm_`` on steps whose gradients were clipped (GRAD_NORM
-#: is then the norm before clipping).
+#: The gradient norm after clipping (``clip_grad_norm_``, ``clip_grad_value_``) on steps whose
+#: gradients were clipped (GRAD_NORM is then the norm before clipping).
 GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
 
 
@@ -242,7 +242,7 @@ class _Before:
     layer_weight: torch.Tensor
     weight_sample: torch.Tensor
     grad_sample: torch.Tensor
-    unclipped: torch.Tensor | None  # the norm before clip_grad_norm_, when it was called
+    unclipped: torch.Tensor | None  # the norm before clipping, on clipped steps
 
 
 class ParamTelemetry:
@@ -268,10 +268,9 @@ class ParamTelemetry:
         self._before: _Before | None = None
         self._previous_grad: torch.Tensor | None = None
         self._clip = ClipWatch(self._params)
-        self._clip.open()
 
     def close(self) -> None:
-        """Stop watching gradient clipping."""
+        """Stop watching gradient clipping (removes its gradient hooks)."""
         self._clip.close()
 
     def _owners_of(self, present: list[int]) -> torch.Tensor:

@@ -26,6 +26,11 @@ def hook_state(*objects):
                                              "_optimizer_step_post_hooks"):
                 if hasattr(module, attr):
                     state[(id(obj), name, attr)] = list(getattr(module, attr).keys())
+    for obj in objects:
+        if isinstance(obj, nn.Module):
+            for name, param in obj.named_parameters():
+                hooks = param._post_accumulate_grad_hooks
+                state[(id(obj), name, "post_accumulate")] = list(hooks or {})
     state["global_pre"] = list(torch_optimizer._global_optimizer_pre_hooks.keys())
     state["global_post"] = list(torch_optimizer._global_optimizer_post_hooks.keys())
     state["global_forward"] = list(nn.modules.module._global_forward_hooks.keys())

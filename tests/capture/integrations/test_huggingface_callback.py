@@ -73,6 +73,13 @@ def test_a_trainer_run_streams_every_steps_loss_lr_eval_metrics_snapshots_and_ma
     assert stored.summary["status"] == "finished" and stored.summary["last_step"] == steps - 1
     loss = stored.scalars["loss"]
     assert sorted(loss) == list(range(steps))  # every optimizer step, not every 4th
+    # Accelerate clips (max_grad_norm=1.0): the curve is the norm before, as the Trainer logs it
+    logged = {entry["step"] - 1: entry["grad_norm"] for entry in trainer.state.log_history
+              if "grad_norm" in entry}
+    both = set(logged) & set(stored.scalars["grad_norm"])
+    assert both
+    for step in both:
+        assert stored.scalars["grad_norm"][step] == pytest.approx(logged[step], rel=1e-4)
     # The Trainer's own logged loss is the mean over its logging window of our per-step losses.
     logged = {row["step"]: row["loss"] for row in trainer.state.log_history if "loss" in row}
     assert len(logged) == steps // 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
 from tests.capture.setups.tiny_training import Setup
 
@@ -36,3 +37,79 @@ def test_the_curves_show_the_norm_before_clipping_and_the_clipped_norm(live):
         assert norms[step] == pytest.approx(before, rel=1e-5)
         assert clipped[step] == pytest.approx(MAX_NORM, rel=1e-3)
     assert all(norms[step] > 10 * MAX_NORM for step in (1, 3, 5, 7))  # unclipped steps as-is
+
+
+def total_norm(model: torch.nn.Module) -> float:
+    """The gradients' total L2 norm as they are now."""
+    return float(torch.linalg.vector_norm(torch.stack(
+        [p.grad.norm() for p in model.parameters() if p.grad is not None])))
+
+
+def train_clipping_even_steps(live, run_name: str, clip, accumulate: int = 1
+                              ) -> dict[int, tuple[float, float]]:
+    """8 steps of ``accumulate`` backward passes each, ``clip(parameters)`` on even ones;
+    {step: (norm before, norm after clipping)}."""
+    setup = Setup()
+    run = setup.attach(url=live.url, every=4, run_name=run_name)
+    norms = {}
+    for step in range(8):
+        for _ in range(accumulate):
+            x, y = next(setup.data)
+            setup.criterion(setup.model(x), y).backward()
+        if step % 2 == 0:
+            before = total_norm(setup.model)
+            clip(setup.model.parameters())
+            norms[step] = (before, total_norm(setup.model))
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
+    run.detach()
+    return norms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip, accumulate", [
+    pytest.param(lambda params: clip_grad_norm_(params, MAX_NORM), 1, id="norm-imported-by-name"),
+    pytest.param(lambda params: clip_grad_value_(params, MAX_NORM / 10), 1, id="value"),
+    pytest.param(lambda params: clip_grad_norm_(params, MAX_NORM), 3, id="accumulated"),
+])
+def test_clipping_by_any_torch_function_is_seen(live, clip, accumulate):
+    """A clip function bound before attaching, value clipping and the clipping of accumulated
+    gradients record both norms too."""
+    measured = train_clipping_even_steps(live, "clip-fn", clip, accumulate)
+    stored = live.stored("clip-fn")
+    norms, clipped = stored.scalars["grad_norm"], stored.scalars["grad_norm_clipped"]
+    assert sorted(norms) == list(range(8)) and sorted(clipped) == [0, 2, 4, 6]
+    for step, (before, after) in measured.items():
+        assert after < before / 10
+        assert norms[step] == pytest.approx(before, rel=1e-5)
+        assert clipped[step] == pytest.approx(after, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", [False, True], ids=["unscaled", "unscaled-and-clipped"])
+def test_a_gradient_scalers_unscaling_is_not_clipping(live, clip):
+    """``GradScaler.unscale_`` changes the gradients in place: not clipping, so the curve is the
+    unscaled norm; when clipped after it (the usual mixed-precision recipe), the unscaled norm
+    before clipping."""
+    setup = Setup()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    run = setup.attach(url=live.url, every=4, run_name="scaled")
+    unscaled = {}
+    for step in range(4):
+        x, y = next(setup.data)
+        scaler.scale(setup.criterion(setup.model(x), y)).backward()
+        scaler.unscale_(setup.optimizer)
+        unscaled[step] = total_norm(setup.model)
+        if clip:
+            clip_grad_norm_(setup.model.parameters(), MAX_NORM)
+        scaler.step(setup.optimizer)
+        scaler.update()
+        setup.optimizer.zero_grad()
+    run.detach()
+    stored = live.stored("scaled")
+    norms = stored.scalars["grad_norm"]
+    assert sorted(norms) == list(range(4))
+    assert all(norms[step] == pytest.approx(unscaled[step], rel=1e-5) for step in range(4))
+    clipped = stored.scalars.get("grad_norm_clipped", {})
+    assert sorted(clipped) == (list(range(4)) if clip else [])
+    assert all(value == pytest.approx(MAX_NORM, rel=1e-3) for value in clipped.values())

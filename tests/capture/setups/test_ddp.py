@@ -36,4 +36,5 @@ def test_rank_0_streams_the_run_and_training_is_unchanged_on_every_rank(live, tm
     assert stored.summary["config"]["world_size"] == WORLD
     assert stored.summary["config"]["rank"] == 0
     assert sorted(stored.scalars["loss"]) == list(range(STEPS))
+    assert "grad_norm_clipped" not in stored.scalars  # DDP's averaging is not clipping
     assert stored.snapshot_steps[:3] == [0, 3, 6]
