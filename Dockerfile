@@ -3,7 +3,8 @@
 #   docker build -t sentrycam .
 #   docker run -p 8765:8765 -v sentrycam-data:/data -e SENTRYCAM_TOKEN=... sentrycam
 # Tokens come from the environment or a token file, never from the command line; see the
-# README's "Team deployment". Without a Docker daemon, scripts/container.sh builds it with buildah.
+# README's "Team server (Docker)". Without a Docker daemon, scripts/container.sh builds it
+# with buildah.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
