@@ -124,6 +124,10 @@ def build(arch: str, seed: int) -> tuple[Task, nn.Module]:
     return task, model
 
 
+def _vanish(grad: torch.Tensor) -> torch.Tensor:
+    return grad * 1e-6
+
+
 class Injection:
     """A failure injected from step ``at`` on. ``batch`` may rewrite a batch, ``before_step``
     acts between backward and the optimizer step, ``at_start`` once at step ``at``."""
@@ -168,6 +172,11 @@ class Injection:
             for state in self.optimizer.state.values():
                 if "exp_avg_sq" in state:
                     state["exp_avg_sq"].mul_(1e-5)
+        elif self.kind == "vanishing_gradients":
+            # Scaled as backward computes them, as vanishing gradients arise: an in-place change
+            # after backward would read to capture as clipping (the norm before it is recorded).
+            for p in self.model.parameters():
+                p.register_hook(_vanish)
 
     def before_step(self, step: int) -> None:
         if not self.active(step):
@@ -175,10 +184,6 @@ class Injection:
         if self.kind == "slow_divergence":
             for group in self.optimizer.param_groups:
                 group["lr"] = self.base_lr * 1.025 ** (step - self.at + 1)
-        elif self.kind == "vanishing_gradients":
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(1e-6)
 
     def train_subset(self, step: int) -> bool:
         """Overfitting: from ``at`` on, training sees only a small fixed subset."""
