@@ -36,8 +36,7 @@ from sentrycam.backend.routes import (audit, derived, health, incidents, ingest_
                                       projector, push_ws, runs)
 from sentrycam.backend.routes.errors import Problem, document_guards, guard_refusals
 from sentrycam.backend.settings import WILDCARD_HOSTS, ServerSettings
-from sentrycam.backend.store import (RetentionSettings, Store, StoreUnavailableError,
-                                     UnknownRunError)
+from sentrycam.backend.store import Store, StoreUnavailableError, UnknownRunError
 from sentrycam.protocol.redaction import redacting_logger
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ DRAIN_TIMEOUT_S = 60.0
 
 def open_store(settings: ServerSettings) -> Store:
     """Open the settings' database read-write with their retention policy."""
-    retention = RetentionSettings(max_snapshots=settings.retention_max_snapshots)
-    return Store(settings.db_path, retention=retention, memory_limit=settings.store_memory_limit)
+    return Store(settings.db_path, retention=settings.retention,
+                 memory_limit=settings.store_memory_limit)
 
 
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
