@@ -33,7 +33,7 @@ from sentrycam.backend.ingest import IngestWriter
 from sentrycam.backend.audit.service import start_audit, stop_audit
 from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.backend.routes import (audit, derived, health, incidents, ingest_ws, pages,
-                                      projector, push_ws, runs)
+                                      projector, push_ws, runs, storage)
 from sentrycam.backend.routes.errors import Problem, document_guards, guard_refusals
 from sentrycam.backend.settings import WILDCARD_HOSTS, ServerSettings
 from sentrycam.backend.store import Store, StoreUnavailableError, UnknownRunError
@@ -97,7 +97,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
-    for module in (health, runs, derived, audit, incidents, ingest_ws, push_ws, projector):
+    for module in (health, runs, derived, audit, incidents, ingest_ws, push_ws, projector,
+                   storage):
         app.include_router(module.router)
     pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)
