@@ -196,7 +196,7 @@ def _columns(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[str]:
     """A header line and one line per row, each column as wide as its widest cell."""
     cells = [[_cell(row.get(col), col) for col in columns] for row in rows]
     widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths))
+    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
             for line in [list(columns), *cells]]
 
 
