@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import httpx
 import numpy as np
 import pytest
 
@@ -97,6 +98,8 @@ def test_inspect_through_a_server_reports_the_same_sizes(db, capsys, make_settin
     with serve_in_thread(make_settings(db_path=db)) as server:
         served = {run["run_id"]: run for run in _inspect(capsys, "--url", server.url)}
         (one_served,) = _inspect(capsys, "--url", server.url, "--run", "kept")
+        unknown = httpx.get(f"{server.url}/api/runs/{'e' * 32}/storage", timeout=10)
+        assert unknown.status_code == 404 and "e" * 32 in unknown.json()["detail"]
     keys = ("feature_bytes", "other_bytes", "snapshots_with_features")
     for run_id, run in from_file.items():
         assert {k: served[run_id][k] for k in keys} == {k: run[k] for k in keys}
