@@ -33,11 +33,10 @@ from sentrycam.backend.ingest import IngestWriter
 from sentrycam.backend.audit.service import start_audit, stop_audit
 from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.backend.routes import (audit, derived, health, incidents, ingest_ws, pages,
-                                      projector, push_ws, runs)
+                                      projector, push_ws, runs, storage)
 from sentrycam.backend.routes.errors import Problem, document_guards, guard_refusals
 from sentrycam.backend.settings import WILDCARD_HOSTS, ServerSettings
-from sentrycam.backend.store import (RetentionSettings, Store, StoreUnavailableError,
-                                     UnknownRunError)
+from sentrycam.backend.store import Store, StoreUnavailableError, UnknownRunError
 from sentrycam.protocol.redaction import redacting_logger
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ DRAIN_TIMEOUT_S = 60.0
 
 def open_store(settings: ServerSettings) -> Store:
     """Open the settings' database read-write with their retention policy."""
-    retention = RetentionSettings(max_snapshots=settings.retention_max_snapshots)
-    return Store(settings.db_path, retention=retention, memory_limit=settings.store_memory_limit)
+    return Store(settings.db_path, retention=settings.retention,
+                 memory_limit=settings.store_memory_limit)
 
 
 def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
@@ -98,7 +97,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.state.feed = ChangeFeed()
     app.state.started_at = time.time()
     app.state.started_monotonic = time.monotonic()
-    for module in (health, runs, derived, audit, incidents, ingest_ws, push_ws, projector):
+    for module in (health, runs, derived, audit, incidents, ingest_ws, push_ws, projector,
+                   storage):
         app.include_router(module.router)
     pages.mount_dashboard(app, settings)
     app.add_exception_handler(UnknownRunError, _unknown_run)

@@ -1,4 +1,5 @@
-"""The sentrycam command line: serve, demo, inspect, alerts, incidents, export, sync, stop.
+"""The sentrycam command line: serve, demo, inspect, alerts, incidents, export, compact, sync,
+stop.
 
 Each subcommand imports what it needs when it runs: ``sentrycam demo`` is a training process and
 must not load the web stack or DuckDB (the server it talks to runs in its own process).
@@ -78,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--token", default=None,
                       help="the server's write token (or SENTRYCAM_TOKEN)")
 
+    compact = command("compact", "delete old feature vectors by the retention policy and "
+                      "shrink the database file")
+    compact.add_argument("--db", type=Path, required=True, help="DuckDB file no server holds")
+    compact.add_argument("--run", dest="run_id", metavar="RUN", default=None,
+                         help=f"{RUN_HELP} (default: every run)")
+    compact.add_argument("--keep-newest", type=int, default=None, metavar="N",
+                         help="snapshots per run and layer that keep their features (default: "
+                              "SENTRYCAM_RETENTION_MAX_SNAPSHOTS, else 20)")
+    compact.add_argument("--history", type=int, default=None, metavar="H",
+                         help="older snapshots kept per doubling of age (default: "
+                              "SENTRYCAM_RETENTION_HISTORY, else 4)")
+
     stop = command("stop", "stop the local server that holds a database file")
     stop.add_argument("--db", type=Path, required=True, help="the server's DuckDB file")
     return parser
@@ -130,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     commands = {"serve": _serve, "demo": _demo, "inspect": _inspect, "alerts": _alerts,
-                "incidents": _incidents, "export": _export, "sync": _sync, "stop": _stop}
+                "incidents": _incidents, "export": _export, "sync": _sync, "stop": _stop,
+                "compact": _compact}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
@@ -226,6 +240,14 @@ def _export(args: argparse.Namespace) -> int:
 
     for path in export_run(db=args.db, run_id=args.run_id, out=args.out):
         print(path)
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from sentrycam.backend.cli_compact import compact
+
+    print(compact(db=args.db, run=args.run_id, keep_newest=args.keep_newest,
+                  history=args.history))
     return 0
 
 

@@ -12,14 +12,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sentrycam.backend.cli_errors import CLIError
 from sentrycam.backend.cli_runs import resolve_run
 
+#: Bytes of a run (see :mod:`sentrycam.backend.store.sizes`).
+SIZE_COLUMNS = ("feature_bytes", "other_bytes", "snapshots_with_features")
 SUMMARY_COLUMNS = ("run_id", "name", "status", "last_step", "n_scalar_rows", "n_snapshots",
                    "captured_layers", "telemetry_layers", "n_probe", "n_embeddings", "n_alerts",
-                   "dropped", "capture_overhead", "snapshot_every")
+                   "dropped", "capture_overhead", "snapshot_every", *SIZE_COLUMNS)
+#: Columns of the per-snapshot table of ``inspect --run``.
+SNAPSHOT_COLUMNS = ("step", "layers", "layers_with_features", "feature_bytes", "other_bytes")
 
 
 def _server_for(db: Path) -> str | None:
@@ -70,48 +74,75 @@ def _open_store(db: Path):
         raise CLIError(str(exc)) from None
 
 
-def run_summaries(*, db: Path | None, url: str | None, token: str | None = None
-                  ) -> list[dict[str, Any]]:
-    """Every run's summary (see ``Store.run_summaries``), newest first, from the server at
-    ``url``, else from the server holding ``db``, else from the file ``db`` itself."""
+def _read(*, db: Path | None, url: str | None, token: str | None, api_path: str,
+          read: Callable[[Any], Any]) -> Any:
+    """``api_path`` of the server at ``url``, else of the server holding ``db``, else
+    ``read(store)`` of the file ``db`` itself (opened read-only)."""
     url = url or (_server_for(db) if db is not None else None)
     if url is not None:
-        return _get_json(url, "/api/runs", token)
+        return _get_json(url, api_path, token)
     store = _open_store(db)
     try:
-        return store.run_summaries()
+        return read(store)
     finally:
         store.close()
+
+
+def run_summaries(*, db: Path | None, url: str | None, token: str | None = None
+                  ) -> list[dict[str, Any]]:
+    """Every run's summary (see ``Store.run_summaries``), newest first, read as :func:`_read`
+    reads."""
+    return _read(db=db, url=url, token=token, api_path="/api/runs",
+                 read=lambda store: store.run_summaries())
 
 
 def run_events(run_id: str, *, db: Path | None, url: str | None, token: str | None = None
                ) -> list[dict[str, Any]]:
-    """The run's event log (see ``Store.events``), oldest first, read as
-    :func:`run_summaries` reads."""
-    url = url or (_server_for(db) if db is not None else None)
-    if url is not None:
-        return _get_json(url, f"/api/runs/{urllib.parse.quote(run_id)}/events", token)
-    store = _open_store(db)
-    try:
-        return store.events(run_id)
-    finally:
-        store.close()
+    """The run's event log (see ``Store.events``), oldest first, read as :func:`_read` reads."""
+    return _read(db=db, url=url, token=token,
+                 api_path=f"/api/runs/{urllib.parse.quote(run_id)}/events",
+                 read=lambda store: store.events(run_id))
+
+
+def storage(run_id: str | None, *, db: Path | None, url: str | None,
+            token: str | None = None) -> dict[str, Any]:
+    """The store's bytes (see ``Store.storage``) of every run, or of one run with each of
+    its snapshots, read as :func:`_read` reads."""
+    path = ("/api/storage" if run_id is None
+            else f"/api/runs/{urllib.parse.quote(run_id)}/storage")
+    return _read(db=db, url=url, token=token, api_path=path,
+                 read=lambda store: store.storage(run_id))
 
 
 def inspect_runs(*, db: Path | None, url: str | None, run_id: str | None,
                  token: str | None = None) -> list[dict[str, Any]]:
     """One summary dict per run, newest first, or of the one run ``run_id`` names (an id, a
-    unique id prefix or a name), with its layers split by :func:`split_layers`; the one run's
-    summary adds ``events``, the latest event of each kind (e.g. how the overhead budget
-    shaped the capture schedule), in step order."""
+    unique id prefix or a name), with its layers split by :func:`split_layers` and its bytes
+    added by :func:`add_sizes`; the one run's summary adds ``events``, the latest event of
+    each kind (e.g. how the overhead budget shaped the capture schedule), in step order."""
     runs = run_summaries(db=db, url=url, token=token)
     if not run_id:
-        return [split_layers(run) for run in runs]
+        return add_sizes([split_layers(run) for run in runs],
+                         storage(None, db=db, url=url, token=token))
     run = split_layers(resolve_run(run_id, runs))
     latest = {event["event"]: event for event in run_events(run["run_id"], db=db, url=url,
                                                             token=token)}
     run["events"] = sorted(latest.values(), key=lambda event: event["step"])
-    return [run]
+    return add_sizes([run], storage(run["run_id"], db=db, url=url, token=token))
+
+
+def add_sizes(runs: list[dict[str, Any]], sizes: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summaries with each run's bytes from ``sizes`` (``Store.storage``):
+    feature_bytes, other_bytes, snapshots_with_features, and store_file_bytes (the whole
+    file with its write-ahead log, the same in every summary); with one run's sizes, also
+    ``snapshot_bytes``, one entry per snapshot step."""
+    file_bytes = sizes["file_bytes"] + sizes["wal_bytes"]
+    for run in runs:
+        mine = sizes["runs"].get(run["run_id"], {})
+        run.update({key: mine.get(key, 0) for key in SIZE_COLUMNS}, store_file_bytes=file_bytes)
+        if "snapshots" in sizes:
+            run["snapshot_bytes"] = sizes["snapshots"]
+    return runs
 
 
 def split_layers(summary: dict[str, Any]) -> dict[str, Any]:
@@ -145,11 +176,7 @@ def render_table(runs: list[dict[str, Any]]) -> str:
     """A plain-text table of run summaries for humans."""
     if not runs:
         return "no runs"
-    rows = [[_cell(run.get(col)) for col in SUMMARY_COLUMNS] for run in runs]
-    widths = [max(len(col), *(len(row[i]) for row in rows))
-              for i, col in enumerate(SUMMARY_COLUMNS)]
-    lines = ["  ".join(col.ljust(w) for col, w in zip(SUMMARY_COLUMNS, widths))]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines = _columns(runs, SUMMARY_COLUMNS)
     if len(runs) == 1:
         lines += [f"captured layers (maps, activation statistics): "
                   f"{', '.join(runs[0].get('captured_layers') or []) or 'none'}",
@@ -157,14 +184,39 @@ def render_table(runs: list[dict[str, Any]]) -> str:
                   f"{', '.join(runs[0].get('telemetry_layers') or []) or 'none'}"]
         lines += [f"{event['event']} (step {event['step']}): {event['message']}"
                   for event in runs[0].get("events") or []]
+    if "store_file_bytes" in runs[0]:
+        lines.append(f"store file: {_bytes(runs[0]['store_file_bytes'])} on disk (bytes "
+                     "above: data, uncompressed)")
+    if runs[0].get("snapshot_bytes"):
+        lines += ["bytes per snapshot:", *_columns(runs[0]["snapshot_bytes"], SNAPSHOT_COLUMNS)]
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def _columns(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> list[str]:
+    """A header line and one line per row, each column as wide as its widest cell."""
+    cells = [[_cell(row.get(col), col) for col in columns] for row in rows]
+    widths = [max(len(col), *(len(line[i]) for line in cells)) for i, col in enumerate(columns)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+            for line in [list(columns), *cells]]
+
+
+def _bytes(count: int) -> str:
+    """``count`` bytes for humans: 512 B, 8.5 MiB ..."""
+    size, unit = float(count), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, list):  # layer names: the table shows how many
         return str(len(value))
     if isinstance(value, float):
         return f"{value:.4g}"
+    if column.endswith("_bytes"):
+        return _bytes(value)
     return str(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sentrycam.protocol.chunks import CHUNK_TARGET_BYTES, KEEPALIVE_TIMEOUT_S
 from sentrycam.protocol.server_info import info_file_path
+
+if TYPE_CHECKING:
+    from sentrycam.backend.store.retention import RetentionSettings
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 #: Host names every server answers to: a browser on this machine reaches it by these.
@@ -91,8 +94,11 @@ class ServerSettings(BaseSettings):
     """What a server binds to, where it stores, and how it batches ingest.
 
     ``port`` 0 picks a free port; ``idle_timeout_s`` 0 never exits on idleness;
-    ``info_file`` defaults to ``<db_path>.server.json``; ``retention_max_snapshots`` keeps at
-    most that many snapshots' feature vectors per run (None keeps all).
+    ``info_file`` defaults to ``<db_path>.server.json``. Retention (on by default; see
+    :mod:`sentrycam.backend.store.retention`): per run and layer the newest
+    ``retention_max_snapshots`` snapshots keep their feature vectors, plus a thinned history of
+    about ``retention_history`` older ones per doubling of age; 0 (or None) keeps every
+    snapshot's vectors. Every other row (2D maps, predictions, scalars, alerts ...) is kept.
 
     ``token`` (write: trainers and admins, every route) and ``read_token`` (viewers: GET
     routes, the push websocket, the dashboard) come from the environment or from the first
@@ -127,7 +133,8 @@ class ServerSettings(BaseSettings):
     ingest_queue: int = Field(10_000, ge=1)
     batch_max: int = Field(500, ge=1)
     batch_wait_s: float = Field(0.02, gt=0.0, le=10.0)
-    retention_max_snapshots: int | None = Field(None, ge=1)
+    retention_max_snapshots: int | None = Field(20, ge=0)
+    retention_history: int = Field(4, ge=0)
     projector: bool = True
     projector_device: str = "auto"
     projector_drain_s: float = Field(15.0, ge=0.0)
@@ -218,6 +225,14 @@ class ServerSettings(BaseSettings):
         if token is not None:
             raise ValueError(f"give the {what} or the {what} file, not both")
         return _first_line(path, what)
+
+    @property
+    def retention(self) -> RetentionSettings:
+        """The store's retention policy from the ``retention_*`` settings."""
+        from sentrycam.backend.store.retention import RetentionSettings
+
+        return RetentionSettings(max_snapshots=self.retention_max_snapshots or None,
+                                 history=self.retention_history)
 
     @property
     def token_required(self) -> bool:

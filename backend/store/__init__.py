@@ -2,7 +2,9 @@
 
 Modules: ``core`` (the Store), ``schema`` (tables, version, migrations), ``writer``
 (messages -> rows), ``reader`` (queries), ``derived`` (embeddings, quality, alerts),
-``export`` (Parquet), ``errors``, ``failure`` (storage failures).
+``export`` (Parquet), ``errors``, ``failure`` (storage failures), ``retention`` (which
+snapshots keep their feature vectors), ``sizes`` (bytes per run and snapshot),
+``compact`` (apply retention to a file and shrink it).
 """
 
 from sentrycam.backend.store.core import Store
@@ -13,7 +15,8 @@ from sentrycam.backend.store.errors import (MissingSnapshotError, StoreClosedErr
                                             UnknownRunError)
 from sentrycam.backend.store.failure import StorageFailure
 from sentrycam.backend.store.schema import SCHEMA_VERSION
-from sentrycam.backend.store.writer import Refusal, RetentionSettings
+from sentrycam.backend.store.retention import RetentionSettings
+from sentrycam.backend.store.writer import Refusal
 
 __all__ = [
     "Store", "UnknownRunError", "RetentionSettings", "MissingSnapshotError", "StoreClosedError",

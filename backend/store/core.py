@@ -28,13 +28,15 @@ import duckdb
 import numpy as np
 
 from sentrycam.protocol.messages import Message
-from sentrycam.backend.store import derived, export, reader, schema
+from sentrycam.backend.store import (compact, derived, export, reader, retention, schema,
+                                     sizes)
 from sentrycam.backend.store.connection import connect
 from sentrycam.backend.store.errors import (StoreClosedError, StoreReadOnlyError,
                                             StoreUnavailableError)
 from sentrycam.backend.store.failure import FailureState, StorageFailure, storage_failure
 from sentrycam.protocol.validation import check_batch
-from sentrycam.backend.store.writer import BatchWriter, Refusal, RetentionSettings
+from sentrycam.backend.store.retention import RetentionSettings
+from sentrycam.backend.store.writer import BatchWriter, Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +264,24 @@ class Store:
         """Mark an alert acknowledged; UnknownAlertError if there is none."""
         self._transaction(lambda cur: derived.acknowledge_alert(cur, alert_id))
 
+    def apply_retention(self, run_id: str | None = None) -> int:
+        """Apply the store's retention policy to every layer of one run, or of every run
+        (ingest applies it only to the layers a batch wrote). Returns how many (step, layer)
+        snapshots lost their feature vectors; the file keeps its size (see :meth:`copy_to`)."""
+        def work(cur: duckdb.DuckDBPyConnection) -> int:
+            if run_id is not None:
+                reader.require_run(cur, run_id)
+            return retention.apply(cur, self.retention,
+                                   retention.stored_run_layers(cur, run_id))
+        return self._transaction(work)
+
+    def copy_to(self, target: str | os.PathLike) -> None:
+        """Write the store's tables and rows into the new file ``target``, without the room
+        deleted rows leave (see :func:`.compact.copy_database`)."""
+        self._require_writable()
+        with self._write_lock, self._cursor() as cur:
+            compact.copy_database(cur, pathlib.Path(target))
+
     def _rollback(self, cur: duckdb.DuckDBPyConnection) -> None:
         try:
             cur.rollback()
@@ -349,6 +369,20 @@ class Store:
         """Alerts (all columns) in (step, alert_id) order, of one run or all."""
         with self._cursor() as cur:
             return derived.alerts(cur, run_id, min_severity)
+
+    def storage(self, run_id: str | None = None) -> dict[str, Any]:
+        """Bytes held (see :mod:`.sizes`): file_bytes, wal_bytes of the file; runs:
+        {run_id: {feature_bytes, other_bytes, snapshots, snapshots_with_features}}; with
+        ``run_id``, also snapshots: that run's [{step, layers, layers_with_features,
+        feature_bytes, other_bytes}] in step order."""
+        with self._cursor() as cur:
+            if run_id is not None:
+                reader.require_run(cur, run_id)
+            result: dict[str, Any] = {**sizes.file_bytes(self.path),
+                                      "runs": sizes.run_sizes(cur, run_id)}
+            if run_id is not None:
+                result["snapshots"] = sizes.snapshot_sizes(cur, run_id)
+            return result
 
     def export_run(self, run_id: str, out_dir: str | os.PathLike) -> list[pathlib.Path]:
         """One Parquet file per table with the run's rows; see :mod:`.export`."""

@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
                                         Scalars, Snapshot, Status)
-from sentrycam.backend.store import parts
+from sentrycam.backend.store import parts, retention
+from sentrycam.backend.store.retention import RetentionSettings
 from sentrycam.backend.store.rows import float16_blobs, insert_arrow
 from sentrycam.backend.store.schema import PREDICTION_COLUMNS, first_row
 from sentrycam.protocol.container import json_safe
@@ -30,25 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: Where a whole snapshot's rows go: (features table, predictions table).
 SNAPSHOT_TABLES = ("features", "predictions")
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    """How much the store keeps.
-
-    ``max_snapshots``: per run and layer, feature vectors of only the newest this many
-    snapshots are kept; older ones are deleted after each snapshot write. Snapshot rows,
-    predictions and embeddings are always kept. None keeps everything.
-    """
-
-    max_snapshots: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_snapshots is not None and (
-                isinstance(self.max_snapshots, bool) or not isinstance(self.max_snapshots, int)
-                or self.max_snapshots < 1):
-            raise ValueError(f"RetentionSettings.max_snapshots must be a positive int or None, "
-                             f"got {self.max_snapshots!r}")
 
 
 def utc_now() -> dt.datetime:
@@ -372,21 +354,7 @@ class BatchWriter:
                 self.cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND step = ?", params)
 
     def _apply_retention(self) -> None:
-        keep = self.retention.max_snapshots
-        if keep is None:
-            return
-        for run_id, layer in sorted(self.snapshot_layers):
-            old_steps = [s for (s,) in self.cur.execute(
-                "SELECT step FROM snapshots WHERE run_id = ? AND layer = ? AND has_features "
-                "ORDER BY step DESC OFFSET ?", [run_id, layer, keep]).fetchall()]
-            if not old_steps:
-                continue
-            self.cur.execute(
-                "DELETE FROM features WHERE run_id = ? AND layer = ? AND step <= ? "
-                "AND list_contains(?, step)", [run_id, layer, max(old_steps), old_steps])
-            self.cur.execute(
-                "UPDATE snapshots SET has_features = false WHERE run_id = ? AND layer = ? "
-                "AND list_contains(?, step)", [run_id, layer, old_steps])
+        retention.apply(self.cur, self.retention, self.snapshot_layers)
 
     _HANDLERS = {
         RunStart: _run_start, ProbeSet: _probe, Scalars: _scalars, LayerStats: _layer_stats,

@@ -18,7 +18,7 @@ ALPHA = "aaaa1111" + "0" * 24
 ALPHA_TWIN = "aaaa2222" + "0" * 24
 BETA = "bbbb3333" + "0" * 24
 CAPTURED = {"layers": [{"name": "fc:input"}, {"name": "features.3"}]}
-SUBCOMMANDS = ("serve", "demo", "inspect", "alerts", "export", "sync", "stop")
+SUBCOMMANDS = ("serve", "demo", "inspect", "alerts", "export", "compact", "sync", "stop")
 
 
 @pytest.fixture
