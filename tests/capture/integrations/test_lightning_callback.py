@@ -74,8 +74,10 @@ def fit(callbacks: list, max_epochs: int = 4, accumulate: int = 2, validate: boo
     return module, trainer
 
 
-@pytest.mark.slow
-def test_a_lightning_fit_streams_loss_lr_metrics_snapshots_and_maps(live):
+@pytest.mark.projector
+def test_a_lightning_fit_streams_loss_lr_metrics_snapshots_and_maps(projecting_live):
+    """The 2D maps are the real projector's (the deepest two layers of each snapshot)."""
+    live = projecting_live
     callback = SentryCamCallback(url=live.url, every=2, overhead_budget=None,
                                  run_name="lightning-test")
     module, trainer = fit([callback])
@@ -96,6 +98,8 @@ def test_a_lightning_fit_streams_loss_lr_metrics_snapshots_and_maps(live):
     assert "train_loss" in stored.scalars
     assert len(stored.snapshot_steps) >= 5 and stored.snapshot_steps[-1] == steps - 1
     assert {m["step"] for m in stored.maps} == set(stored.snapshot_steps)
+    assert {m["n"] for m in stored.maps} == {48}
+    assert live.projector()["projected"] >= len(stored.snapshot_steps)
     assert stored.summary["n_probe"] == 48  # the validation set, never the shuffled sampler
 
 
