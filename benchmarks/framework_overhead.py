@@ -149,6 +149,7 @@ def huggingface_round(steps: int, callback: Any | None) -> tuple[list[float], di
             model=transformers.BertForSequenceClassification(config), args=args,
             train_dataset=Sentences(1024, 0), eval_dataset=Sentences(256, 1),
             callbacks=[timing] + ([callback] if callback is not None else []))
+        trainer.remove_callback(transformers.PrinterCallback)  # its log lines, on stdout
         trainer.train()
     return _intervals(timing.starts), timing.figures
 
@@ -231,6 +232,7 @@ def main() -> None:
     parser.set_defaults(json=RESULT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its tips and notices
     warnings.filterwarnings("ignore")  # the frameworks' advice on CPU training and workers
     recorder = Recorder("framework_overhead", args)
     with tempfile.TemporaryDirectory() as tmp:
