@@ -3,7 +3,11 @@ a config (nothing downloaded): what the store holds afterwards."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +215,29 @@ def test_an_exception_in_training_ends_the_run_as_failed(tmp_path):
     ends = [m for m in transport.messages if isinstance(m, RunEnd)]
     assert [(end.status, end.step) for end in ends] == [("failed", 1)]
     assert callback.run is None
+
+
+CRASHING_SCRIPT = """
+import atexit, sys
+from pathlib import Path
+from sentrycam.capture.transport import MemoryTransport
+from sentrycam.protocol.messages import RunEnd
+transport = MemoryTransport()
+# Registered first, so it runs last at exit: after sentrycam's own exit handlers.
+atexit.register(lambda: print("ends:", [m.status for m in transport.messages
+                                         if isinstance(m, RunEnd)], flush=True))
+sys.path.insert(0, {tests!r})
+from test_huggingface_callback import Failing, Sentences, SentryCamCallback, short_args, tiny_bert
+Failing(model=tiny_bert(), args=short_args(Path({out!r})), train_dataset=Sentences(32, 0),
+        callbacks=[SentryCamCallback(transport=transport, every=1, overhead_budget=None)]).train()
+"""
+
+
+@pytest.mark.slow
+def test_a_script_whose_training_raises_ends_its_run_as_failed(tmp_path):
+    """The process exits on the exception: the run ends failed, not detached."""
+    script = CRASHING_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 1 and "RuntimeError: boom" in done.stderr, done.stderr[-2000:]
+    assert "ends: ['failed']" in done.stdout, done.stdout[-2000:]
