@@ -67,7 +67,7 @@ def test_a_trainer_run_streams_every_steps_loss_lr_eval_metrics_snapshots_and_ma
         lr_scheduler_type="linear", eval_strategy="epoch", logging_steps=4, save_strategy="no",
         report_to=[], use_cpu=True, seed=0, disable_tqdm=True)
     eval_set = Sentences(32, seed=1)
-    callback = SentryCamCallback(probe=eval_set, url=live.url, every=5, overhead_budget=None,
+    callback = SentryCamCallback(url=live.url, every=5, overhead_budget=None,
                                  run_name="hf-test")
     trainer = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=Sentences(64, 0),
                                    eval_dataset=eval_set, compute_metrics=accuracy,
@@ -101,7 +101,7 @@ def test_a_trainer_run_streams_every_steps_loss_lr_eval_metrics_snapshots_and_ma
     assert "train_runtime" in stored.scalars
     assert len(stored.snapshot_steps) >= 5 and stored.snapshot_steps[-1] == steps - 1
     assert {m["step"] for m in stored.maps} == set(stored.snapshot_steps)
-    assert stored.summary["n_probe"] == len(eval_set)
+    assert stored.summary["n_probe"] == len(eval_set)  # by default, the eval set
     assert "classifier:input" in stored.summary["layers"]
 
 
