@@ -71,6 +71,14 @@ TABLES: dict[str, list[Column]] = {
         ("snapshots", lambda r: num(r.get("snapshots"), 0)),
         ("steps with telemetry", lambda r: "-" if r.get("telemetry_share") is None
          else f"{r['telemetry_share']:.0%}")],
+    "framework_overhead": [
+        ("model", lambda r: r["model"]), ("setting", lambda r: r["setting"]),
+        ("plain step p50 / p95 (ms)", lambda r: f"{num(r['median_ms'], 3)} / "
+                                               f"{num(r['p95_ms'], 3)}"),
+        ("step-time ratio p50 / mean", lambda r: spread(r, ("p50", "mean"), 4, "_ratio")),
+        ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
+        ("agent-measured overhead / dropped",
+         lambda r: f"{num(r['overhead'], 4)} / {num(r['dropped'], 0)}")],
     "ingest_memory": [
         ("mode", lambda r: r["mode"]),
         ("clients x snapshot (MB)", lambda r: f"{r['clients']} x {num(r['snapshot_mb'], 1)}"),

@@ -21,7 +21,7 @@ import functools
 import logging
 import sys
 import weakref
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -56,13 +56,19 @@ def running_loss_scale() -> torch.Tensor | None:
 
 
 class ClipWatch:
-    """Notes each backward pass's gradient norms, so that :meth:`take`, in the optimizer
+    """Notes a backward pass's gradient norms, so that :meth:`take`, in the optimizer
     pre-hook, can tell the norm before any in-place clipping of this step.
 
-    Costs one batched norm over the gradients (device kernels, no sync) per backward pass.
+    ``due()``, asked as each backward pass ends, says whether the coming optimizer step is one
+    whose telemetry is taken (the controller samples steps): only then are the norms noted, at
+    the cost of one batched norm over the gradients (device kernels, no sync); other passes
+    cost a queued callback and that question. Without ``due`` (None) every pass is noted. The
+    owner may set :attr:`due` after construction.
     """
 
-    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+    def __init__(self, params: Sequence[nn.Parameter],
+                 due: Callable[[], bool] | None = None) -> None:
+        self.due = due
         self._params = list(params)
         self._queued = False  # a backward pass is running and its note is queued
         #: Per parameter after the last backward pass: None without a gradient, else
@@ -89,6 +95,9 @@ class ClipWatch:
         if not self._handles:  # closed while the pass ran
             return
         try:
+            if self.due is not None and not self.due():
+                self._seen = None  # an earlier pass's note must not pass for this one's
+                return
             grads = [p.grad for p in self._params]
             present = [g for g in grads if g is not None]
             with torch.no_grad():

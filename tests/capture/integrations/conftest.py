@@ -1,5 +1,6 @@
-"""A real server on loopback (2D maps by the StandInProjector) and what its API says of a run,
-for the framework callback tests."""
+"""A real server on loopback and what its API says of a run, for the framework callback tests:
+``live`` draws 2D maps with the StandInProjector, ``projecting_live`` with the real projector
+worker (its numba warm-up costs 30-60 s of CPU: tests using it are marked ``projector``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 from sentrycam.backend.testing import StandInProjector, serve_in_thread
 
 MAPS_TIMEOUT_S = 30.0
+#: The real projector's first map waits for its JIT warm-up (minutes on a loaded machine).
+PROJECTOR_TIMEOUT_S = 600.0
 
 
 def get(url: str) -> Any:
@@ -25,7 +28,7 @@ class Stored:
     """What the server's API holds for the run named ``name``: ``summary``, ``scalars``
     {name: {step: value}}, ``snapshot_steps`` and ``maps`` ([{step, layer, n}])."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, timeout: float = MAPS_TIMEOUT_S) -> None:
         run_id = next(run["run_id"] for run in get(f"{url}/api/runs") if run["name"] == name)
         base = f"{url}/api/runs/{run_id}"
         self.summary = get(base)
@@ -34,7 +37,7 @@ class Stored:
         for step, name, value in zip(columns["step"], columns["name"], columns["value"]):
             self.scalars[name][step] = value
         self.snapshot_steps = sorted({row["step"] for row in get(f"{base}/snapshots")})
-        deadline = time.monotonic() + MAPS_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         self.maps = get(f"{base}/embeddings")
         while len({m["step"] for m in self.maps}) < len(self.snapshot_steps) \
                 and time.monotonic() < deadline:
@@ -45,11 +48,15 @@ class Stored:
 class LiveServer:
     """A real server (a DuckDB file in tmp_path) that draws 2D maps of each snapshot."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, maps_timeout: float = MAPS_TIMEOUT_S) -> None:
+        self.url, self.maps_timeout = url, maps_timeout
 
     def stored(self, name: str) -> Stored:
-        return Stored(self.url, name)
+        return Stored(self.url, name, self.maps_timeout)
+
+    def projector(self) -> Any:
+        """What ``/api/projector`` says of the projector worker (state, maps projected)."""
+        return get(f"{self.url}/api/projector")
 
 
 @pytest.fixture
@@ -58,3 +65,11 @@ def live(make_settings, monkeypatch, tmp_path) -> Iterator[LiveServer]:
     monkeypatch.chdir(tmp_path)  # a run streaming to url= keeps its spool under ./sentrycam-runs
     with serve_in_thread(make_settings()) as running, StandInProjector(running.app):
         yield LiveServer(running.url)
+
+
+@pytest.fixture
+def projecting_live(make_settings, monkeypatch, tmp_path) -> Iterator[LiveServer]:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(projector=True, projector_device="cpu")
+    with serve_in_thread(settings) as running:
+        yield LiveServer(running.url, PROJECTOR_TIMEOUT_S)

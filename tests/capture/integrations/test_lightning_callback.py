@@ -14,7 +14,7 @@ lightning = pytest.importorskip("lightning")
 
 from sentrycam.capture.lightning import SentryCamCallback  # noqa: E402
 from sentrycam.capture.transport import MemoryTransport  # noqa: E402
-from sentrycam.protocol.messages import ProbeSet, RunEnd, Snapshot  # noqa: E402
+from sentrycam.protocol.messages import ProbeSet, RunEnd, Scalars, Snapshot  # noqa: E402
 
 CLASSES, FEATURES = 3, 8
 
@@ -74,8 +74,10 @@ def fit(callbacks: list, max_epochs: int = 4, accumulate: int = 2, validate: boo
     return module, trainer
 
 
-@pytest.mark.slow
-def test_a_lightning_fit_streams_loss_lr_metrics_snapshots_and_maps(live):
+@pytest.mark.projector
+def test_a_lightning_fit_streams_loss_lr_metrics_snapshots_and_maps(projecting_live):
+    """The 2D maps are the real projector's (the deepest two layers of each snapshot)."""
+    live = projecting_live
     callback = SentryCamCallback(url=live.url, every=2, overhead_budget=None,
                                  run_name="lightning-test")
     module, trainer = fit([callback])
@@ -96,6 +98,8 @@ def test_a_lightning_fit_streams_loss_lr_metrics_snapshots_and_maps(live):
     assert "train_loss" in stored.scalars
     assert len(stored.snapshot_steps) >= 5 and stored.snapshot_steps[-1] == steps - 1
     assert {m["step"] for m in stored.maps} == set(stored.snapshot_steps)
+    assert {m["n"] for m in stored.maps} == {48}
+    assert live.projector()["projected"] >= len(stored.snapshot_steps)
     assert stored.summary["n_probe"] == 48  # the validation set, never the shuffled sampler
 
 
@@ -106,6 +110,51 @@ def test_training_is_bit_identical_with_and_without_the_callback():
     for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
         assert torch.equal(a, b), name
     assert plain.batch_losses == watched.batch_losses
+
+
+def total_norm(module: nn.Module) -> float:
+    return float(torch.linalg.vector_norm(torch.stack(
+        [p.grad.norm() for p in module.parameters() if p.grad is not None])))
+
+
+class NormKeeper(Classifier):
+    """Keeps the gradients' total norm of each optimizer step before Lightning clips them
+    (``before_clip``) and as the optimizer used them (``after_clip``)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.before_clip: list[float] = []
+        self.after_clip: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.before_clip.append(total_norm(self))
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_clip.append(total_norm(self))
+
+
+@pytest.mark.xfail(strict=True, reason="needs ParamTelemetry to read the gradients in the "
+                   "optimizer post-hook: Lightning's optimizer.step(closure) runs backward after "
+                   "the pre-hook (capture/telemetry.py, not this branch's; see the report)")
+def test_the_gradient_norms_are_each_steps_own_before_and_after_lightnings_clipping():
+    lightning.seed_everything(0, verbose=False)
+    module = NormKeeper()
+    transport = MemoryTransport()
+    trainer = lightning.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, gradient_clip_val=0.5, logger=False,
+        callbacks=[SentryCamCallback(transport=transport, every=100, overhead_budget=None)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, loaders()[0])
+    norms = {m.step: m.values for m in transport.messages
+             if isinstance(m, Scalars) and "grad_norm" in m.values}
+    assert len(module.before_clip) == trainer.global_step == 6
+    assert sorted(norms) == list(range(6))
+    for step, before in enumerate(module.before_clip):
+        assert before > 0.5
+        assert norms[step]["grad_norm"] == pytest.approx(before, rel=1e-5), step
+        assert norms[step]["grad_norm_clipped"] == pytest.approx(
+            module.after_clip[step], rel=1e-5), step
 
 
 def test_every_epoch_follows_lightnings_epochs():

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
+from sentrycam.capture.clipping import ClipWatch
 from tests.capture.setups.tiny_training import Setup
 
 MAX_NORM = 0.01  # far below this model's gradient norms (about 0.3)
@@ -113,3 +114,26 @@ def test_a_gradient_scalers_unscaling_is_not_clipping(live, clip):
     clipped = stored.scalars.get("grad_norm_clipped", {})
     assert sorted(clipped) == (list(range(4)) if clip else [])
     assert all(value == pytest.approx(MAX_NORM, rel=1e-3) for value in clipped.values())
+
+
+def test_the_norm_before_clipping_is_measured_only_for_steps_whose_telemetry_is_due():
+    """Backward passes before a step whose telemetry is not taken measure nothing; those
+    before a telemetry step still give the norm before clipping (what clip_grad_norm_ saw)."""
+    setup = Setup()
+    telemetry_steps = {0, 3, 4}
+    step = 0
+    watch = ClipWatch(list(setup.model.parameters()), due=lambda: step in telemetry_steps)
+    try:
+        for step in range(6):
+            x, y = next(setup.data)
+            setup.criterion(setup.model(x), y).backward()
+            returned = float(clip_grad_norm_(setup.model.parameters(), MAX_NORM))
+            taken = watch.take()
+            if step in telemetry_steps:
+                assert float(taken) == pytest.approx(returned, rel=1e-5), step
+            else:
+                assert taken is None, step
+            setup.optimizer.step()
+            setup.optimizer.zero_grad()
+    finally:
+        watch.close()
