@@ -1,0 +1,63 @@
+"""The team load benchmark's end check finds what a user would call lost or duplicated data in
+a real store: a run not finished, fewer messages stored than its trainer saw acknowledged, a
+logged lag probe missing, a row stored twice."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from sentrycam.backend.store import Store
+from sentrycam.protocol.messages import RunEnd, RunStart, Scalars
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = "b" * 32
+
+
+def _load_team_load():
+    spec = importlib.util.spec_from_file_location("benchmarks_team_load",
+                                                  ROOT / "benchmarks" / "team_load.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+team_load = _load_team_load()
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "team.duckdb"
+    probe = team_load.LAG_SCALAR
+    with Store(path) as store:
+        store.write([(0, RunStart(RUN, "load-0", 1.0)), (1, Scalars(RUN, 0, 1.0, {probe: 1.0})),
+                     (2, Scalars(RUN, 5, 2.0, {probe: 2.0, "loss": 0.5})),
+                     (3, RunEnd(RUN, 5, "finished"))])
+    return path
+
+
+def trainer(**changes):
+    return {"run_id": RUN, "acked": 4, "logged": 2, "dropped": 0, "spooled": 0, **changes}
+
+
+def test_a_complete_run_passes(db):
+    check = team_load.store_check(db, [trainer()])
+    assert check["runs_complete"] == 1 and check["problems"] == []
+
+
+@pytest.mark.parametrize("changes", [{"acked": 5}, {"logged": 3}, {"dropped": 1},
+                                     {"spooled": 2}])
+def test_messages_acknowledged_or_logged_but_not_stored_are_found(db, changes):
+    check = team_load.store_check(db, [trainer(**changes)])
+    assert check["runs_complete"] == 0 and check["problems"][0]["run_id"] == RUN
+
+
+def test_a_row_stored_twice_is_found(db):
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO scalars SELECT * FROM scalars WHERE name = 'loss'")
+    con.close()
+    [problem] = team_load.store_check(db, [trainer()])["problems"]
+    assert problem["duplicates"] == 1
