@@ -1,10 +1,11 @@
 """A team server under load: many trainers streaming at once, dashboards subscribed to each.
 
-One real ``sentrycam serve`` process (projector on, as by default) takes ``--trainers`` trainer
-processes at once, each the demo's small digits model (``--model``, default the CNN of
-``sentrycam demo``) with the real ``capture.attach`` (probe ``--probe`` samples, a snapshot every
-``--every`` steps, fixed schedule), training ``--steps`` steps. Each run has ``--subscribers``
-push subscriptions (``/ws/runs/{run_id}``, through the dashboard's own client,
+One real ``sentrycam serve`` process (projector on, as by default; the trainers start once its
+numba warm-up is over) takes ``--trainers`` trainer processes at once, each the demo's small
+digits model (``--model``, default the CNN of ``sentrycam demo``) with the real
+``capture.attach`` (probe ``--probe`` samples, a snapshot every ``--every`` steps, fixed
+schedule), training ``--steps`` steps. Each run has ``--subscribers`` push subscriptions
+(``/ws/runs/{run_id}``, through the dashboard's own client,
 :class:`sentrycam.frontend.client.PushSubscription`), held by a few subscriber processes.
 
 Every ``LAG_EVERY`` steps a trainer logs a scalar ``bench_sent_at`` whose value is its
@@ -55,8 +56,9 @@ LAG_EVERY = 5
 LAG_SCALAR = "bench_sent_at"
 #: Subscriber processes (each holds its share of the subscriptions as threads).
 SUBSCRIBER_PROCESSES = 4
-#: Generous bounds for a loaded machine.
-RUN_TIMEOUT_S, SETTLE_S = 3600.0, 300.0
+#: Generous bounds for a loaded machine: a trainer's silence, the projector's numba warm-up
+#: before the trainers start, the projector's backlog after they end.
+RUN_TIMEOUT_S, WARM_UP_S, SETTLE_S = 3600.0, 900.0, 300.0
 
 
 # ----------------------------------------------------------------------------- trainers
@@ -192,6 +194,17 @@ class HealthWatch(threading.Thread):
             self.peak_behind_s = max(self.peak_behind_s, float(projector.get("behind_by_s", 0)))
 
 
+def warm_up(watch: HealthWatch) -> float:
+    """Seconds until the projector (if any) has compiled numba, so that the projector lag
+    measures projections, not the one-off warm-up."""
+    started = time.monotonic()
+    while (watch.client.projector_state() or {}).get("state") == "warming":
+        if time.monotonic() - started > WARM_UP_S:
+            raise RuntimeError(f"the projector was still warming up after {WARM_UP_S:.0f} s")
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
 def settle(watch: HealthWatch, timeout: float) -> dict[str, Any]:
     """Wait until the writer's queue is empty and the projector has nothing waiting; returns
     the projector's final state ({} without one)."""
@@ -217,13 +230,18 @@ def store_check(db: Path, trainers: list[dict[str, Any]]) -> dict[str, Any]:
             run_id = t["run_id"]
             status, last_seq = one("SELECT status, last_seq FROM runs WHERE run_id = ?",
                                    [run_id])
-            stored_lag = one("SELECT count(*) FROM scalars WHERE run_id = ? AND name = ?",
-                             [run_id, LAG_SCALAR])[0]
-            dup = one("SELECT (SELECT count(*) - count(DISTINCT (step, name)) FROM scalars "
-                      "WHERE run_id = $1) + (SELECT count(*) - count(DISTINCT (step, layer)) "
-                      "FROM snapshots WHERE run_id = $1) + (SELECT count(*) - count(DISTINCT "
-                      "(step, layer, sample_id)) FROM features WHERE run_id = $1)",
-                      [run_id])[0]
+            stored_lag, distinct_lag = one(
+                "SELECT count(*), count(DISTINCT value) FROM scalars WHERE run_id = ? "
+                "AND name = ?", [run_id, LAG_SCALAR])
+            # A row twice: a training scalar, a snapshot layer or a feature row. The
+            # sentrycam/* scalars of Status messages are left out: the closing Status repeats
+            # the step of the last periodic one, rightly.
+            dup = one("SELECT (SELECT count(*) - count(DISTINCT (step, name, wall_time)) FROM "
+                      "scalars WHERE run_id = $1 AND NOT starts_with(name, 'sentrycam/')) + "
+                      "(SELECT count(*) - count(DISTINCT (step, "
+                      "layer)) FROM snapshots WHERE run_id = $1) + (SELECT count(*) - "
+                      "count(DISTINCT (step, layer, sample_id)) FROM features WHERE run_id = $1)",
+                      [run_id])[0] + stored_lag - distinct_lag
             snapshots += one("SELECT count(DISTINCT step) FROM snapshots WHERE run_id = ?",
                              [run_id])[0]
             if status != "finished" or last_seq + 1 != t["acked"] or t["dropped"] \
@@ -233,7 +251,7 @@ def store_check(db: Path, trainers: list[dict[str, Any]]) -> dict[str, Any]:
                                  "spooled": t["spooled"], "lag_scalars": [stored_lag,
                                                                           t["logged"]],
                                  "duplicates": dup})
-        maps = one("SELECT count(*) FROM embeddings", [])[0]
+        maps = one("SELECT count(DISTINCT (run_id, step, layer)) FROM embeddings", [])[0]
         return {"runs_complete": len(trainers) - len(problems), "problems": problems,
                 "snapshots": snapshots, "maps": maps}
     finally:
@@ -250,6 +268,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     server, url = start_server(db, env={"SENTRYCAM_PROJECTOR": env_projector},
                                extra_args=forwarded)
     watch = HealthWatch(url)
+    warm_up_s = warm_up(watch)
     watch.start()
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(args.trainers + 1), context.Queue()
@@ -292,6 +311,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     return {
         "trainers": args.trainers, "subscribers_per_run": args.subscribers,
         "steps": args.steps, "projector": args.projector or "default",
+        "projector_warm_up_s": warm_up_s,
         "serve_args": forwarded, "messages": committed,
         "messages_per_s": committed / max(finished - started, 1e-9),
         "seconds": finished - started, "lag_s": lags,
@@ -313,7 +333,8 @@ def summary(row: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.2f}"
     return "\n".join([
         f"{row['trainers']} trainers x {row['subscribers_per_run']} subscribers, "
-        f"{row['steps']} steps, projector {row['projector']}",
+        f"{row['steps']} steps, projector {row['projector']} (warm-up "
+        f"{row['projector_warm_up_s']:.0f} s before the trainers started)",
         f"  ingested      {row['messages']} messages, {row['messages_per_s']:.0f}/s "
         f"over {row['seconds']:.1f} s; peak writer queue {row['peak_queue_depth']}",
         f"  lag (s)       mean {f(lag['mean'])}  p50 {f(lag['p50'])}  p95 {f(lag['p95'])}  "

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from sentrycam.backend.store import Store
-from sentrycam.protocol.messages import RunEnd, RunStart, Scalars
+from sentrycam.protocol.messages import RunEnd, RunStart, Scalars, Status
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = "b" * 32
@@ -61,3 +61,16 @@ def test_a_row_stored_twice_is_found(db):
     con.close()
     [problem] = team_load.store_check(db, [trainer()])["problems"]
     assert problem["duplicates"] == 1
+
+
+def test_a_closing_status_at_the_last_periodic_ones_step_is_no_duplicate(tmp_path):
+    path = tmp_path / "status.duckdb"
+    with Store(path) as store:
+        store.write([(0, RunStart(RUN, "load-0", 1.0)),
+                     (1, Status(RUN, 5, dropped=0, spooled=0, overhead=0.01, snapshot_every=20,
+                                queue_depth=0)),
+                     (2, Status(RUN, 5, dropped=0, spooled=0, overhead=0.02, snapshot_every=20,
+                                queue_depth=0)),
+                     (3, RunEnd(RUN, 5, "finished"))])
+    check = team_load.store_check(path, [trainer(logged=0)])
+    assert check["problems"] == []
