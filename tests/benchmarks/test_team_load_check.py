@@ -4,7 +4,7 @@ logged lag probe missing, a row stored twice."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import duckdb
@@ -13,19 +13,10 @@ import pytest
 from sentrycam.backend.store import Store
 from sentrycam.protocol.messages import RunEnd, RunStart, Scalars, Status
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import team_load  # noqa: E402  (a script folder, not a package)
+
 RUN = "b" * 32
-
-
-def _load_team_load():
-    spec = importlib.util.spec_from_file_location("benchmarks_team_load",
-                                                  ROOT / "benchmarks" / "team_load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-team_load = _load_team_load()
 
 
 @pytest.fixture
