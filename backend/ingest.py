@@ -71,13 +71,15 @@ class _Item:
     seq: int
     message: Message
     nbytes: int = 0  # the frame's size, held until the item is written
+    checked: bool = False  # parse_frame returned it: the store need not check it again
 
 
 class IngestWriter:
     """Owns every write to ``store``: a bounded queue and one background thread.
 
     ``store`` needs ``write(batch: Sequence[tuple[int, Message]], *, stored: list | None,
-    refused: list) -> dict[str, int]`` (:meth:`sentrycam.backend.store.Store.write`), and
+    refused: list, checked: bool) -> dict[str, int]``
+    (:meth:`sentrycam.backend.store.Store.write`), and
     ``failure`` and ``recover()`` for storage failures; with a ``feed``, newly stored messages
     are published there after each commit.
     ``max_bytes`` (None: no bound) bounds the frame bytes submitted and not yet written, over
@@ -119,9 +121,12 @@ class IngestWriter:
         self._started = True
         self._thread.start()
 
-    def try_submit(self, sink: AckSink, seq: int, message: Message, nbytes: int = 0) -> bool:
+    def try_submit(self, sink: AckSink, seq: int, message: Message, nbytes: int = 0,
+                   checked: bool = False) -> bool:
         """Queue one message (its frame ``nbytes`` long) without blocking. False when the queue
-        is full or holds ``max_bytes`` of frames already (try again later).
+        is full or holds ``max_bytes`` of frames already (try again later). ``checked``: the
+        message is what :func:`~sentrycam.protocol.validation.parse_frame` returned, so the
+        store skips its own (laxer) check of it.
 
         Raises :class:`WriterStopped` once :meth:`stop` has been called.
         """
@@ -134,7 +139,7 @@ class IngestWriter:
                 self._counts["bytes_full"] += 1
                 return False
             try:
-                self._queue.put_nowait(_Item(sink, seq, message, nbytes))
+                self._queue.put_nowait(_Item(sink, seq, message, nbytes, checked))
             except queue.Full:
                 self._counts["queue_full"] += 1
                 return False
@@ -248,7 +253,7 @@ class IngestWriter:
     def _write(self, batch: list[_Item]) -> None:
         refused: list[Refusal] = []
         try:
-            committed = self._store_write([(item.seq, item.message) for item in batch], refused)
+            committed = self._store_write(batch, refused)
         except StoreUnavailableError:
             self._schedule_retry()
             self._answer_retry(batch, self._store.failure)
@@ -265,10 +270,11 @@ class IngestWriter:
         self._acknowledge(batch, committed or {})
         self._report_refused(batch, refused)
 
-    def _store_write(self, batch: list[tuple[int, Message]],
-                     refused: list[Refusal]) -> dict[str, int]:
+    def _store_write(self, items: Sequence[_Item], refused: list[Refusal]) -> dict[str, int]:
         stored: list[Message] | None = None if self._feed is None else []
-        committed = self._store.write(batch, stored=stored, refused=refused)
+        committed = self._store.write([(item.seq, item.message) for item in items],
+                                      stored=stored, refused=refused,
+                                      checked=all(item.checked for item in items))
         if self._feed is not None:
             self._feed.publish(changes_of(stored))
         return committed
@@ -289,7 +295,7 @@ class IngestWriter:
         for index, item in enumerate(batch):
             refused: list[Refusal] = []
             try:
-                committed = self._store_write([(item.seq, item.message)], refused)
+                committed = self._store_write([item], refused)
             except StoreUnavailableError:
                 self._schedule_retry()
                 self._answer_retry(batch[index:], self._store.failure)

@@ -56,15 +56,19 @@ def scalars_from_messages(run_id: str, messages: Iterable[Any]) -> bytes:
 
 
 def layer_stats_from_messages(run_id: str, messages: Iterable[Any]) -> bytes:
+    """One frame of every (step, layer, stat, value) row of ``messages`` (each's ``values``
+    float [layers, stats], row-major), built per message with numpy, not per value."""
     step, layer, stat, value = [], [], [], []
     for m in messages:
-        values = np.asarray(m.values, dtype=np.float64).reshape(len(m.layers), len(m.stats))
-        for i, layer_name in enumerate(m.layers):
-            step += [m.step] * len(m.stats)
-            layer += [layer_name] * len(m.stats)
-            stat += list(m.stats)
-            value += values[i].tolist()
-    return layer_stats_frame(run_id, step, layer, stat, value)
+        n_layers, n_stats = len(m.layers), len(m.stats)
+        step.append(np.full(n_layers * n_stats, m.step, dtype=np.int64))
+        layer.append(np.repeat(np.asarray(m.layers, dtype=object), n_stats))
+        stat.append(np.tile(np.asarray(m.stats, dtype=object), n_layers))
+        value.append(np.asarray(m.values, dtype=np.float64).reshape(-1))
+    if not step:
+        return layer_stats_frame(run_id, [], [], [], [])
+    return layer_stats_frame(run_id, np.concatenate(step), np.concatenate(layer),
+                             np.concatenate(stat), np.concatenate(value))
 
 
 def dropped_frame(run_id: str, count: int) -> bytes:

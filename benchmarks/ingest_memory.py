@@ -70,13 +70,14 @@ def proc_status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def start_server(db: Path, mode: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    """``sentrycam serve`` for ``db`` on a free port; returns the process and its URL."""
-    env = {**os.environ, "SENTRYCAM_PROJECTOR": "on" if args.projector else "off",
-           "SENTRYCAM_AUDIT": "on" if args.audit else "off", **MODE_ENV[mode]}
+def start_server(db: Path, env: dict[str, str],
+                 extra_args: list[str] | tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``sentrycam serve`` for ``db`` on a free port, with ``env`` added to the environment
+    and ``extra_args`` to its command line; returns the process and its URL."""
     log = open(db.with_suffix(".log"), "ab")
     process = subprocess.Popen([sys.executable, "-m", "sentrycam", "serve", "--db", str(db),
-                                "--port", "0"], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                "--port", "0", *extra_args], stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, **env})
     deadline = time.monotonic() + START_TIMEOUT_S
     while (info := read_info_file(db)) is None:
         if process.poll() is not None or time.monotonic() > deadline:
@@ -137,7 +138,9 @@ def stored_whole(db: Path, run_ids: list[str], rows: int) -> int:
 
 def measure(mode: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     db = workdir / f"{mode}.duckdb"
-    process, url = start_server(db, mode, args)
+    process, url = start_server(db, {"SENTRYCAM_PROJECTOR": "on" if args.projector else "off",
+                                     "SENTRYCAM_AUDIT": "on" if args.audit else "off",
+                                     **MODE_ENV[mode]})
     try:
         time.sleep(1.0)
         idle_kib = proc_status_kib(process.pid, "VmRSS")

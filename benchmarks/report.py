@@ -139,6 +139,21 @@ TABLES: dict[str, list[Column]] = {
         ("temporal ranking ours vs umap",
          lambda r: f"{num(r['tr_ours'], 3)} vs {num(r['tr_umap'], 3)}"),
         ("bars met", lambda r: "yes" if r["bars_met"] else "**no**")],
+    "team_load": [
+        ("trainers x subscribers", lambda r: f"{r['trainers']} x {r['subscribers_per_run']}"),
+        ("steps", lambda r: str(r["steps"])), ("projector", lambda r: r["projector"]),
+        ("messages/s (total)", lambda r: f"{num(r['messages_per_s'], 0)} "
+                                          f"({r['messages']:,})"),
+        ("peak queue", lambda r: str(r["peak_queue_depth"])),
+        ("send -> frame lag mean / p50 / p95 / p99 / max (s)",
+         lambda r: spread(r["lag_s"], ("mean", "p50", "p95", "p99", "max"), 2, "")),
+        ("detach mean / max (s)", lambda r: spread(r["detach_s"], ("mean", "max"), 2, "")),
+        ("maps / snapshots", lambda r: f"{r['maps']} / {r['snapshots']}"),
+        ("projector lag p50 / p95 (s)",
+         lambda r: spread(r["projector_lag_s"], ("p50", "p95"), 2, "")),
+        ("server RSS peak (MB)", lambda r: num(r["server_rss_peak_mb"], 0)),
+        ("runs complete", lambda r: f"{r['runs_complete']}/{r['trainers']}"),
+        ("lost or duplicated", lambda r: str(len(r["lost_or_duplicated"])))],
 }
 
 

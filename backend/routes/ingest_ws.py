@@ -132,10 +132,10 @@ async def _receive_frames(websocket: WebSocket, writer: IngestWriter, activity: 
 
 async def _submit(writer: IngestWriter, sink: ConnectionSink, seq: int, message: Message,
                   nbytes: int) -> bool:
-    """Hand one message (a frame of ``nbytes``) to the writer, pausing while it is full.
-    False if it stopped."""
+    """Hand one message (a frame of ``nbytes``, checked by ``parse_frame``) to the writer,
+    pausing while it is full. False if it stopped."""
     try:
-        while not writer.try_submit(sink, seq, message, nbytes):
+        while not writer.try_submit(sink, seq, message, nbytes, checked=True):
             # Not reading further frames is the backpressure: the client's sends slow down.
             await asyncio.sleep(BACKPRESSURE_PAUSE_S)
     except WriterStopped:

@@ -135,7 +135,7 @@ class Store:
 
     def write(self, batch: Sequence[tuple[int, Message]], *,
               stored: list[Message] | None = None,
-              refused: list[Refusal] | None = None) -> dict[str, int]:
+              refused: list[Refusal] | None = None, checked: bool = False) -> dict[str, int]:
         """Store a batch of ``(seq, message)`` in arrival order, in one transaction.
 
         A message whose seq is <= its run's stored ``last_seq`` was stored before and is
@@ -146,11 +146,14 @@ class Store:
         nothing new; each message refused is appended to it as a :class:`Refusal` (after the
         commit). Without it (trusted local writers) any seq above ``last_seq`` is stored.
         Returns {run_id: highest seq now committed} for every run in the batch (-1: none).
-        Raises ValueError, with nothing written, if an item is malformed.
+        Raises ValueError, with nothing written, if an item is malformed. ``checked``: every
+        item is a ``(seq, message)`` that :func:`~sentrycam.protocol.validation.parse_frame`
+        returned (its checks are stricter), so they are not repeated.
         """
         self._require_writable()
         batch = list(batch)
-        check_batch(batch)
+        if not checked:
+            check_batch(batch)
         if not batch:
             return {}
         batch_writer = None

@@ -1,15 +1,27 @@
-"""Rows into DuckDB through Arrow: one bulk insert per table instead of row by row (which
-DuckDB runs slowly), and float16 vectors as BLOBs (DuckDB has no float16 type)."""
+"""Rows into DuckDB through Arrow: one bulk insert per table and batch instead of row by row
+(which DuckDB runs slowly, and each statement costs a fixed overhead of its own), and float16
+vectors as BLOBs (DuckDB has no float16 type)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Iterable, Iterator, Mapping
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 _INCOMING = "_sentrycam_incoming_rows"
+
+
+@contextlib.contextmanager
+def registered(cur: duckdb.DuckDBPyConnection, rows: pa.Table) -> Iterator[str]:
+    """``rows`` visible to SQL on ``cur`` under the name yielded, for the block's length."""
+    cur.register(_INCOMING, rows)
+    try:
+        yield _INCOMING
+    finally:
+        cur.unregister(_INCOMING)
 
 
 def insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table,
@@ -21,12 +33,9 @@ def insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table,
     constants = dict(constants or {})
     columns = list(constants) + rows.column_names
     select = ", ".join(["?"] * len(constants) + [f'"{c}"' for c in rows.column_names])
-    cur.register(_INCOMING, rows)
-    try:
-        cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM {_INCOMING}",
+    with registered(cur, rows) as incoming:
+        cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM {incoming}",
                     list(constants.values()))
-    finally:
-        cur.unregister(_INCOMING)
 
 
 def float16_blobs(features: np.ndarray) -> pa.Array:
@@ -37,3 +46,42 @@ def float16_blobs(features: np.ndarray) -> pa.Array:
     fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n,
                                                  [None, pa.py_buffer(feats)])
     return fixed.cast(pa.binary())
+
+
+class Columns:
+    """Rows of one table that arrive a few at a time (scalars, events), gathered column by
+    column as Python values and turned into one Arrow table at the end of a batch."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.data: dict[str, list] = {name: [] for name in schema.names}
+
+    def extend(self, **columns: Iterable) -> None:
+        for name, values in columns.items():
+            self.data[name].extend(values)
+
+    def table(self) -> pa.Table:
+        return pa.table({n: pa.array(v, type=self.schema.field(n).type)
+                         for n, v in self.data.items()}, schema=self.schema)
+
+
+class Pieces:
+    """Arrow tables for several DuckDB tables, gathered under a key (a snapshot's run and
+    step) so that a group can still be dropped before the batch's one insert per table."""
+
+    def __init__(self) -> None:
+        self._groups: dict[Any, list[tuple[str, pa.Table]]] = {}
+
+    def add(self, key: Any, table: str, rows: pa.Table) -> None:
+        self._groups.setdefault(key, []).append((table, rows))
+
+    def drop(self, key: Any) -> None:
+        self._groups.pop(key, None)
+
+    def tables(self) -> dict[str, pa.Table]:
+        """Each DuckDB table's rows, in the order they were added."""
+        by_table: dict[str, list[pa.Table]] = {}
+        for group in self._groups.values():
+            for table, rows in group:
+                by_table.setdefault(table, []).append(rows)
+        return {table: pa.concat_tables(parts) for table, parts in by_table.items()}

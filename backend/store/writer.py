@@ -1,19 +1,20 @@
 """Messages to rows: one batch of ``(seq, message)`` inside one open transaction.
 
-The store opens and commits the transaction; this module only turns messages into rows. Rows
-that arrive in many small messages (scalars, layer statistics, events) are gathered per batch
-and inserted once through Arrow, because DuckDB inserts row by row slowly. Feature vectors
-go in per snapshot and layer, also through Arrow, as float16 bytes in a BLOB column.
+The store opens and commits the transaction; this module only turns messages into rows. Every
+statement costs a fixed overhead, so a batch costs a few statements per table, not per message:
+rows of many small messages (scalars, layer statistics, events) and of whole snapshots
+(features, as float16 bytes in a BLOB column, predictions, snapshot rows) are gathered per batch
+and inserted once per table through Arrow; the runs a batch touches are read with one query and
+updated with one statement.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
 import duckdb
 import numpy as np
@@ -23,11 +24,10 @@ from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, R
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store import parts, retention
 from sentrycam.backend.store.retention import RetentionSettings
-from sentrycam.backend.store.rows import float16_blobs, insert_arrow
-from sentrycam.backend.store.schema import PREDICTION_COLUMNS, first_row
+from sentrycam.backend.store.rows import Columns, Pieces, insert_arrow, registered
+from sentrycam.backend.store.schema import first_row
+from sentrycam.backend.store.snapshot_rows import index_rows, snapshot_rows
 from sentrycam.protocol.container import json_safe
-
-logger = logging.getLogger(__name__)
 
 #: Where a whole snapshot's rows go: (features table, predictions table).
 SNAPSHOT_TABLES = ("features", "predictions")
@@ -92,32 +92,23 @@ def order_refusal(index: int, seq: int, run_id: str, last_seq: int,
     return None
 
 
-class _Columns:
-    """Rows of one table gathered column by column, inserted once per batch."""
-
-    def __init__(self, schema: pa.Schema) -> None:
-        self.schema = schema
-        self.data: dict[str, list] = {name: [] for name in schema.names}
-
-    def extend(self, **columns: Iterable) -> None:
-        for name, values in columns.items():
-            self.data[name].extend(values)
-
-    def table(self) -> pa.Table:
-        return pa.table({n: pa.array(v, type=self.schema.field(n).type)
-                         for n, v in self.data.items()}, schema=self.schema)
-
-
-def _pending_tables() -> dict[str, _Columns]:
+def _pending_tables() -> dict[str, Columns]:
     s, f64, i64 = pa.string(), pa.float64(), pa.int64()
     return {
-        "scalars": _Columns(pa.schema([("run_id", s), ("step", i64), ("name", s),
-                                       ("value", f64), ("wall_time", f64)])),
-        "layer_stats": _Columns(pa.schema([("run_id", s), ("step", i64), ("layer", s),
-                                           ("stat", s), ("value", f64)])),
-        "events": _Columns(pa.schema([("run_id", s), ("step", i64), ("wall_time", f64),
-                                      ("event", s), ("message", s), ("payload", s)])),
+        "scalars": Columns(pa.schema([("run_id", s), ("step", i64), ("name", s),
+                                      ("value", f64), ("wall_time", f64)])),
+        "layer_stats": Columns(pa.schema([("run_id", s), ("step", i64), ("layer", s),
+                                          ("stat", s), ("value", f64)])),
+        "events": Columns(pa.schema([("run_id", s), ("step", i64), ("wall_time", f64),
+                                     ("event", s), ("message", s), ("payload", s)])),
     }
+
+
+#: The runs table's columns that a batch writes back (see :meth:`BatchWriter._save_runs`).
+_RUN_UPDATES = pa.schema([("run_id", pa.string()), ("last_seq", pa.int64()),
+                          ("last_step", pa.int64()), ("dropped", pa.int64()),
+                          ("spooled", pa.int64()), ("capture_overhead", pa.float64()),
+                          ("snapshot_every", pa.int64())])
 
 
 # ----------------------------------------------------------------------------- the batch
@@ -138,6 +129,8 @@ class BatchWriter:
         self.wall_time = time.time()
         self.runs: dict[str, _RunState] = {}
         self.pending = _pending_tables()
+        #: Rows of whole snapshots by (run_id, step): features, predictions, snapshots.
+        self.snapshot_pieces = Pieces()
         self.snapshot_layers: set[tuple[str, str]] = set()
         #: The messages this batch stored, in order; a snapshot sent in row chunks once, when
         #: its last part is in (whole when ``publish``, else that last part).
@@ -169,6 +162,8 @@ class BatchWriter:
                 refused.append(Refusal(index, message.run_id, seq, str(exc)))
         for table, columns in self.pending.items():
             insert_arrow(self.cur, table, columns.table())
+        for table, rows in self.snapshot_pieces.tables().items():
+            insert_arrow(self.cur, table, rows)
         self._apply_retention()
         self._save_runs()
         return {run_id: state.last_seq for run_id, state in self.runs.items()}
@@ -197,26 +192,35 @@ class BatchWriter:
 
     def _load_runs(self, run_ids: set[str]) -> None:
         """Read each run's last seq, last step and status (a run without a row: none yet)."""
-        for run_id in sorted(run_ids):
-            row = first_row(self.cur, "SELECT last_seq, last_step, status FROM runs "
-                            "WHERE run_id = ?", [run_id])
+        rows = self.cur.execute("SELECT run_id, last_seq, last_step, status FROM runs "
+                                "WHERE list_contains(?, run_id)", [sorted(run_ids)]).fetchall()
+        found = {row[0]: row[1:] for row in rows}
+        for run_id in run_ids:
+            row = found.get(run_id)
             self.runs[run_id] = (_RunState(last_seq=-1, last_step=None, exists=False)
                                  if row is None else
                                  _RunState(last_seq=int(row[0]), last_step=row[1], status=row[2]))
 
     def _save_runs(self) -> None:
-        for run_id, state in self.runs.items():
-            if not state.exists:
-                continue  # nothing of it was stored
-            values = state.status_values
+        """Write every stored run's new last seq, last step and status values back, in one
+        statement (a value a batch did not receive keeps the stored one)."""
+        saved = {run_id: state for run_id, state in self.runs.items() if state.exists}
+        if not saved:
+            return
+        columns: dict[str, list] = {name: [] for name in _RUN_UPDATES.names}
+        for run_id, state in saved.items():
+            values = {"run_id": run_id, "last_seq": state.last_seq,
+                      "last_step": state.last_step, **state.status_values}
+            for name, column in columns.items():
+                column.append(values.get(name))
+        with registered(self.cur, pa.table(columns, schema=_RUN_UPDATES)) as incoming:
             self.cur.execute(
-                "UPDATE runs SET last_seq = ?, last_step = ?, updated_at = ?, "
-                "dropped = coalesce(?, dropped), spooled = coalesce(?, spooled), "
-                "capture_overhead = coalesce(?, capture_overhead), "
-                "snapshot_every = coalesce(?, snapshot_every) WHERE run_id = ?",
-                [state.last_seq, state.last_step, self.now, values.get("dropped"),
-                 values.get("spooled"), values.get("capture_overhead"),
-                 values.get("snapshot_every"), run_id])
+                f"UPDATE runs SET last_seq = i.last_seq, last_step = i.last_step, "
+                f"updated_at = ?, dropped = coalesce(i.dropped, runs.dropped), "
+                f"spooled = coalesce(i.spooled, runs.spooled), "
+                f"capture_overhead = coalesce(i.capture_overhead, runs.capture_overhead), "
+                f"snapshot_every = coalesce(i.snapshot_every, runs.snapshot_every) "
+                f"FROM {incoming} AS i WHERE runs.run_id = i.run_id", [self.now])
 
     # ------------------------------------------------------------------ one kind each
 
@@ -273,76 +277,48 @@ class BatchWriter:
         parts.discard(self.cur, m.run_id)
 
     def _snapshot(self, m: Snapshot) -> None:
-        """A whole snapshot: its rows go straight where readers find them."""
-        parts.discard(self.cur, m.run_id)
-        self._drop_earlier_snapshot(m.run_id, int(m.step))
-        stored_nonfinite = self._snapshot_rows(m, SNAPSHOT_TABLES)
-        for layer, feats in m.features.items():
-            nonfinite = max(int(m.nonfinite.get(layer, 0)), stored_nonfinite[layer])
-            self._snapshot_row(m.run_id, int(m.step), int(m.epoch), layer, feats.shape,
-                               nonfinite)
+        """A whole snapshot: its rows join the batch's rows for the tables readers use."""
+        run_id, step = m.run_id, int(m.step)
+        parts.discard(self.cur, run_id)
+        self._drop_earlier_snapshot(run_id, step)
+        stored_nonfinite, rows = snapshot_rows(m)
+        for index, table in rows:
+            self.snapshot_pieces.add((run_id, step), SNAPSHOT_TABLES[index], table)
+        self.snapshot_pieces.add((run_id, step), "snapshots", self._index_rows(
+            run_id, step, int(m.epoch),
+            {layer: (*feats.shape, max(int(m.nonfinite.get(layer, 0)), stored_nonfinite[layer]))
+             for layer, feats in m.features.items()}))
 
     def _snapshot_part(self, m: Snapshot) -> None:
         """One row chunk of a snapshot, checked already (see :mod:`.parts`); the last one
-        completes it."""
-        state = parts.record_part(self.cur, m, self._snapshot_rows(m, parts.PENDING_TABLES),
-                                  self.now)
+        completes it. Parts are rare (large snapshots): their rows go in at once."""
+        stored_nonfinite, rows = snapshot_rows(m)
+        for index, table in rows:
+            insert_arrow(self.cur, parts.PENDING_TABLES[index], table)
+        state = parts.record_part(self.cur, m, stored_nonfinite, self.now)
         if state.rows_stored < state.rows_total:
             return
         run_id, step = m.run_id, int(m.step)
         self._drop_earlier_snapshot(run_id, step)
         parts.move_complete(self.cur, run_id, step)
-        for layer, (dim, _counted, _stored) in state.layers.items():
-            self._snapshot_row(run_id, step, state.epoch, layer, (state.rows_total, dim),
-                               state.nonfinite(layer))
+        insert_arrow(self.cur, "snapshots", self._index_rows(
+            run_id, step, state.epoch,
+            {layer: (state.rows_total, dim, state.nonfinite(layer))
+             for layer, (dim, _counted, _stored) in state.layers.items()}))
         self.stored.append(parts.load_complete(self.cur, run_id, step, state)
                            if self.publish else m)
 
-    def _snapshot_row(self, run_id: str, step: int, epoch: int, layer: str,
-                      shape: tuple[int, int], nonfinite: int) -> None:
-        self.cur.execute(
-            "INSERT INTO snapshots (run_id, step, epoch, layer, n, dim, nonfinite, "
-            "has_features, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, true, ?)",
-            [run_id, step, epoch, layer, shape[0], shape[1], nonfinite, self.now])
-        self.snapshot_layers.add((run_id, layer))
-
-    def _snapshot_rows(self, m: Snapshot, tables: tuple[str, str]) -> dict[str, int]:
-        """Insert ``m``'s feature and prediction rows into ``tables``; returns each layer's
-        NaN/Inf count in its stored float16 rows."""
-        key = {"run_id": m.run_id, "step": int(m.step)}
-        sample_ids = pa.array(np.asarray(m.sample_ids, dtype=np.int64))
-        stored_nonfinite = {}
-        for layer, raw in m.features.items():
-            feats = np.asarray(raw)
-            if feats.dtype != np.float16:
-                feats = feats.astype(np.float16)
-            # The agent counts before its float16 cast; the cast itself can overflow to Inf.
-            stored_nonfinite[layer] = int(feats.size - np.count_nonzero(np.isfinite(feats)))
-            rows = pa.table({"sample_id": sample_ids, "vec": float16_blobs(feats)})
-            insert_arrow(self.cur, tables[0], rows, {**key, "layer": layer})
-        if m.outputs:
-            insert_arrow(self.cur, tables[1], self._prediction_rows(m, sample_ids), key)
-        return stored_nonfinite
-
-    def _prediction_rows(self, m: Snapshot, sample_ids: pa.Array) -> pa.Table:
-        n = len(sample_ids)
-        unknown = sorted(set(m.outputs) - set(PREDICTION_COLUMNS))
-        if unknown:
-            logger.debug("run %s step %s: outputs %s have no column and are not stored",
-                         m.run_id, m.step, unknown)
-        columns = {"sample_id": sample_ids}
-        for name, arrow_type in PREDICTION_COLUMNS.items():
-            if name in m.outputs:
-                values = np.asarray(m.outputs[name], dtype=arrow_type.to_pandas_dtype())
-                columns[name] = pa.array(values, type=arrow_type)
-            else:
-                columns[name] = pa.nulls(n, type=arrow_type)
-        return pa.table(columns)
+    def _index_rows(self, run_id: str, step: int, epoch: int,
+                    layers: dict[str, tuple[int, int, int]]) -> pa.Table:
+        for layer in layers:
+            self.snapshot_layers.add((run_id, layer))
+        return index_rows(run_id, step, epoch, layers, self.now)
 
     def _drop_earlier_snapshot(self, run_id: str, step: int) -> None:
         """A second snapshot at one step (say the epoch-end one on an every-N step) replaces
         the first, so that each (run, step, layer) has one set of rows. The projector's output
         for the first one goes too: it no longer matches the stored features."""
+        self.snapshot_pieces.drop((run_id, step))  # one earlier in this batch
         params = [run_id, step]
         seen = first_row(
             self.cur, "SELECT (SELECT count(*) FROM snapshots WHERE run_id = ? AND step = ?) "

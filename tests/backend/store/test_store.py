@@ -152,6 +152,33 @@ def test_a_second_snapshot_at_one_step_replaces_the_first(store, rng):
     assert len(store.predictions(RUN, 5)["sample_id"]) == N_PROBE
 
 
+def test_a_second_snapshot_at_one_step_in_the_same_batch_replaces_the_first(store, rng):
+    first, again = make_snapshot(rng, 5), make_snapshot(rng, 5, dims={"fc:input": 16})
+    store.write([(0, first), (1, make_snapshot(rng, 6)), (2, again)])
+    assert sorted((s["step"], s["layer"]) for s in store.snapshot_index(RUN)) == [
+        (5, "fc:input"), (6, "fc:input"), (6, "features.3")]
+    np.testing.assert_array_equal(store.features(RUN, 5, "fc:input")[1],
+                                  again.features["fc:input"])
+    np.testing.assert_array_equal(store.predictions(RUN, 5)["pred"], again.outputs["pred"])
+
+
+def test_one_batch_of_many_runs_stores_each_runs_progress_and_status(store, rng):
+    runs = [c * 32 for c in "bcd"]
+    batch = [(seq, message) for run_id in runs for seq, message in enumerate([
+        RunStart(run_id, f"name-{run_id[0]}", 1.0), make_snapshot(rng, 2, run_id=run_id),
+        Scalars(run_id, 3, 1.0, {"loss": 0.5}),
+        Status(run_id, 3, dropped=2, spooled=1, overhead=0.01, snapshot_every=2,
+               queue_depth=0)])]
+    batch.insert(4, (4, RunEnd(runs[0], 3, "finished")))
+    assert store.write(batch) == {runs[0]: 4, runs[1]: 3, runs[2]: 3}
+    summaries = {s["run_id"]: s for s in store.run_summaries()}
+    assert [summaries[r]["status"] for r in runs] == ["finished", "running", "running"]
+    for run_id in runs:
+        assert (summaries[run_id]["last_step"], summaries[run_id]["dropped"],
+                summaries[run_id]["spooled"]) == (3, 2, 1)
+        assert len(store.features(run_id, 2, "fc:input")[0]) == N_PROBE
+
+
 def test_replayed_messages_are_stored_once(store, rng):
     batch = [(seq, Scalars(RUN, seq, 1.0, {"loss": float(seq)})) for seq in range(5)]
     assert store.write(batch) == {RUN: 4}
