@@ -51,7 +51,7 @@ class EmbeddingTimeline:
         fig = figure(name=FIGURE_NAME, height=110, sizing_mode="stretch_width",
                      y_range=(-0.8, 1.6), tools="xpan,xwheel_zoom,reset", toolbar_location=None,
                      x_axis_label="step", min_border_top=4, min_border_bottom=4,
-                     visible=False)  # until it has a tick or an alert
+                     visible=False)  # until it has a tick, an alert or an incident
         spans = draw_spans(fig, self.incident_source)
         fig.add_tools(HoverTool(renderers=[spans], tooltips=[
             ("incident", "@severity"), ("diagnosis", "@diagnosis")]))
@@ -104,6 +104,7 @@ class EmbeddingTimeline:
     def set_incidents(self, incidents: list[dict[str, Any]]) -> None:
         """Every incident of the run (run-wide: shown whatever the layer)."""
         self.incident_source.data = span_columns(incidents)
+        self._show_if_drawn()
 
     def pick_near(self, x: float | None) -> None:
         """A click at step ``x``: show the nearest stored map when it is within one tick
@@ -135,5 +136,6 @@ class EmbeddingTimeline:
         self._show_if_drawn()
 
     def _show_if_drawn(self) -> None:
-        self.figure.visible = bool(len(self.tick_source.data["step"])
-                                   or len(self.alert_source.data["step"]))
+        self.figure.visible = any(len(source.data[column]) for source, column in (
+            (self.tick_source, "step"), (self.alert_source, "step"),
+            (self.incident_source, "start")))
