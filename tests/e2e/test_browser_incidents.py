@@ -41,7 +41,7 @@ def audited_server(tmp_path, monkeypatch):
         yield server
 
 
-def test_an_injected_failure_shows_one_incident_with_its_diagnosis_in_the_list_on_the_curves_and_on_the_timeline(  # noqa: E501
+def test_an_injected_failure_is_one_incident_in_the_list_on_the_curves_and_timeline(
         audited_server, page):
     url = audited_server.url
     page.goto(url)  # no run yet: the page shows the newest run once it starts
