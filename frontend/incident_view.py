@@ -24,7 +24,9 @@ SPAN_COLUMNS = ("start", "end", "colour", "severity", "diagnosis")
 SPAN_ALPHA = 0.15
 #: The table's columns; ``incident_id`` is kept hidden (expanding a row looks its alerts up).
 INCIDENT_COLUMNS = ("incident_id", "severity", "steps", "diagnosis", "suggestion", "alerts")
-INCIDENT_WIDTHS = {"severity": "9%", "steps": "9%", "diagnosis": "30%", "suggestion": "44%",
+#: Shares of the table's width: the text columns wrap, so with the expand button's column the
+#: table never scrolls sideways.
+INCIDENT_WIDTHS = {"severity": "9%", "steps": "8%", "diagnosis": "28%", "suggestion": "42%",
                    "alerts": "6%"}
 INCIDENTS_PER_PAGE = 5
 NO_INCIDENTS = ("No incident. Alerts that belong to one event are grouped here, with what "

@@ -171,10 +171,7 @@ class RunDashboard:
         self.curves.set_alerts(header.alerts)
         self.embedding.timeline.set_alerts(header.alerts)
         self.incidents.set_alerts(header.alerts)
-        if header.alerts:
-            self._fetch_incidents()
-        else:
-            self._take_incidents(self._incident_requests, [])
+        self._refresh_incidents(bool(header.alerts))
 
     def _take_incidents(self, request: int, incidents: list[dict[str, Any]]) -> None:
         """The incidents route's answer to request number ``request`` (older ones dropped)."""
@@ -220,9 +217,13 @@ class RunDashboard:
         self._submit(lambda: functools.partial(
             self.embedding.take_trails, self.client.trails(self.run_id, layer, sample_ids)))
 
-    def _fetch_incidents(self) -> None:
+    def _refresh_incidents(self, has_alerts: bool) -> None:
+        """Ask the incidents route again (a run without alerts has no incident to ask for)."""
         self._incident_requests += 1
         request = self._incident_requests
+        if not has_alerts:
+            self._take_incidents(request, [])
+            return
         self._submit(lambda: functools.partial(
             self._take_incidents, request, self.client.incidents(self.run_id)))
 

@@ -58,6 +58,8 @@ def test_an_injected_failure_is_one_incident_in_the_list_on_the_curves_and_timel
     assert f"{incident['start_step']}-{incident['end_step']}" in text
     assert f"{DIAGNOSIS} (confidence {incident['confidence']:.2f}" in text
     assert incident["suggestion"][:40] in " ".join(text.split())
+    table = page.locator(".sc-incidents .tabulator-tableholder").first
+    assert table.evaluate("e => e.scrollWidth <= e.clientWidth + 1")  # no sideways scrolling
 
     rows.first.locator(".tabulator-cell", has_text="►").click()  # expand: its alerts
     alerts = page.locator(".sc-incidents .sc-incident-alert")
