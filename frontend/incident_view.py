@@ -29,6 +29,9 @@ INCIDENT_COLUMNS = ("incident_id", "severity", "steps", "diagnosis", "suggestion
 INCIDENT_WIDTHS = {"severity": "9%", "steps": "8%", "diagnosis": "28%", "suggestion": "42%",
                    "alerts": "6%"}
 INCIDENTS_PER_PAGE = 5
+#: An expanded incident lists its first alerts (the ones its diagnosis weighs most); the rest
+#: are counted, and all are in the alerts table.
+SHOWN_ALERTS = 8
 NO_INCIDENTS = ("No incident. Alerts that belong to one event are grouped here, with what "
                 "probably went wrong, how sure the diagnosis is, and what to try.")
 
@@ -103,14 +106,21 @@ class IncidentsView:
         self.table.value = pd.DataFrame(rows, columns=list(INCIDENT_COLUMNS))
 
     def _alerts_of_row(self, row: pd.Series) -> pn.viewable.Viewable:
-        """An expanded incident: its alerts, in the order they opened, with their evidence."""
+        """An expanded incident: its first :data:`SHOWN_ALERTS` alerts, in the order they
+        opened, with their evidence."""
         incident = next((i for i in self.incidents
                          if i["incident_id"] == row["incident_id"]), None)
         ids = incident.get("alert_ids", []) if incident else []
-        items = [_alert_html(self._alerts[a]) for a in ids if a in self._alerts]
-        body = "".join(items) or "<i>its alerts are not loaded yet</i>"
-        return pn.pane.HTML(f"<div class='sc-incident-alerts'>{body}</div>",
-                            sizing_mode="stretch_width")
+        known = [self._alerts[a] for a in ids if a in self._alerts]
+        if not known:
+            return pn.pane.HTML("<i>its alerts are not loaded yet</i>")
+        body = "".join(_alert_html(alert) for alert in known[:SHOWN_ALERTS])
+        more = len(ids) - min(len(known), SHOWN_ALERTS)
+        tail = (f"<p class='sc-incident-more'>and {more} more (in the alerts table below)</p>"
+                if more > 0 else "")
+        return pn.pane.HTML(
+            "<table class='sc-incident-alerts' style='width:100%;table-layout:fixed'>"
+            f"{body}</table>{tail}", sizing_mode="stretch_width")
 
 
 def _colour(severity: int) -> str:
@@ -127,6 +137,6 @@ def _alert_html(alert: Mapping[str, Any]) -> str:
     head = (f"{_severity_html(alert['severity'])} <b>{html.escape(str(alert['detector']))}</b>"
             f"{html.escape(where)} at step {int(alert['step'])}: "
             f"{html.escape(str(alert.get('message') or ''))}")
-    return (f"<div class='sc-incident-alert' style='display:flex;gap:1em;margin:4px 0'>"
-            f"<div style='flex:3'>{head}</div>"
-            f"<div style='flex:2'>{evidence_html(alert.get('evidence'))}</div></div>")
+    cell = "style='vertical-align:top;white-space:normal;overflow-wrap:anywhere;padding:3px'"
+    return (f"<tr class='sc-incident-alert'><td {cell} width='60%'>{head}</td>"
+            f"<td {cell}>{evidence_html(alert.get('evidence'))}</td></tr>")

@@ -71,9 +71,10 @@ def colour_by(page, mode: str) -> None:
 def settle(page, views: int) -> None:
     """Wait until ``views`` run dashboards show a step and their points, then a little more
     for the last patches to paint."""
+    # all read at once: a status line re-rendered between two reads is not waited for
     steps = page.locator(".sc-latest-step")
-    wait_until(lambda: steps.count() >= views and all(
-        steps.nth(i).inner_text().strip().isdigit() for i in range(views)), SETTLE_S, "steps")
+    wait_until(lambda: sum(text.strip().isdigit() for text in steps.all_inner_texts()) >= views,
+               SETTLE_S, "steps")
     wait_until(lambda: page.evaluate(ALL_DRAWN_JS, views), SETTLE_S, "points")
     time.sleep(3)
 
