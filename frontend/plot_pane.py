@@ -5,7 +5,8 @@ and builds a view for every plot of the document, hidden ones included: a plot w
 there logs "could not set initial ranges" (or, on a log axis, "could not determine minimum
 data value"). So a plot enters the document only at its first ``visible = True``, which every
 view sets after the plot's first data (see :mod:`sentrycam.frontend`); from then on it stays,
-and hiding it again only hides it.
+and hiding it again only hides it. (Plots whose ranges are all explicit, the heatmaps, need
+none of this.)
 """
 
 from __future__ import annotations

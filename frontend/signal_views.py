@@ -84,7 +84,11 @@ class HeatmapView:
         self._seen[stat] = set()
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(self.empty, *[plot_pane(self.figures[s]) for s, _, _ in self.heatmaps],
+        # In the page from the start (not plot_pane): their ranges are explicit, so an empty one
+        # logs nothing, and their shared x range stopped following the data when the figures
+        # entered the page one by one.
+        return pn.Column(self.empty,
+                         *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in self.heatmaps],
                          css_classes=["sc-heatmap"], sizing_mode="stretch_width")
 
     def take(self, header: LayerStatsHeader, arrays: dict[str, np.ndarray]) -> None:

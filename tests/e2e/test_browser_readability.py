@@ -22,6 +22,14 @@ STEPS = 40
 ALERTS = 12
 #: How BokehJS starts each line it logs (``[bokeh 3.9.2] could not set initial ranges``).
 BOKEHJS_PREFIX = "[bokeh"
+# JavaScript run in the page: the end of the x range the named figure's view draws.
+_X_END_JS = """(name) => {
+  for (const doc of Bokeh.documents) {
+    const figure = doc.get_model_by_name(name);
+    if (figure) return Bokeh.index.find_one(figure).frame.x_range.end;
+  }
+  return null;
+}"""
 
 
 @pytest.fixture
@@ -67,6 +75,10 @@ def test_a_thirty_layer_dashboard_has_legends_colour_bars_and_labels_that_do_not
     heatmap_bars = {n: g for n, g in drawn.items() if n.startswith("sc-heatmap-colour-bar-")}
     assert len(heatmap_bars) == 5
     assert all(g["visible"] and g["width"] > 0 and g["height"] > 0 for g in heatmap_bars.values())
+
+    steps = source_data(page, "sc-heatmap-grad_norm")["step"]
+    assert max(steps) >= STEPS - 5  # every step's column, drawn across the plot's width:
+    assert page.evaluate(_X_END_JS, "sc-heatmap-figure-grad_norm") >= max(steps)
 
     boxes = label_boxes(page, "sc-heatmap-figure-")
     assert len(boxes) == 5
