@@ -10,10 +10,11 @@ Everything is read through :class:`~sentrycam.frontend.client.ApiClient` (REST +
 websocket), never from the store. Panel is imported on first use, so ``import
 sentrycam.frontend`` stays light.
 
-Every plot stays hidden (Bokeh ``visible=False``) until it has data: BokehJS cannot compute the
-automatic range of an empty plot and logs "could not set initial ranges" (or a log axis
-warning) at each repaint of one, about 185 times per page load before this rule. Each view
-shows a line of text saying what it waits for instead.
+Every plot stays hidden (Bokeh ``visible=False``) until it has data, and enters the page only
+then (:mod:`~sentrycam.frontend.plot_pane`): BokehJS cannot compute the automatic range of an
+empty plot and logs "could not set initial ranges" (or a log axis warning) when it builds or
+repaints one, about 185 times per page load before this rule. Each view shows a line of text
+saying what it waits for instead.
 """
 
 from __future__ import annotations

@@ -79,6 +79,12 @@ class ApiClient:
     def alerts(self, run_id: str) -> list[dict[str, Any]]:
         return self._get(f"/api/runs/{quote(run_id)}/alerts").json()
 
+    def incidents(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's confirmed incidents, oldest first: alerts grouped into events, each with
+        ``start_step``, ``end_step``, ``severity``, ``alert_ids``, ``diagnosis``,
+        ``confidence``, ``runners_up`` and ``suggestion``."""
+        return self._get(f"/api/runs/{quote(run_id)}/incidents").json()
+
     def acknowledge(self, alert_id: int) -> None:
         self._http.post(f"/api/alerts/{int(alert_id)}/acknowledge").raise_for_status()
 

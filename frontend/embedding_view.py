@@ -23,6 +23,7 @@ from bokeh.models import (ColorBar, ColumnDataSource, HoverTool, Legend, LegendI
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 
+from sentrycam.frontend.plot_pane import plot_pane
 from sentrycam.frontend.quality_text import quality_html
 from sentrycam.frontend.state_views import plural
 from sentrycam.frontend.timeline_view import EmbeddingTimeline
@@ -120,7 +121,7 @@ class EmbeddingView:
         pickers = pn.FlexBox(self.layer, self.colour, self.live, flex_wrap="wrap")
         controls = pn.Column(pickers, self.layer_note, self.player, self.timeline.panel(),
                              sizing_mode="stretch_width")
-        return pn.Column(controls, self.caption, pn.pane.Bokeh(self.figure), self.quality_text,
+        return pn.Column(controls, self.caption, plot_pane(self.figure), self.quality_text,
                          css_classes=["sc-embedding"], sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ data in

@@ -6,6 +6,10 @@ applies what arrived to the views, which stream into their existing plots. Nothi
 ever runs on the document's thread, so a dashboard served by the same process as the API
 cannot stall it. Each push frame type has its handler in :data:`FRAME_HANDLERS`, or is listed
 in :data:`IGNORED_FRAMES`.
+
+Incidents are not pushed: the server derives them from the run's alerts on each request, so
+they can change only when the alerts do. Each ``alerts`` frame asks the incidents route again
+(on a fetch worker); an answer older than one already applied is dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import panel as pn
 
 from sentrycam.frontend.client import ApiClient
 from sentrycam.frontend.embedding_view import EmbeddingView
+from sentrycam.frontend.incident_view import IncidentsView
 from sentrycam.frontend.signal_views import CurvesView, HeatmapView
 from sentrycam.frontend.state_views import FIXED_SCHEDULE, AlertsView, HealthView, StatusView
 from sentrycam.protocol import push
@@ -52,6 +57,8 @@ class RunDashboard:
         self.heatmaps = HeatmapView(self.embedding.show_step)
         self.curves = CurvesView()
         self.alerts = AlertsView(self._acknowledge)
+        self.incidents = IncidentsView()
+        self._incident_requests = self._incidents_applied = 0
         self.health = HealthView(self.embedding.show_step)
         self.status = StatusView()
         self.snapshot_steps: set[int] = set()
@@ -83,6 +90,7 @@ class RunDashboard:
         right = pn.Column(self.curves.panel(), sizing_mode="stretch_width")
         return pn.Column(self.status.panel(), pn.Row(left, right, sizing_mode="stretch_width"),
                          pn.pane.Markdown("#### signals per layer"), self.heatmaps.panel(),
+                         pn.pane.Markdown("#### incidents"), self.incidents.panel(),
                          pn.pane.Markdown("#### alerts"), self.alerts.panel(),
                          sizing_mode="stretch_width", css_classes=["sc-run"])
 
@@ -162,6 +170,17 @@ class RunDashboard:
         self.alerts.set_alerts(header.alerts)
         self.curves.set_alerts(header.alerts)
         self.embedding.timeline.set_alerts(header.alerts)
+        self.incidents.set_alerts(header.alerts)
+        self._refresh_incidents(bool(header.alerts))
+
+    def _take_incidents(self, request: int, incidents: list[dict[str, Any]]) -> None:
+        """The incidents route's answer to request number ``request`` (older ones dropped)."""
+        if request < self._incidents_applied:
+            return
+        self._incidents_applied = request
+        self.incidents.set_incidents(incidents)
+        self.curves.set_incidents(incidents)
+        self.embedding.timeline.set_incidents(incidents)
 
     def _on_status(self, header: Any, arrays: dict) -> None:
         """``header``: a :data:`~sentrycam.protocol.push.StatusHeader`."""
@@ -197,6 +216,16 @@ class RunDashboard:
     def _fetch_trails(self, layer: str, sample_ids: list[int]) -> None:
         self._submit(lambda: functools.partial(
             self.embedding.take_trails, self.client.trails(self.run_id, layer, sample_ids)))
+
+    def _refresh_incidents(self, has_alerts: bool) -> None:
+        """Ask the incidents route again (a run without alerts has no incident to ask for)."""
+        self._incident_requests += 1
+        request = self._incident_requests
+        if not has_alerts:
+            self._take_incidents(request, [])
+            return
+        self._submit(lambda: functools.partial(
+            self._take_incidents, request, self.client.incidents(self.run_id)))
 
     def _acknowledge(self, alert_id: int) -> None:
         self._submit(lambda: self.client.acknowledge(alert_id))

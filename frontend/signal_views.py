@@ -17,6 +17,8 @@ from bokeh.models import (ColorBar, ColumnDataSource, FactorRange, HoverTool,
 from bokeh.palettes import Category10_10, Magma256, Viridis256
 from bokeh.plotting import figure
 
+from sentrycam.frontend.incident_view import draw_spans, span_columns, span_source
+from sentrycam.frontend.plot_pane import plot_pane
 from sentrycam.protocol import signals
 from sentrycam.protocol.push import LayerStatsHeader, ScalarsHeader
 
@@ -82,7 +84,11 @@ class HeatmapView:
         self._seen[stat] = set()
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(self.empty, *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in self.heatmaps],
+        # In the page from the start (not plot_pane): their ranges are explicit, so an empty one
+        # logs nothing, and their shared x range stopped following the data when the figures
+        # entered the page one by one.
+        return pn.Column(self.empty,
+                         *[pn.pane.Bokeh(self.figures[s]) for s, _, _ in self.heatmaps],
                          css_classes=["sc-heatmap"], sizing_mode="stretch_width")
 
     def take(self, header: LayerStatsHeader, arrays: dict[str, np.ndarray]) -> None:
@@ -139,11 +145,13 @@ CURVES = signals.curve_panels()
 
 
 class CurvesView:
-    """Line plots of scalars, one line per name, with a vertical marker at each alert."""
+    """Line plots of scalars, one line per name, with a vertical marker at each alert and a
+    span over each incident."""
 
     def __init__(self) -> None:
         self.alert_source = ColumnDataSource({"step": [], "severity": []},
                                              name="sc-curve-alerts")
+        self.incident_source = span_source("sc-curve-incidents")
         self.figures, self.sources = {}, {}
         self._last: dict[str, int] = {}
         for title, log_scale in CURVES:
@@ -151,12 +159,13 @@ class CurvesView:
                          y_axis_type="log" if log_scale else "linear",
                          tools="xwheel_zoom,xpan,box_zoom,reset", x_axis_label="step",
                          visible=False)  # until its first line
+            draw_spans(fig, self.incident_source)
             fig.vspan(x="step", source=self.alert_source, line_color="#d62728", line_alpha=0.6,
                       line_width=1.5, line_dash="dashed")
             self.figures[title] = fig
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(*[pn.pane.Bokeh(f) for f in self.figures.values()],
+        return pn.Column(*[plot_pane(f) for f in self.figures.values()],
                          css_classes=["sc-curves"], sizing_mode="stretch_width")
 
     def take(self, header: ScalarsHeader, arrays: dict[str, np.ndarray]) -> None:
@@ -193,3 +202,7 @@ class CurvesView:
     def set_alerts(self, alerts: list[dict[str, Any]]) -> None:
         self.alert_source.data = {"step": [a["step"] for a in alerts],
                                   "severity": [a["severity"] for a in alerts]}
+
+    def set_incidents(self, incidents: list[dict[str, Any]]) -> None:
+        """Every incident of the run (as the incidents route lists them)."""
+        self.incident_source.data = span_columns(incidents)

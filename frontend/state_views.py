@@ -15,6 +15,7 @@ from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
 from sentrycam.frontend.alert_evidence import evidence_html
+from sentrycam.frontend.plot_pane import plot_pane
 
 SEVERITY = {0: "none", 1: "developing", 2: "confirmed", 3: "critical"}
 SEVERITY_COLOUR = {0: "#999999", 1: "#f0ad4e", 2: "#e8590c", 3: "#c92a2a"}
@@ -71,7 +72,7 @@ class AlertsView:
             ("severity", "@severity"), ("", "@message")]))
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(self.empty, self.table, self.ack_button, pn.pane.Bokeh(self.timeline),
+        return pn.Column(self.empty, self.table, self.ack_button, plot_pane(self.timeline),
                          css_classes=["sc-alerts"], sizing_mode="stretch_width")
 
     def set_alerts(self, alerts: list[dict[str, Any]]) -> None:
@@ -159,7 +160,7 @@ class HealthView:
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(pn.pane.Bokeh(self.figure), pn.pane.Bokeh(self.class_figure),
+        return pn.Column(plot_pane(self.figure), plot_pane(self.class_figure),
                          css_classes=["sc-health"], sizing_mode="stretch_width")
 
     def take(self, layer: str, steps: Any, intra: Any, inter: Any, spread: Any,

@@ -1,7 +1,8 @@
 """The embedding timeline: a thin strip under the embedding view's player.
 
 x is the training step. A tick marks every stored 2D map of the shown layer, a band marks the
-step shown now, and a triangle marks each alert of the shown layer (or of no layer: run-wide
+step shown now, a shaded span marks each incident (from its start to its end step, in its
+severity's colour), and a triangle marks each alert of the shown layer (or of no layer: run-wide
 alerts), one per step however many alerts share it (hover names them and gives their count),
 coloured by the highest severity there. Clicking near a tick asks the embedding view to show
 that snapshot.
@@ -20,6 +21,8 @@ from bokeh.events import Tap
 from bokeh.models import ColumnDataSource, HoverTool
 from bokeh.plotting import figure
 
+from sentrycam.frontend.incident_view import draw_spans, span_columns, span_source
+from sentrycam.frontend.plot_pane import plot_pane
 from sentrycam.frontend.state_views import SEVERITY_COLOUR, severity_name
 
 #: Heights (y) of the strip's rows: ticks around 0, alert markers above them.
@@ -41,13 +44,17 @@ class EmbeddingTimeline:
         self.shown_source = ColumnDataSource({"step": []}, name="sc-embedding-timeline-shown")
         self.alert_source = ColumnDataSource({c: [] for c in ALERT_COLUMNS},
                                              name="sc-embedding-timeline-alerts")
+        self.incident_source = span_source("sc-embedding-timeline-incidents")
         self.figure = self._figure()
 
     def _figure(self) -> Any:
         fig = figure(name=FIGURE_NAME, height=110, sizing_mode="stretch_width",
                      y_range=(-0.8, 1.6), tools="xpan,xwheel_zoom,reset", toolbar_location=None,
                      x_axis_label="step", min_border_top=4, min_border_bottom=4,
-                     visible=False)  # until it has a tick or an alert
+                     visible=False)  # until it has a tick, an alert or an incident
+        spans = draw_spans(fig, self.incident_source)
+        fig.add_tools(HoverTool(renderers=[spans], tooltips=[
+            ("incident", "@severity"), ("diagnosis", "@diagnosis")]))
         fig.vspan(x="step", source=self.shown_source, line_color="#1f77b4", line_width=3,
                   line_alpha=0.5)
         fig.segment(x0="step", y0=TICK_Y - 0.45, x1="step", y1=TICK_Y + 0.45,
@@ -63,7 +70,7 @@ class EmbeddingTimeline:
         return fig
 
     def panel(self) -> pn.viewable.Viewable:
-        return pn.Column(pn.pane.Bokeh(self.figure), css_classes=["sc-embedding-timeline"],
+        return pn.Column(plot_pane(self.figure), css_classes=["sc-embedding-timeline"],
                          sizing_mode="stretch_width")
 
     # ------------------------------------------------------------------ data in
@@ -93,6 +100,11 @@ class EmbeddingTimeline:
         """Every alert of the run (as the ``alerts`` frame lists them)."""
         self.alerts = alerts
         self._draw_alerts()
+
+    def set_incidents(self, incidents: list[dict[str, Any]]) -> None:
+        """Every incident of the run (run-wide: shown whatever the layer)."""
+        self.incident_source.data = span_columns(incidents)
+        self._show_if_drawn()
 
     def pick_near(self, x: float | None) -> None:
         """A click at step ``x``: show the nearest stored map when it is within one tick
@@ -124,5 +136,6 @@ class EmbeddingTimeline:
         self._show_if_drawn()
 
     def _show_if_drawn(self) -> None:
-        self.figure.visible = bool(len(self.tick_source.data["step"])
-                                   or len(self.alert_source.data["step"]))
+        self.figure.visible = any(len(source.data[column]) for source, column in (
+            (self.tick_source, "step"), (self.alert_source, "step"),
+            (self.incident_source, "start")))

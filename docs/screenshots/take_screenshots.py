@@ -4,7 +4,8 @@
 
 Starts a server in this process, trains the demo CNN on digits with capture attached (two runs,
 for the side-by-side view; the second with a learning rate high enough for the audit engine to
-raise alerts) and a 30-layer MLP (for heatmaps with many rows), waits for the server's
+raise alerts), a 30-layer MLP (for heatmaps with many rows) and a scenario run with an
+injected learning-rate spike (for an incident with its diagnosis), waits for the server's
 projector worker to map every snapshot, and saves PNGs next to this file. With the worker
 switched off (``SENTRYCAM_PROJECTOR=off``), 2D maps come from the tests' stand-in (a PCA of
 each snapshot) instead.
@@ -23,6 +24,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from sentrycam import capture  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
@@ -31,6 +33,7 @@ from sentrycam.backend.testing import StandInProjector, serve_in_thread  # noqa:
 from sentrycam.frontend.testing import launch_chromium  # noqa: E402
 from tests.e2e.browser import wait_until  # noqa: E402
 from tests.e2e.readability import train_many_layers  # noqa: E402
+from scenarios import train_run  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 # True when every embedding view on the page has drawn its points.
@@ -44,6 +47,9 @@ VIEWS = {"embedding": ".sc-embedding", "curves": ".sc-curves", "cluster_health":
 SETTLE_S = 400
 #: Learning rate of the second run: high enough that its loss and gradients raise alerts.
 HIGH_LR = 3e-2
+#: The incident run: the scenario, seed, length and injection step of the browser test of
+#: incidents (tests/e2e/test_browser_incidents.py).
+INCIDENT_RUN = {"arch": "mlp", "kind": "lr_spike", "seed": 5, "steps": 360, "at": 180}
 
 
 def train_in_background(url: str, steps: int, seed: int, name: str,
@@ -65,9 +71,10 @@ def colour_by(page, mode: str) -> None:
 def settle(page, views: int) -> None:
     """Wait until ``views`` run dashboards show a step and their points, then a little more
     for the last patches to paint."""
+    # all read at once: a status line re-rendered between two reads is not waited for
     steps = page.locator(".sc-latest-step")
-    wait_until(lambda: steps.count() >= views and all(
-        steps.nth(i).inner_text().strip().isdigit() for i in range(views)), SETTLE_S, "steps")
+    wait_until(lambda: sum(text.strip().isdigit() for text in steps.all_inner_texts()) >= views,
+               SETTLE_S, "steps")
     wait_until(lambda: page.evaluate(ALL_DRAWN_JS, views), SETTLE_S, "points")
     time.sleep(3)
 
@@ -103,6 +110,7 @@ def main() -> None:
         train_in_background(server.url, 300, 1, "demo-cnn-lr3e-2", lr=HIGH_LR).join()
         second = server.store.run_summaries()[0]["run_id"]
         deep = train_many_layers(server.url, 60, every=5).run_id
+        spiked = train_run(server.url, **INCIDENT_RUN)["run_id"]
         wait_for_maps(server)
 
         shoot(page, server, run=first)
@@ -117,6 +125,12 @@ def main() -> None:
         page.locator(".sc-alerts").first.screenshot(path=OUT / "alerts.png")
         shoot(page, server, run=deep)
         page.locator(".sc-heatmap").first.screenshot(path=OUT / "heatmaps.png")
+        shoot(page, server, run=spiked)
+        incidents = page.locator(".sc-incidents").first
+        incidents.locator(".tabulator-cell", has_text="►").first.click()  # its alerts
+        time.sleep(2)
+        incidents.screenshot(path=OUT / "incidents.png")
+        page.locator(".sc-curves").first.screenshot(path=OUT / "incident_curves.png")
         shoot(page, server, run=first, compare=second)
         page.screenshot(path=OUT / "side_by_side.png")
         browser.close()
