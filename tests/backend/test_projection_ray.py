@@ -1,0 +1,72 @@
+"""The projector on Ray: the extra named when missing, never imported by sentrycam itself, and
+(slow, a local Ray) the same maps as the process pool."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sentrycam.backend.feed import ChangeFeed
+from sentrycam.backend.projection import ProjectionWorker
+from sentrycam.backend.projection_ray import import_ray
+from sentrycam.backend.store import Store
+
+from tests.backend.projection_feed import FAST, RUNS, WAIT_S, publish, start_runs
+
+log = logging.getLogger(__name__)
+
+#: Largest coordinate difference allowed between the pool's and Ray's maps, in map units
+#: (the maps span tens of units). Both run the same seeded projector with one torch thread; the
+#: margin covers float summation order in numba's parallel kNN.
+TOLERANCE = 1e-3
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray shows
+    with pytest.raises(ImportError, match=r"sentrycam\[ray\]"):
+        import_ray()
+
+
+def test_importing_sentrycam_and_its_server_never_imports_ray():
+    code = ("import sys, sentrycam, sentrycam.backend.app, sentrycam.backend.projection; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _maps(store: Store, engine: str) -> dict[tuple[str, str, int], np.ndarray]:
+    feed = ChangeFeed()
+    worker = ProjectionWorker(store, feed, device="cpu", projector_settings=FAST,
+                              engine=engine, workers=2, max_layers=1)
+    labels = start_runs(store)
+    started = time.perf_counter()
+    worker.start()
+    try:
+        assert worker.wait_idle(WAIT_S), worker.state()
+        log.warning("%s engine started and warm in %.1f s (Ray itself: %s s)", engine,
+                    time.perf_counter() - started, getattr(worker.engine, "started_s", None))
+        for step in (0, 10, 20):
+            for run_id in RUNS:
+                publish(feed, run_id, step, labels)
+        assert worker.wait_idle(WAIT_S), worker.state()
+        assert worker.state()["projected"] == 6, worker.state()
+    finally:
+        worker.stop(10.0)
+    return {(run_id, "fc", step): store.embedding(run_id, "fc", step)[1]
+            for run_id in RUNS for step in (0, 10, 20)}
+
+
+@pytest.mark.projector
+def test_ray_actors_make_the_same_maps_as_the_process_pool(tmp_path):
+    pytest.importorskip("ray")
+    with Store(tmp_path / "pool.duckdb") as store:
+        pooled = _maps(store, "pool")
+    with Store(tmp_path / "ray.duckdb") as store:
+        rayed = _maps(store, "ray")
+    assert pooled.keys() == rayed.keys()
+    for key in pooled:
+        assert np.abs(pooled[key] - rayed[key]).max() <= TOLERANCE, key
