@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sentrycam import __version__
 from sentrycam.backend.cli_errors import CLIError
@@ -125,6 +125,14 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--idle-timeout", type=float, default=None,
                        help="exit after this many idle seconds, 0: never (default: "
                             "SENTRYCAM_IDLE_TIMEOUT_S, else 0)")
+    serve.add_argument("--projector", choices=("pool", "thread", "ray", "off"), default=None,
+                       help="where 2D maps are computed: worker processes (pool), a thread of "
+                            "the server, Ray actors (needs sentrycam[ray]; RAY_ADDRESS or a "
+                            "local Ray), or not at all (default: SENTRYCAM_PROJECTOR_ENGINE, "
+                            "else pool)")
+    serve.add_argument("--projector-workers", type=int, default=None, metavar="N",
+                       help="projector worker processes, or Ray jobs at once (default: "
+                            "SENTRYCAM_PROJECTOR_WORKERS, else one per core, at most 4)")
 
 
 def _source_arguments(command: argparse.ArgumentParser) -> None:
@@ -167,13 +175,22 @@ def serve_settings(args: argparse.Namespace) -> ServerSettings:
     given = {"db_path": args.db, "host": args.host, "port": args.port,
              "idle_timeout_s": args.idle_timeout, "token": args.token or None,
              "token_file": args.token_file, "read_token_file": args.read_token_file,
-             "allowed_hosts": args.allowed_host, "allowed_origins": args.allowed_origin}
+             "allowed_hosts": args.allowed_host, "allowed_origins": args.allowed_origin,
+             "projector_workers": args.projector_workers, **_projector_settings(args.projector)}
     try:
         return ServerSettings(**{name: value for name, value in given.items()
                                  if value is not None})
     except ValidationError as exc:
         raise CLIError("; ".join(e["msg"].removeprefix("Value error, ")
                                  for e in exc.errors())) from None
+
+
+def _projector_settings(choice: str | None) -> dict[str, Any]:
+    """The settings ``--projector CHOICE`` stands for (none when not given)."""
+    if choice is None:
+        return {}
+    return {"projector": False} if choice == "off" else {"projector": True,
+                                                         "projector_engine": choice}
 
 
 def _serve(args: argparse.Namespace) -> int:

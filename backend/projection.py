@@ -1,51 +1,46 @@
 """The resident projector worker: every new snapshot of every layer becomes a stored 2D map.
 
-It subscribes to the change feed for ``snapshot`` changes and keeps one
-:class:`~sentrycam.projector.Projector` per (run_id, layer), resumed from the store's newest
-checkpoint after a restart. Ingest never waits for it: the feed callback only queues the job. A job
-waits behind at most ``max_backlog`` others of its layer; beyond that the oldest waiting one is
-skipped (counted and logged). Only the deepest ``max_layers`` layers of each snapshot are
-projected (all with 0), so a CPU-only server keeps up with a trainer. Per job: project, store the
-coords and the projector checkpoint, publish ``embedding``; then a second thread computes the
-quality metrics off the latency path, stores them and publishes ``quality``. A snapshot the
-projector refuses (NaN/Inf features, a dimension change) is marked not projectable and the
-worker carries on. numba is compiled once at start, in the background (state ``warming``).
+It subscribes to the change feed for ``snapshot`` changes and queues one job per projected layer
+(:mod:`sentrycam.backend.projection_queue`: in step order per layer, fair across runs, a
+layer's oldest waiting snapshot skipped beyond ``max_backlog``). Ingest never waits for it: the
+feed callback only queues. Only the deepest ``max_layers`` layers of each snapshot are projected
+(all with 0), so a CPU-only server keeps up with a trainer. The projecting itself runs on an
+engine (:mod:`sentrycam.backend.projection_engines`): a thread, a pool of worker processes or
+Ray actors, one dispatch thread per slot. Per job: project (warm-started from the layer's
+previous map; after a restart, from the store's newest checkpoint), store the coords and the
+checkpoint, publish ``embedding``; then ask the same slot for the quality metrics, store them and
+publish ``quality``. The server alone opens the store. A snapshot the projector refuses
+(NaN/Inf features, a dimension change) is marked not projectable; a job whose worker died is
+retried once on its replacement, then marked failed. numba is compiled once per worker at start
+(state ``warming``).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from sentrycam.backend.feed import Change, ChangeFeed
+from sentrycam.backend.projection_engines import Engine, make_engine
+from sentrycam.backend.projection_queue import Job, JobQueue
+from sentrycam.backend.projection_work import ProjectRequest, Resume, WorkerLost
 from sentrycam.backend.store import Store
 from sentrycam.protocol.changes import ChangeKind
 
 log = logging.getLogger(__name__)
 
-QUALITY_QUEUE = 64
+__all__ = ["Job", "ProjectionWorker", "projected_layers"]
+
 #: Per-snapshot training budget in the server: latency stays bounded on a busy machine.
 SERVER_PROJECTOR_SETTINGS = {"time_limit_s": 4.0, "first_time_limit_s": 30.0}
 RECENT_PROBLEMS = 20
-
-
-@dataclass(frozen=True)
-class Job:
-    """One layer of one snapshot: ids int64 [N], features [N, D] (as captured)."""
-
-    run_id: str
-    layer: str
-    step: int
-    ids: np.ndarray
-    features: np.ndarray
-    queued_at: float
+#: Tries of a job whose worker died under it (the second on the worker that replaced it).
+ATTEMPTS = 2
 
 
 def projected_layers(features: dict[str, Any], max_layers: int) -> list[tuple[str, Any]]:
@@ -57,36 +52,41 @@ def projected_layers(features: dict[str, Any], max_layers: int) -> list[tuple[st
 
 class ProjectionWorker:
     """Background projection of snapshots (see module doc). ``start()``/``stop(timeout)``;
-    :meth:`state` is what ``GET /api/projector`` shows."""
+    :meth:`state` is what ``GET /api/projector`` shows. ``engine``: "thread", "pool" or "ray";
+    ``workers``: the pool's processes or Ray's concurrent jobs (None: one per core, up to 4)."""
 
     def __init__(self, store: Store, feed: ChangeFeed, *, device: str = "auto",
                  projector_settings: dict[str, Any] | None = None, max_layers: int = 2,
-                 max_backlog: int = 12) -> None:
+                 max_backlog: int = 12, engine: str = "thread",
+                 workers: int | None = None) -> None:
         self.store, self.feed, self.device = store, feed, device
         self.projector_settings = {**SERVER_PROJECTOR_SETTINGS, **(projector_settings or {})}
-        self.max_layers, self.max_backlog = max_layers, max_backlog
+        self.max_layers = max_layers
+        self.engine_kind, self.workers = engine, workers
+        self.engine: Engine | None = None
         self._lock = threading.Condition()
-        self._pending: deque[Job] = deque()
-        self._quality: queue.Queue = queue.Queue(QUALITY_QUEUE)
-        self._projectors: dict[tuple[str, str], Any] = {}
-        self._resumed_at: dict[tuple[str, str], int] = {}
-        self._windows: dict[tuple[str, str], Any] = {}
+        self._queue = JobQueue(max_backlog)
+        self._latest: dict[tuple[str, str], Resume | None] = {}
         self._labels: dict[str, dict[int, int]] = {}
         self._status = "stopped"
-        self._busy_with: tuple[str, str, int] | None = None
-        self._stopping = False
+        self._warming = 0
+        self._stopping = threading.Event()
         self._counts = {"received": 0, "projected": 0, "skipped": 0, "not_projectable": 0,
-                        "errors": 0, "quality_written": 0, "quality_dropped": 0}
+                        "errors": 0, "failed": 0, "quality_written": 0, "quality_dropped": 0}
         self._last_error: str | None = None
         self._last: dict[str, Any] | None = None
         self._problems: deque[dict[str, Any]] = deque(maxlen=RECENT_PROBLEMS)
         self._threads: list[threading.Thread] = []
         self._subscription = None
 
+    @property
+    def max_backlog(self) -> int:
+        return self._queue.max_backlog
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Subscribe to the feed and start the threads (warm-up first)."""
+        """Subscribe to the feed and start the engine's slots (warm-up first)."""
         self.subscribe()
         self.start_threads()
 
@@ -96,21 +96,25 @@ class ProjectionWorker:
         self._subscription = self.feed.subscribe(self._on_changes, name="projector")
 
     def start_threads(self) -> None:
-        for target, name in ((self._project_loop, "sentrycam-projector"),
-                             (self._quality_loop, "sentrycam-projector-quality")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        self.engine = make_engine(self.engine_kind, self.workers, self._stopping)
+        self._warming = self.engine.slots
+        for slot in range(self.engine.slots):
+            thread = threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
+                                      name=f"sentrycam-projector-{slot}")
             thread.start()
             self._threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Finish queued work for up to ``timeout`` s, then stop. True if all was done."""
+        """Finish queued work for up to ``timeout`` s, then stop every thread and worker
+        process. True if all was done."""
         if self._subscription is not None:
             self._subscription.close()
         drained = self.wait_idle(timeout)
+        self._stopping.set()
         with self._lock:
-            self._stopping = True
             self._lock.notify_all()
-        self._quality.put(None)
+        if self.engine is not None:
+            self.engine.stop()  # a worker still busy is terminated: its thread returns
         for thread in self._threads:
             thread.join(timeout=5.0)
             if thread.is_alive():  # e.g. still compiling numba: it is a daemon, let it go
@@ -123,26 +127,29 @@ class ProjectionWorker:
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued or in progress (quality included); False on timeout."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                idle = (not self._pending and self._busy_with is None
-                        and self._status != "warming")
-            if idle and self._quality.unfinished_tasks == 0:
-                return True
-            time.sleep(0.05)
-        return False
+        with self._lock:
+            while not (self._queue.idle() and self._status != "warming"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.5))
+        return True
 
     def state(self) -> dict[str, Any]:
         with self._lock:
-            oldest = min((job.queued_at for job in self._pending), default=None)
-            busy = self._busy_with
+            oldest = min((job.queued_at for job in self._queue.pending), default=None)
+            in_flight = [{"run_id": j.run_id, "layer": j.layer, "step": j.step}
+                         for j in self._queue.in_flight.values()]
+            engine = self.engine
             return {
-                "state": "busy" if busy and self._status == "ready" else self._status,
-                "queue_depth": len(self._pending),
+                "state": "busy" if in_flight and self._status == "ready" else self._status,
+                "queue_depth": len(self._queue.pending),
                 "behind_by_s": 0.0 if oldest is None else time.monotonic() - oldest,
-                "busy_with": None if busy is None else dict(zip(("run_id", "layer", "step"),
-                                                                busy)),
-                "quality_queue": self._quality.qsize(), **self._counts,
+                "busy_with": in_flight[0] if in_flight else None, "in_flight": in_flight,
+                "quality_queue": 0, **self._counts,
+                "engine": self.engine_kind,
+                "workers": None if engine is None else engine.slots,
+                "worker_restarts": 0 if engine is None else engine.restarts,
                 "last_error": self._last_error, "last": self._last,
                 "problems": list(self._problems), "device": self.device,
             }
@@ -156,107 +163,121 @@ class ProjectionWorker:
             snapshot = change.message
             with self._lock:
                 for layer, features in projected_layers(snapshot.features, self.max_layers):
-                    self._enqueue(Job(change.run_id, layer, int(snapshot.step),
-                                      np.asarray(snapshot.sample_ids, np.int64), features,
-                                      time.monotonic()))
+                    self._counts["received"] += 1
+                    job = Job(change.run_id, layer, int(snapshot.step),
+                              np.asarray(snapshot.sample_ids, np.int64), features,
+                              time.monotonic())
+                    if self._queue.put(job) is not None:
+                        self._counts["skipped"] += 1
                 self._lock.notify_all()
 
-    def _enqueue(self, job: Job) -> None:
-        """Queue ``job``; beyond ``max_backlog`` waiting snapshots of its (run, layer), the
-        oldest waiting one is skipped: a worker that is behind jumps to the newest."""
-        self._counts["received"] += 1
-        same_layer = [j for j in self._pending if (j.run_id, j.layer) == (job.run_id, job.layer)]
-        if len(same_layer) >= self.max_backlog:
-            oldest = same_layer[0]
-            self._pending.remove(oldest)
-            self._counts["skipped"] += 1
-            log.info("projector behind: skipping step %d of %s/%s (step %d arrived)",
-                     oldest.step, job.run_id, job.layer, job.step)
-        self._pending.append(job)
+    # -- dispatch threads (one per engine slot) -----------------------------------------------
 
-    # -- projection thread --------------------------------------------------------------------
-
-    def _project_loop(self) -> None:
-        self._warm_up()
+    def _slot_loop(self, slot: int) -> None:
+        self._warm_up(slot)
         while True:
-            with self._lock:
-                while not self._pending and not self._stopping:
-                    self._lock.wait(0.5)
-                if self._stopping:
-                    return
-                job = self._pending.popleft()
-                self._busy_with = (job.run_id, job.layer, job.step)
+            job = self._next_job(slot)
+            if job is None:
+                return
             try:
-                self._project(job)
+                self._run(slot, job)
             except Exception as exc:  # the worker outlives any one bad job
                 log.exception("projecting %s/%s step %d failed", job.run_id, job.layer, job.step)
                 self._note_problem(job, f"{type(exc).__name__}: {exc}", "errors")
             finally:
                 with self._lock:
-                    self._busy_with = None
+                    self._queue.done(job)
+                    self._lock.notify_all()
 
-    def _warm_up(self) -> None:
-        started = time.perf_counter()
-        try:
-            from sentrycam.projector import Projector
-
-            warm = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
-            projector = Projector(seed=0, first_steps=2, steps=2)
-            for _ in range(2):  # the second update compiles NN-descent's warm-start path
-                projector.update(warm, np.arange(len(warm)))
-            log.info("projector warmed up in %.1f s", time.perf_counter() - started)
-        except Exception as exc:
-            log.exception("projector warm-up failed")
-            self._last_error = f"warm-up: {type(exc).__name__}: {exc}"
+    def _next_job(self, slot: int) -> Job | None:
+        """The slot's next job, waiting for one; None once stopping."""
+        assert self.engine is not None
         with self._lock:
+            while not self._stopping.is_set():
+                job = self._queue.take(lambda key: self.engine.accepts(slot, key))
+                if job is not None:
+                    return job
+                self._lock.wait(0.5)
+            return None
+
+    def _warm_up(self, slot: int) -> None:
+        assert self.engine is not None
+        try:
+            self.engine.start_slot(slot)
+        except Exception as exc:
+            if not self._stopping.is_set():  # else: stopped while warming, nothing failed
+                log.exception("projector warm-up failed")
+                self._last_error = f"warm-up: {type(exc).__name__}: {exc}"
+        with self._lock:
+            self._warming -= 1
+            if self._warming > 0:
+                return
             self._status = "ready"
+            self._lock.notify_all()
         self._publish_state()
 
-    def _project(self, job: Job) -> None:
-        projector = self._projector_for(job)
-        if projector is None:
+    def _run(self, slot: int, job: Job) -> None:
+        """Project ``job`` on ``slot`` (again on the replacement if its worker dies), store and
+        publish the map, then its quality."""
+        assert self.engine is not None
+        request = self._request(job)
+        if request is None:
             return
-        started = time.perf_counter()
-        try:
-            coords = projector.update(job.features, job.ids, self._labels_of(job))
-        except ValueError as exc:  # NaN/Inf, dimension change, too few points, ...
-            log.warning("snapshot %s/%s step %d not projectable: %s", job.run_id, job.layer,
-                        job.step, exc)
-            self._note_problem(job, str(exc), "not_projectable")
-            return
-        self.store.write_embedding(job.run_id, job.layer, job.step, job.ids, coords,
-                                   checkpoint=projector.to_bytes())
-        seconds = time.perf_counter() - started
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                self._project(slot, job, request)
+                return
+            except ValueError as exc:  # NaN/Inf, dimension change, too few points, ...
+                log.warning("snapshot %s/%s step %d not projectable: %s", job.run_id,
+                            job.layer, job.step, exc)
+                self._note_problem(job, str(exc), "not_projectable")
+                return
+            except WorkerLost as exc:
+                if attempt == ATTEMPTS or self._stopping.is_set():
+                    self._note_problem(job, f"{exc} ({attempt} tries)", "failed")
+                    return
+                log.warning("%s: projecting %s/%s step %d again", exc, *job.key, job.step)
+                request = self._request(job)  # the layer resumes from its newest checkpoint
+
+    def _request(self, job: Job) -> ProjectRequest | None:
+        """What a worker needs for ``job``; None if the job's step is not newer than what the
+        layer's checkpoint already covers (replayed after a restart)."""
+        if job.key not in self._latest:
+            checkpoint = self.store.latest_checkpoint(job.run_id, job.layer)
+            self._latest[job.key] = None if checkpoint is None else Resume(*checkpoint)
+            if checkpoint is not None:
+                log.info("projector of %s/%s resumes at step %d", *job.key, checkpoint[0])
+        resume = self._latest[job.key]
+        if resume is not None and job.step <= resume.step:
+            return None
+        return ProjectRequest(job.key, job.step, job.ids, job.features, self._labels_of(job),
+                              dict(self.projector_settings), self.device, resume)
+
+    def _project(self, slot: int, job: Job, request: ProjectRequest) -> None:
+        assert self.engine is not None
+        projected = self.engine.project(slot, request)
+        self.store.write_embedding(job.run_id, job.layer, job.step, job.ids, projected.coords,
+                                   checkpoint=projected.checkpoint)
+        self._latest[job.key] = Resume(job.step, projected.checkpoint)
         self.feed.publish([Change(job.run_id, ChangeKind.EMBEDDING, job.step, job.layer)])
-        info = projector.last_info
+        info = projected.info
         with self._lock:
             self._counts["projected"] += 1
             self._last = {"run_id": job.run_id, "layer": job.layer, "step": job.step,
-                          "seconds": seconds, "latency_s": time.monotonic() - job.queued_at,
+                          "seconds": projected.seconds,
+                          "latency_s": time.monotonic() - job.queued_at,
                           "fraction": info["fraction"], "n": info["n"]}
         try:
-            self._quality.put_nowait((job, coords, seconds, info["fraction"]))
-        except queue.Full:
-            self._counts["quality_dropped"] += 1
-
-    def _projector_for(self, job: Job) -> Any:
-        """The (run, layer)'s projector, resumed from its checkpoint; None if the job's step is
-        not newer than what the checkpoint already covers."""
-        from sentrycam.projector import Projector
-
-        key = (job.run_id, job.layer)
-        if key not in self._projectors:
-            checkpoint = self.store.latest_checkpoint(job.run_id, job.layer)
-            if checkpoint is not None:
-                self._projectors[key] = Projector.from_bytes(checkpoint[1], device=self.device)
-                self._resumed_at[key] = checkpoint[0]
-                log.info("projector of %s/%s resumed at step %d", *key, checkpoint[0])
-            else:
-                self._projectors[key] = Projector(seed=0, device=self.device,
-                                                  **self.projector_settings)
-        if job.step <= self._resumed_at.get(key, -1):
-            return None  # replayed after a restart: already projected
-        return self._projectors[key]
+            values = self.engine.quality(slot, job.key)
+        except (WorkerLost, RuntimeError) as exc:  # the map stands; only its quality is lost
+            log.warning("quality of %s/%s step %d lost: %s", *job.key, job.step, exc)
+            with self._lock:
+                self._counts["quality_dropped"] += 1
+            return
+        self.store.write_quality(job.run_id, job.layer, job.step, values)
+        self.feed.publish([Change(job.run_id, ChangeKind.QUALITY, job.step, job.layer)])
+        with self._lock:
+            self._counts["quality_written"] += 1
 
     def _labels_of(self, job: Job) -> np.ndarray | None:
         if job.run_id not in self._labels:
@@ -279,30 +300,3 @@ class ProjectionWorker:
 
     def _publish_state(self) -> None:
         self.feed.publish([Change("", ChangeKind.PROJECTOR, message={"state": self._status})])
-
-    # -- quality thread -----------------------------------------------------------------------
-
-    def _quality_loop(self) -> None:
-        from sentrycam.projector.quality import QualityWindow
-
-        while True:
-            item = self._quality.get()
-            try:
-                if item is None:
-                    return
-                job, coords, seconds, fraction = item
-                window = self._windows.setdefault((job.run_id, job.layer), QualityWindow())
-                window.add(job.ids, job.features, coords)
-                values = {**window.metrics(), "update_s": seconds, "sample_fraction": fraction}
-                self.store.write_quality(job.run_id, job.layer, job.step, values)
-                self.feed.publish([Change(job.run_id, ChangeKind.QUALITY, job.step,
-                                          job.layer)])
-                with self._lock:
-                    self._counts["quality_written"] += 1
-            except Exception as exc:
-                log.exception("projection quality failed")
-                with self._lock:
-                    self._counts["errors"] += 1
-                    self._last_error = f"quality: {type(exc).__name__}: {exc}"
-            finally:
-                self._quality.task_done()

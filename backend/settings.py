@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -114,6 +114,10 @@ class ServerSettings(BaseSettings):
     CUDA when present; ``projector_drain_s`` bounds how long shutdown waits for queued
     projections; ``projector_max_layers`` projects the deepest that many layers of each snapshot
     (0: all); ``projector_backlog`` snapshots of a layer may wait before the oldest is skipped.
+    ``projector_engine`` runs the projecting in a pool of worker processes ("pool", the default:
+    the server's GIL stays with ingest), a thread of the server ("thread") or Ray actors ("ray",
+    extra ``sentrycam[ray]``, ``RAY_ADDRESS`` or a local Ray); ``projector_workers`` sizes the
+    pool (None: one per core, at most 4).
     """
 
     model_config = SettingsConfigDict(env_prefix="SENTRYCAM_", extra="forbid",
@@ -140,6 +144,8 @@ class ServerSettings(BaseSettings):
     projector_drain_s: float = Field(15.0, ge=0.0)
     projector_max_layers: int = Field(2, ge=0)
     projector_backlog: int = Field(12, ge=1)
+    projector_engine: Literal["thread", "pool", "ray"] = "pool"
+    projector_workers: int | None = Field(None, ge=1)
     audit: bool = True
     alert_webhook_url: str | None = None
     alert_webhook_min_severity: int = Field(3, ge=1, le=3)

@@ -91,6 +91,13 @@ TABLES: dict[str, list[Column]] = {
                                                           "")),
         ("stored whole", lambda r: f"{r['stored_whole']}/{r['clients']}"),
         ("failures", lambda r: "; ".join(r["failures"]) or "-")],
+    "projector_pool": [
+        ("worker processes", lambda r: str(r["workers"])), ("runs", lambda r: str(r["runs"])),
+        ("maps", lambda r: num(r["maps"], 0)), ("seconds", lambda r: num(r["seconds"], 1)),
+        ("maps / s", lambda r: num(r["maps_per_s"], 3)),
+        ("speed-up", lambda r: f"{num(r['speedup'])}x"),
+        ("warm-up (s)", lambda r: num(r["warm_up_s"], 0)),
+        ("skipped / errors", lambda r: f"{r['skipped']} / {r['errors']}")],
     "cli_start": [
         ("command", lambda r: f"`{r['command']}`"), ("runs", lambda r: str(r["repeats"])),
         ("mean / p50 / p95 / max (s)", lambda r: spread(r, ("mean", "p50", "p95", "max"))),

@@ -19,12 +19,12 @@ from sentrycam.projector.quality import TEMPORAL_RANKING, neighbour_metric, trus
 from sentrycam.protocol.changes import ChangeKind
 from sentrycam.backend.testing import serve_in_thread
 
+# FAST: a step budget and no time limit (the server's default cuts training at a time budget):
+# the maps and their quality do not depend on how busy the machine is.
+from tests.backend.projection_feed import FAST, WAIT_S
+
 RUN = "a1b2c3d4e5"
 N = 120
-WAIT_S = 240.0
-# A step budget and no time limit (the server's default cuts training at a time budget): the
-# maps and their quality do not depend on how busy the machine is.
-FAST = {"first_steps": 60, "steps": 10, "time_limit_s": None, "first_time_limit_s": None}
 
 
 def _snapshot(step: int, rng: np.random.Generator, labels: np.ndarray,
@@ -64,6 +64,7 @@ def _worker_with_fast_projectors(app) -> ProjectionWorker:
 
 
 @pytest.mark.projector
+@pytest.mark.timeout(3 * WAIT_S)  # two servers, each warming its pool's worker processes
 def test_streamed_snapshots_get_maps_quality_and_survive_a_restart(projecting_settings, store):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, N).astype(np.int64)
