@@ -196,15 +196,10 @@ class ProjectionWorker:
                     self._busy_with = None
 
     def _warm_up(self) -> None:
-        started = time.perf_counter()
         try:
-            from sentrycam.projector import Projector
+            from sentrycam.projector import warm_up
 
-            warm = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
-            projector = Projector(seed=0, first_steps=2, steps=2)
-            for _ in range(2):  # the second update compiles NN-descent's warm-start path
-                projector.update(warm, np.arange(len(warm)))
-            log.info("projector warmed up in %.1f s", time.perf_counter() - started)
+            warm_up()
         except Exception as exc:
             log.exception("projector warm-up failed")
             self._last_error = f"warm-up: {type(exc).__name__}: {exc}"
