@@ -12,7 +12,7 @@ functions that already cache (``cache=True``) keep numba's own location.
 Where: ``$SENTRYCAM_CACHE_DIR/numba`` if that variable is set, otherwise the platform's user
 cache folder (``~/.cache/sentrycam/numba`` on Linux, ``~/Library/Caches/sentrycam/numba`` on
 macOS, ``%LOCALAPPDATA%\\sentrycam\\Cache\\numba`` on Windows). Deleting the folder is always
-safe (``python -m sentrycam.projector.jit_cache --clear``); the next process compiles again.
+safe (``python -m sentrycam.projector --clear``); the next process compiles again.
 """
 
 from __future__ import annotations
@@ -144,7 +144,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(cache_dir())
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
