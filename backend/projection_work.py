@@ -64,16 +64,11 @@ class Projected:
 
 
 def warm_up_projector() -> None:
-    """Compile numba's kernels in this process (the first kNN and UMAP calls of a process take
-    tens of seconds); the one call site of the warm-up for threads, pool workers and actors."""
-    from sentrycam.projector import Projector
+    """Load or compile numba's kernels in this process (see :func:`sentrycam.projector.warm_up`);
+    the one call site of the warm-up for threads, pool workers and actors."""
+    from sentrycam.projector import warm_up
 
-    started = time.perf_counter()
-    warm = np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32)
-    projector = Projector(seed=0, first_steps=2, steps=2)
-    for _ in range(2):  # the second update compiles NN-descent's warm-start path
-        projector.update(warm, np.arange(len(warm)))
-    log.info("projector warmed up in %.1f s", time.perf_counter() - started)
+    log.info("projector warmed up in %.1f s", warm_up())
 
 
 def limit_threads(threads: int) -> None:

@@ -135,17 +135,17 @@ TABLES: dict[str, list[Column]] = {
          lambda r: spread(r, ("timer_lag_mean", "timer_lag_p95", "timer_lag_max"), 0, "_ms"))],
     "projector_vs_umap": [
         ("sequence", lambda r: r["sequence"]),
-        ("time ratio ours / umap: median / mean / p95 / max",
+        ("time ratio ours / refit: median / mean / p95 / max",
          lambda r: f"{num(r['ratio'], 3)} / "
                    f"{spread(r, ('ratio_mean', 'ratio_p95', 'ratio_max'), 3, '')}"),
-        ("ours mean / max (s)", lambda r: spread(r, ("ours_s_mean", "ours_s_max"), 2, "")),
-        ("umap mean / max (s)", lambda r: spread(r, ("umap_s_mean", "umap_s_max"), 2, "")),
-        ("nn@15 ours vs umap", lambda r: f"{num(r['nn_ours'], 3)} vs {num(r['nn_umap'], 3)}"),
-        ("trust@15 ours vs umap",
-         lambda r: f"{num(r['trust_ours'], 3)} vs {num(r['trust_umap'], 3)}"),
-        ("temporal ranking ours vs umap",
-         lambda r: f"{num(r['tr_ours'], 3)} vs {num(r['tr_umap'], 3)}"),
-        ("bars met", lambda r: "yes" if r["bars_met"] else "**no**")],
+        ("ours / refit / warm / aligned mean (s)",
+         lambda r: " / ".join(num(r.get(f"{m}_s_mean")) for m in _PROJECTORS)),
+        ("nn@15 ours / refit / warm / aligned", lambda r: _per_method(r, "nn")),
+        ("trust@15 ours / refit / warm / aligned", lambda r: _per_method(r, "trust")),
+        ("temporal ranking ours / refit / warm / aligned", lambda r: _per_method(r, "tr")),
+        ("temporal nn@5 ours / refit / warm / aligned", lambda r: _per_method(r, "tnn")),
+        ("targets met", lambda r: "yes" if r["bars_met"] else
+         "**no**: " + "; ".join(r.get("shortfalls", [])))],
     "team_load": [
         ("trainers x subscribers", lambda r: f"{r['trainers']} x {r['subscribers_per_run']}"),
         ("steps", lambda r: str(r["steps"])), ("projector", lambda r: r["projector"]),
@@ -161,7 +161,25 @@ TABLES: dict[str, list[Column]] = {
         ("server RSS peak (MB)", lambda r: num(r["server_rss_peak_mb"], 0)),
         ("runs complete", lambda r: f"{r['runs_complete']}/{r['trainers']}"),
         ("lost or duplicated", lambda r: str(len(r["lost_or_duplicated"])))],
+    "projector_cold_start": [
+        ("what", lambda r: {"update": "first update()",
+                            "warm_up": "server warm_up()"}[r["what"]]),
+        ("numba cache", lambda r: r["cache"]),
+        ("snapshot", lambda r: f"{r['points']:,} x {r['dim']}"),
+        ("import (s)", lambda r: num(r["import_s"])),
+        ("first map / warm-up (s)", lambda r: num(r.get("first_update_s", r.get("warm_up_s")))),
+        ("its CPU time (s)",
+         lambda r: num(r.get("first_update_cpu_s", r.get("warm_up_cpu_s")))),
+        ("fitted map (s)", lambda r: num(r.get("fitted_s"))),
+        ("whole process (s)", lambda r: num(r["process_s"]))],
 }
+
+#: The projector and its umap-learn baselines, in the order of the table's cells.
+_PROJECTORS = ("ours", "umap", "warm", "aligned")
+
+
+def _per_method(row: Row, metric: str) -> str:
+    return " / ".join(num(row.get(f"{metric}_{method}"), 3) for method in _PROJECTORS)
 
 
 def table(columns: list[Column], rows: list[Row], result: dict[str, Any]) -> list[str]:

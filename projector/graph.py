@@ -5,6 +5,11 @@ turned into UMAP fuzzy memberships (umap-learn's ``fuzzy_simplicial_set``, fuzzy
 symmetrised). Features drift slowly between snapshots, so NN-descent starts from the previous
 snapshot's neighbours of the same ids (translated to today's row numbers) instead of random
 projection trees; rows of ids seen for the first time start from random candidates.
+
+Small samples (and a layer's first sample up to a larger size) take the exact kNN from one
+chunked matrix product instead: at that size it costs less than NN-descent, and it needs none of
+pynndescent's numba code, whose NN-descent kernels numba cannot cache on disk (they take the
+metric as a function argument), so a fresh process would compile them for 20-30 s first.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from sentrycam.projector.ids import lookup_rows
 
@@ -19,6 +25,12 @@ from sentrycam.projector.ids import lookup_rows
 DEFAULT_K = 15
 #: NN-descent rounds when warm-started from the previous snapshot's graph.
 WARM_ROUNDS = 3
+#: Samples up to this size always take the exact kNN (a [M, M] product is then cheap).
+EXACT_MAX = 4096
+#: A first sample (no earlier graph) up to this size takes the exact kNN too: a few seconds of
+#: BLAS at most, against NN-descent's compilation in a fresh process.
+EXACT_FIRST_MAX = 20_000
+EXACT_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,36 @@ def nearest_neighbors(features: np.ndarray, k: int, seed: int,
                       verbose=False, **rounds)
     indices, dists = index.neighbor_graph
     return indices.astype(np.int64), dists.astype(np.float32)
+
+
+def exact_neighbors(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN (self first) of float32 [M, D]: (indices int64 [M, k], dists float32 [M, k])."""
+    points = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    squares = (points * points).sum(1)
+    indices, dists = [], []
+    for start in range(0, len(points), EXACT_CHUNK):
+        chunk = points[start:start + EXACT_CHUNK]
+        squared = squares[start:start + EXACT_CHUNK, None] + squares[None] - 2 * chunk @ points.T
+        rows = torch.arange(len(chunk))
+        squared[rows, rows + start] = -1.0  # a point is its own nearest, even among duplicates
+        best, index = torch.topk(squared, k, dim=1, largest=False)
+        indices.append(index)
+        dists.append(best.clamp_min(0).sqrt())
+    return torch.cat(indices).numpy().astype(np.int64), torch.cat(dists).numpy()
+
+
+def uses_exact(n_points: int, warm_start: bool, exact_max: int = EXACT_MAX) -> bool:
+    """Whether a sample of ``n_points`` gets the exact kNN rather than NN-descent (warm-started
+    from the previous graph when ``warm_start``); ``exact_max``: see :func:`build_spatial_graph`."""
+    return n_points <= exact_max or (not warm_start and n_points <= EXACT_FIRST_MAX)
+
+
+def compile_nn_descent(k: int = DEFAULT_K) -> None:
+    """Run NN-descent on a tiny random set, cold and warm-started, so numba compiles both paths
+    now (it cannot keep them on disk): later large samples then pay only the search."""
+    data = np.random.default_rng(0).normal(size=(8 * k, 8)).astype(np.float32)
+    indices, _ = nearest_neighbors(data, k, seed=0)
+    nearest_neighbors(data, k, seed=0, init_graph=indices.astype(np.int32))
 
 
 def warm_start_graph(ids: np.ndarray, previous_ids: np.ndarray, previous_knn_ids: np.ndarray,
@@ -83,16 +125,23 @@ def fuzzy_edges(features: np.ndarray, knn_indices: np.ndarray, knn_dists: np.nda
 
 
 def build_spatial_graph(features: np.ndarray, ids: np.ndarray, k: int, seed: int,
-                        previous: tuple[np.ndarray, np.ndarray] | None = None) -> SpatialGraph:
+                        previous: tuple[np.ndarray, np.ndarray] | None = None,
+                        exact_max: int = EXACT_MAX) -> SpatialGraph:
     """The spatial graph of sampled ``features`` float32 [M, D] with probe ``ids`` int64 [M].
 
-    ``previous`` = (previous sampled ids [M'], previous knn_ids [M', k]) warm-starts NN-descent.
+    ``previous`` = (previous sampled ids [M'], previous knn_ids [M', k]) warm-starts NN-descent;
+    samples of at most ``exact_max`` points (a first one: :data:`EXACT_FIRST_MAX`) take the
+    exact kNN instead.
     """
     rng = np.random.default_rng(seed)
     init = None
     if previous is not None and previous[1].shape[1] == k:
         init = warm_start_graph(ids, previous[0], previous[1], rng)
-    knn_indices, knn_dists = nearest_neighbors(features, k, seed, init)
+    if uses_exact(len(features), init is not None, exact_max):
+        knn_indices, knn_dists = exact_neighbors(features, k)
+        init = None
+    else:
+        knn_indices, knn_dists = nearest_neighbors(features, k, seed, init)
     heads, tails, weights = fuzzy_edges(features, knn_indices, knn_dists, seed)
     return SpatialGraph(heads, tails, weights, ids[knn_indices],
                         mean_distance=float(np.mean(knn_dists[:, -1])), reused=init is not None)

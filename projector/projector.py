@@ -12,10 +12,17 @@ temporal edges to the same ids in earlier snapshots -> a fixed budget of Adam st
 GN-BN autoencoder, warm-started from the previous snapshot's network -> coords of every point
 -> a short low-rate polish of those coords on the same graph (restores the finest
 neighbourhoods a smooth encoder blurs). ``transform`` gives the network's (unpolished) map.
+
+A layer's first snapshot returns in seconds: its map is a fast initial layout (see
+:mod:`~sentrycam.projector.initial`) while the network is fitted to it in the background;
+:meth:`Projector.wait_for_fit` gives the fitted map, which replaces it as the one later
+snapshots link to. numba code is cached on disk across processes
+(:mod:`~sentrycam.projector.jit_cache`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,11 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from sentrycam.projector import losses, polish, sampling
-from sentrycam.projector.graph import DEFAULT_K, build_spatial_graph
+from sentrycam.projector import initial, jit_cache, losses, polish, sampling
+from sentrycam.projector.background import BackgroundTask
+from sentrycam.projector.graph import (DEFAULT_K, EXACT_MAX, SpatialGraph, build_spatial_graph,
+                                       compile_nn_descent, uses_exact)
 from sentrycam.projector.network import DEFAULT_HIDDEN, GNBNAutoencoder
-from sentrycam.projector.temporal import (DEFAULT_OFFSETS, PastSnapshot, keep_needed,
-                                          linked_snapshots, temporal_edges)
+from sentrycam.projector.temporal import (DEFAULT_OFFSETS, PastSnapshot, TemporalEdges,
+                                          keep_needed, linked_snapshots, temporal_edges)
 from sentrycam.projector.training import EdgeSet, TrainConfig, train_snapshot
 from sentrycam.projector.validation import check_snapshot
 
@@ -45,7 +54,12 @@ class ProjectorConfig:
     ``first_polish_epochs``: epochs of UMAP layout SGD at ``polish_learning_rate`` that
     sharpen the network's map of a later / the first snapshot (0 = show the network's map
     as is; see :mod:`~sentrycam.projector.polish`), scaled down in proportion above
-    ``polish_points`` graph points so the polish takes a bounded time."""
+    ``polish_points`` graph points so the polish takes a bounded time.
+    ``initial_layout_epochs``: epochs of the first snapshot's fast initial layout (0: the first
+    update fits the network before it returns, and its map is the network's);
+    ``exact_knn_max``: samples up to this size get the exact kNN graph, larger ones NN-descent
+    (see :mod:`~sentrycam.projector.graph`); ``disk_cache``: keep compiled numba code in
+    the user's cache folder (see :mod:`~sentrycam.projector.jit_cache`)."""
 
     seed: int = 0
     k: int = DEFAULT_K
@@ -62,6 +76,9 @@ class ProjectorConfig:
     polish_learning_rate: float = 0.3
     polish_points: int = 3500
     temporal_offsets: tuple[int, ...] = DEFAULT_OFFSETS
+    initial_layout_epochs: int = 200
+    exact_knn_max: int = EXACT_MAX
+    disk_cache: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -87,6 +104,7 @@ class Projector:
         self.past: list[PastSnapshot] = []
         self.previous_graph: tuple[np.ndarray, np.ndarray] | None = None
         self.history: list[dict[str, Any]] = []
+        self._initial_fit: BackgroundTask | None = None
 
     @property
     def input_dim(self) -> int | None:
@@ -98,9 +116,17 @@ class Projector:
 
     def update(self, features: Any, ids: Any, labels: Any = None) -> np.ndarray:
         """Project one snapshot: features float [N, D], ids int [N] (unique, stable across
-        snapshots), labels optional [N] (stratify the sample). Returns float32 [N, 2]."""
+        snapshots), labels optional [N] (stratify the sample). Returns float32 [N, 2].
+
+        A first snapshot (with ``initial_layout_epochs`` > 0) returns its fast initial layout;
+        ``last_info["initial_layout"]`` is then True and :meth:`wait_for_fit` gives the fitted
+        map. Every call waits for that fit first."""
+        self._finish_fit()
         features, ids, labels = check_snapshot(features, ids, labels, self.config.k,
                                                self.input_dim)
+        if self.config.disk_cache:
+            jit_cache.enable()
+        self._initial_fit = None
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         index = self.n_updates
@@ -112,36 +138,44 @@ class Projector:
         choice = self._sample(scaled, ids, labels, rng, seed)
         clock = _lap(timings, "sample", clock)
         graph = build_spatial_graph(scaled[choice.rows], ids[choice.rows], self.config.k, seed,
-                                    self.previous_graph)
+                                    self.previous_graph, self.config.exact_knn_max)
         past = linked_snapshots(self.past, index, self.config.temporal_offsets)
         temporal = temporal_edges(ids, scaled, past, graph.mean_distance)
         clock = _lap(timings, "graph", clock)
         first = self.network is None
         if first:
             self._build_network(features.shape[1])
-        edges = self._edge_set(choice.rows[graph.heads], choice.rows[graph.tails],
-                               graph.weights, temporal)
-        features_t = torch.from_numpy(scaled).to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        steps, limit = ((self.config.first_steps, self.config.first_time_limit_s) if first
-                        else (self.config.steps, self.config.time_limit_s))
-        terms = train_snapshot(self.network, self.optimizer, features_t, edges, steps,
-                               self.config.train, self.curve, generator, limit)
-        clock = _lap(timings, "train", clock)
-        coords = self._encode(features_t)
-        clock = _lap(timings, "encode", clock)
-        coords = polish.polish(coords, choice.rows, graph.heads, graph.tails, graph.weights,
-                               self._polish_epochs(first, len(choice.rows)), self.curve, seed,
-                               self.config.polish_learning_rate)
-        _lap(timings, "polish", clock)
+        info = {"index": index, "n": len(ids), "fraction": choice.fraction,
+                "density_curve": choice.curve, "n_sampled": len(choice.rows),
+                "n_edges": len(graph.heads), "n_temporal": len(temporal.current),
+                "linked": [snapshot.index for snapshot in past], "graph_reused": graph.reused,
+                "initial_layout": first and self.config.initial_layout_epochs > 0,
+                "seconds": timings}
+        self.history.append(info)
+
+        def fit(temporal: TemporalEdges) -> np.ndarray:
+            return self._fit(scaled, choice.rows, graph, temporal, first, seed, info)
+
+        if info["initial_layout"]:
+            coords = initial.initial_layout(scaled, choice.rows, graph.heads, graph.tails,
+                                            graph.weights, self.config.initial_layout_epochs,
+                                            self.curve, seed)
+            _lap(timings, "initial_layout", clock)
+        else:
+            coords = fit(temporal)
         self._remember(index, ids, scaled, coords, ids[choice.rows], graph.knn_ids)
-        self.history.append({
-            "index": index, "n": len(ids), "fraction": choice.fraction,
-            "density_curve": choice.curve, "n_sampled": len(choice.rows),
-            "n_edges": len(graph.heads), "n_temporal": len(temporal.current),
-            "linked": [snapshot.index for snapshot in past], "graph_reused": graph.reused,
-            "seconds": timings, "total_s": sum(timings.values()), **terms})
+        info["total_s"] = sum(timings.values())
+        if info["initial_layout"]:  # after _remember: the fit replaces what it stored
+            anchors = initial.anchor_edges(scaled, choice.rows, coords)
+            self._initial_fit = BackgroundTask(lambda: self._refit_past(index, fit(anchors)),
+                                               name="sentrycam-projector-fit")
         return coords
+
+    def wait_for_fit(self, timeout: float | None = None) -> np.ndarray | None:
+        """When the latest update returned a first snapshot's initial layout: wait (up to
+        ``timeout`` s, else TimeoutError) for the network's fit to it and return the fitted
+        map float32 [N, 2] (rows in that update's input order); otherwise None."""
+        return None if self._initial_fit is None else self._initial_fit.result(timeout)
 
     def transform(self, features: Any) -> np.ndarray:
         """Coords float32 [M, 2] of other points at the latest snapshot (features [M, D])."""
@@ -170,6 +204,7 @@ class Projector:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to carry on updating: settings, network, optimizer, the earlier
         snapshots temporal edges link to (float16), the last graph, per-update history."""
+        self._finish_fit()
         return {
             "config": asdict(self.config), "n_updates": self.n_updates,
             "input_dim": self.input_dim, "center": self.center, "scale": self.scale,
@@ -219,6 +254,45 @@ class Projector:
                                       min_points=self.config.sample_above,
                                       max_fraction=self.config.max_fraction)
 
+    def _fit(self, scaled: np.ndarray, rows: np.ndarray, graph: SpatialGraph,
+             temporal: TemporalEdges, first: bool, seed: int, info: dict[str, Any]
+             ) -> np.ndarray:
+        """Train the network on the snapshot's graph, encode and polish: coords float32 [N, 2]
+        of ``scaled`` [N, D]; the loss terms and phase times go into ``info``."""
+        started = clock = time.perf_counter()
+        timings = info["seconds"]
+        edges = self._edge_set(rows[graph.heads], rows[graph.tails], graph.weights, temporal)
+        features_t = torch.from_numpy(scaled).to(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        steps, limit = ((self.config.first_steps, self.config.first_time_limit_s) if first
+                        else (self.config.steps, self.config.time_limit_s))
+        terms = train_snapshot(self.network, self.optimizer, features_t, edges, steps,
+                               self.config.train, self.curve, generator, limit)
+        clock = _lap(timings, "train", clock)
+        coords = self._encode(features_t)
+        clock = _lap(timings, "encode", clock)
+        coords = polish.polish(coords, rows, graph.heads, graph.tails, graph.weights,
+                               self._polish_epochs(first, len(rows)), self.curve, seed,
+                               self.config.polish_learning_rate)
+        _lap(timings, "polish", clock)
+        info.update(terms, fit_s=time.perf_counter() - started)
+        return coords
+
+    def _refit_past(self, index: int, coords: np.ndarray) -> np.ndarray:
+        """Background end of a first fit: later snapshots link to the fitted ``coords``
+        [N, 2]; NN-descent gets compiled now if the layer's later samples will need it."""
+        self.past = [dataclasses.replace(s, coords=coords) if s.index == index else s
+                     for s in self.past]
+        sampled = len(self.previous_graph[0])
+        if not uses_exact(sampled, warm_start=True, exact_max=self.config.exact_knn_max):
+            compile_nn_descent(self.config.k)
+        return coords
+
+    def _finish_fit(self) -> None:
+        """Wait for a first snapshot's background fit (raising what it raised)."""
+        if self._initial_fit is not None:
+            self._initial_fit.result()
+
     def _polish_epochs(self, first: bool, n_graph_points: int) -> int:
         epochs = self.config.first_polish_epochs if first else self.config.polish_epochs
         share = min(1.0, self.config.polish_points / max(n_graph_points, 1))
@@ -240,7 +314,7 @@ class Projector:
                        tensor(temporal.margins), tensor(temporal.weights))
 
     def _encode(self, features: torch.Tensor) -> np.ndarray:
-        network = self._require_network()
+        network = self.network  # not _require_network: the background fit encodes too
         network.eval()
         with torch.no_grad():
             parts = [network.encode(features[start:start + ENCODE_CHUNK])
@@ -255,6 +329,7 @@ class Projector:
         self.n_updates = index + 1
 
     def _require_network(self) -> GNBNAutoencoder:
+        self._finish_fit()
         if self.network is None:
             raise ValueError("the projector has seen no snapshot yet: call update() first")
         return self.network

@@ -7,17 +7,15 @@ import pytest
 import torch
 
 from sentrycam.projector import Projector, metrics
+from tests.projector.maps import FAST, nearest_centroid_accuracy
 
 pytestmark = pytest.mark.projector
 
-# A step budget and no time limit: the maps (and the quality bounds below) do not depend on
-# how busy the machine is.
-FAST = dict(first_steps=120, steps=20, time_limit_s=None, first_time_limit_s=None,
-            train=dict(edge_batch=512, temporal_batch=128))
 
 
 def test_ten_updates_give_finite_maps_in_input_order(snapshots):
-    projector = Projector(seed=0, **FAST)
+    # exact_knn_max=0: later snapshots take NN-descent warm-started from the previous graph
+    projector = Projector(seed=0, exact_knn_max=0, **FAST)
     rng = np.random.default_rng(1)
     for features, labels in snapshots:
         order = rng.permutation(len(features))  # rows arrive in any order
@@ -25,21 +23,15 @@ def test_ten_updates_give_finite_maps_in_input_order(snapshots):
         assert coords.shape == (len(features), 2) and coords.dtype == np.float32
         assert np.isfinite(coords).all()
         # Row r of the output belongs to input row r: it sits with its own class.
-        assert _nearest_centroid_accuracy(coords, labels[order]) > 0.95
+        assert nearest_centroid_accuracy(coords, labels[order]) > 0.95
     assert projector.n_updates == 10
     assert projector.last_info["linked"] == [5, 7, 8]  # t-4, t-2, t-1
     assert projector.last_info["graph_reused"]
 
 
-def _nearest_centroid_accuracy(coords: np.ndarray, labels: np.ndarray) -> float:
-    classes = np.unique(labels)
-    centroids = np.stack([coords[labels == c].mean(0) for c in classes])
-    nearest = np.argmin(((coords[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
-    return float(np.mean(classes[nearest] == labels))
-
-
 def test_without_polish_the_map_is_the_networks_map(snapshots):
-    projector = Projector(seed=0, polish_epochs=0, first_polish_epochs=0, **FAST)
+    projector = Projector(seed=0, polish_epochs=0, first_polish_epochs=0,
+                          initial_layout_epochs=0, **FAST)
     for features, labels in snapshots[:2]:
         coords = projector.update(features, np.arange(len(features)), labels)
         np.testing.assert_allclose(projector.transform(features), coords, atol=1e-5)
@@ -126,13 +118,16 @@ def test_without_a_time_limit_every_snapshot_trains_its_whole_step_budget(snapsh
     for features, labels in snapshots[:2]:
         projector.update(features, np.arange(len(features)), labels)
     assert [info["steps"] for info in projector.history] == [FAST["first_steps"], FAST["steps"]]
+    assert [info["initial_layout"] for info in projector.history] == [True, False]
 
 
 def test_a_time_limit_cuts_training_short(snapshots):
     projector = Projector(seed=0, **{**FAST, "first_time_limit_s": 0.0})
     features, labels = snapshots[0]
     coords = projector.update(features, np.arange(len(features)), labels)
+    fitted = projector.wait_for_fit()  # a first snapshot is fitted in the background
     assert projector.last_info["steps"] == 1 and np.isfinite(coords).all()
+    assert np.isfinite(fitted).all()
 
 
 def test_sampling_fraction_is_recorded_per_snapshot(snapshots):
