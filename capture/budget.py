@@ -122,17 +122,27 @@ class OverheadController:
         self._dirty = False
 
     def charge(self, activity: str | None, seconds: float) -> None:
-        """Record capture time: one firing of ``activity``, or always-on work when None.
+        """Record capture time spent now: one firing of ``activity``, or always-on work when
+        None (:meth:`spend`, then :meth:`record` for an activity)."""
+        self.spend(seconds)
+        if activity is None:
+            self._fixed += seconds
+        else:
+            self.record(activity, seconds)
+
+    def spend(self, seconds: float) -> None:
+        """Count ``seconds`` of capture time spent now, in the overhead (part of a firing whose
+        cost :meth:`record` learns when it is complete, a spread snapshot's slice say)."""
+        self._capture += seconds
+
+    def record(self, activity: str, seconds: float) -> None:
+        """Learn the cost of one complete firing of ``activity`` (its seconds were spent).
 
         The first firing of an activity counts as overhead but not as its cost: it pays
         one-time warm-up (kernel selection, first allocations) that can be many times the
         steady cost, and would stretch the interval far beyond need. Until a second firing is
         measured, the activity keeps its minimum interval.
         """
-        self._capture += seconds
-        if activity is None:
-            self._fixed += seconds
-            return
         if activity not in self._warmed:
             self._warmed.add(activity)
             return

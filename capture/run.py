@@ -4,7 +4,12 @@ Everything the run does happens in hooks: optimizer step hooks (step counting, l
 rate, telemetry, snapshots), forward hooks on the captured layers (idle except on activation
 statistics steps and during the probe forward) and a forward hook on the criterion. Every hook
 body is wrapped: the first exception logs one warning, sends an ``Event("capture_disabled")`` and
-sets a flag that every hook checks first; nothing ever raises into the training loop.
+sets a flag that every hook checks first (:class:`Guard`); nothing ever raises into the
+training loop.
+
+A snapshot's probe pass is spread over the full steps that follow its step (see
+:class:`ProbeRunner`): each runs one slice, at the weights copied at the snapshot step, sized to a
+fraction of the step time and so that it is through before the next snapshot is due.
 
 The only module-level state is ``ACTIVE``, a ``weakref.WeakKeyDictionary`` from a model to a
 weak reference to its active run: attaching again to the same model (a re-run notebook cell)
@@ -28,8 +33,10 @@ from torch import nn
 from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
 from sentrycam.capture.budget import OverheadController, Schedule, cadence_notices
 from sentrycam.capture.console import announce
+from sentrycam.capture.guard import Guard
 from sentrycam.capture.layers import IDLE, STATS, LayerTap
 from sentrycam.protocol.messages import Event, Message, RunEnd, RunStart, Scalars, Status
+from sentrycam.capture.pacing import SnapshotPacer
 from sentrycam.capture.snapshot import ProbeRunner
 from sentrycam.capture.steps import (StepReporter, logged_value, nonfinite_counts,
                                      nonfinite_text)
@@ -43,28 +50,6 @@ ACTIVE: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDic
 STATUS_EVERY_S = 2.0
 FLUSH_TIMEOUT_S = 10.0
 END_STATUSES = ("finished", "detached", "failed")
-
-
-class Guard:
-    """Failure containment shared by every hook: the first exception disables capture."""
-
-    def __init__(self) -> None:
-        self.disabled = False
-        self.errors = 0
-        self.on_fail: Any = None
-
-    def fail(self, where: str, exc: BaseException) -> None:
-        self.errors += 1
-        if self.disabled:
-            return
-        self.disabled = True
-        log.warning("sentrycam capture is disabled after an error in %s; training continues "
-                    "unwatched", where, exc_info=(type(exc), exc, exc.__traceback__))
-        if self.on_fail is not None:
-            try:
-                self.on_fail(where, exc)
-            except Exception:  # reporting the failure must not fail in turn
-                log.debug("could not report the capture failure", exc_info=True)
 
 
 class Run:
@@ -100,6 +85,8 @@ class Run:
         minimum = {"snapshot": every_steps, "telemetry": 1, "activations": stats_every}
         self._controller = OverheadController(budget, minimum)
         self._schedule = Schedule(self._controller, minimum)
+        self._pacer = SnapshotPacer(run_id, runner, self._schedule, every == "epoch",
+                                    lambda snapshot: self._send_all([snapshot]))
         self._loss = LossWatch(criterion, guard) if criterion is not None else None
         self._reporter = StepReporter(run_id, model, self._loss)
         self._held = self._reporter.held  # appended to by the quiet path
@@ -189,7 +176,8 @@ class Run:
         if self._closed or self._guard.disabled or self._runner is None:
             return
         try:
-            self._snapshot(self._last_step)
+            self._pacer.finish()
+            self._snapshot(self._last_step, spread=False)
         except Exception as exc:
             self._guard.fail("a snapshot", exc)
 
@@ -212,6 +200,8 @@ class Run:
         self._closed = True
         self._remove_hooks()
         try:
+            if not self._guard.disabled:
+                self._pacer.finish()
             self._send_all(self._reporter.flush())  # steps held back, even before a failure
             # Drain the queue first, so that the closing Status and RunEnd find room in it.
             self._transport.flush(FLUSH_TIMEOUT_S / 2)
@@ -292,6 +282,8 @@ class Run:
         if self._controller.step_boundary(start, steps, quiet_seconds):
             self._schedule.refresh()
         self._record_step(optimizer, step, start, stats)
+        if self._pacer.pending is not None:
+            self._pacer.advance(step)
         if step >= self._schedule.next["snapshot"] and self._runner is not None \
                 and self._every != "epoch":
             self._snapshot(step)
@@ -315,7 +307,8 @@ class Run:
         """
         room, deadline = self._reporter.quiet_window(now)
         due = self._schedule.next
-        if room <= 0 or self._stats_armed or self._controller.recompute_pending:
+        if room <= 0 or self._stats_armed or self._controller.recompute_pending \
+                or self._pacer.pending is not None:
             until = step + 1
         else:
             until = min(step + 1 + room, due["telemetry"])
@@ -389,14 +382,9 @@ class Run:
                           spooled=counters.spooled, overhead=self._controller.overhead,
                           snapshot_every=every, queue_depth=counters.queue_depth))
 
-    def _snapshot(self, step: int) -> None:
-        if self._schedule.last["snapshot"] == step:
-            return  # never two snapshots of one step
-        start = perf_counter()
-        self._send_all([self._runner.take(self.run_id, step, self._epoch or 0)])
-        self._schedule.fired("snapshot", step)
-        self._controller.charge("snapshot", perf_counter() - start)
-        self._quiet_until = 0  # a new cost for the controller: the next step is a full one
+    def _snapshot(self, step: int, spread: bool = True) -> None:
+        if self._pacer.start(step, self._epoch or 0, spread):
+            self._quiet_until = 0  # a new cost for the controller: the next step is a full one
 
     def _new_epoch(self, epoch: int) -> None:
         self._epoch = epoch
