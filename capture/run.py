@@ -55,7 +55,8 @@ END_STATUSES = ("finished", "detached", "failed")
 class Run:
     """A watched training run. Public: ``run_id``, ``url`` (dashboard base URL, None with a
     custom transport), ``step`` (optimizer steps taken), ``layers``, ``probe_size``,
-    ``overhead`` (measured fraction of wall time spent in capture), :meth:`log`,
+    ``overhead`` (measured fraction of wall time spent in capture: every step's hooks,
+    snapshots, the sender thread's CPU time), ``overhead_budget``, :meth:`log`,
     :meth:`detach`, :meth:`counters`; usable as a context manager."""
 
     def __init__(self, model: nn.Module, *, run_id: str, name: str, transport: Transport,
@@ -76,6 +77,7 @@ class Run:
         self._flagged: set[str] = set()
         self._noticed: set[str] = set()  # cadence notices sent (see cadence_notice)
         self._last_status = perf_counter()
+        self._sender_cpu = 0.0  # the sender thread's CPU seconds charged so far
         # Quiet steps (see _after_step) run while step < _quiet_until and perf_counter() <
         # _quiet_deadline; 0 makes the first step a full one. The controller hears of them at
         # the next full step: their number (steps since _last_full) and always-on seconds.
@@ -148,6 +150,11 @@ class Run:
     @property
     def overhead(self) -> float:
         return self._controller.overhead if self._controller is not None else 0.0
+
+    @property
+    def overhead_budget(self) -> float | None:
+        """The budget ``overhead`` is held to (None: a fixed schedule)."""
+        return self._controller.budget if self._controller is not None else None
 
     def counters(self) -> TransportCounters:
         """The transport's counters (sent, dropped, spooled, queue depth...)."""
@@ -377,6 +384,9 @@ class Run:
                 self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(),
                                  event=event, message=text))
         counters = self._transport.counters()
+        # The sender thread's CPU time counts as capture time, in lumps at each Status.
+        self._controller.spend(counters.sender_cpu_seconds - self._sender_cpu)
+        self._sender_cpu = counters.sender_cpu_seconds
         every = self._schedule.interval("snapshot") if self._runner is not None else 0
         self._send(Status(run_id=self.run_id, step=step, dropped=counters.dropped,
                           spooled=counters.spooled, overhead=self._controller.overhead,
