@@ -283,11 +283,12 @@ def floor_text() -> str:
             f"least every {telemetry:g} steps")
 
 
-def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
-    """``(event, message)`` pairs telling the user how the budget shaped the schedule, each
-    saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
+def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str, str]]:
+    """``(key, event, message)`` triples telling the user how the budget shaped the schedule,
+    each saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
     telemetry further apart than asked; at the end of a run (``ending``) ``"over_budget"``
-    when the minimum cadence cost more than the budget."""
+    when the minimum cadence cost more than the budget. ``key`` changes only when the notice
+    says something new (another activity stretched), not when an interval grows."""
     controller = schedule.controller
     if controller.budget is None:
         return []
@@ -298,12 +299,12 @@ def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
     if apart:
         spacing = " and ".join(f"{activity} every {steps} steps"
                                for activity, steps in apart.items())
-        notices.append(("budget_stretched", (
+        notices.append(("budget_stretched " + " ".join(apart), "budget_stretched", (
             f"the {budget} overhead budget spaces capture out on this model: {spacing} (the "
             f"minimum cadence: {floor_text()}); for more, pass a larger "
             f"attach(overhead_budget=...) or None for a fixed schedule")))
     if ending and controller.over_budget:
-        notices.append(("over_budget", (
+        notices.append(("over_budget", "over_budget", (
             f"capture took {controller.overhead:.1%} of the training time, over the {budget} "
             f"budget: on this model the minimum cadence ({floor_text()}) and the first "
             f"firings' warm-up cost more than that; attach(overhead_budget=None) fixes the "

@@ -48,10 +48,11 @@ class Outbox:
                         message=text, payload={"layer": what, "count": count}))
 
     def status(self, step: int, snapshots: bool, ending: bool = False) -> None:
-        """New cadence notices (once each), then Status; ``snapshots``: the run takes them."""
-        for event, text in cadence_notices(self.schedule, ending):
-            if event not in self.noticed:
-                self.noticed.add(event)
+        """Cadence notices that say something new, then Status; ``snapshots``: the run takes
+        them."""
+        for key, event, text in cadence_notices(self.schedule, ending):
+            if key not in self.noticed:
+                self.noticed.add(key)
                 announce(f"sentrycam: {text}")
                 self.send(Event(run_id=self.run_id, step=step, wall_time=time.time(),
                                 event=event, message=text))
