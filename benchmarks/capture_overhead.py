@@ -17,6 +17,7 @@ last pass checks a non-default budget (``--budget``) on the CNN and the MLP.
 
     python benchmarks/capture_overhead.py [--steps 600] [--rounds 4] [--json OUT]
     python benchmarks/capture_overhead.py --quick [--json OUT]   # short: figures are rough
+    python benchmarks/capture_overhead.py --quick --steps 30 --cadence-steps 0  # a smoke run
 """
 
 from __future__ import annotations
@@ -130,8 +131,10 @@ def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
         rows.append(_report(measure(work, "A/A (no capture)", args.steps, args.warmup,
                                     args.rounds, None, aa=True)))
         rows.append(_report(measure(work, "defaults", args.steps, args.warmup, args.rounds, db)))
-    for work in workloads(("cnn", "mlp")):  # a short run: the minimum cadence at work
-        rows.append(_report(measure(work, "defaults, 300 steps", 300, 0, 2, db)))
+    for work in workloads(("cnn", "mlp") if args.cadence_steps else ()):
+        # a short run: the minimum cadence at work
+        rows.append(_report(measure(work, f"defaults, {args.cadence_steps} steps",
+                                    args.cadence_steps, 0, 2, db)))
     if args.budget is not None:
         for work in workloads(("cnn", "mlp")):
             rows.append(_report(measure(work, f"budget {args.budget:g}", args.steps,
@@ -141,18 +144,24 @@ def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600, help="timed steps per copy and round")
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per measurement (even)")
+    parser.add_argument("--steps", type=int, help="timed steps per copy and round (600)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (50)")
+    parser.add_argument("--rounds", type=int, help="rounds per measurement, even (4)")
+    parser.add_argument("--cadence-steps", type=int, default=300,
+                        help="steps of the short cadence runs of the CNN and MLP (0: none)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--budget", type=float, default=0.05,
                         help="a non-default budget to check in the last pass")
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds x 150 steps, no --budget pass: rough figures, fast")
+                        help="2 rounds x 150 steps (unless given), no --budget pass: rough "
+                             "figures, fast")
     add_json_argument(parser)
     args = parser.parse_args()
+    for name, full, quick in (("steps", 600, 150), ("warmup", 50, 20), ("rounds", 4, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.quick:
-        args.steps, args.rounds, args.warmup, args.budget = 150, 2, 20, None
+        args.budget = None
     recorder = Recorder("capture_overhead", args)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "overhead.duckdb"

@@ -23,12 +23,18 @@ def _one_shot(make_model, state: dict, x, y):
     return snapshot
 
 
-def test_spread_snapshot_equals_a_one_shot_pass_at_its_step(make_model, data, train):
-    model = make_model("cnn")
-    x, y = data("cnn", n=PROBE)
+def _watched(make_model, data, kind: str):
+    """A ``kind`` model with a snapshot every 10 steps of a PROBE-sample probe."""
+    model = make_model(kind)
+    x, y = data(kind, n=PROBE)
     transport = MemoryTransport()
     run = capture.attach(model, probe=(x, y), every=10, overhead_budget=None,
                          transport=transport)
+    return model, x, y, transport, run
+
+
+def test_spread_snapshot_equals_a_one_shot_pass_at_its_step(make_model, data, train):
+    model, x, y, transport, run = _watched(make_model, data, "cnn")
     at_step_10, sent_by_then = {}, []
 
     def each_step(step: int) -> None:
@@ -59,11 +65,7 @@ def test_spread_snapshot_equals_a_one_shot_pass_at_its_step(make_model, data, tr
 
 
 def test_a_model_too_large_to_copy_gets_a_one_shot_pass(make_model, data, train):
-    model = make_model("mlp")
-    x, y = data("mlp", n=PROBE)
-    transport = MemoryTransport()
-    run = capture.attach(model, probe=(x, y), every=10, overhead_budget=None,
-                         transport=transport)
+    model, x, y, transport, run = _watched(make_model, data, "mlp")
     run._runner.max_copy_bytes = 0  # every model is too large: no copy, the pass at once
     sent = []
     train(model, x, y, 12, each_step=lambda step: sent.append(
