@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="DuckDB file for a local server (default "
                            "./sentrycam-runs/sentrycam.duckdb; its folder is created)")
     demo.add_argument("--url", default=None, help="stream to this running server instead")
-    demo.add_argument("--every", type=int, default=25,
-                      help="snapshot every N steps, a fixed schedule (default 25)")
+    demo.add_argument("--every", type=int, default=None,
+                      help="snapshot every N steps, a fixed schedule (default: attach's "
+                           "defaults, within its overhead budget)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the data split, the model and the probe (default 0)")
     demo.add_argument("--exit-when-done", action="store_true",

@@ -17,6 +17,9 @@ from sentrycam.backend.cli_errors import CLIError
 
 log = logging.getLogger("sentrycam.demo")
 
+#: Probe samples of the demo's maps: few enough that attach's default budget affords a map
+#: every 50-100 steps on the digits CNN (its probe pass costs about a training step).
+DEMO_PROBE_SIZE = 300
 #: How long ``--exit-when-done`` waits for the server's projector to catch up.
 PROJECTOR_WAIT_S = 600.0
 #: How often the demo, done training, checks that its server still runs.
@@ -29,7 +32,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from sentrycam.capture import demo, launcher
 
     for name in ("steps", "every"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise CLIError(f"--{name} must be at least 1, got {getattr(args, name)}")
     db = None if args.url else Path(args.db or launcher.default_db_path()).resolve()
     url, started_here = _server_url(args.url, db)
@@ -38,9 +41,10 @@ def run_demo(args: argparse.Namespace) -> int:
         webbrowser.open(url)
     runs: list = []
 
-    def attach(model, **parts):  # the demo's fixed schedule; keeps the run to report on it
-        runs.append(capture.attach(model, url=url, every=args.every, overhead_budget=None,
-                                   run_name=f"demo-cnn-seed{args.seed}", **parts))
+    def attach(model, **parts):  # keeps the run to report on it
+        runs.append(capture.attach(model, url=url, run_name=f"demo-cnn-seed{args.seed}",
+                                   probe_size=DEMO_PROBE_SIZE, seed=args.seed,
+                                   **schedule(args.every), **parts))
         return runs[-1]
 
     started = time.perf_counter()
@@ -49,7 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
                             "epoch %d: val_loss %.4f val_acc %.3f", e + 1, loss, acc))
     _say(f"demo trained {args.steps} steps in {time.perf_counter() - started:.1f} s: "
          f"val_loss {result['val_loss']:.4f}, val_acc {result['val_acc']:.3f}")
-    _say(overhead_note(runs[0].overhead, args.every))
+    _say(overhead_note(runs[0]))
     if args.exit_when_done:
         if started_here:
             _wait_for_projector(url)
@@ -79,12 +83,21 @@ def _wait_while_served(db: Path | None) -> None:
             return
 
 
-def overhead_note(overhead: float, every: int) -> str:
-    """What the demo's capture overhead measures: the price of its dense fixed schedule on a
-    small, fast model, not what ``attach`` costs at its defaults."""
-    return (f"capture took {overhead:.1%} of the training time at the demo's fixed schedule "
-            f"(a snapshot of every probe sample each {every} steps of a small model); at "
-            "attach's defaults an overhead budget stretches the schedule to stay within it")
+def schedule(every: int | None) -> dict:
+    """attach's schedule arguments: its defaults (an overhead budget), or with ``--every`` a
+    fixed schedule of a snapshot every ``every`` steps."""
+    return {} if every is None else {"every": every, "overhead_budget": None}
+
+
+def overhead_note(run) -> str:
+    """The measured capture overhead against what bounds it: attach's default budget, or the
+    fixed schedule ``--every`` asked for."""
+    budget = run.overhead_budget
+    if budget is None:
+        return (f"capture took {run.overhead:.1%} of the training time at the fixed schedule "
+                "--every asked for (no overhead budget)")
+    return (f"capture took {run.overhead:.1%} of the training time, against attach's default "
+            f"overhead budget of {budget:.0%} (a probe of {run.probe_size} samples)")
 
 
 def _server_url(url: str | None, db: Path | None) -> tuple[str, bool]:

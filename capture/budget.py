@@ -122,17 +122,27 @@ class OverheadController:
         self._dirty = False
 
     def charge(self, activity: str | None, seconds: float) -> None:
-        """Record capture time: one firing of ``activity``, or always-on work when None.
+        """Record capture time spent now: one firing of ``activity``, or always-on work when
+        None (:meth:`spend`, then :meth:`record` for an activity)."""
+        self.spend(seconds)
+        if activity is None:
+            self._fixed += seconds
+        else:
+            self.record(activity, seconds)
+
+    def spend(self, seconds: float) -> None:
+        """Count ``seconds`` of capture time spent now, in the overhead (part of a firing whose
+        cost :meth:`record` learns when it is complete, a spread snapshot's slice say)."""
+        self._capture += seconds
+
+    def record(self, activity: str, seconds: float) -> None:
+        """Learn the cost of one complete firing of ``activity`` (its seconds were spent).
 
         The first firing of an activity counts as overhead but not as its cost: it pays
         one-time warm-up (kernel selection, first allocations) that can be many times the
         steady cost, and would stretch the interval far beyond need. Until a second firing is
         measured, the activity keeps its minimum interval.
         """
-        self._capture += seconds
-        if activity is None:
-            self._fixed += seconds
-            return
         if activity not in self._warmed:
             self._warmed.add(activity)
             return
@@ -273,11 +283,12 @@ def floor_text() -> str:
             f"least every {telemetry:g} steps")
 
 
-def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
-    """``(event, message)`` pairs telling the user how the budget shaped the schedule, each
-    saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
+def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str, str]]:
+    """``(key, event, message)`` triples telling the user how the budget shaped the schedule,
+    each saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
     telemetry further apart than asked; at the end of a run (``ending``) ``"over_budget"``
-    when the minimum cadence cost more than the budget."""
+    when the minimum cadence cost more than the budget. ``key`` changes only when the notice
+    says something new (another activity stretched), not when an interval grows."""
     controller = schedule.controller
     if controller.budget is None:
         return []
@@ -288,12 +299,12 @@ def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str]]:
     if apart:
         spacing = " and ".join(f"{activity} every {steps} steps"
                                for activity, steps in apart.items())
-        notices.append(("budget_stretched", (
+        notices.append(("budget_stretched " + " ".join(apart), "budget_stretched", (
             f"the {budget} overhead budget spaces capture out on this model: {spacing} (the "
             f"minimum cadence: {floor_text()}); for more, pass a larger "
             f"attach(overhead_budget=...) or None for a fixed schedule")))
     if ending and controller.over_budget:
-        notices.append(("over_budget", (
+        notices.append(("over_budget", "over_budget", (
             f"capture took {controller.overhead:.1%} of the training time, over the {budget} "
             f"budget: on this model the minimum cadence ({floor_text()}) and the first "
             f"firings' warm-up cost more than that; attach(overhead_budget=None) fixes the "

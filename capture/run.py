@@ -4,7 +4,11 @@ Everything the run does happens in hooks: optimizer step hooks (step counting, l
 rate, telemetry, snapshots), forward hooks on the captured layers (idle except on activation
 statistics steps and during the probe forward) and a forward hook on the criterion. Every hook
 body is wrapped: the first exception logs one warning, sends an ``Event("capture_disabled")`` and
-sets a flag that every hook checks first; nothing ever raises into the training loop.
+sets a flag that every hook checks first (:class:`Guard`); nothing ever raises into the
+training loop.
+
+A snapshot's probe pass runs in slices over the steps after its step, at the weights of that
+step (:mod:`sentrycam.capture.pacing`).
 
 The only module-level state is ``ACTIVE``, a ``weakref.WeakKeyDictionary`` from a model to a
 weak reference to its active run: attaching again to the same model (a re-run notebook cell)
@@ -26,13 +30,14 @@ import torch
 from torch import nn
 
 from sentrycam.capture.alert_actions import AlertCallback, AlertInbox
-from sentrycam.capture.budget import OverheadController, Schedule, cadence_notices
-from sentrycam.capture.console import announce
+from sentrycam.capture.budget import OverheadController, Schedule
+from sentrycam.capture.guard import Guard
 from sentrycam.capture.layers import IDLE, STATS, LayerTap
-from sentrycam.protocol.messages import Event, Message, RunEnd, RunStart, Scalars, Status
+from sentrycam.protocol.messages import Event, RunEnd, RunStart, Scalars
+from sentrycam.capture.outbox import Outbox
+from sentrycam.capture.pacing import SnapshotPacer
 from sentrycam.capture.snapshot import ProbeRunner
-from sentrycam.capture.steps import (StepReporter, logged_value, nonfinite_counts,
-                                     nonfinite_text)
+from sentrycam.capture.steps import StepReporter, logged_value
 from sentrycam.capture.telemetry import LossWatch, OptimizerWatch, learning_rates
 from sentrycam.capture.transport import Transport, TransportCounters
 
@@ -45,32 +50,11 @@ FLUSH_TIMEOUT_S = 10.0
 END_STATUSES = ("finished", "detached", "failed")
 
 
-class Guard:
-    """Failure containment shared by every hook: the first exception disables capture."""
-
-    def __init__(self) -> None:
-        self.disabled = False
-        self.errors = 0
-        self.on_fail: Any = None
-
-    def fail(self, where: str, exc: BaseException) -> None:
-        self.errors += 1
-        if self.disabled:
-            return
-        self.disabled = True
-        log.warning("sentrycam capture is disabled after an error in %s; training continues "
-                    "unwatched", where, exc_info=(type(exc), exc, exc.__traceback__))
-        if self.on_fail is not None:
-            try:
-                self.on_fail(where, exc)
-            except Exception:  # reporting the failure must not fail in turn
-                log.debug("could not report the capture failure", exc_info=True)
-
-
 class Run:
     """A watched training run. Public: ``run_id``, ``url`` (dashboard base URL, None with a
     custom transport), ``step`` (optimizer steps taken), ``layers``, ``probe_size``,
-    ``overhead`` (measured fraction of wall time spent in capture), :meth:`log`,
+    ``overhead`` (measured fraction of wall time spent in capture: every step's hooks,
+    snapshots, the sender thread's CPU time), ``overhead_budget``, :meth:`log`,
     :meth:`detach`, :meth:`counters`; usable as a context manager."""
 
     def __init__(self, model: nn.Module, *, run_id: str, name: str, transport: Transport,
@@ -86,31 +70,31 @@ class Run:
         # Steps taken; messages label a step by its 0-based index, so while a step runs (and
         # in its post-hook) its label is ``self._steps``, and between steps the last one is
         # ``self._steps - 1``.
-        self._steps, self._epoch_start = 0, 0
-        self._epoch: int | None = None
-        self._flagged: set[str] = set()
-        self._noticed: set[str] = set()  # cadence notices sent (see cadence_notice)
+        self._steps, self._epoch_start, self._epoch = 0, 0, None  # _epoch: int | None
         self._last_status = perf_counter()
         # Quiet steps (see _after_step) run while step < _quiet_until and perf_counter() <
         # _quiet_deadline; 0 makes the first step a full one. The controller hears of them at
         # the next full step: their number (steps since _last_full) and always-on seconds.
         self._quiet_until, self._quiet_deadline = 0, 0.0
         self._last_full, self._quiet_seconds = -1, 0.0
-        every_steps = 1 if every == "epoch" else every
-        minimum = {"snapshot": every_steps, "telemetry": 1, "activations": stats_every}
+        minimum = {"snapshot": 1 if every == "epoch" else every, "telemetry": 1,
+                   "activations": stats_every}
         self._controller = OverheadController(budget, minimum)
         self._schedule = Schedule(self._controller, minimum)
+        self._outbox = Outbox(run_id, transport, self._schedule)
+        self._send, self._send_all = self._outbox.send, self._outbox.send_all
+        self._pacer = SnapshotPacer(run_id, runner, self._schedule, every == "epoch",
+                                    lambda snapshot: self._send_all([snapshot]))
         self._loss = LossWatch(criterion, guard) if criterion is not None else None
         self._reporter = StepReporter(run_id, model, self._loss)
         self._held = self._reporter.held  # appended to by the quiet path
         guard.on_fail = self._on_fail
         self._inbox = AlertInbox(on_alert, self._wake) if on_alert is not None else None
-        if self._inbox is not None:
-            if hasattr(transport, "set_alert_callback"):
-                transport.set_alert_callback(self._inbox.receive)
-            else:
-                log.warning("sentrycam: this transport cannot carry alerts back; on_alert is "
-                            "never called")
+        if self._inbox is not None and hasattr(transport, "set_alert_callback"):
+            transport.set_alert_callback(self._inbox.receive)
+        elif self._inbox is not None:
+            log.warning("sentrycam: this transport cannot carry alerts back; on_alert is never "
+                        "called")
         self._send(RunStart(run_id=run_id, name=name, started_at=time.time(), config={
             **config, "param_layers": list(self._reporter.telemetry.layers)}))
         if runner is not None:
@@ -127,8 +111,7 @@ class Run:
     def inactive(cls, rank: int) -> Run:
         """A run that captures nothing (a non-zero rank under torch.distributed)."""
         run = cls.__new__(cls)
-        run.run_id, run.url, run._closed, run._steps = None, None, True, 0
-        run._inbox = None
+        run.run_id, run.url, run._closed, run._steps, run._inbox = None, None, True, 0, None
         run._taps, run._runner, run._controller, run._transport = [], None, None, None
         log.info("sentrycam captures on rank 0 only; rank %d runs unwatched", rank)
         return run
@@ -162,6 +145,11 @@ class Run:
     def overhead(self) -> float:
         return self._controller.overhead if self._controller is not None else 0.0
 
+    @property
+    def overhead_budget(self) -> float | None:
+        """The budget ``overhead`` is held to (None: a fixed schedule)."""
+        return self._controller.budget if self._controller is not None else None
+
     def counters(self) -> TransportCounters:
         """The transport's counters (sent, dropped, spooled, queue depth...)."""
         return self._transport.counters() if self._transport is not None else TransportCounters()
@@ -189,7 +177,8 @@ class Run:
         if self._closed or self._guard.disabled or self._runner is None:
             return
         try:
-            self._snapshot(self._last_step)
+            self._pacer.finish()
+            self._snapshot(self._last_step, spread=False)
         except Exception as exc:
             self._guard.fail("a snapshot", exc)
 
@@ -212,6 +201,8 @@ class Run:
         self._closed = True
         self._remove_hooks()
         try:
+            if not self._guard.disabled:
+                self._pacer.finish()
             self._send_all(self._reporter.flush())  # steps held back, even before a failure
             # Drain the queue first, so that the closing Status and RunEnd find room in it.
             self._transport.flush(FLUSH_TIMEOUT_S / 2)
@@ -292,6 +283,8 @@ class Run:
         if self._controller.step_boundary(start, steps, quiet_seconds):
             self._schedule.refresh()
         self._record_step(optimizer, step, start, stats)
+        if self._pacer.pending is not None:
+            self._pacer.advance(step)
         if step >= self._schedule.next["snapshot"] and self._runner is not None \
                 and self._every != "epoch":
             self._snapshot(step)
@@ -315,7 +308,8 @@ class Run:
         """
         room, deadline = self._reporter.quiet_window(now)
         due = self._schedule.next
-        if room <= 0 or self._stats_armed or self._controller.recompute_pending:
+        if room <= 0 or self._stats_armed or self._controller.recompute_pending \
+                or self._pacer.pending is not None:
             until = step + 1
         else:
             until = min(step + 1 + room, due["telemetry"])
@@ -356,47 +350,13 @@ class Run:
                 tap.arm(STATS)
             self._stats_armed = True
 
-    def _send(self, message: Message) -> None:
-        self._transport.send(message)
-
-    def _send_all(self, messages: list[Message]) -> None:
-        """Send, and flag NaN/Inf once per layer or signal: they are data, not failures."""
-        for message in messages:
-            self._transport.send(message)
-            for what, count in nonfinite_counts(message).items():
-                if what not in self._flagged:
-                    self._flag(what, message.step, count)
-
-    def _flag(self, what: str, step: int, count: int) -> None:
-        self._flagged.add(what)
-        text = nonfinite_text(what, step)
-        log.warning("sentrycam: %s", text)
-        self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(), event="nonfinite",
-                         message=text,
-                         payload={"layer": what, "count": count}))
-
     def _send_status(self, step: int, ending: bool = False) -> None:
         self._last_status = perf_counter()
-        for event, text in cadence_notices(self._schedule, ending):
-            if event not in self._noticed:
-                self._noticed.add(event)
-                announce(f"sentrycam: {text}")
-                self._send(Event(run_id=self.run_id, step=step, wall_time=time.time(),
-                                 event=event, message=text))
-        counters = self._transport.counters()
-        every = self._schedule.interval("snapshot") if self._runner is not None else 0
-        self._send(Status(run_id=self.run_id, step=step, dropped=counters.dropped,
-                          spooled=counters.spooled, overhead=self._controller.overhead,
-                          snapshot_every=every, queue_depth=counters.queue_depth))
+        self._outbox.status(step, self._runner is not None, ending)
 
-    def _snapshot(self, step: int) -> None:
-        if self._schedule.last["snapshot"] == step:
-            return  # never two snapshots of one step
-        start = perf_counter()
-        self._send_all([self._runner.take(self.run_id, step, self._epoch or 0)])
-        self._schedule.fired("snapshot", step)
-        self._controller.charge("snapshot", perf_counter() - start)
-        self._quiet_until = 0  # a new cost for the controller: the next step is a full one
+    def _snapshot(self, step: int, spread: bool = True) -> None:
+        if self._pacer.start(step, self._epoch or 0, spread):
+            self._quiet_until = 0  # a new cost for the controller: the next step is a full one
 
     def _new_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -430,7 +390,6 @@ class Run:
         if ACTIVE.get(self._model, lambda: None)() is self:
             del ACTIVE[self._model]
         atexit.unregister(self._at_exit)
-
 
 
 def _detach_at_exit(ref: weakref.ref) -> None:

@@ -90,6 +90,7 @@ class WebSocketTransport:
                                  window=InFlightWindow(window_frames, window_bytes),
                                  open_timeout=open_timeout)
         self._thread = threading.Thread(target=self._loop.run, name="sentrycam-sender", daemon=True)
+        self._sender_cpu = 0.0  # its CPU seconds, as last read
         self._thread.start()
 
     def _open_spool(self, directory: Path, segment_bytes: int) -> Spool | None:
@@ -189,13 +190,27 @@ class WebSocketTransport:
     def counters(self) -> TransportCounters:
         values = self._counters.snapshot()
         values["dropped"] += self._queue.dropped
-        return TransportCounters(queue_depth=self._queue.depth, **values)
+        # The thread's CPU clock goes with it: its last reading stands after it ended.
+        self._sender_cpu = max(self._sender_cpu, thread_cpu_seconds(self._thread))
+        return TransportCounters(queue_depth=self._queue.depth,
+                                 sender_cpu_seconds=self._sender_cpu, **values)
 
     def __enter__(self) -> WebSocketTransport:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def thread_cpu_seconds(thread: threading.Thread) -> float:
+    """CPU seconds ``thread`` has used so far, read from another thread (0.0 where the platform
+    has no per-thread CPU clock, or once the thread is gone)."""
+    if not thread.is_alive():  # a finished thread's id names nothing (or another thread)
+        return 0.0
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    except (AttributeError, OSError, TypeError):
+        return 0.0
 
 
 def replay_spool(spool_dir: str | Path, url: str, token: str | None = None,

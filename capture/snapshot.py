@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from sentrycam.capture import batches
 from sentrycam.capture.layers import IDLE, PROBE, LayerCaptureError, LayerTap, first_tensor
@@ -23,6 +26,15 @@ from sentrycam.protocol.messages import Snapshot
 from sentrycam.capture.probe import Probe, preserved_global_rngs
 
 PROBE_CHUNK = 256
+#: Largest model (parameters and buffers, bytes) whose weights a spread snapshot copies; a
+#: larger one gets its probe pass in one go at the snapshot step, as a one-shot snapshot.
+MAX_COPY_BYTES = 256 * 2**20
+#: A slice of a spread probe pass aims at this fraction of a training step's time ...
+SLICE_FRACTION = 0.2
+#: ... within these many samples (the first slice, before the cost per sample is measured,
+#: takes FIRST_SLICE).
+MIN_SLICE, FIRST_SLICE = 8, 32
+SAMPLE_SMOOTHING = 0.3
 #: Largest finite float16; larger finite features are clamped so the cast adds no infinities.
 FLOAT16_MAX = 65504.0
 
@@ -74,16 +86,58 @@ def output_summaries(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, to
             "entropy": -(probs * log_probs).sum(1), "margin": margin}
 
 
+@dataclass
+class PendingSnapshot:
+    """A snapshot whose probe pass runs in slices over the steps after ``step``, all at the
+    weights of ``step``: ``weights`` maps every parameter and buffer name to a detached copy
+    made at that step (None for a one-shot pass, run at once while the model holds them).
+    ``done`` samples are through; ``logits`` and ``features`` hold their chunks so far."""
+
+    step: int
+    epoch: int
+    weights: dict[str, torch.Tensor] | None
+    done: int = 0
+    seconds: float = 0.0  # spent in this snapshot's slices so far (the copy included)
+    logits: list[torch.Tensor | None] = field(default_factory=list)
+    features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+def frozen_weights(model: nn.Module, max_bytes: int) -> dict[str, torch.Tensor] | None:
+    """A detached copy of every parameter and buffer of ``model`` (on their own devices), or
+    None when they hold more than ``max_bytes`` bytes together."""
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    if sum(t.numel() * t.element_size() for t in tensors.values()) > max_bytes:
+        return None
+    return {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+
 class ProbeRunner:
-    """Runs the probe through the model in chunks, collecting outputs and layer features."""
+    """Runs the probe through the model in chunks, collecting outputs and layer features.
+
+    A snapshot is taken either at once (:meth:`take`) or spread over steps: :meth:`begin` at
+    the snapshot step copies the weights (at most ``max_copy_bytes``; a larger model gets a
+    one-shot pass instead), then each :meth:`advance` runs the next slice of the probe with
+    ``torch.func.functional_call`` at those weights, whatever training did since.
+    """
 
     def __init__(self, model: nn.Module, probe: Probe, taps: list[LayerTap],
-                 device: torch.device) -> None:
+                 device: torch.device, max_copy_bytes: int = MAX_COPY_BYTES) -> None:
         self.model, self.probe, self.taps, self.device = model, probe, taps, device
+        self.max_copy_bytes = max_copy_bytes
         self._labels = torch.from_numpy(probe.labels).to(device)
+        self.sample_seconds: float | None = None  # smoothed probe seconds per sample
 
-    def _forward(self, start: int, stop: int, features: dict[str, list[torch.Tensor]]
-                 ) -> torch.Tensor | None:
+    def _call(self, chunk: batches.Batch, weights: dict[str, torch.Tensor] | None) -> Any:
+        if weights is None:
+            return batches.call(self.model, chunk)
+        if isinstance(chunk, dict):
+            return functional_call(self.model, weights, (), chunk)
+        return functional_call(self.model, weights, chunk if isinstance(chunk, tuple)
+                               else (chunk,))
+
+    def _forward(self, start: int, stop: int, features: dict[str, list[torch.Tensor]],
+                 weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
         """One chunk: returns logits (or None) and appends each layer's [chunk, D] features."""
         chunk = batches.apply(self.probe.inputs, lambda tensor: tensor[start:stop].to(
             self.device, non_blocking=True))
@@ -91,7 +145,7 @@ class ProbeRunner:
         for tap in self.taps:
             tap.features, tap.mask = [], mask
             tap.arm(PROBE)
-        output = batches.call(self.model, chunk)
+        output = self._call(chunk, weights)
         for tap in self.taps:
             tap.mode, tap.mask = IDLE, None
             if tap.features and tap.features[0].shape[0] != stop - start:
@@ -102,14 +156,16 @@ class ProbeRunner:
         logits = output_logits(output)
         return logits if logits is not None and logits.shape[0] == stop - start else None
 
-    def _run(self, stop: int) -> tuple[list[torch.Tensor | None], dict[str, list[torch.Tensor]]]:
+    def _run(self, start: int, stop: int, features: dict[str, list[torch.Tensor]],
+             weights: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor | None]:
+        """Samples ``start:stop`` in chunks of at most PROBE_CHUNK; returns their logits."""
         modes = [tap.mode for tap in self.taps]
-        features: dict[str, list[torch.Tensor]] = {}
         logits = []
         try:
             with probe_mode(self.model):
-                for start in range(0, stop, PROBE_CHUNK):
-                    logits.append(self._forward(start, min(start + PROBE_CHUNK, stop), features))
+                for first in range(start, stop, PROBE_CHUNK):
+                    logits.append(self._forward(first, min(first + PROBE_CHUNK, stop), features,
+                                                weights))
         finally:
             for tap, mode in zip(self.taps, modes):  # put back a pending STATS arming
                 tap.features = []
@@ -117,14 +173,15 @@ class ProbeRunner:
                     tap.disarm()
                 else:
                     tap.mode = mode
-        return logits, features
+        return logits
 
     def check(self) -> None:
         """Forward two probe samples; ValueError when the model, a layer or the labels disagree."""
         n = min(2, len(self.probe))
         shown = batches.describe(batches.apply(self.probe.inputs, lambda tensor: tensor[:n]))
+        features: dict[str, list[torch.Tensor]] = {}
         try:
-            logits, features = self._run(n)
+            logits = self._run(0, n, features)
         except LayerCaptureError as exc:
             raise ValueError(f"{exc}. It cannot be pooled to one vector per sample: choose "
                              "another layer with layers=[...]") from exc
@@ -143,21 +200,67 @@ class ProbeRunner:
                              f"{logits[0].shape[1]} classes; labels must be class indices "
                              f"0..{logits[0].shape[1] - 1} (or pass labels=None)")
 
-    def take(self, run_id: str, step: int, epoch: int) -> Snapshot:
-        """The probe seen by the model now (features float16, see :class:`Snapshot`)."""
+    def begin(self, step: int, epoch: int) -> PendingSnapshot:
+        """Start the snapshot of ``step`` (call it right after that step's update): copies the
+        weights, or, for a model over ``max_copy_bytes``, runs the whole probe now."""
+        started = perf_counter()
+        weights = frozen_weights(self.model, self.max_copy_bytes)
+        pending = PendingSnapshot(step, epoch, weights, seconds=perf_counter() - started)
+        if weights is None:
+            self.advance(pending, len(self.probe))
+        return pending
+
+    def advance(self, pending: PendingSnapshot, count: int) -> bool:
+        """Run the next ``count`` samples of ``pending``; True once the whole probe is through."""
+        start, stop = pending.done, min(pending.done + max(count, 1), len(self.probe))
+        started = perf_counter()
+        pending.logits += self._run(start, stop, pending.features, pending.weights)
+        seconds = perf_counter() - started
+        pending.done, pending.seconds = stop, pending.seconds + seconds
+        per_sample = seconds / (stop - start)
+        previous = self.sample_seconds
+        self.sample_seconds = per_sample if previous is None else (
+            previous + SAMPLE_SMOOTHING * (per_sample - previous))
+        if stop == len(self.probe):
+            pending.weights = None  # the copy's memory goes back at once
+            return True
+        return False
+
+    def slice_size(self, pending: PendingSnapshot, steps_left: int, step_time: float | None
+                   ) -> int:
+        """Samples for the next slice: what fits in ``SLICE_FRACTION`` of ``step_time`` (the
+        training step's seconds) at the measured cost per sample, but at least enough to finish
+        within ``steps_left`` steps (the next snapshot is due then)."""
+        remaining = len(self.probe) - pending.done
+        pace = -(-remaining // max(steps_left, 1))
+        if self.sample_seconds and step_time:
+            timed = int(SLICE_FRACTION * step_time / self.sample_seconds)
+        else:
+            timed = FIRST_SLICE
+        return min(remaining, max(pace, MIN_SLICE, min(timed, PROBE_CHUNK)))
+
+    def finish(self, run_id: str, pending: PendingSnapshot) -> Snapshot:
+        """The finished snapshot (features float16, see :class:`Snapshot`); runs what is left
+        of the probe first."""
+        if pending.done < len(self.probe):
+            self.advance(pending, len(self.probe) - pending.done)
         n = len(self.probe)
-        logits, features = self._run(n)
         outputs: dict[str, np.ndarray] = {}
-        if logits and all(chunk is not None for chunk in logits):
-            summary = output_summaries(torch.cat(logits), self._labels)
+        if pending.logits and all(chunk is not None for chunk in pending.logits):
+            summary = output_summaries(torch.cat(pending.logits), self._labels)
             outputs = {name: value.cpu().numpy() for name, value in summary.items()}
         arrays, nonfinite = {}, {}
-        for name, chunks in features.items():
+        for name, chunks in pending.features.items():
             if sum(len(c) for c in chunks) != n:
                 continue  # the layer skipped some chunk (conditional compute): leave it out
             arrays[name], nonfinite[name] = _to_float16(torch.cat(chunks))
-        return Snapshot(run_id=run_id, step=step, epoch=epoch, sample_ids=self.probe.sample_ids,
-                        outputs=outputs, features=arrays, nonfinite=nonfinite)
+        return Snapshot(run_id=run_id, step=pending.step, epoch=pending.epoch,
+                        sample_ids=self.probe.sample_ids, outputs=outputs, features=arrays,
+                        nonfinite=nonfinite)
+
+    def take(self, run_id: str, step: int, epoch: int) -> Snapshot:
+        """The probe seen by the model now, in one pass (no copy of the weights)."""
+        return self.finish(run_id, PendingSnapshot(step, epoch, None))
 
 
 def _to_float16(features: torch.Tensor) -> tuple[np.ndarray, int]:

@@ -265,6 +265,7 @@ class ParamTelemetry:
         self.device = self._params[0].device
         self._owners = torch.tensor(owners, device=self.device)
         self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
+        self._absent_layers: dict[int, torch.Tensor] = {}  # see _absent
         self._before: _Before | None = None
         self._previous_grad: torch.Tensor | None = None
         self._clip = ClipWatch(self._params)
@@ -293,9 +294,17 @@ class ParamTelemetry:
         """Root of summed squares per layer; NaN for layers with no entry. float32 [L]."""
         squares = torch.zeros(len(self.layers), device=self.device).index_add_(
             0, owners, norms.square())
-        counts = torch.zeros(len(self.layers), device=self.device).index_add_(
-            0, owners, torch.ones_like(norms))
-        return torch.where(counts > 0, squares.sqrt(), torch.full_like(squares, math.nan))
+        return squares.sqrt_().masked_fill_(self._absent(owners), math.nan)
+
+    def _absent(self, owners: torch.Tensor) -> torch.Tensor:
+        """bool [L]: the layers no entry of ``owners`` belongs to, cached per owners tensor
+        (the full index or a cached subset: both live as long as this object)."""
+        key = id(owners)
+        if key not in self._absent_layers:
+            present = torch.zeros(len(self.layers), dtype=torch.bool, device=self.device)
+            present[owners] = True
+            self._absent_layers[key] = ~present
+        return self._absent_layers[key]
 
     def _sample(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
         return torch.cat([
@@ -330,7 +339,9 @@ class ParamTelemetry:
         diff = self._sample([p.detach() for p in self._params]) - old
         nan = torch.full((), math.nan, device=self.device)
         moved = self._per_layer(self._norms(torch.split(diff, self._sizes)), self._owners)
-        size = self._per_layer(self._norms(torch.split(old, self._sizes)), self._owners)
+        # Unsampled (stride 1), the sample is the weights: their per-layer norms are known.
+        size = before.layer_weight if self._stride == 1 else self._per_layer(
+            self._norms(torch.split(old, self._sizes)), self._owners)
         layer_ratio = torch.where(size > 0, moved / size, nan)
         old_norm = torch.linalg.vector_norm(old)
         ratio = torch.where(old_norm > 0, torch.linalg.vector_norm(diff) / old_norm, nan)

@@ -20,7 +20,9 @@ class TransportCounters:
 
     ``dropped``: messages refused because the queue was full; ``spooled``: messages written to
     the disk spool; ``sent``: frames written to the server; ``acked``: messages the server
-    committed; ``queue_depth``: messages waiting now; ``errors``: failures caught and logged.
+    committed; ``queue_depth``: messages waiting now; ``errors``: failures caught and logged;
+    ``sender_cpu_seconds``: CPU time of the transport's own thread in the training process (it
+    competes with training for cores and the GIL; 0.0 for a transport without one).
     """
 
     dropped: int = 0
@@ -29,6 +31,7 @@ class TransportCounters:
     acked: int = 0
     queue_depth: int = 0
     errors: int = 0
+    sender_cpu_seconds: float = 0.0
 
 
 @runtime_checkable

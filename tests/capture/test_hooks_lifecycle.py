@@ -94,10 +94,11 @@ def test_reattach_detaches_the_old_run_and_never_doubles_hooks(make_model, data,
     criterion = nn.CrossEntropyLoss()
     first, second = MemoryTransport(), MemoryTransport()
     for transport in (first, second):  # a notebook cell run twice
-        capture.attach(model, probe=(x, y), criterion=criterion, every=2, overhead_budget=None,
-                       stats_every=1, transport=transport)
+        run = capture.attach(model, probe=(x, y), criterion=criterion, every=2,
+                             overhead_budget=None, stats_every=1, transport=transport)
     assert len(criterion._forward_hooks) == 1
     train(model, x, y, 5, criterion=criterion)
+    run.detach()  # finishes the snapshot of step 4, whose probe pass is spread over steps
     steps = [m.step for m in per_step_scalars(second)]
     assert steps == [0, 1, 2, 3, 4]  # one message per step, not two
     assert all(len(m.layers) == len(set(m.layers)) for m in second.of_kind("layer_stats"))

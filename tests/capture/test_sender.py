@@ -195,7 +195,11 @@ def test_messages_arrive_once_in_order_and_the_spool_folder_is_cleaned_up(server
     sent = [RunStart(RUN, "demo", 1.0)] + [_scalars(i) for i in range(200)] + [snap]
     assert all(transport.send(m) for m in sent)
     assert transport.flush(timeout=20)
+    # encoding and sending 202 messages took the sender thread's CPU time, and it is counted
+    cpu = transport.counters().sender_cpu_seconds
+    assert 0 < cpu < 60
     transport.close()
+    assert transport.counters().sender_cpu_seconds >= cpu  # its last reading outlives it
     assert srv.stored_seqs() == list(range(len(sent)))
     assert [wire.decode(frame)[1] for _, frame in srv.stored[:-1]] == sent[:-1]
     got_snap = wire.decode(srv.stored[-1][1])[1]

@@ -50,9 +50,9 @@ def train_through_loader(make_model, data):
         if run is None:
             return model.state_dict(), []
         assert run.step == STEPS
-        snapshots = run._transport.of_kind("snapshot")
-        run.detach()
-        return model.state_dict(), snapshots
+        state = model.state_dict()  # the live tensors: detaching must not change them either
+        run.detach()  # finishes a snapshot whose probe pass is still spread over steps
+        return state, run._transport.of_kind("snapshot")
     return run_training
 
 
