@@ -67,14 +67,13 @@ class Run:
         self._transport, self._owns_transport = transport, owns_transport
         self._guard, self._taps, self._runner = guard, taps, runner
         self._every, self._closed, self._stats_armed = every, False, False
-        # Steps taken; messages label a step by its 0-based index, so while a step runs (and
-        # in its post-hook) its label is ``self._steps``, and between steps the last one is
-        # ``self._steps - 1``.
-        self._steps, self._epoch_start, self._epoch = 0, 0, None  # _epoch: int | None
+        # Steps taken: a message labels a step ``self._steps`` while it runs (and in its
+        # post-hook), ``self._steps - 1`` between steps. _epoch: int | None.
+        self._steps, self._epoch_start, self._epoch = 0, 0, None
         self._last_status = perf_counter()
         # Quiet steps (see _after_step) run while step < _quiet_until and perf_counter() <
-        # _quiet_deadline; 0 makes the first step a full one. The controller hears of them at
-        # the next full step: their number (steps since _last_full) and always-on seconds.
+        # _quiet_deadline (0: the first step is full); the controller hears of them at the next
+        # full step: their number (steps since _last_full) and always-on seconds.
         self._quiet_until, self._quiet_deadline = 0, 0.0
         self._last_full, self._quiet_seconds = -1, 0.0
         minimum = {"snapshot": 1 if every == "epoch" else every, "telemetry": 1,
@@ -86,7 +85,7 @@ class Run:
         self._pacer = SnapshotPacer(run_id, runner, self._schedule, every == "epoch",
                                     lambda snapshot: self._send_all([snapshot]))
         self._loss = LossWatch(criterion, guard) if criterion is not None else None
-        self._reporter = StepReporter(run_id, model, self._loss)
+        self._reporter = StepReporter(run_id, model, self._loss, self._telemetry_due)
         self._held = self._reporter.held  # appended to by the quiet path
         guard.on_fail = self._on_fail
         self._inbox = AlertInbox(on_alert, self._wake) if on_alert is not None else None
@@ -130,8 +129,8 @@ class Run:
         """True once an ``on_alert`` callback called ``control.stop()``."""
         return self._inbox is not None and self._inbox.stop_requested
 
-    def _wake(self) -> None:
-        self._quiet_until = 0  # from the sender thread: the next step is a full one
+    def _wake(self) -> None:  # from the sender thread: the next step is a full one
+        self._quiet_until = 0
 
     @property
     def layers(self) -> list[str]:
@@ -221,12 +220,14 @@ class Run:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.detach("failed" if exc_type is not None else "finished")
 
+    def _telemetry_due(self) -> bool:
+        """Whether the coming optimizer step (number ``self._steps``) is a telemetry step."""
+        return not (self._steps < self._quiet_until or self._guard.disabled
+                    or self._steps < self._schedule.next["telemetry"])
+
     def _before_step(self, optimizer: Any, args: Any = None, kwargs: Any = None) -> None:
         """The optimizer pre-hook (torch's signature): starts the telemetry of telemetry steps."""
-        # Off telemetry steps this is one to three comparisons: too cheap to be worth timing.
-        step = self._steps
-        if step < self._quiet_until or self._guard.disabled \
-                or step < self._schedule.next["telemetry"]:
+        if not self._telemetry_due():  # a few comparisons: too cheap to be worth timing
             return
         try:
             self._reporter.before_step()

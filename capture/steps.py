@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -100,9 +100,10 @@ class StepReporter:
     Times (``now``) are ``time.perf_counter()`` seconds; messages carry ``time.time()``.
     """
 
-    def __init__(self, run_id: str, model: nn.Module, loss: LossWatch | None) -> None:
+    def __init__(self, run_id: str, model: nn.Module, loss: LossWatch | None,
+                 telemetry_due: Callable[[], bool] | None = None) -> None:
         self.run_id, self.loss = run_id, loss
-        self.telemetry = ParamTelemetry(model)
+        self.telemetry = ParamTelemetry(model, clip_due=telemetry_due)
         self.telemetry_due = False  # before_step ran; after_step completes the telemetry step
         self.telemetry_seconds = 0.0  # cost of the last telemetry step, both hooks
         self.telemetry_post_seconds = 0.0  # the part of it spent in after_step

@@ -257,7 +257,10 @@ class ParamTelemetry:
     norms are those the optimizer uses (after clipping). Call :meth:`close` when done.
     """
 
-    def __init__(self, model: nn.Module, sample_limit: int = SAMPLE_LIMIT) -> None:
+    def __init__(self, model: nn.Module, sample_limit: int = SAMPLE_LIMIT,
+                 clip_due: Callable[[], bool] | None = None) -> None:
+        """``clip_due``: asked as each backward pass ends, whether the coming optimizer step is a
+        telemetry step (only those measure the gradient norm before clipping); None: every one."""
         self.layers, self._params, owners = parameter_owners(model)
         total = sum(p.numel() for p in self._params)
         self._stride = max(1, math.ceil(total / sample_limit))
@@ -268,7 +271,7 @@ class ParamTelemetry:
         self._absent_layers: dict[int, torch.Tensor] = {}  # see _absent
         self._before: _Before | None = None
         self._previous_grad: torch.Tensor | None = None
-        self._clip = ClipWatch(self._params)
+        self._clip = ClipWatch(self._params, due=clip_due)
 
     def close(self) -> None:
         """Stop watching gradient clipping (removes its gradient hooks)."""
@@ -313,27 +316,32 @@ class ParamTelemetry:
             for t, size in zip(tensors, self._sizes)])
 
     def before_step(self) -> None:
-        """Gradients are final and weights not yet updated: measure both, keep samples."""
+        """Weights not yet updated: measure them, keep a sample. The gradients are read in
+        :meth:`after_step`: an ``optimizer.step(closure)`` (Lightning, LBFGS) computes them
+        after this pre-hook, and the update leaves them as the optimizer used them."""
+        weights = [p.detach() for p in self._params]
+        self._before = _Before(
+            grad_norm=None, layer_grad=None,
+            layer_weight=self._per_layer(self._norms(weights), self._owners),
+            weight_sample=self._sample(weights), grad_sample=None, unclipped=None)
+
+    def _gradients(self, before: _Before) -> bool:
         grads = [_dense(p.grad) for p in self._params]
         present = [i for i, g in enumerate(grads) if g is not None]
         if not present:
-            self._before = None
-            return
+            return False
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
         grad_norms = self._norms([grads[i] for i in present])
-        weights = [p.detach() for p in self._params]
-        self._before = _Before(
-            grad_norm=torch.linalg.vector_norm(grad_norms),
-            layer_grad=self._per_layer(grad_norms, owners),
-            layer_weight=self._per_layer(self._norms(weights), self._owners),
-            weight_sample=self._sample(weights),
-            grad_sample=self._sample([p.grad for p in self._params]),
-            unclipped=self._clip.take())
+        before.grad_norm = torch.linalg.vector_norm(grad_norms)
+        before.layer_grad = self._per_layer(grad_norms, owners)
+        before.grad_sample = self._sample([p.grad for p in self._params])
+        before.unclipped = self._clip.take()
+        return True
 
     def after_step(self) -> torch.Tensor | None:
         """The step's telemetry vector (see class docstring), or None without gradients."""
         before, self._before = self._before, None
-        if before is None:
+        if before is None or not self._gradients(before):
             return None
         old = before.weight_sample
         diff = self._sample([p.detach() for p in self._params]) - old
