@@ -154,13 +154,14 @@ def run_one(server: RunningServer, scenario: Scenario, steps: int, at: int) -> d
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def run_benchmark(split: str, db_path: Path, steps: int, at: int,
-                  only: str | None = None) -> dict[str, Any]:
+def run_benchmark(split: str, db_path: Path, steps: int, at: int, only: str | None = None,
+                  projector: bool = True) -> dict[str, Any]:
     check_disjoint()
     torch.set_num_threads(1)
     rows = []
     started = time.monotonic()
-    with serve_in_thread(ServerSettings(db_path=db_path, port=0)) as server:
+    settings = ServerSettings(db_path=db_path, port=0, projector=projector)
+    with serve_in_thread(settings) as server:
         for scenario in SPLITS[split]:
             if only is not None and only not in scenario.name:
                 continue
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps per run (default 360, quick 240); failures start halfway")
     parser.add_argument("--only", default=None,
                         help="run only the split's scenarios whose name contains this text")
+    parser.add_argument("--no-projector", dest="projector", action="store_false",
+                        help="no 2D maps (the map_* detectors stay inactive; spares the CPU)")
     add_json_argument(parser, required=True)
     parser.add_argument("--db", type=Path, default=None,
                         help="keep the runs in this DuckDB file (default: a temporary one)")
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     recorder = Recorder("scenarios", args)
     with tempfile.TemporaryDirectory() as tmp:
         db_path = args.db if args.db is not None else Path(tmp) / "scenarios.duckdb"
-        report = run_benchmark(split, db_path, steps, steps // 2, args.only)
+        report = run_benchmark(split, db_path, steps, steps // 2, args.only,
+                               args.projector)
     rows = [{"kind": kind, **figures} for kind, figures in report["summary"]["kinds"].items()]
     totals = {key: value for key, value in report["summary"].items() if key != "kinds"}
     recorder.write(args.json, rows, runs=report["runs"], totals=totals, split=split,
