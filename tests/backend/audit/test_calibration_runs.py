@@ -6,35 +6,21 @@ the test split stays unseen."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-from sentrycam.backend.settings import ServerSettings
-from sentrycam.backend.testing import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-from scenario_plan import TUNING, Scenario  # noqa: E402
+from scenario_plan import TUNING, Scenario  # noqa: E402  (benchmarks/: see conftest.py)
 from scenarios import settle, train_run  # noqa: E402
 
 STEPS = 300
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    settings = ServerSettings(db_path=tmp_path_factory.mktemp("runs") / "runs.duckdb", port=0,
-                              projector=False)  # no 2D maps needed: spare the CPU
-    with serve_in_thread(settings) as running:
-        yield running
-
-
 @pytest.mark.parametrize("scenario", [Scenario("healthy", "gru", 10),
                                       Scenario("healthy", "mlp", 12, "warmup_cosine")],
                          ids=lambda s: s.name)
-def test_a_healthy_run_raises_no_confirmed_alert(server, scenario):
+def test_a_healthy_run_raises_no_confirmed_alert(scenario_server, scenario):
+    server = scenario_server
     assert scenario in TUNING  # calibrated on the tuning split only
     run_id = train_run(server.url, scenario.arch, scenario.kind, scenario.seed, STEPS,
                        STEPS // 2, scenario.schedule, scenario.optimizer)["run_id"]
