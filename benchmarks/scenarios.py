@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Recorder, add_json_argument  # noqa: E402
 from scenario_failures import Injection  # noqa: E402
 from scenario_models import build  # noqa: E402
-from scenario_plan import FAMILY, HEALTHY, SCHEDULES, SPLITS, Scenario, check_disjoint  # noqa: E402,E501
+from scenario_plan import (FAMILY, HEALTHY, SCHEDULES, SPLITS, Scenario,  # noqa: E402
+                           check_disjoint)
 from scenario_score import render, score_run, summarise  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
