@@ -108,6 +108,9 @@ TABLES: dict[str, list[Column]] = {
         ("kind", lambda r: r["kind"]), ("family", lambda r: r["family"]),
         ("runs", lambda r: str(r["runs"])), ("detected (sev >= 2)", lambda r: str(r["detected"])),
         ("false alarms", lambda r: str(r["false_alarms"])),
+        ("diagnosis right / decided / abstain",
+         lambda r: f"{r['diagnosis_correct']} / {r['diagnosed'] - r['abstained']} / "
+                   f"{r['abstained']}" if "abstained" in r else "-"),
         ("lead vs val-loss trigger: median steps / epochs / mean / range (runs with a trigger)",
          _lead),
         ("median lead incl. lower bounds (steps)",
@@ -195,6 +198,14 @@ def table(columns: list[Column], rows: list[Row], result: dict[str, Any]) -> lis
     return lines
 
 
+def _diagnosis_line(totals: dict[str, Any]) -> list[str]:
+    """Scenario diagnosis totals, for result files that have them."""
+    if totals.get("diagnosis_accuracy") is None:
+        return []
+    return [f"Diagnosis right on {totals['diagnosis_accuracy']:.1%} of decided diagnoses; "
+            f"abstain (`unknown`) on {totals['abstain_rate']:.1%} of diagnosed failures."]
+
+
 def _extra_lines(result: dict[str, Any]) -> list[str]:
     """Figures a benchmark reports beside its rows (totals, fan-out)."""
     if result["benchmark"] == "scenarios":
@@ -203,7 +214,7 @@ def _extra_lines(result: dict[str, Any]) -> list[str]:
         return ["", f"Detection rate {rate}; {t['healthy_runs']} healthy runs with "
                 f"{t['healthy_false_alarms']} alerts of severity >= 2;",
                 f"{t['pre_injection_false_alarms']} before the injection in failure runs; "
-                f"{num(result['seconds'], 0)} s in all."]
+                f"{num(result['seconds'], 0)} s in all."] + _diagnosis_line(t)
     fanout = result.get("fanout")
     if result["benchmark"] == "dashboard_latency" and fanout:
         columns: list[Column] = [

@@ -1,16 +1,19 @@
 """Audit scenario benchmark: injected failures and healthy runs through capture -> server -> engine.
 
-    python benchmarks/scenarios.py [--quick] --json OUT
+    python benchmarks/scenarios.py [--split tuning|test | --quick] --json OUT
 
+The plan (scenario_plan.py) has a tuning split (the runs the detector constants were set on) and
+a disjoint test split (only scored); ``--quick`` is a few short runs for CI.
 One in-process sentrycam server (``sentrycam.backend.testing.serve_in_thread``: real uvicorn
 on loopback, real DuckDB file, the real audit engine) serves the whole benchmark; every run
 streams into it with ``capture.attach(url=...)``.
-For each run it reports the scenario, failure kind, architecture, seed, injected step, whether a
-severity >= 2 alert was confirmed at or after the injection, the first such alert (step,
-detector, severity), its lead over the validation-loss trigger (the same causal rule applied
-to the per-epoch validation loss) in steps and epochs, and false alarms (severity >= 2 alerts
-confirmed before the injection, or anywhere in a healthy run). Then a summary per kind: the
-rows of the result file (lead: median, mean and the range over the runs with a trigger).
+For each run it reports the scenario (kind, architecture, seed, schedule, optimizer), the
+injected step, whether a severity >= 2 alert was confirmed at or after the injection, the first
+such alert (step, detector, severity), the diagnosis of the first incident at or after the
+injection and whether it matches the kind's family (``unknown`` is an abstain, counted apart),
+the lead over the validation-loss trigger (the same causal rule applied to the per-epoch
+validation loss) in steps and epochs, and false alarms (severity >= 2 alerts confirmed before
+the injection, or anywhere in a healthy run). Then a summary per kind (scenario_score.py).
 See docs/scenarios.md for the scenarios and the trigger rules.
 """
 
@@ -18,37 +21,44 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import Recorder, add_json_argument, distribution  # noqa: E402
-from scenario_models import Injection, build  # noqa: E402
+from results import Recorder, add_json_argument  # noqa: E402
+from scenario_failures import Injection  # noqa: E402
+from scenario_models import build  # noqa: E402
+from scenario_plan import (FAMILY, HEALTHY, SCHEDULES, SPLITS, Scenario,  # noqa: E402
+                           check_disjoint)
+from scenario_score import render, score_run, summarise  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch  # noqa: E402
+from sentrycam.backend.audit.incidents import incidents_of  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
 from sentrycam.backend.testing import RunningServer, serve_in_thread  # noqa: E402
 
 log = logging.getLogger("sentrycam.scenarios")
 
-KINDS = ("lr_spike", "slow_divergence", "label_noise", "dead_units", "vanishing_gradients",
-         "overfitting", "forgetting", "optimizer_corruption")
-#: Kind -> family, for the summary (the bar asks for positive lead on the first three).
-FAMILY = {"lr_spike": "instability", "slow_divergence": "instability",
-          "optimizer_corruption": "instability", "dead_units": "collapse",
-          "vanishing_gradients": "collapse", "label_noise": "data", "overfitting": "overfitting",
-          "forgetting": "forgetting", "healthy": "healthy"}
-LEARNING_RATES = {"mlp": 2e-3, "cnn": 6e-3, "gru": 3e-3}
+#: Adam's learning rate per architecture; SGD (momentum 0.9) takes SGD_FACTOR times it.
+LEARNING_RATES = {"mlp": 2e-3, "cnn": 6e-3, "gru": 3e-3, "transformer": 1e-3}
+SGD_FACTOR = 10.0
 BATCH = 32
 SNAPSHOT_EVERY = 25
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr * SGD_FACTOR, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def settle(server: RunningServer) -> None:
@@ -59,15 +69,18 @@ def settle(server: RunningServer) -> None:
         state.audit.wait_idle(60)
 
 
-def train_run(url: str, arch: str, kind: str, seed: int, steps: int, at: int) -> dict[str, Any]:
+def train_run(url: str, arch: str, kind: str, seed: int, steps: int, at: int,
+              schedule: str = "constant", optimizer_name: str = "adam") -> dict[str, Any]:
     """Train one run with capture attached; returns its run_id, validation curve, epoch size."""
     task, model = build(arch, seed)
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATES[arch])
+    optimizer = make_optimizer(optimizer_name, model, LEARNING_RATES[arch])
+    base_lr = optimizer.param_groups[0]["lr"]
     run = capture.attach(model, probe=(task.x_train, task.y_train),
                          heldout=(task.x_val, task.y_val), probe_size=400, url=url,
                          every=SNAPSHOT_EVERY, overhead_budget=None, criterion=criterion,
-                         optimizer=optimizer, run_name=f"{kind}-{arch}-s{seed}", seed=seed)
+                         optimizer=optimizer, seed=seed,
+                         run_name=Scenario(kind, arch, seed, schedule, optimizer_name).name)
     injection = Injection(kind, at, model, optimizer, task, seed)
     steps_per_epoch = len(task.y_train) // BATCH
     generator = torch.Generator().manual_seed(seed)
@@ -86,6 +99,9 @@ def train_run(url: str, arch: str, kind: str, seed: int, steps: int, at: int) ->
             loss = criterion(model(xb), yb)
             loss.backward()
             injection.before_step(step)
+            for group in optimizer.param_groups:
+                group["lr"] = (base_lr * SCHEDULES[schedule](step / steps)
+                               * injection.lr_factor(step))
             optimizer.step()
             if (step + 1) % steps_per_epoch == 0:
                 val_loss = _validate(model, criterion, task)
@@ -117,142 +133,61 @@ def validation_trigger(curve: list[tuple[int, float]], at: int) -> int | None:
     return None
 
 
-def score_run(alerts: list[dict[str, Any]], kind: str, at: int, trigger: int | None,
-              steps_per_epoch: int, last_val_step: int | None = None) -> dict[str, Any]:
-    confirmed = []
-    for alert in alerts:
-        evidence = alert.get("evidence") or {}
-        step = evidence.get("confirmed_step")
-        if alert["severity"] >= 2 and step is not None:
-            confirmed.append((int(step), alert))
-    confirmed.sort(key=lambda pair: pair[0])
-    healthy = kind == "healthy"
-    early = [a for s, a in confirmed if healthy or s < at]
-    after = [(s, a) for s, a in confirmed if not healthy and s >= at]
-    result: dict[str, Any] = {
-        "detected": bool(after), "first_alert_step": None, "detector": None, "layer": None,
-        "severity": None, "val_trigger_step": trigger, "lead_steps": None, "lead_epochs": None,
-        "lead_at_least_steps": None,
-        "false_alarms": len(early),
-        "false_alarm_detectors": sorted({a["detector"] for a in early}),
-        "alerts_total": len(alerts)}
-    if after:
-        step, alert = after[0]
-        result.update(first_alert_step=step, detector=alert["detector"], layer=alert["layer"],
-                      severity=max(a["severity"] for _, a in after))
-        if trigger is not None:
-            result["lead_steps"] = trigger - step
-            result["lead_epochs"] = round((trigger - step) / steps_per_epoch, 2)
-        elif last_val_step is not None:
-            # The validation rule never confirmed within the run: the lead is at least this.
-            result["lead_at_least_steps"] = last_val_step - step
-    return result
+def run_one(server: RunningServer, scenario: Scenario, steps: int, at: int) -> dict[str, Any]:
+    """Train, audit and score one scenario: the row of the result file."""
+    t0 = time.monotonic()
+    healthy = scenario.kind == HEALTHY
+    result = train_run(server.url, scenario.arch, scenario.kind, scenario.seed, steps, at,
+                       scenario.schedule, scenario.optimizer)
+    settle(server)
+    trigger = validation_trigger(result["val_curve"], 0 if healthy else at)
+    alerts = server.store.alerts(result["run_id"])
+    curve = result["val_curve"]
+    return {"scenario": scenario.name, "kind": scenario.kind, "family": FAMILY[scenario.kind],
+            "architecture": scenario.arch, "seed": scenario.seed,
+            "schedule": scenario.schedule, "optimizer": scenario.optimizer,
+            "injected_step": None if healthy else at,
+            "steps": steps, "steps_per_epoch": result["steps_per_epoch"],
+            "run_id": result["run_id"],
+            **score_run(alerts, incidents_of(result["run_id"], alerts), scenario.kind, at,
+                        trigger, result["steps_per_epoch"], curve[-1][0] if curve else None),
+            "val_loss": [[step, round(value, 5)] for step, value in curve],
+            "seconds": round(time.monotonic() - t0, 1)}
 
 
-def plan(quick: bool) -> Iterator[tuple[str, str, int]]:
-    """(kind, arch, seed) of every run."""
-    if quick:
-        yield from [("lr_spike", "mlp", 0), ("dead_units", "mlp", 0), ("forgetting", "mlp", 0),
-                    ("healthy", "mlp", 0), ("healthy", "mlp", 1)]
-        return
-    for arch in ("mlp", "cnn", "gru"):
-        for kind in KINDS:
-            for seed in (0, 1):
-                yield kind, arch, seed
-        for seed in range(4):
-            yield "healthy", arch, 10 + seed
-
-
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    kinds: dict[str, Any] = {}
-    for kind in sorted({r["kind"] for r in rows}):
-        group = [r for r in rows if r["kind"] == kind]
-        leads = [r["lead_steps"] for r in group if r["lead_steps"] is not None]
-        # Censored runs (validation never confirmed) count with their lower bound: the median
-        # of the mix is then a lower bound of the true median lead.
-        bounded = leads + [r["lead_at_least_steps"] for r in group
-                           if r["lead_at_least_steps"] is not None]
-        lead_epochs = [r["lead_epochs"] for r in group if r["lead_epochs"] is not None]
-        spread = distribution(leads)
-        kinds[kind] = {
-            "family": FAMILY[kind], "runs": len(group),
-            "detected": sum(r["detected"] for r in group),
-            "false_alarms": sum(r["false_alarms"] for r in group),
-            "median_lead_steps": statistics.median(leads) if leads else None,
-            "median_lead_epochs": statistics.median(lead_epochs) if lead_epochs else None,
-            "mean_lead_steps": spread["mean"], "max_lead_steps": spread["max"],
-            "min_lead_steps": min(leads) if leads else None,
-            "mean_run_seconds": distribution(r["seconds"] for r in group)["mean"],
-            "max_run_seconds": max(r["seconds"] for r in group),
-            "runs_with_val_trigger": len(leads),
-            "median_lead_steps_at_least": statistics.median(bounded) if bounded else None,
-            "first_detectors": sorted({r["detector"] for r in group if r["detector"]})}
-    failures = [r for r in rows if r["kind"] != "healthy"]
-    healthy = [r for r in rows if r["kind"] == "healthy"]
-    return {"kinds": kinds,
-            "detection_rate": (sum(r["detected"] for r in failures) / len(failures)
-                               if failures else None),
-            "healthy_runs": len(healthy),
-            "healthy_false_alarms": sum(r["false_alarms"] for r in healthy),
-            "false_alarms_per_10_healthy": (10 * sum(r["false_alarms"] for r in healthy)
-                                            / len(healthy) if healthy else None),
-            "pre_injection_false_alarms": sum(r["false_alarms"] for r in failures)}
-
-
-def render(summary: dict[str, Any]) -> str:
-    lines = [f"{'kind':22} {'family':12} {'runs':>4} {'det':>4} {'FA':>3} {'lead(st)':>9} "
-             f"{'lead(ep)':>9} {'n':>2} {'lead>=':>7}  first detectors"]
-    for kind, s in summary["kinds"].items():
-        lead = "-" if s["median_lead_steps"] is None else f"{s['median_lead_steps']:.0f}"
-        lead_ep = "-" if s["median_lead_epochs"] is None else f"{s['median_lead_epochs']:.2f}"
-        bound = "-" if s["median_lead_steps_at_least"] is None else \
-            f"{s['median_lead_steps_at_least']:.0f}"
-        lines.append(f"{kind:22} {s['family']:12} {s['runs']:>4} {s['detected']:>4} "
-                     f"{s['false_alarms']:>3} {lead:>9} {lead_ep:>9} "
-                     f"{s['runs_with_val_trigger']:>2} {bound:>7}  "
-                     f"{', '.join(s['first_detectors'])}")
-    rate = summary["detection_rate"]
-    lines.append(f"detection rate {rate:.1%}" if rate is not None else "no failure runs")
-    lines.append(f"healthy runs {summary['healthy_runs']}, severity>=2 alerts "
-                 f"{summary['healthy_false_alarms']} "
-                 f"({summary['false_alarms_per_10_healthy']} per 10 runs); pre-injection "
-                 f"false alarms in failure runs {summary['pre_injection_false_alarms']}")
-    return "\n".join(lines)
-
-
-def run_benchmark(quick: bool, db_path: Path) -> dict[str, Any]:
-    steps, at = (240, 120) if quick else (360, 180)
+def run_benchmark(split: str, db_path: Path, steps: int, at: int, only: str | None = None,
+                  projector: bool = True) -> dict[str, Any]:
+    check_disjoint()
     torch.set_num_threads(1)
     rows = []
     started = time.monotonic()
-    with serve_in_thread(ServerSettings(db_path=db_path, port=0)) as server:
-        for kind, arch, seed in plan(quick):
-            t0 = time.monotonic()
-            result = train_run(server.url, arch, kind, seed, steps, at)
-            settle(server)
-            trigger = validation_trigger(result["val_curve"], at if kind != "healthy" else 0)
-            row = {"scenario": f"{kind}-{arch}-s{seed}", "kind": kind, "family": FAMILY[kind],
-                   "architecture": arch, "seed": seed,
-                   "injected_step": at if kind != "healthy" else None,
-                   "steps": steps, "steps_per_epoch": result["steps_per_epoch"],
-                   "run_id": result["run_id"],
-                   **score_run(server.store.alerts(result["run_id"]), kind, at, trigger,
-                               result["steps_per_epoch"],
-                               result["val_curve"][-1][0] if result["val_curve"] else None),
-                   "val_loss": [[step, round(value, 5)] for step, value in result["val_curve"]],
-                   "seconds": round(time.monotonic() - t0, 1)}
+    settings = ServerSettings(db_path=db_path, port=0, projector=projector)
+    with serve_in_thread(settings) as server:
+        for scenario in SPLITS[split]:
+            if only is not None and only not in scenario.name:
+                continue
+            row = run_one(server, scenario, steps, at)
             rows.append(row)
-            log.info("%-34s detected=%s first=%s %s lead=%s FA=%d (%.0fs)", row["scenario"],
-                     row["detected"], row["first_alert_step"], row["detector"],
-                     row["lead_steps"], row["false_alarms"], row["seconds"])
+            log.info("%-44s detected=%s first=%s %s diagnosis=%s lead=%s FA=%d (%.0fs)",
+                     row["scenario"], row["detected"], row["first_alert_step"], row["detector"],
+                     row["diagnosis"], row["lead_steps"], row["false_alarms"], row["seconds"])
     summary = summarise(rows)
-    return {"quick": quick, "steps": steps, "injected_step": at, "runs": rows,
+    return {"split": split, "steps": steps, "injected_step": at, "runs": rows,
             "summary": summary, "seconds": round(time.monotonic() - started, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few short runs (CI)")
+    parser.add_argument("--split", choices=("tuning", "test"), default="test",
+                        help="which split to run (default: the test split, only scored)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few short runs with fresh seeds (CI); overrides --split")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per run (default 360, quick 240); failures start halfway")
+    parser.add_argument("--only", default=None,
+                        help="run only the split's scenarios whose name contains this text")
+    parser.add_argument("--no-projector", dest="projector", action="store_false",
+                        help="no 2D maps (the map_* detectors stay inactive; spares the CPU)")
     add_json_argument(parser, required=True)
     parser.add_argument("--db", type=Path, default=None,
                         help="keep the runs in this DuckDB file (default: a temporary one)")
@@ -261,15 +196,18 @@ def main(argv: list[str] | None = None) -> int:
                                                    "%(message)s")
     for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn", "sentrycam.capture.run"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    split = "quick" if args.quick else args.split
+    steps = args.steps or (240 if args.quick else 360)
     recorder = Recorder("scenarios", args)
     with tempfile.TemporaryDirectory() as tmp:
         db_path = args.db if args.db is not None else Path(tmp) / "scenarios.duckdb"
-        report = run_benchmark(args.quick, db_path)
+        report = run_benchmark(split, db_path, steps, steps // 2, args.only,
+                               args.projector)
     rows = [{"kind": kind, **figures} for kind, figures in report["summary"]["kinds"].items()]
     totals = {key: value for key, value in report["summary"].items() if key != "kinds"}
-    recorder.write(args.json, rows, runs=report["runs"], totals=totals, quick=report["quick"],
-                   steps=report["steps"], injected_step=report["injected_step"],
-                   seconds=report["seconds"])
+    recorder.write(args.json, rows, runs=report["runs"], totals=totals, split=split,
+                   quick=args.quick, steps=report["steps"],
+                   injected_step=report["injected_step"], seconds=report["seconds"])
     print(render(report["summary"]))
     print(f"total {report['seconds']:.0f} s; per-run results in {args.json}")
     return 0

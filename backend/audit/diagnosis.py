@@ -56,7 +56,8 @@ CAUSES: tuple[Cause, ...] = (
         "the step is too large for this phase of training: lower the learning rate (or add "
         "warm-up), clip gradients, and check for a schedule that jumps"),
     Cause("stalled", {
-        "stagnation": 2.0, "vanishing_gradients": 4.0, "gradient_flow": 2.0, "saturation": 2.0},
+        "stagnation": 2.0, "vanishing_gradients": 4.0, "update_stall": 4.0, "gradient_flow": 2.0,
+        "saturation": 2.0},
         "learning has stopped: check the learning rate and gradient clipping are not far too "
         "small, and look for saturated activations or a blocked gradient path"),
     Cause("collapse", {

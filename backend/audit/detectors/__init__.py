@@ -8,7 +8,8 @@ from __future__ import annotations
 from sentrycam.backend.audit.detectors.base import Detector, MapView, ProbeView
 from sentrycam.backend.audit.detectors.geometry import GeometryDetector, MapGeometryDetector
 from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, OptimizerState,
-                                                         VanishingGradients, WeightDrift)
+                                                         UpdateStall, VanishingGradients,
+                                                         WeightDrift)
 from sentrycam.backend.audit.detectors.local import (DeadUnits, GradientFlow, Saturation,
                                                      WeightNormImbalance)
 from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, Oscillation,
@@ -20,7 +21,7 @@ from sentrycam.backend.audit.detectors.overfitting import Overfitting
 
 DETECTOR_TYPES: tuple[type[Detector], ...] = (
     NonFinite, LossDivergence, OutlierBatch, Oscillation, Stagnation,
-    GradientExplosion, VanishingGradients, OptimizerState, WeightDrift,
+    GradientExplosion, VanishingGradients, UpdateStall, OptimizerState, WeightDrift,
     DeadUnits, Saturation, GradientFlow, WeightNormImbalance,
     ConfidenceCollapse, EntropyDrift, FallingCorrectRate, LossDistributionShift,
     Overfitting, GeometryDetector, MapGeometryDetector,

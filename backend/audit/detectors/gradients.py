@@ -1,8 +1,9 @@
 """Gradient and update detectors: explosion (sudden or a slow drift), vanishing gradients,
-optimizer-state corruption, and weight-norm drift.
+stalled updates, optimizer-state corruption, and weight-norm drift.
 
-Scalars read: ``grad_norm`` (global gradient norm), ``update_ratio`` (|update| / |weights|) and
-``lr`` from the capture telemetry; per-layer ``weight_norm`` from parameter-layer LayerStats.
+Scalars read: ``grad_norm`` (global gradient norm; ``grad_norm_clipped`` the norm after clipping
+on clipped steps), ``update_ratio`` (|update| / |weights|) and ``lr`` from the capture
+telemetry; per-layer ``weight_norm`` from parameter-layer LayerStats.
 All series are taken in log space, so their baselines are scale-free.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,6 +25,11 @@ from sentrycam.protocol.changes import ChangeKind
 
 #: Smallest scale of a log-series baseline: 5% relative change.
 LOG_FLOOR = 0.05
+#: Smallest scale of the update-size baseline: schedules move the step size by design (a step
+#: decay of 0.3x is a fall of 1.2 in log), so only a fall of two orders of magnitude confirms.
+UPDATE_FLOOR = 0.25
+#: The gradient norm after clipping, sent on clipped steps (capture/telemetry.py).
+GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
 
 
 #: Per-step series calibrate on this many observations before any judgement: early training
@@ -78,31 +85,71 @@ class GradientExplosion(Detector):
                        "learning rate or clip gradients", confidence=0.6 if both >= 2 else 0.45)]
 
 
-class VanishingGradients(Detector):
-    """Gradient norm collapses far below its trailing baseline."""
+def applied_grad_norm(values: dict[str, float]) -> float:
+    """The gradient norm the optimizer was given: after clipping on clipped steps."""
+    return values.get(GRAD_NORM_CLIPPED, values.get(GRAD_NORM.name, math.nan))
 
-    name = "vanishing_gradients"
+
+class LogSeriesFall(Detector):
+    """A positive per-step series (taken in log space) falls far below its trailing baseline.
+    Subclasses name the series (:meth:`value`), its scale floor and the suggestion."""
+
     kinds = frozenset({ChangeKind.SCALARS})
-    waiting_for = GradientExplosion.waiting_for
+    what: ClassVar[str] = ""
+    series: ClassVar[str] = ""
+    floor: ClassVar[float] = LOG_FLOOR
+    suggestion: ClassVar[str] = ""
 
     def __init__(self) -> None:
         super().__init__()
-        self.watch = SeriesWatch(fast_window(), Levels(develop=8.0, confirm=16.0, critical=60.0,
-                                                       persist=3), direction=-1.0)
+        self.watch = SeriesWatch(
+            RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=self.floor),
+            Levels(develop=8.0, confirm=16.0, critical=60.0, persist=3), direction=-1.0)
+
+    def value(self, values: dict[str, float]) -> float:
+        raise NotImplementedError
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
-        x = finite_log(item.values.get(GRAD_NORM.name, math.nan))
+        x = finite_log(self.value(item.values))
         if math.isnan(x):
             return []
         self.seen()
         level, z = self.watch.observe(item.step, x)
         return [finding(
-            self.name, item.step, level, z, evidence=self.watch.evidence(series="log grad_norm"),
-            message=f"gradient norm {math.exp(x):.3g} fell {z or 0:.1f} robust scales below this "
+            self.name, item.step, level, z, evidence=self.watch.evidence(series=self.series),
+            message=f"{self.what} {math.exp(x):.3g} fell {z or 0:.1f} robust scales below this "
                     "run's trailing baseline",
-            suggestion="gradients are vanishing (saturated activations, a blocked path, or a loss "
-                       "scaled to nothing); lowering the learning rate would make this worse",
-            confidence=0.55)]
+            suggestion=self.suggestion, confidence=0.55)]
+
+
+class VanishingGradients(LogSeriesFall):
+    """The gradient norm the optimizer is given (after any clipping) collapses far below its
+    trailing baseline: gradients that vanish, or clipping that throttles them to nothing."""
+
+    name = "vanishing_gradients"
+    waiting_for = GradientExplosion.waiting_for
+    what, series = "gradient norm", "log grad_norm (after clipping)"
+    suggestion = ("gradients are vanishing (saturated activations, a blocked path, a loss "
+                  "scaled to nothing, or clipping far too tight); lowering the learning rate "
+                  "would make this worse")
+
+    def value(self, values: dict[str, float]) -> float:
+        return applied_grad_norm(values)
+
+
+class UpdateStall(LogSeriesFall):
+    """The relative step size (update_ratio) falls orders of magnitude below its trailing
+    baseline: the weights stop moving (a learning rate or clipping far too small). A schedule's
+    decay is slow enough for the baseline to follow, and its steps small next to the floor."""
+
+    name = "update_stall"
+    waiting_for = "no update_ratio telemetry yet"
+    what, series, floor = "relative update size", "log update_ratio", UPDATE_FLOOR
+    suggestion = ("the weights have almost stopped moving: a learning rate or a gradient "
+                  "clipping threshold far too small, or a schedule that decays to nothing")
+
+    def value(self, values: dict[str, float]) -> float:
+        return values.get(UPDATE_RATIO.name, math.nan)
 
 
 class OptimizerState(Detector):

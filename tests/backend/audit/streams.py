@@ -12,12 +12,17 @@ from sentrycam.protocol.messages import LayerStats, Scalars
 RUN = "run-under-test"
 
 
+#: Series sent on some steps only: a NaN entry of theirs means "not sent at that step".
+SPARSE = ("val_loss", "grad_norm_clipped")
+
+
 def scalars(steps: int, **series: np.ndarray) -> list[Scalars]:
-    """One Scalars per step with each named series' value at that step (NaN entries skipped)."""
+    """One Scalars per step with each named series' value at that step (NaN entries of the
+    :data:`SPARSE` series skipped; other NaNs are sent, as a non-finite value would be)."""
     out = []
     for step in range(steps):
         values = {name: float(v[step]) for name, v in series.items()
-                  if not (isinstance(v[step], float) and np.isnan(v[step]) and name == "val_loss")}
+                  if not (name in SPARSE and np.isnan(v[step]))}
         out.append(Scalars(run_id=RUN, step=step, wall_time=float(step), values=values))
     return out
 

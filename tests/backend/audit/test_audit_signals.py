@@ -8,7 +8,8 @@ import math
 import numpy as np
 
 from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, OptimizerState,
-                                                         VanishingGradients, WeightDrift)
+                                                         UpdateStall, VanishingGradients,
+                                                         WeightDrift)
 from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, Oscillation,
                                                     OutlierBatch, Stagnation)
 from sentrycam.backend.audit.detectors.overfitting import Overfitting
@@ -93,6 +94,34 @@ def test_vanishing_gradients():
                                    scalars(STEPS, grad_norm=collapsed)))
     assert first is not None and AT <= first <= AT + 3
     assert max_level(levels(VanishingGradients(), "scalars", scalars(STEPS, grad_norm=grad))) < 2
+
+
+def test_vanishing_gradients_sees_clipping_that_throttles_the_gradient():
+    grad = lognormal(STEPS, 1.0, seed=3)
+    clipped = np.full(STEPS, np.nan)
+    clipped[AT:] = 1e-3  # clip_grad_norm_(..., 1e-3): the optimizer gets a thousandth
+    first = first_confirmed(levels(VanishingGradients(), "scalars",
+                                   scalars(STEPS, grad_norm=grad, grad_norm_clipped=clipped)))
+    assert first is not None and AT <= first <= AT + 3
+    # Routine clipping from the start (to about half the norm) is this run's normal.
+    routine = grad * 0.5
+    assert max_level(levels(VanishingGradients(), "scalars",
+                            scalars(STEPS, grad_norm=grad, grad_norm_clipped=routine))) < 2
+
+
+def test_update_stall_fires_when_the_weights_stop_moving_not_on_a_schedule():
+    ratio = lognormal(STEPS, 1e-3, seed=7, noise=0.1)
+    warm_cosine = np.array([min(1.0, 0.05 + t / 40) * (0.05 + 0.475 * (1 + math.cos(
+        math.pi * t / STEPS))) for t in range(STEPS)])
+    step_decay = 0.3 ** (np.arange(STEPS) // (STEPS // 3))
+    for schedule in (warm_cosine, step_decay):
+        assert max_level(levels(UpdateStall(), "scalars",
+                                scalars(STEPS, update_ratio=ratio * schedule))) < 2
+    stalled = ratio * warm_cosine
+    stalled[AT:] *= 1e-3  # the learning rate (or clipping) far too small
+    first = first_confirmed(levels(UpdateStall(), "scalars",
+                                   scalars(STEPS, update_ratio=stalled)))
+    assert first is not None and AT <= first <= AT + 3
 
 
 def test_optimizer_state_fires_when_updates_stop_following_lr_and_gradients():

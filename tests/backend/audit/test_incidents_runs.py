@@ -6,21 +6,17 @@ the diagnosis weights were looked at on (scenario mlp seed 0)."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
 from sentrycam import capture
 from sentrycam.backend.cli import main
-from sentrycam.backend.testing import serve_in_thread
 from sentrycam.capture import demo
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-from scenarios import settle, train_run  # noqa: E402
+from scenarios import settle, train_run  # noqa: E402  (benchmarks/: see conftest.py)
 
 STEPS, AT = 360, 180
 
@@ -32,13 +28,8 @@ def _incidents(server, run_id: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from sentrycam.backend.settings import ServerSettings
-
-    settings = ServerSettings(db_path=tmp_path_factory.mktemp("runs") / "runs.duckdb", port=0,
-                              projector=False)  # no 2D maps needed: spare the CPU
-    with serve_in_thread(settings) as running:
-        yield running
+def server(scenario_server):
+    return scenario_server
 
 
 @pytest.mark.parametrize(("kind", "diagnosis"), [("lr_spike", "instability"),
