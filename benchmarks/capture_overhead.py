@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -35,11 +34,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead_workloads import OverheadRow, Workload, workloads  # noqa: E402
+from overhead_workloads import OverheadRow, Workload, local_server, workloads  # noqa: E402
 from results import Recorder, add_json_argument, distribution  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
-from sentrycam.capture import demo, launcher  # noqa: E402
+from sentrycam.capture import demo  # noqa: E402
 
 MODELS = ("cnn", "mlp", "resnet32", "transformer")
 
@@ -135,6 +134,10 @@ def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
         # a short run: the minimum cadence at work
         rows.append(_report(measure(work, f"defaults, {args.cadence_steps} steps",
                                     args.cadence_steps, 0, 2, db)))
+    if args.frameworks:
+        from framework_overhead import framework_rows  # needs the lightning, huggingface extras
+
+        rows += framework_rows(args.steps, args.rounds, db)
     if args.budget is not None:
         for work in workloads(("cnn", "mlp")):
             rows.append(_report(measure(work, f"budget {args.budget:g}", args.steps,
@@ -150,6 +153,8 @@ def main() -> None:
     parser.add_argument("--cadence-steps", type=int, default=300,
                         help="steps of the short cadence runs of the CNN and MLP (0: none)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--no-frameworks", dest="frameworks", action="store_false",
+                        help="without the Lightning and Hugging Face callback rows")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="a non-default budget to check in the last pass")
     parser.add_argument("--quick", action="store_true",
@@ -163,16 +168,11 @@ def main() -> None:
     if args.quick:
         args.budget = None
     recorder = Recorder("capture_overhead", args)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "overhead.duckdb"
-        launcher.ensure_local_server(db)
-        try:
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                  f"{args.rounds} rounds x {args.steps} timed steps, ABBA interleaving, "
-                  f"watched copy swapped each round", flush=True)
-            rows = all_rows(args, db)
-        finally:
-            launcher.stop_local_server(db)
+    with local_server("overhead") as db:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{args.rounds} rounds x {args.steps} timed steps, ABBA interleaving, "
+              f"watched copy swapped each round", flush=True)
+        rows = all_rows(args, db)
     recorder.write(args.json, rows, threads=torch.get_num_threads())
 
 

@@ -31,9 +31,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead_workloads import local_server  # noqa: E402
 from results import Recorder, add_json_argument, distribution  # noqa: E402
 
-from sentrycam.capture import demo, launcher  # noqa: E402
+from sentrycam.capture import demo  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "framework_overhead.json"
 #: Steps of each training left out of the figures (the framework's and the server's start).
@@ -210,7 +211,7 @@ def framework_rows(steps: int, rounds: int, db: Path, aa: bool = False
                    ) -> list[dict[str, float | str]]:
     """One row per framework (``setting`` "callback, defaults"; with ``aa`` an A/A row
     before each), in ``capture_overhead.py``'s row format; the sentrycam runs stream to
-    the local server of ``db``, which the caller starts (``launcher.ensure_local_server``)."""
+    the local server of ``db``, which the caller starts (``overhead_workloads.local_server``)."""
     rows: list[dict[str, float | str]] = []
     for model in FRAMEWORKS:
         settings = [("A/A (no callback)", None)] if aa else []
@@ -235,16 +236,11 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its tips and notices
     warnings.filterwarnings("ignore")  # the frameworks' advice on CPU training and workers
     recorder = Recorder("framework_overhead", args)
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "framework_overhead.duckdb"
-        launcher.ensure_local_server(db)
-        try:
-            print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-                  f"{args.rounds} rounds x {args.steps} timed steps, order swapped each round",
-                  flush=True)
-            rows = framework_rows(args.steps, args.rounds, db, aa=args.aa)
-        finally:
-            launcher.stop_local_server(db)
+    with local_server("framework_overhead") as db:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{args.rounds} rounds x {args.steps} timed steps, order swapped each round",
+              flush=True)
+        rows = framework_rows(args.steps, args.rounds, db, aa=args.aa)
     recorder.write(args.json, rows, threads=torch.get_num_threads())
 
 

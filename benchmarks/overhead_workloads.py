@@ -8,7 +8,11 @@ benchmarks (framework callbacks, say) build the same rows so one table holds the
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -16,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sentrycam.capture import demo
+from sentrycam.capture import demo, launcher
 
 
 @dataclass(frozen=True)
@@ -143,3 +147,16 @@ def workloads(names: tuple[str, ...] = ("cnn", "mlp", "resnet32", "transformer")
         "transformer": lambda: Workload("transformer", _seeded(SmallTransformer), *_tokens()),
     }
     return [made[name]() for name in names]
+
+
+@contextmanager
+def local_server(name: str) -> Iterator[Path]:
+    """A local sentrycam server on a fresh database in a temporary folder, for the benchmark
+    ``name``; yields the database's path (what ``attach(db=...)`` and the launcher take)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / f"{name}.duckdb"
+        launcher.ensure_local_server(db)
+        try:
+            yield db
+        finally:
+            launcher.stop_local_server(db)
