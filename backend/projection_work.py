@@ -103,6 +103,10 @@ class LayerWork:
         (NaN/Inf, a dimension change, too few points)."""
         started = time.perf_counter()
         coords = self.projector.update(features, ids, labels)
+        # A layer's first update returns a fast initial layout and fits in the background; the
+        # stored map is the fitted one, which the checkpoint holds and later snapshots link to.
+        fitted = self.projector.wait_for_fit()
+        coords = coords if fitted is None else fitted
         checkpoint = self.projector.to_bytes()
         seconds = time.perf_counter() - started
         info = dict(self.projector.last_info)
