@@ -8,6 +8,10 @@ snapshot, ``run.snapshot()`` and detaching finish a pending one at once
 (:meth:`SnapshotPacer.finish`). Every slice's seconds count as capture time in the controller
 at the step that spent them; the snapshot's whole cost is its firing cost.
 
+What is frozen: the parameters and buffers (a copy taken at the snapshot step). What a module
+keeps outside them (plain Python attributes a forward reads) is read as it is when each slice
+runs; ``run.snapshot()`` right after the step gives a one-shot pass where that matters.
+
 Memory: one copy of the model's parameters and buffers while a snapshot is pending (at most
 ``MAX_COPY_BYTES``; a larger model gets its probe pass at once at the snapshot step, with no
 copy), plus the features of the slices done so far (probe size x the captured layers' widths,

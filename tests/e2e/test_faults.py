@@ -126,7 +126,9 @@ def test_layer_emitting_nan_is_flagged_and_stored(server_process, trainer, in_tm
                          layers=["hidden"], every=5, overhead_budget=None,
                          criterion=trainer.criterion, optimizer=optimizer)
     for step, (xb, yb, _) in zip(range(30), trainer.batches):
-        model.hidden.armed = step >= 12
+        # Armed from a snapshot step on: a snapshot's probe pass runs in slices over the steps
+        # after it (capture/pacing.py) and reads a Python attribute as it is then.
+        model.hidden.armed = step >= 15
         optimizer.zero_grad()
         trainer.criterion(model(xb), yb).backward()
         optimizer.step()
