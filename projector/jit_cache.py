@@ -17,7 +17,6 @@ safe (``python -m sentrycam.projector --clear``); the next process compiles agai
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -133,14 +132,3 @@ def clear(root: Path | None = None) -> Path:
     root = root or cache_dir()
     shutil.rmtree(root, ignore_errors=True)
     return root
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The projector's numba cache folder.")
-    parser.add_argument("--clear", action="store_true", help="delete the folder")
-    args = parser.parse_args(argv)
-    if args.clear:
-        print(f"removed {clear()}")
-    else:
-        print(cache_dir())
-    return 0
