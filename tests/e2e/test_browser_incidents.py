@@ -55,8 +55,11 @@ def test_an_injected_failure_is_one_incident_in_the_list_on_the_curves_and_timel
 
     rows = page.locator(".sc-incidents .tabulator-row")
     wait_until(lambda: rows.count() == 1, what="the incident's row")
+    # The row appears while the incident still grows (its alerts stay open to the run's end):
+    # wait for the page to catch up with the settled answer, not the first one it drew.
+    steps = f"{incident['start_step']}-{incident['end_step']}"
+    wait_until(lambda: steps in rows.first.inner_text(), what=f"the row's steps {steps}")
     text = rows.first.inner_text()
-    assert f"{incident['start_step']}-{incident['end_step']}" in text
     assert f"{DIAGNOSIS} (confidence {incident['confidence']:.2f}" in text
     assert incident["suggestion"][:40] in " ".join(text.split())
     table = page.locator(".sc-incidents .tabulator-tableholder").first
