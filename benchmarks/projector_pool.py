@@ -9,7 +9,7 @@ update trains a fixed number of steps (no time budget), so the work per map does
 the machine's load, only the time does. Prints one line per pool size and the speed-up.
 
     python benchmarks/projector_pool.py [--workers 1 2] [--runs 4] [--snapshots 4]
-        [--points 1000] [--dim 64] [--json OUT]
+        [--points 1000] [--dim 64] [--device cpu] [--json OUT]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def measure(args: argparse.Namespace, workers: int, folder: Path) -> dict[str, A
                                             labels, np.zeros(args.points, np.uint8)))])
             seq += 2
         feed = ChangeFeed()
-        worker = ProjectionWorker(store, feed, device="cpu", projector_settings=settings,
+        worker = ProjectionWorker(store, feed, device=args.device, projector_settings=settings,
                                   max_layers=1, max_backlog=args.snapshots, engine="pool",
                                   workers=workers)
         started = time.perf_counter()
@@ -100,6 +100,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="training steps per update")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="the projectors' device (cpu, cuda)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     add_json_argument(parser)
     args = parser.parse_args()

@@ -13,7 +13,10 @@ within 0.02 of it, temporal ranking above both memory baselines), naming each sh
 result file (``--json``) also has the mean, p95 and max of the times, and every snapshot.
 
     python benchmarks/projector_vs_umap.py [--quick] [--snapshots 8] [--sizes 2000 10000]
-        [--json OUT]
+        [--devices cpu cuda] [--json OUT]
+
+``--devices``: the projector runs on each device in turn on the same snapshots; the first is
+"ours" (the targets are checked on it), each other one "ours_<device>" beside it.
 """
 
 from __future__ import annotations
@@ -126,53 +129,76 @@ def timed(work) -> tuple[np.ndarray, float]:
     return result, time.perf_counter() - started
 
 
-METHODS = ("ours", "umap", "warm", "aligned")
+BASELINES = ("umap", "warm", "aligned")
+
+
+def ours(devices: list[str]) -> dict[str, str]:
+    """The projector's method name on each device: the first is "ours"."""
+    return {("ours" if i == 0 else f"ours_{device}"): device for i, device in enumerate(devices)}
+
+
+def project(projector: Projector, features: np.ndarray, labels: np.ndarray
+            ) -> tuple[np.ndarray, float, float]:
+    """One snapshot's map of record float32 [N, 2], the seconds to the first map returned, and
+    the seconds until the map of record (a first snapshot's fit runs in the background: waited
+    for on the clock, so the baselines run alone)."""
+    started = time.perf_counter()
+    returned = projector.update(features, np.arange(len(features)), labels)
+    first_map_s = time.perf_counter() - started
+    fitted = projector.wait_for_fit()
+    return (returned if fitted is None else fitted), first_map_s, time.perf_counter() - started
 
 
 def run_sequence(name: str, snapshots: Iterator[tuple[np.ndarray, np.ndarray]],
-                 seed: int) -> tuple[dict[str, float], list[dict[str, float]]]:
+                 seed: int, devices: list[str]
+                 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """The sequence's summary (medians over snapshots, time spreads, temporal ranking and
     temporal nn@5 of every method) and its per-snapshot rows."""
-    projector = Projector(seed=seed)
+    projectors = {method: Projector(seed=seed, device=device)
+                  for method, device in ours(devices).items()}
+    methods = (*projectors, *BASELINES)
     baselines = Baselines()
     rows: list[dict[str, float]] = []
     highs: list[np.ndarray] = []
-    lows: dict[str, list[np.ndarray]] = {method: [] for method in METHODS}
+    lows: dict[str, list[np.ndarray]] = {method: [] for method in methods}
     for t, (features, labels) in enumerate(snapshots):
-        ids = np.arange(len(features))
-        started = time.perf_counter()
-        returned = projector.update(features, ids, labels)
-        first_map_s = time.perf_counter() - started
-        # A first snapshot's fit runs in the background: waited for on the clock (so the
-        # baselines run alone), and its fitted map is the snapshot's map of record.
-        fitted = projector.wait_for_fit()
-        ours_s = time.perf_counter() - started
-        coords = returned if fitted is None else fitted
-        maps = {"ours": (coords, ours_s), **baselines.step(features)}
+        maps, first_map_s = {}, {}
+        for method, projector in projectors.items():
+            coords, first_map_s[method], seconds = project(projector, features, labels)
+            maps[method] = (coords, seconds)
+        maps.update(baselines.step(features))
         query = np.random.default_rng(t).choice(len(features), min(METRIC_ROWS, len(features)),
                                                 replace=False)
-        row = {"t": t, "n": len(features), "fraction": projector.last_info["fraction"],
-               "first_map_s": first_map_s}
+        row = {"t": t, "n": len(features), "fraction": projectors["ours"].last_info["fraction"],
+               "first_map_s": first_map_s["ours"],
+               **{f"first_map_s_{m}": s for m, s in first_map_s.items() if m != "ours"}}
         for method, (low, seconds) in maps.items():
             lows[method].append(low)
             row[f"{method}_s"] = seconds
             row[f"nn_{method}"] = metrics.neighbour_preservation(features, low, 15, query)
             row[f"trust_{method}"] = metrics.trustworthiness(features, low, 15, query)
-        row["ratio"] = ours_s / row["umap_s"]
+        for method in projectors:
+            row[f"ratio{method[4:]}"] = row[f"{method}_s"] / row["umap_s"]
         rows.append(row)
         highs.append(features)
         print(f"{name:>14} t={t} n={row['n']:>5} " + " ".join(
             f"{m} {row[f'{m}_s']:6.2f}s nn {row[f'nn_{m}']:.3f} tr {row[f'trust_{m}']:.3f} |"
-            for m in METHODS), flush=True)
+            for m in methods), flush=True)
     return summarise(rows, highs, lows), rows
 
 
 def summarise(rows: list[dict[str, float]], highs: list[np.ndarray],
               lows: dict[str, list[np.ndarray]]) -> dict[str, float]:
-    keys = ["ratio", *(f"{m}_s" for m in METHODS), *(f"nn_{m}" for m in METHODS),
-            *(f"trust_{m}" for m in METHODS)]
+    """Medians over snapshots of every figure of every method in ``lows``, the mean, p95 and
+    max of the times, and the temporal ranking and temporal nn@5 of each method's maps."""
+    methods = list(lows)
+    extra = [m for m in methods if m.startswith("ours_")]
+    ratios = ["ratio", *(f"ratio{m[4:]}" for m in extra)]
+    firsts = ["first_map_s", *(f"first_map_s_{m}" for m in extra)]
+    keys = [*ratios, *(f"{m}_s" for m in methods), *(f"nn_{m}" for m in methods),
+            *(f"trust_{m}" for m in methods)]
     summary = {key: float(np.median([r[key] for r in rows])) for key in keys}
-    for key in ("ours_s", "umap_s", "warm_s", "aligned_s", "ratio", "first_map_s"):
+    for key in (*(f"{m}_s" for m in methods), *ratios, *firsts):
         spread = distribution(r[key] for r in rows)
         summary.update({f"{key}_{figure}": spread[figure] for figure in ("mean", "p95", "max")})
     sample = np.random.default_rng(0).choice(len(highs[0]), min(2000, len(highs[0])),
@@ -204,9 +230,10 @@ def shortfalls(s: dict[str, float]) -> list[str]:
 
 
 def report(name: str, s: dict[str, float]) -> list[str]:
+    methods = [key[3:] for key in s if key.startswith("tr_")]
     print(f"{name:>14} MEDIAN ratio {s['ratio']:.3f} | " + " | ".join(
         f"{m}: {s[f'{m}_s']:.2f}s nn@15 {s[f'nn_{m}']:.3f} trust@15 {s[f'trust_{m}']:.3f} "
-        f"TR {s[f'tr_{m}']:.3f} tnn@5 {s[f'tnn_{m}']:.3f}" for m in METHODS), flush=True)
+        f"TR {s[f'tr_{m}']:.3f} tnn@5 {s[f'tnn_{m}']:.3f}" for m in methods), flush=True)
     missed = shortfalls(s)
     print(f"{name:>14} targets: {'all met' if not missed else 'MISSED ' + '; '.join(missed)}",
           flush=True)
@@ -220,6 +247,8 @@ def main() -> int:
     parser.add_argument("--snapshots", type=int, default=8)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--devices", nargs="+", default=["cpu"],
+                        help="the projector's devices, side by side (the first is checked)")
     add_json_argument(parser)
     args = parser.parse_args()
     recorder = Recorder("projector_vs_umap", args)
@@ -233,7 +262,8 @@ def main() -> int:
                       for size in sizes})
     results, per_snapshot = {}, {}
     for name, snapshots in sequences.items():
-        results[name], per_snapshot[name] = run_sequence(name, snapshots, args.seed)
+        results[name], per_snapshot[name] = run_sequence(name, snapshots, args.seed,
+                                                         args.devices)
     missed = {name: report(name, summary) for name, summary in results.items()}
     recorder.write(args.json, [{"sequence": name, **summary, "bars_met": not missed[name],
                                 "shortfalls": missed[name]}

@@ -147,6 +147,10 @@ TABLES: dict[str, list[Column]] = {
         ("trust@15 ours / refit / warm / aligned", lambda r: _per_method(r, "trust")),
         ("temporal ranking ours / refit / warm / aligned", lambda r: _per_method(r, "tr")),
         ("temporal nn@5 ours / refit / warm / aligned", lambda r: _per_method(r, "tnn")),
+        ("on CUDA: ratio / mean (s) / nn@15 / TR",
+         lambda r: "-" if "ours_cuda_s_mean" not in r else
+         f"{num(r['ratio_cuda'], 3)} / {num(r['ours_cuda_s_mean'])} / "
+         f"{num(r['nn_ours_cuda'], 3)} / {num(r['tr_ours_cuda'], 3)}"),
         ("targets met", lambda r: "yes" if r["bars_met"] else
          "**no**: " + "; ".join(r.get("shortfalls", [])))],
     "team_load": [
@@ -247,11 +251,16 @@ def render(result: dict[str, Any]) -> str:
     commit = (result["commit"] or "unknown")[:7] + (
         "+dirty" if (result["commit"] or "").endswith("+dirty") else "")
     lines = [f"`{display_command(result)}`",
-             f"(commit {commit}; {machine['cpus']} CPUs, python {machine['python']}, torch "
+             f"(commit {commit}; {machine['cpus']} CPUs{_gpu(machine)}, python "
+             f"{machine['python']}, torch "
              f"{machine['torch']}, numpy {machine['numpy']}; {result['started_utc'][11:19]} to "
              f"{result['finished_utc'][11:19]} UTC)", "",
              *table(columns, result["rows"], result), *_extra_lines(result)]
     return "\n".join(lines) + "\n"
+
+
+def _gpu(machine: dict[str, Any]) -> str:
+    return f", {machine['gpu']}" if machine.get("gpu") else ""
 
 
 def load_all(results_dir: Path) -> dict[str, dict[str, Any]]:

@@ -57,9 +57,20 @@ def machine() -> dict[str, Any]:
             return metadata.version(package)
         except metadata.PackageNotFoundError:
             return None
-    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+    # The CPUs this process may run on (a benchmark started under taskset sees fewer).
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus": cpus, "platform": platform.platform(),
             "python": platform.python_version(), "torch": version("torch"),
-            "numpy": version("numpy")}
+            "numpy": version("numpy"), "gpu": _gpu()}
+
+
+def _gpu() -> str | None:
+    """The CUDA device's name where the benchmark has already imported torch and one is
+    there (a benchmark that never imports torch is not made to)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(0)
 
 
 def git_commit() -> str | None:
