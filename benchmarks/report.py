@@ -236,9 +236,11 @@ def _extra_lines(result: dict[str, Any]) -> list[str]:
 
 
 def display_command(result: dict[str, Any]) -> str:
-    """The command line as a reader would type it: ``python`` for the interpreter's path."""
+    """The command line as a reader would type it: ``python`` for the interpreter's path (a
+    launcher before it, such as ``taskset -c 0,1``, stays)."""
     words = shlex.split(result["command"])
-    return shlex.join(["python", *words[1:]]) if words else ""
+    at = next((i for i, word in enumerate(words) if Path(word).name.startswith("python")), None)
+    return shlex.join(words if at is None else [*words[:at], "python", *words[at + 1:]])
 
 
 def render(result: dict[str, Any]) -> str:

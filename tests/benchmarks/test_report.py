@@ -76,3 +76,9 @@ def test_a_block_is_filled_with_the_command_and_a_dated_row_per_result_row(tmp_p
     dated = [line for line in filled.splitlines() if line.startswith(f"| {date} |")]
     assert len(dated) >= len(result["rows"])
     assert report.display_command(result).startswith("python benchmarks/")
+
+
+def test_the_command_shows_python_for_the_interpreter_and_keeps_a_launcher():
+    command = {"command": "taskset -c 0,1 /opt/venv/bin/python3 benchmarks/x.py --json out.json"}
+    assert report.display_command(command) == (
+        "taskset -c 0,1 python benchmarks/x.py --json out.json")
