@@ -43,7 +43,7 @@ from sentrycam.capture import demo, launcher  # noqa: E402
 
 RESULT = Path(__file__).resolve().parent / "results" / "local_server_cost.json"
 #: How long a setting's server may take to warm its projector up before timing starts anyway.
-READY_WAIT_S = 240.0
+READY_WAIT_S = 150.0
 #: Steps of each block left out of the figures (lazy initialisation, the first snapshot).
 WARMUP_STEPS = 10
 FIGURES = ("mean", "p95", "p99")
