@@ -199,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", type=int, default=300, help="probe samples per snapshot")
     parser.add_argument("--ready-wait", type=float, default=240.0,
                         help="seconds a projector may take to warm up before timing starts")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the trainer's torch threads (default: one per usable core)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     add_json_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(launcher.usable_cores())
+    torch.set_num_threads(args.threads or launcher.usable_cores())
     recorder = Recorder("local_server_cost", args)
     rows = [row for model in args.models for row in measure_model(model, args.settings, args)]
     for row in rows:

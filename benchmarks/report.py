@@ -79,6 +79,13 @@ TABLES: dict[str, list[Column]] = {
         ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
         ("agent-measured overhead / dropped",
          lambda r: f"{num(r['overhead'], 4)} / {num(r['dropped'], 0)}")],
+    "local_server_cost": [
+        ("model", lambda r: r["model"]), ("setting", lambda r: r["setting"]),
+        ("step mean / p95 / p99 (ms)", lambda r: spread(r, ("mean", "p95", "p99"), 2, "_ms")),
+        ("ratio mean / p95 / p99", lambda r: spread(r, ("mean", "p95", "p99"), 3, "_ratio")),
+        ("maps drawn while timed", lambda r: num(r["maps"], 0)),
+        ("projector warm-up (s)", lambda r: num(r["warm_up_s"], 1)),
+        ("plain blocks' spread", lambda r: num(r["plain_spread"], 3))],
     "ingest_memory": [
         ("mode", lambda r: r["mode"]),
         ("clients x snapshot (MB)", lambda r: f"{r['clients']} x {num(r['snapshot_mb'], 1)}"),
