@@ -11,7 +11,9 @@ that process, so nothing larger than a snapshot crosses the pipe per job, and su
 are warm-started from their predecessor exactly as in a single process (this is also the Ray
 engine's model: one actor per layer). Parallelism is across layers and runs. A worker that dies
 is replaced (counted in ``restarts``); its layers resume from the server's newest checkpoint,
-which the request carries whenever the slot's process does not hold the layer.
+which the request carries whenever the slot's process does not hold the layer. Each worker
+confines itself as it starts (:class:`~sentrycam.backend.projection_work.CpuShare`: its thread
+pools, and the idle class for a server beside training).
 """
 
 from __future__ import annotations

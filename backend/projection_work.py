@@ -5,6 +5,7 @@ A :class:`LayerWork` holds a layer's warm state (its :class:`~sentrycam.projecto
 its :class:`~sentrycam.projector.quality.QualityWindow`) and turns a snapshot's features into
 coordinates, a checkpoint and, asked next, the quality of that map. It imports neither the store
 nor the web stack: a worker receives features and returns numbers, the server alone writes.
+:class:`CpuShare` and :func:`confine` say how much of the machine such a process takes.
 """
 
 from __future__ import annotations
@@ -148,8 +149,8 @@ def confine(share: CpuShare, whole_process: bool = True, idle_class: bool = True
 
 
 def cpu_report() -> dict[str, Any]:
-    """What this process projects with: its nice value, scheduling class and thread counts
-    (``GET``-able diagnostics, and what tests check inside a worker)."""
+    """What this process projects with: its nice value (of the calling thread), whether it is
+    in the idle class, and its thread pools' sizes (what a pool worker answers to "cpu")."""
     import numba
     import torch
     from threadpoolctl import threadpool_info
