@@ -149,6 +149,9 @@ def cnn_block(steps: int, db: Path | None, every: int, probe: int) -> list[float
 
 def lightning_block(steps: int, db: Path | None, every: int, probe: int) -> list[float]:
     """Step times (s) of a Lightning fit of the demo CNN (start to start of a step)."""
+    import lightning  # noqa: F401  (it sets its loggers' levels as it is imported)
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # a banner on every fit
     callback = None
     if db is not None:
         from sentrycam.capture.lightning import SentryCamCallback
@@ -230,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
     add_json_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("lightning", "lightning.pytorch"):  # its banner on every fit
-        logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads or launcher.usable_cores())
     recorder = Recorder("local_server_cost", args)
     rows = [row for model in args.models for row in measure_model(model, args.settings, args)]
