@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cli_start.py --repeats 10 --json $(RESULTS)/cli_start.json
 	$(PY) benchmarks/capture_overhead.py --json $(RESULTS)/capture_overhead.json
 	$(PY) benchmarks/ingest_memory.py --json $(RESULTS)/ingest_memory.json
+	$(PY) benchmarks/local_server_cost.py --json $(RESULTS)/local_server_cost.json
 	$(PY) benchmarks/scenarios.py --quick --json $(RESULTS)/scenarios-quick.json
 	$(PY) benchmarks/dashboard_latency.py --no-projector --sizes 2000 --snapshots 5 --actions 5 \
 	  --fanout 3 --json $(RESULTS)/dashboard_latency-stand-in.json

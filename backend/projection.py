@@ -28,7 +28,7 @@ import numpy as np
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.projection_engines import Engine, make_engine
 from sentrycam.backend.projection_queue import Job, JobQueue
-from sentrycam.backend.projection_work import ProjectRequest, Resume, WorkerLost
+from sentrycam.backend.projection_work import CpuShare, ProjectRequest, Resume, WorkerLost
 from sentrycam.backend.store import Store
 from sentrycam.protocol.changes import ChangeKind
 
@@ -53,16 +53,17 @@ def projected_layers(features: dict[str, Any], max_layers: int) -> list[tuple[st
 class ProjectionWorker:
     """Background projection of snapshots (see module doc). ``start()``/``stop(timeout)``;
     :meth:`state` is what ``GET /api/projector`` shows. ``engine``: "thread", "pool" or "ray";
-    ``workers``: the pool's processes or Ray's concurrent jobs (None: one per core, up to 4)."""
+    ``workers``: the pool's processes or Ray's concurrent jobs (None: one per core, up to 4);
+    ``cpu``: the threads and priority of the thread and pool engines."""
 
     def __init__(self, store: Store, feed: ChangeFeed, *, device: str = "auto",
                  projector_settings: dict[str, Any] | None = None, max_layers: int = 2,
                  max_backlog: int = 12, engine: str = "thread",
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, cpu: CpuShare = CpuShare()) -> None:
         self.store, self.feed, self.device = store, feed, device
         self.projector_settings = {**SERVER_PROJECTOR_SETTINGS, **(projector_settings or {})}
         self.max_layers = max_layers
-        self.engine_kind, self.workers = engine, workers
+        self.engine_kind, self.workers, self.cpu = engine, workers, cpu
         self.engine: Engine | None = None
         self._lock = threading.Condition()
         self._queue = JobQueue(max_backlog)
@@ -96,7 +97,7 @@ class ProjectionWorker:
         self._subscription = self.feed.subscribe(self._on_changes, name="projector")
 
     def start_threads(self) -> None:
-        self.engine = make_engine(self.engine_kind, self.workers, self._stopping)
+        self.engine = make_engine(self.engine_kind, self.workers, self._stopping, self.cpu)
         self._warming = self.engine.slots
         for slot in range(self.engine.slots):
             thread = threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
@@ -150,6 +151,8 @@ class ProjectionWorker:
                 "engine": self.engine_kind,
                 "workers": None if engine is None else engine.slots,
                 "worker_restarts": 0 if engine is None else engine.restarts,
+                "cpu": {"threads": self.cpu.threads,
+                        "priority": "lowest" if self.cpu.lowest else "normal"},
                 "last_error": self._last_error, "last": self._last,
                 "problems": list(self._problems), "device": self.device,
             }

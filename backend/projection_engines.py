@@ -18,8 +18,8 @@ import os
 import threading
 from typing import Literal, Protocol
 
-from sentrycam.backend.projection_work import (LayerKey, LayerWork, Projected, ProjectRequest,
-                                               warm_up_projector)
+from sentrycam.backend.projection_work import (CpuShare, LayerKey, LayerWork, Projected,
+                                               ProjectRequest, confine, warm_up_projector)
 
 EngineKind = Literal["thread", "pool", "ray"]
 ENGINES: tuple[str, ...] = ("thread", "pool", "ray")
@@ -44,17 +44,22 @@ class Engine(Protocol):
 
 
 class ThreadEngine:
-    """Projection in the calling thread; layers' warm state in this process."""
+    """Projection in the calling thread; layers' warm state in this process. ``share``: its
+    threads bound the whole server process's compute pools; ``lowest`` lowers the projecting
+    thread to nice 19 only, not to the idle class: it shares the GIL with ingest, which must
+    not wait on a thread that only runs on idle cycles."""
 
     kind = "thread"
     slots = 1
     restarts = 0
 
-    def __init__(self) -> None:
+    def __init__(self, share: CpuShare = CpuShare()) -> None:
+        self._share = share
         self._layers: dict[LayerKey, LayerWork] = {}
 
     def start_slot(self, slot: int) -> None:
-        warm_up_projector()
+        confine(self._share, whole_process=False, idle_class=False)
+        warm_up_projector(self._share.threads)
 
     def accepts(self, slot: int, key: LayerKey) -> bool:
         return True
@@ -72,15 +77,17 @@ class ThreadEngine:
         self._layers.clear()
 
 
-def make_engine(kind: str, workers: int | None, stopping: threading.Event) -> Engine:
+def make_engine(kind: str, workers: int | None, stopping: threading.Event,
+                share: CpuShare = CpuShare()) -> Engine:
     """The engine called ``kind`` with ``workers`` slots (None: :func:`default_workers`);
-    ``stopping`` tells it not to replace workers that die during shutdown."""
+    ``stopping`` tells it not to replace workers that die during shutdown; ``share`` bounds the
+    threads and priority of the thread and pool engines (Ray schedules its own actors)."""
     if kind == "thread":
-        return ThreadEngine()
+        return ThreadEngine(share)
     if kind == "pool":
         from sentrycam.backend.projection_pool import PoolEngine
 
-        return PoolEngine(workers or default_workers(), stopping)
+        return PoolEngine(workers or default_workers(), stopping, share)
     if kind == "ray":
         from sentrycam.backend.projection_ray import RayEngine
 

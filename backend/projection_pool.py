@@ -11,7 +11,9 @@ that process, so nothing larger than a snapshot crosses the pipe per job, and su
 are warm-started from their predecessor exactly as in a single process (this is also the Ray
 engine's model: one actor per layer). Parallelism is across layers and runs. A worker that dies
 is replaced (counted in ``restarts``); its layers resume from the server's newest checkpoint,
-which the request carries whenever the slot's process does not hold the layer.
+which the request carries whenever the slot's process does not hold the layer. Each worker
+confines itself as it starts (:class:`~sentrycam.backend.projection_work.CpuShare`: its thread
+pools, and the idle class for a server beside training).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from sentrycam.backend.projection_work import (LayerKey, LayerWork, Projected, ProjectRequest,
-                                               WorkerLost, limit_threads, warm_up_projector)
+from sentrycam.backend.projection_work import (CpuShare, LayerKey, LayerWork, Projected,
+                                               ProjectRequest, WorkerLost, confine, cpu_report,
+                                               warm_up_projector)
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,11 @@ log = logging.getLogger(__name__)
 EXIT_WAIT_S = 5.0
 
 
-def serve(conn: Connection, threads: int) -> None:
+def serve(conn: Connection, share: CpuShare) -> None:
     """A worker process's loop: ``(operation, argument)`` in, ``(outcome, value)`` out, until
-    None or the server's end of the pipe closes (the server died: no orphan stays)."""
-    limit_threads(threads)
+    None or the server's end of the pipe closes (the server died: no orphan stays). ``share``
+    is applied first, before the worker starts any thread, so that all of them inherit it."""
+    confine(share)
     layers: dict[LayerKey, LayerWork] = {}
     while True:
         try:
@@ -49,16 +53,17 @@ def serve(conn: Connection, threads: int) -> None:
             return
         operation, argument = message
         try:
-            conn.send(("ok", _handle(layers, operation, argument)))
+            conn.send(("ok", _handle(layers, operation, argument, share)))
         except ValueError as exc:  # a snapshot the projector refuses: the worker carries on
             conn.send(("refused", str(exc)))
         except Exception:
             conn.send(("error", traceback.format_exc()))
 
 
-def _handle(layers: dict[LayerKey, LayerWork], operation: str, argument: Any) -> Any:
+def _handle(layers: dict[LayerKey, LayerWork], operation: str, argument: Any,
+            share: CpuShare) -> Any:
     if operation == "warm":
-        return warm_up_projector()
+        return warm_up_projector(share.threads)
     if operation == "project":
         request: ProjectRequest = argument
         work = layers.get(request.key)
@@ -67,6 +72,8 @@ def _handle(layers: dict[LayerKey, LayerWork], operation: str, argument: Any) ->
         return work.project(request.ids, request.features, request.labels)
     if operation == "quality":
         return layers[argument].quality()
+    if operation == "cpu":
+        return cpu_report()
     raise ValueError(f"unknown operation {operation!r}")
 
 
@@ -74,10 +81,10 @@ class _Worker:
     """One worker process and the server's end of its pipe; ``holds``: the layers whose warm
     state the process has."""
 
-    def __init__(self, slot: int, threads: int) -> None:
+    def __init__(self, slot: int, share: CpuShare) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child, threads), daemon=True,
+        self.process = context.Process(target=serve, args=(child, share), daemon=True,
                                        name=f"sentrycam-projector-{slot}")
         self.process.start()
         child.close()  # only the child holds its end: its death reads as EOF here
@@ -117,16 +124,19 @@ class _Worker:
 
 
 class PoolEngine:
-    """``slots`` worker processes (see module doc); each uses ``cores // slots`` torch
-    threads, at least 1."""
+    """``slots`` worker processes (see module doc); each uses ``share.threads`` compute
+    threads, by default ``cores // slots`` (at least 1), and runs at the lowest CPU priority
+    when ``share.lowest``."""
 
     kind = "pool"
 
-    def __init__(self, slots: int, stopping: threading.Event) -> None:
+    def __init__(self, slots: int, stopping: threading.Event,
+                 share: CpuShare = CpuShare()) -> None:
         self.slots = slots
         self.restarts = 0
         self._stopping = stopping
-        self._threads = max(1, (os.cpu_count() or 1) // slots)
+        self._share = replace(share, threads=share.threads
+                              or max(1, (os.cpu_count() or 1) // slots))
         self._lock = threading.Lock()
         self._workers: dict[int, _Worker] = {}
         self._owners: dict[LayerKey, int] = {}
@@ -136,9 +146,13 @@ class PoolEngine:
         with self._lock:
             return [w.process.pid for w in self._workers.values() if w.process.is_alive()]
 
+    def cpu(self, slot: int) -> dict[str, Any]:
+        """The slot's worker's priority and thread counts (:func:`cpu_report`)."""
+        return self._worker(slot).call("cpu")
+
     def start_slot(self, slot: int) -> None:
         """Start the slot's worker process and warm it up (blocks for the warm-up)."""
-        worker = _Worker(slot, self._threads)
+        worker = _Worker(slot, self._share)
         with self._lock:
             if self._stopping.is_set():
                 worker.ask_to_exit()

@@ -5,11 +5,13 @@ A :class:`LayerWork` holds a layer's warm state (its :class:`~sentrycam.projecto
 its :class:`~sentrycam.projector.quality.QualityWindow`) and turns a snapshot's features into
 coordinates, a checkpoint and, asked next, the quality of that map. It imports neither the store
 nor the web stack: a worker receives features and returns numbers, the server alone writes.
+:class:`CpuShare` and :func:`confine` say how much of the machine such a process takes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: (run_id, layer): what one projector and one quality window belong to.
 LayerKey = tuple[str, str]
+#: The nice value of a process at the lowest priority (Unix: 19 is the most yielding).
+NICEST = 19
 
 
 class WorkerLost(RuntimeError):
@@ -63,20 +67,99 @@ class Projected:
     seconds: float
 
 
-def warm_up_projector() -> None:
+def warm_up_projector(threads: int | None = None) -> None:
     """Load or compile numba's kernels in this process (see :func:`sentrycam.projector.warm_up`);
-    the one call site of the warm-up for threads, pool workers and actors."""
+    the one call site of the warm-up for threads, pool workers and actors. ``threads`` bounds
+    the thread pools again afterwards: the warm-up loads libraries (scipy's BLAS, say) that
+    were not there to bound before."""
     from sentrycam.projector import warm_up
 
     log.info("projector warmed up in %.1f s", warm_up())
+    if threads is not None:
+        limit_threads(threads)
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """How much of the machine a projecting process may take. ``threads``: compute threads of
+    each worker (torch, numba, BLAS/OpenMP; None: the engine's own choice); ``lowest``: run at
+    the lowest CPU priority (a local server beside the training it watches: see
+    :func:`lower_priority`)."""
+
+    threads: int | None = None
+    lowest: bool = False
 
 
 def limit_threads(threads: int) -> None:
-    """Give this process's torch ``threads`` threads: workers sharing the cores must not each
-    start one thread per core (and the same count keeps maps equal across executors)."""
+    """Give this process's torch, numba and BLAS/OpenMP pools ``threads`` threads each: workers
+    sharing the cores must not each start one thread per core (and the same count keeps maps
+    equal across executors). numba cannot go above the ``NUMBA_NUM_THREADS`` it started with."""
+    import numba
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(max(1, threads))
+    threads = max(1, threads)
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    threadpool_limits(threads)  # process-wide until changed: OpenBLAS, MKL, OpenMP
+
+
+def lower_priority(whole_process: bool, idle_class: bool) -> str:
+    """Drop to the lowest CPU priority: nice 19 and, with ``idle_class`` on Linux, the
+    SCHED_IDLE class (it runs only on cycles no normal task wants, and a normal task that wakes
+    preempts it at once). On Linux priority is per thread: ``whole_process`` lowers every
+    thread running now (libraries start some on import) and the calling thread's later ones
+    inherit it; otherwise only the calling thread. On macOS and other Unixes the whole process
+    goes to nice 19 and there is no idle class; on Windows nothing changes. Returns what was
+    done, for the log."""
+    done = set()
+    for tid in _thread_ids() if whole_process else [0]:
+        if hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, NICEST)
+                done.add(f"nice {NICEST}")
+            except OSError as exc:  # the thread ended, or a policy forbids it
+                log.debug("cannot lower the nice value of thread %d: %s", tid, exc)
+        if idle_class and hasattr(os, "SCHED_IDLE"):
+            try:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+                done.add("SCHED_IDLE")
+            except OSError as exc:  # a container's seccomp policy may forbid it
+                log.debug("cannot move thread %d to SCHED_IDLE: %s", tid, exc)
+    return " and ".join(sorted(done)) or "normal priority (this platform cannot lower it)"
+
+
+def _thread_ids() -> list[int]:
+    """This process's thread ids where Linux lists them, else [0] (the calling process)."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+def confine(share: CpuShare, whole_process: bool = True, idle_class: bool = True) -> None:
+    """Apply ``share`` to the calling process (thread pools; None leaves them as they are) and
+    its priority (see :func:`lower_priority`)."""
+    threads = share.threads
+    if threads is not None:
+        limit_threads(threads)
+    if share.lowest:
+        log.info("projector at %s, %s compute thread(s)",
+                 lower_priority(whole_process, idle_class), threads or "default")
+
+
+def cpu_report() -> dict[str, Any]:
+    """What this process projects with: its nice value (of the calling thread), whether it is
+    in the idle class, and its thread pools' sizes (what a pool worker answers to "cpu")."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_info
+
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
+    return {"nice": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
+            "idle_class": policy is not None and policy == getattr(os, "SCHED_IDLE", None),
+            "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
+            "blas_threads": max((pool["num_threads"] for pool in threadpool_info()), default=None)}
 
 
 class LayerWork:

@@ -21,6 +21,7 @@ from sentrycam.protocol.chunks import CHUNK_TARGET_BYTES, KEEPALIVE_TIMEOUT_S
 from sentrycam.protocol.server_info import info_file_path
 
 if TYPE_CHECKING:
+    from sentrycam.backend.projection_work import CpuShare
     from sentrycam.backend.store.retention import RetentionSettings
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -117,7 +118,11 @@ class ServerSettings(BaseSettings):
     ``projector_engine`` runs the projecting in a pool of worker processes ("pool", the default:
     the server's GIL stays with ingest), a thread of the server ("thread") or Ray actors ("ray",
     extra ``sentrycam[ray]``, ``RAY_ADDRESS`` or a local Ray); ``projector_workers`` sizes the
-    pool (None: one per core, at most 4).
+    pool (None: one per core, at most 4); ``projector_threads``: compute threads (torch, numba,
+    BLAS) of each pool worker (None: cores / workers) or of the server process with the thread
+    engine (None: left as they are); ``projector_priority`` "lowest" runs the projector at the
+    lowest CPU priority (pool workers in Linux's idle class, the thread engine at nice 19), as
+    the server that ``attach`` or ``sentrycam demo`` starts beside the training does.
     """
 
     model_config = SettingsConfigDict(env_prefix="SENTRYCAM_", extra="forbid",
@@ -146,6 +151,8 @@ class ServerSettings(BaseSettings):
     projector_backlog: int = Field(12, ge=1)
     projector_engine: Literal["thread", "pool", "ray"] = "pool"
     projector_workers: int | None = Field(None, ge=1)
+    projector_threads: int | None = Field(None, ge=1)
+    projector_priority: Literal["normal", "lowest"] = "normal"
     audit: bool = True
     alert_webhook_url: str | None = None
     alert_webhook_min_severity: int = Field(3, ge=1, le=3)
@@ -239,6 +246,14 @@ class ServerSettings(BaseSettings):
 
         return RetentionSettings(max_snapshots=self.retention_max_snapshots or None,
                                  history=self.retention_history)
+
+    @property
+    def projector_cpu(self) -> CpuShare:
+        """The projector's threads and priority from the ``projector_*`` settings."""
+        from sentrycam.backend.projection_work import CpuShare
+
+        return CpuShare(threads=self.projector_threads,
+                        lowest=self.projector_priority == "lowest")
 
     @property
     def token_required(self) -> bool:

@@ -79,6 +79,19 @@ TABLES: dict[str, list[Column]] = {
         ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
         ("agent-measured overhead / dropped",
          lambda r: f"{num(r['overhead'], 4)} / {num(r['dropped'], 0)}")],
+    "local_server_cost": [
+        ("model", lambda r: r["model"]), ("server", lambda r: r["setting"]),
+        ("watched step mean / p95 / p99 (ms)",
+         lambda r: spread(r, ("mean", "p95", "p99"), 1, "_ms")),
+        ("watched ratio mean / p95 / p99", lambda r: spread(r, ("mean", "p95", "p99"), 3,
+                                                            "_ratio")),
+        ("plain beside the projector: ratio mean / p95 / p99",
+         lambda r: spread(r, ("beside_mean", "beside_p95", "beside_p99"), 3, "_ratio")),
+        ("maps drawn", lambda r: num(r["maps"], 0)),
+        ("busy to the end", lambda r: {None: "-", True: "yes", False: "no"}[
+            r["busy_to_the_end"]]),
+        ("projector warm-up (s)", lambda r: num(r["warm_up_s"], 1)),
+        ("plain blocks' spread", lambda r: num(r["plain_spread"], 3))],
     "ingest_memory": [
         ("mode", lambda r: r["mode"]),
         ("clients x snapshot (MB)", lambda r: f"{r['clients']} x {num(r['snapshot_mb'], 1)}"),

@@ -5,6 +5,11 @@ that it outlives it (the dashboard stays up after training) and stops itself aft
 timeout. Once it serves, it writes ``<db_path>.server.json`` (pid, url, db, ...) and removes it
 on exit; that file is how later trainers and :func:`stop_local_server` find it.
 
+The server runs beside the training it watches, so it must not slow it: it runs at nice 19,
+and its projector (the costly part) in one worker process per 8 cores (at least one) with one
+compute thread each, in Linux's idle class (see :func:`local_server_environment`). On a busy
+small machine maps arrive later; the training keeps its speed.
+
 Only the standard library is used here: the trainer process must stay light.
 """
 
@@ -36,8 +41,36 @@ logger = logging.getLogger(__name__)
 LOG_NAME = "server.log"
 _LOG_TAIL_BYTES = 4000
 _POLL_S = 0.1
-#: Niceness added to the embedded server process (a lower scheduling priority than the trainer).
-EMBEDDED_SERVER_NICENESS = 10
+#: The embedded server's nice value: the lowest priority Unix gives (the trainer stays at 0).
+SERVER_NICE = 19
+#: Cores per projector worker of the embedded server (at least one worker, at most four).
+CORES_PER_LOCAL_WORKER = 8
+#: Environment variables that size a process's thread pools when its libraries load.
+THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                         "NUMBA_NUM_THREADS")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def local_server_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an embedded server: ``environ`` (default ``os.environ``) with the
+    projector's defaults for a machine it shares with training, where ``environ`` sets none:
+    priority "lowest", one worker per :data:`CORES_PER_LOCAL_WORKER` cores (1 to 4), one
+    compute thread each; and that thread count in :data:`THREAD_POOL_VARIABLES`, so that no
+    library of the server or its workers starts a thread per core."""
+    environ = dict(os.environ if environ is None else environ)
+    workers = max(1, min(4, usable_cores() // CORES_PER_LOCAL_WORKER))
+    defaults = {"SENTRYCAM_PROJECTOR_PRIORITY": "lowest",
+                "SENTRYCAM_PROJECTOR_WORKERS": str(workers),
+                "SENTRYCAM_PROJECTOR_THREADS": "1"}
+    merged = {**defaults, **environ}
+    threads = merged["SENTRYCAM_PROJECTOR_THREADS"]
+    return {**merged, **{name: threads for name in THREAD_POOL_VARIABLES}}
 
 
 def idle_timeout_text(idle_timeout_s: float) -> str:
@@ -157,7 +190,8 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
         start = log.tell()
         # A new session: Ctrl-C in the trainer's terminal must not take the dashboard down.
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=local_server_environment())
     _lower_priority(process.pid)
     logger.info("starting a sentrycam server (pid %d) at %s for %s", process.pid, url, db_path)
     while time.monotonic() < deadline:
@@ -183,13 +217,15 @@ def _start_server(db_path: Path, deadline: float, idle_timeout_s: float) -> str:
 
 
 def _lower_priority(pid: int) -> None:
-    """Run the embedded server below the trainer's priority: on a machine with few cores its
-    ingest and projection work must yield to the training it watches."""
+    """Run the embedded server at nice :data:`SERVER_NICE`: on a machine with few cores its
+    ingest and dashboard work must yield to the training it watches. It is not put in the idle
+    class (its projector workers are): ingest must keep up with the trainer. Called while the
+    new process has one thread (Linux's nice is per thread); the threads it starts inherit it.
+    On Windows the server runs at normal priority."""
     if not hasattr(os, "setpriority"):
         return
     try:
-        current = os.getpriority(os.PRIO_PROCESS, pid)
-        os.setpriority(os.PRIO_PROCESS, pid, min(current + EMBEDDED_SERVER_NICENESS, 19))
+        os.setpriority(os.PRIO_PROCESS, pid, SERVER_NICE)
     except OSError as exc:  # not permitted here: the server still works at normal priority
         logger.debug("could not lower the embedded server's priority: %s", exc)
 
