@@ -34,21 +34,23 @@ from results import Recorder, add_json_argument  # noqa: E402
 from sentrycam import capture  # noqa: E402
 from sentrycam.capture import demo  # noqa: E402
 from sentrycam.capture.clipping import ClipWatch  # noqa: E402
-from sentrycam.capture.layers import LayerTap  # noqa: E402
+from sentrycam.capture.layers import PROBE, LayerTap  # noqa: E402
 from sentrycam.capture.outbox import Outbox  # noqa: E402
 from sentrycam.capture.run import Run  # noqa: E402
 from sentrycam.capture.snapshot import ProbeRunner  # noqa: E402
 from sentrycam.capture.steps import StepReporter  # noqa: E402
 from sentrycam.capture.telemetry import LossWatch, ParamTelemetry  # noqa: E402
 
-#: (activity, class, method): each method's own CPU time is charged to its activity.
-ENTRY_POINTS: tuple[tuple[str, type, str], ...] = (
+#: (activity, class, method): each method's own CPU time is charged to its activity (a callable
+#: activity names it from the method's object at the call).
+ENTRY_POINTS: tuple[tuple[str | Callable[[Any], str], type, str], ...] = (
     ("gradient telemetry", ParamTelemetry, "before_step"),
     ("gradient telemetry", ParamTelemetry, "after_step"),
     ("gradient telemetry (clip watch)", ClipWatch, "_on_gradient"),
     ("gradient telemetry (clip watch)", ClipWatch, "_note"),
     ("gradient telemetry (clip watch)", ClipWatch, "take"),
-    ("activation statistics", LayerTap, "_take"),
+    (lambda tap: "snapshot: probe slices" if tap.mode == PROBE else "activation statistics",
+     LayerTap, "_take"),
     ("activation statistics (arming)", LayerTap, "arm"),
     ("activation statistics (arming)", LayerTap, "disarm"),
     ("snapshot: weight copy", ProbeRunner, "begin"),
@@ -73,18 +75,19 @@ class CpuLedger:
         self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[float] = []  # CPU seconds of the children of each open call
 
-    def wrap(self, activity: str, method: Callable) -> Callable:
+    def wrap(self, activity: str | Callable[[Any], str], method: Callable) -> Callable:
         @functools.wraps(method)
-        def timed(*args: Any, **kwargs: Any) -> Any:
+        def timed(owner: Any, *args: Any, **kwargs: Any) -> Any:
+            name = activity if isinstance(activity, str) else activity(owner)
             start = time.thread_time()
             self._stack.append(0.0)
             try:
-                return method(*args, **kwargs)
+                return method(owner, *args, **kwargs)
             finally:
                 spent = time.thread_time() - start
                 children = self._stack.pop()
-                self.seconds[activity] += spent - children
-                self.calls[activity] += 1
+                self.seconds[name] += spent - children
+                self.calls[name] += 1
                 if self._stack:
                     self._stack[-1] += spent
         return timed
