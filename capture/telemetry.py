@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -35,6 +34,7 @@ from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LA
 #: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
 LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
+COS_EPS = 1e-8
 #: The gradient norm after clipping (``clip_grad_norm_``, ``clip_grad_value_``) on steps whose
 #: gradients were clipped (GRAD_NORM is then the norm before clipping).
 GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
@@ -270,7 +270,8 @@ class ParamTelemetry:
         self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
         self._absent_layers: dict[int, torch.Tensor] = {}  # see _absent
         self._before: _Before | None = None
-        self._previous_grad: torch.Tensor | None = None
+        #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
+        self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
         self._clip = ClipWatch(self._params, due=clip_due)
 
     def close(self) -> None:
@@ -362,9 +363,12 @@ class ParamTelemetry:
         layer_ratio = torch.where(size > 0, moved / size, nan)
         old_norm = size.square().sum().sqrt()
         ratio = torch.where(old_norm > 0, moved.square().sum().sqrt() / old_norm, nan)
-        previous, self._previous_grad = self._previous_grad, grad_sample
-        cosine = (F.cosine_similarity(grad_sample, previous, dim=0)
-                  if previous is not None else nan)
+        # The cosine as F.cosine_similarity defines it (norms' product clamped at COS_EPS),
+        # from one dot product and the norms: a third of its cost on a large sample.
+        sample_norm = torch.linalg.vector_norm(grad_sample)
+        previous, self._previous_grad = self._previous_grad, (grad_sample, sample_norm)
+        cosine = (torch.dot(grad_sample, previous[0]) / (sample_norm * previous[1]).clamp_min(
+            COS_EPS) if previous is not None else nan)
         head = {GRAD_NORM.name: torch.linalg.vector_norm(grad_norms), GRAD_COS.name: cosine,
                 UPDATE_RATIO.name: ratio}
         per_layer = {LAYER_GRAD_NORM.name: self._per_layer(grad_norms, owners),
