@@ -145,16 +145,31 @@ def breakdown(work: Workload, steps: int, db: Path) -> dict:
             "calls": dict(ledger.calls), **info}
 
 
-def _print(row: dict) -> None:
-    print(f"{row['model']}: {row['steps']} steps, training CPU {row['plain_cpu_ms_per_step']:.3f}"
-          f" ms/step plain, {row['watched_cpu_ms_per_step']:.3f} watched "
-          f"({row['capture_share_of_training_cpu']:+.1%}); agent {row['agent_overhead']:.2%}; "
-          f"sender thread {1e3 * row['sender_cpu_s']:.1f} ms; probe {row['probe_size']}",
-          flush=True)
-    total_plain = row["plain_cpu_ms_per_step"] * row["steps"]
-    for activity, ms in row["activities_ms"].items():
-        print(f"  {activity:<36} {ms:9.1f} ms  {ms / total_plain:7.2%} of training  "
-              f"{row['calls'][activity]:6d} calls", flush=True)
+def table_rows(summary: dict) -> list[dict]:
+    """One row per activity of one model's :func:`breakdown`, then the sender thread and all of
+    capture: CPU ms over the run, per step (us) and as a share of plain training's CPU time."""
+    steps, plain = summary["steps"], summary["plain_cpu_ms_per_step"] * summary["steps"]
+    whole = (summary["watched_cpu_ms_per_step"] - summary["plain_cpu_ms_per_step"]) * steps
+    spent = [(activity, ms, summary["calls"][activity])
+             for activity, ms in summary["activities_ms"].items()]
+    spent += [("sender thread", 1e3 * summary["sender_cpu_s"], None),
+              ("all of capture (training thread, watched - plain)", whole, None)]
+    return [{"model": summary["model"], "activity": activity, "cpu_ms": ms,
+             "us_per_step": 1e3 * ms / steps, "share": ms / plain, "calls": calls,
+             "steps": steps, "plain_ms_per_step": summary["plain_cpu_ms_per_step"],
+             "agent_overhead": summary["agent_overhead"], "probe_size": summary["probe_size"]}
+            for activity, ms, calls in spent]
+
+
+def _print(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"{first['model']}: {first['steps']} steps, plain training CPU "
+          f"{first['plain_ms_per_step']:.3f} ms/step; agent {first['agent_overhead']:.2%}; "
+          f"probe {first['probe_size']}", flush=True)
+    for row in rows:
+        calls = "" if row["calls"] is None else f"{row['calls']:6d} calls"
+        print(f"  {row['activity']:<52} {row['cpu_ms']:9.1f} ms  {row['share']:7.2%}  {calls}",
+              flush=True)
 
 
 def main() -> None:
@@ -165,12 +180,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     recorder = Recorder("capture_breakdown", args)
-    rows = []
+    rows, summaries = [], []
     with local_server("breakdown") as db:
         for work in workloads(tuple(args.models)):
-            rows.append(breakdown(work, args.steps, db))
-            _print(rows[-1])
-    recorder.write(args.json, rows, threads=torch.get_num_threads())
+            summaries.append(breakdown(work, args.steps, db))
+            rows += table_rows(summaries[-1])
+            _print(rows[-len(summaries[-1]["activities_ms"]) - 2:])
+    recorder.write(args.json, rows, threads=torch.get_num_threads(), models=summaries)
 
 
 if __name__ == "__main__":
