@@ -71,6 +71,12 @@ TABLES: dict[str, list[Column]] = {
         ("snapshots", lambda r: num(r.get("snapshots"), 0)),
         ("steps with telemetry", lambda r: "-" if r.get("telemetry_share") is None
          else f"{r['telemetry_share']:.0%}")],
+    "capture_breakdown": [
+        ("model", lambda r: r["model"]), ("activity", lambda r: r["activity"]),
+        ("CPU ms in the run", lambda r: num(r["cpu_ms"], 1)),
+        ("per step (us)", lambda r: num(r["us_per_step"], 1)),
+        ("share of plain training CPU", lambda r: f"{r['share']:.2%}"),
+        ("calls", lambda r: num(r["calls"], 0))],
     "framework_overhead": [
         ("model", lambda r: r["model"]), ("setting", lambda r: r["setting"]),
         ("plain step p50 / p95 (ms)", lambda r: f"{num(r['median_ms'], 3)} / "

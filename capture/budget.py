@@ -31,6 +31,10 @@ RECOMPUTE_EVERY = 64
 #: ``fraction`` of the steps taken when the activity last fired.
 CADENCE_FLOOR: Mapping[str, tuple[float, float]] = {
     "snapshot": (0.0, 0.25), "telemetry": (2.0, 0.0), "activations": (0.0, 0.25)}
+#: Fewest probe samples a spread snapshot covers when the budget cannot pay for the whole probe
+#: at the minimum cadence (see :mod:`sentrycam.capture.pacing`): about 20 per class for 10
+#: classes. A smaller probe is used whole.
+MIN_MAP_SAMPLES = 200
 COST_SMOOTHING = 0.3
 STEP_SMOOTHING = 0.1
 #: The always-on cost comes in lumps (a batch of messages every so many steps): its estimate
@@ -112,10 +116,12 @@ class OverheadController:
         self.fixed_cost = 0.0  # smoothed always-on capture seconds per step
         self._fixed_measured = False  # a period of RECOMPUTE_EVERY steps went into fixed_cost
         self._gaps = {activity: 0.0 for activity in self.shares}
+        self._granted: dict[str, float] = {}  # seconds per step, at the last recomputation
         self._capture = 0.0  # every capture second charged so far
         self._fixed = 0.0  # the always-on part of it
         self._steps = 0  # step boundaries seen
         self._first: tuple[float, float] | None = None  # (time, capture total) at boundary 1
+        self._first_steps = 0  # boundaries counted by then
         self._last: tuple[float, float] = (0.0, 0.0)  # the same at the latest boundary
         self._period: tuple[float, float, float, int] | None = None  # start of the open period
         self._warmed: set[str] = set()  # activities whose warm-up firing is behind them
@@ -166,7 +172,7 @@ class OverheadController:
         self._last = (now, self._capture)
         period = self._period
         if period is None:
-            self._first = self._last
+            self._first, self._first_steps = self._last, self._steps
             self._period = (now, self._capture, self._fixed, self._steps)
             return False
         steps = self._steps - period[3]
@@ -200,6 +206,29 @@ class OverheadController:
         self.min_intervals[activity] = max(float(steps), 1.0)
         self._dirty = True
 
+    @property
+    def step_estimate(self) -> float | None:
+        """Training seconds per step, capture excluded: the smoothed estimate, or before the
+        first recomputation the average since the first boundary (None before two)."""
+        if self.step_time or self._first is None or self._steps <= self._first_steps:
+            return self.step_time
+        wall, capture = self._last[0] - self._first[0], self._last[1] - self._first[1]
+        return max(wall - capture, 0.0) / (self._steps - self._first_steps) or None
+
+    def allowance(self, activity: str) -> float | None:
+        """Capture seconds per step the budget grants ``activity``: its grant at the last
+        recomputation, or before its cost is measured its share of the budget left by the
+        always-on path; None without a budget or a step time."""
+        if self.budget is None:
+            return None
+        if activity in self._granted:
+            return self._granted[activity]
+        step = self.step_estimate
+        if step is None:
+            return None
+        share = self.shares[activity] / sum(self.shares.values())
+        return max(self.budget * step - self.fixed_cost, 0.0) * share
+
     def gap(self, activity: str) -> float:
         """Fewest steps between two firings of ``activity`` that fit its budget (0: no limit)."""
         return self._gaps[activity]
@@ -230,7 +259,8 @@ class OverheadController:
         # that they become rare rather than disappear.
         available = max(allowed - self.fixed_cost, 1e-3 * allowed)
         demands = {a: cost / self.min_intervals.get(a, 1.0) for a, cost in self.cost.items()}
-        for activity, seconds in allocate(demands, self.shares, available).items():
+        self._granted = allocate(demands, self.shares, available)
+        for activity, seconds in self._granted.items():
             gap = self.cost[activity] / seconds if seconds > 0 else MAX_GAP
             self._gaps[activity] = min(gap, MAX_GAP)
         return True
@@ -283,10 +313,12 @@ def floor_text() -> str:
             f"least every {telemetry:g} steps")
 
 
-def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str, str]]:
+def cadence_notices(schedule: Schedule, ending: bool,
+                    reduced: tuple[int, int] | None = None) -> list[tuple[str, str, str]]:
     """``(key, event, message)`` triples telling the user how the budget shaped the schedule,
     each saying how to change it: ``"budget_stretched"`` while the budget holds snapshots or
-    telemetry further apart than asked; at the end of a run (``ending``) ``"over_budget"``
+    telemetry further apart than asked; ``"probe_reduced"`` once snapshots covered only
+    ``reduced`` = ``(samples, probe size)``; at the end of a run (``ending``) ``"over_budget"``
     when the minimum cadence cost more than the budget. ``key`` changes only when the notice
     says something new (another activity stretched), not when an interval grows."""
     controller = schedule.controller
@@ -303,6 +335,13 @@ def cadence_notices(schedule: Schedule, ending: bool) -> list[tuple[str, str, st
             f"the {budget} overhead budget spaces capture out on this model: {spacing} (the "
             f"minimum cadence: {floor_text()}); for more, pass a larger "
             f"attach(overhead_budget=...) or None for a fixed schedule")))
+    if reduced is not None:
+        notices.append(("probe_reduced", "probe_reduced", (
+            f"the {budget} overhead budget pays for maps of {reduced[0]} of the {reduced[1]} "
+            f"probe samples on this model at the minimum cadence ({floor_text()}), so maps "
+            f"show that many (class proportions kept; never fewer than {MIN_MAP_SAMPLES}); "
+            f"for maps of the whole probe, pass a larger attach(overhead_budget=...) or None "
+            f"for a fixed schedule")))
     if ending and controller.over_budget:
         notices.append(("over_budget", "over_budget", (
             f"capture took {controller.overhead:.1%} of the training time, over the {budget} "

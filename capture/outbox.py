@@ -47,10 +47,11 @@ class Outbox:
         self.send(Event(run_id=self.run_id, step=step, wall_time=time.time(), event="nonfinite",
                         message=text, payload={"layer": what, "count": count}))
 
-    def status(self, step: int, snapshots: bool, ending: bool = False) -> None:
+    def status(self, step: int, snapshots: bool, ending: bool = False,
+               reduced: tuple[int, int] | None = None) -> None:
         """Cadence notices that say something new, then Status; ``snapshots``: the run takes
-        them."""
-        for key, event, text in cadence_notices(self.schedule, ending):
+        them; ``reduced``: ``(samples, probe size)`` when snapshots cover part of the probe."""
+        for key, event, text in cadence_notices(self.schedule, ending, reduced):
             if key not in self.noticed:
                 self.noticed.add(key)
                 announce(f"sentrycam: {text}")

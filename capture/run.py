@@ -353,7 +353,7 @@ class Run:
 
     def _send_status(self, step: int, ending: bool = False) -> None:
         self._last_status = perf_counter()
-        self._outbox.status(step, self._runner is not None, ending)
+        self._outbox.status(step, self._runner is not None, ending, self._pacer.reduced)
 
     def _snapshot(self, step: int, spread: bool = True) -> None:
         if self._pacer.start(step, self._epoch or 0, spread):

@@ -22,7 +22,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -35,6 +34,7 @@ from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LA
 #: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
 LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
+COS_EPS = 1e-8
 #: The gradient norm after clipping (``clip_grad_norm_``, ``clip_grad_value_``) on steps whose
 #: gradients were clipped (GRAD_NORM is then the norm before clipping).
 GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
@@ -235,14 +235,11 @@ def _dense(grad: torch.Tensor | None) -> torch.Tensor | None:
 
 @dataclass
 class _Before:
-    """What ``before_step`` measured, on the device."""
+    """What ``before_step`` measured, on the device: per-parameter weight norms float32 [P]
+    and the weight sample float32 [S]."""
 
-    grad_norm: torch.Tensor
-    layer_grad: torch.Tensor
-    layer_weight: torch.Tensor
+    weight_norms: torch.Tensor
     weight_sample: torch.Tensor
-    grad_sample: torch.Tensor
-    unclipped: torch.Tensor | None  # the norm before clipping, on clipped steps
 
 
 class ParamTelemetry:
@@ -266,11 +263,15 @@ class ParamTelemetry:
         self._stride = max(1, math.ceil(total / sample_limit))
         self._sizes = [math.ceil(p.numel() / self._stride) for p in self._params]
         self.device = self._params[0].device
+        #: float32 on one device: the norms and samples need no conversion.
+        self._uniform = all(p.dtype == torch.float32 and p.device == self.device
+                            for p in self._params)
         self._owners = torch.tensor(owners, device=self.device)
         self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
         self._absent_layers: dict[int, torch.Tensor] = {}  # see _absent
         self._before: _Before | None = None
-        self._previous_grad: torch.Tensor | None = None
+        #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
+        self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
         self._clip = ClipWatch(self._params, due=clip_due)
 
     def close(self) -> None:
@@ -290,13 +291,20 @@ class ParamTelemetry:
         return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers) + 1
 
     def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction."""
         norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+        if self._uniform:
+            return torch.stack(norms)
         return torch.stack([n.to(self.device) for n in norms])
+
+    def _layer_squares(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        """Summed squares per layer of per-tensor norms: float32 [K, P] -> [K, L]."""
+        return torch.zeros(norms.shape[0], len(self.layers), device=self.device).index_add_(
+            1, owners, norms.square())
 
     def _per_layer(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
         """Root of summed squares per layer; NaN for layers with no entry. float32 [L]."""
-        squares = torch.zeros(len(self.layers), device=self.device).index_add_(
-            0, owners, norms.square())
+        squares = self._layer_squares(norms.reshape(1, -1), owners)[0]
         return squares.sqrt_().masked_fill_(self._absent(owners), math.nan)
 
     def _absent(self, owners: torch.Tensor) -> torch.Tensor:
@@ -310,6 +318,12 @@ class ParamTelemetry:
         return self._absent_layers[key]
 
     def _sample(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Every ``stride``-th element of each tensor (zeros for a missing or sparse one),
+        concatenated: a new float32 [S] tensor on ``self.device``."""
+        if self._uniform and self._stride == 1:  # views, then one copy
+            return torch.cat([torch.zeros(size, device=self.device)
+                              if t is None or t.is_sparse else t.reshape(-1)
+                              for t, size in zip(tensors, self._sizes)])
         return torch.cat([
             torch.zeros(size, device=self.device) if t is None or t.is_sparse
             else t.reshape(-1)[::self._stride].float().to(self.device)
@@ -320,46 +334,46 @@ class ParamTelemetry:
         :meth:`after_step`: an ``optimizer.step(closure)`` (Lightning, LBFGS) computes them
         after this pre-hook, and the update leaves them as the optimizer used them."""
         weights = [p.detach() for p in self._params]
-        self._before = _Before(
-            grad_norm=None, layer_grad=None,
-            layer_weight=self._per_layer(self._norms(weights), self._owners),
-            weight_sample=self._sample(weights), grad_sample=None, unclipped=None)
-
-    def _gradients(self, before: _Before) -> bool:
-        grads = [_dense(p.grad) for p in self._params]
-        present = [i for i, g in enumerate(grads) if g is not None]
-        if not present:
-            return False
-        owners = self._owners if len(present) == len(grads) else self._owners_of(present)
-        grad_norms = self._norms([grads[i] for i in present])
-        before.grad_norm = torch.linalg.vector_norm(grad_norms)
-        before.layer_grad = self._per_layer(grad_norms, owners)
-        before.grad_sample = self._sample([p.grad for p in self._params])
-        before.unclipped = self._clip.take()
-        return True
+        self._before = _Before(weight_norms=self._norms(weights),
+                               weight_sample=self._sample(weights))
 
     def after_step(self) -> torch.Tensor | None:
         """The step's telemetry vector (see class docstring), or None without gradients."""
         before, self._before = self._before, None
-        if before is None or not self._gradients(before):
+        if before is None:
             return None
+        grads = [_dense(p.grad) for p in self._params]
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return None
+        owners = self._owners if len(present) == len(grads) else self._owners_of(present)
+        grad_norms = self._norms([grads[i] for i in present])
+        grad_sample = self._sample([p.grad for p in self._params])
+        unclipped = self._clip.take()
         old = before.weight_sample
         diff = self._sample([p.detach() for p in self._params]) - old
+        moved = self._norms(torch.split(diff, self._sizes))
+        # Unsampled (stride 1), the sample is the weights: their norms are known.
+        size = before.weight_norms if self._stride == 1 else self._norms(
+            torch.split(old, self._sizes))
+        # One reduction per layer for the weights, the update and the sampled weights.
+        weight, moved, size = self._layer_squares(
+            torch.stack([before.weight_norms, moved, size]), self._owners).sqrt_().unbind()
         nan = torch.full((), math.nan, device=self.device)
-        moved = self._per_layer(self._norms(torch.split(diff, self._sizes)), self._owners)
-        # Unsampled (stride 1), the sample is the weights: their per-layer norms are known.
-        size = before.layer_weight if self._stride == 1 else self._per_layer(
-            self._norms(torch.split(old, self._sizes)), self._owners)
         layer_ratio = torch.where(size > 0, moved / size, nan)
-        old_norm = torch.linalg.vector_norm(old)
-        ratio = torch.where(old_norm > 0, torch.linalg.vector_norm(diff) / old_norm, nan)
-        previous, self._previous_grad = self._previous_grad, before.grad_sample
-        cosine = (F.cosine_similarity(before.grad_sample, previous, dim=0)
-                  if previous is not None else nan)
-        head = {GRAD_NORM.name: before.grad_norm, GRAD_COS.name: cosine, UPDATE_RATIO.name: ratio}
-        per_layer = {LAYER_GRAD_NORM.name: before.layer_grad,
-                     WEIGHT_NORM.name: before.layer_weight, LAYER_UPDATE_RATIO.name: layer_ratio}
-        unclipped = before.unclipped if before.unclipped is not None else nan
+        old_norm = size.square().sum().sqrt()
+        ratio = torch.where(old_norm > 0, moved.square().sum().sqrt() / old_norm, nan)
+        # The cosine as F.cosine_similarity defines it (norms' product clamped at COS_EPS),
+        # from one dot product and the norms: a third of its cost on a large sample.
+        sample_norm = torch.linalg.vector_norm(grad_sample)
+        previous, self._previous_grad = self._previous_grad, (grad_sample, sample_norm)
+        cosine = (torch.dot(grad_sample, previous[0]) / (sample_norm * previous[1]).clamp_min(
+            COS_EPS) if previous is not None else nan)
+        head = {GRAD_NORM.name: torch.linalg.vector_norm(grad_norms), GRAD_COS.name: cosine,
+                UPDATE_RATIO.name: ratio}
+        per_layer = {LAYER_GRAD_NORM.name: self._per_layer(grad_norms, owners),
+                     WEIGHT_NORM.name: weight, LAYER_UPDATE_RATIO.name: layer_ratio}
+        unclipped = unclipped if unclipped is not None else nan
         return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
                          + [per_layer[name] for name in LAYER_STATS]
                          + [unclipped.to(self.device).reshape(1)])

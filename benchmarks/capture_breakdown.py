@@ -1,0 +1,193 @@
+"""Where capture's time goes at attach's defaults: CPU seconds of the training thread per activity.
+
+A short run (300 steps by default, where the minimum cadence decides the schedule) of each
+small model of ``overhead_workloads.py`` trains with ``capture.attach`` at its defaults,
+streaming to a real local server, and the same model trains once more without capture. The
+capture code's entry points are wrapped to read ``time.thread_time()`` (the training thread's
+CPU time: what other processes on the machine do barely changes it) on entry and exit; each
+activity is charged its own time, without the time of the activities it calls. Beside them:
+the sender thread's CPU time, the whole training thread's CPU time with and without capture
+(their difference is capture's whole cost, the hooks' calls and what no wrapper sees
+included), and per activity the number of calls. Torch runs on one thread, so that the
+training thread's CPU time is all of training's.
+
+    python benchmarks/capture_breakdown.py [--steps 300] [--models cnn mlp] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead_workloads import Workload, local_server, workloads  # noqa: E402
+from results import Recorder, add_json_argument  # noqa: E402
+
+from sentrycam import capture  # noqa: E402
+from sentrycam.capture import demo  # noqa: E402
+from sentrycam.capture.clipping import ClipWatch  # noqa: E402
+from sentrycam.capture.layers import PROBE, LayerTap  # noqa: E402
+from sentrycam.capture.outbox import Outbox  # noqa: E402
+from sentrycam.capture.run import Run  # noqa: E402
+from sentrycam.capture.snapshot import ProbeRunner  # noqa: E402
+from sentrycam.capture.steps import StepReporter  # noqa: E402
+from sentrycam.capture.telemetry import LossWatch, ParamTelemetry  # noqa: E402
+
+#: (activity, class, method): each method's own CPU time is charged to its activity (a callable
+#: activity names it from the method's object at the call).
+ENTRY_POINTS: tuple[tuple[str | Callable[[Any], str], type, str], ...] = (
+    ("gradient telemetry", ParamTelemetry, "before_step"),
+    ("gradient telemetry", ParamTelemetry, "after_step"),
+    ("gradient telemetry (clip watch)", ClipWatch, "_on_gradient"),
+    ("gradient telemetry (clip watch)", ClipWatch, "_note"),
+    ("gradient telemetry (clip watch)", ClipWatch, "take"),
+    (lambda tap: "snapshot: probe slices" if tap.mode == PROBE else "activation statistics",
+     LayerTap, "_take"),
+    ("activation statistics (arming)", LayerTap, "arm"),
+    ("activation statistics (arming)", LayerTap, "disarm"),
+    ("snapshot: weight copy", ProbeRunner, "begin"),
+    ("snapshot: probe slices", ProbeRunner, "advance"),
+    ("snapshot: outputs and float16", ProbeRunner, "finish"),
+    ("messages: step messages", StepReporter, "after_step"),
+    ("messages: step messages", StepReporter, "release_batch"),
+    ("messages: queueing", Outbox, "send_all"),
+    ("messages: queueing", Outbox, "send"),
+    ("messages: status", Outbox, "status"),
+    ("loss hook", LossWatch, "_hook"),
+    ("hooks: the rest", Run, "_after_step"),
+    ("hooks: the rest", Run, "_before_step"),
+)
+
+
+class CpuLedger:
+    """Own (exclusive) thread CPU seconds and calls per activity, for wrapped methods."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._stack: list[float] = []  # CPU seconds of the children of each open call
+
+    def wrap(self, activity: str | Callable[[Any], str], method: Callable) -> Callable:
+        @functools.wraps(method)
+        def timed(owner: Any, *args: Any, **kwargs: Any) -> Any:
+            name = activity if isinstance(activity, str) else activity(owner)
+            start = time.thread_time()
+            self._stack.append(0.0)
+            try:
+                return method(owner, *args, **kwargs)
+            finally:
+                spent = time.thread_time() - start
+                children = self._stack.pop()
+                self.seconds[name] += spent - children
+                self.calls[name] += 1
+                if self._stack:
+                    self._stack[-1] += spent
+        return timed
+
+
+def _installed(ledger: CpuLedger) -> list[tuple[type, str, Callable]]:
+    originals = []
+    for activity, cls, name in ENTRY_POINTS:
+        original = cls.__dict__[name]
+        originals.append((cls, name, original))
+        setattr(cls, name, ledger.wrap(activity, original))
+    return originals
+
+
+def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
+    """Train ``work`` for ``steps`` steps (watched when ``db`` is given); returns the training
+    thread's CPU seconds over the loop and what the run measured."""
+    model = work.build(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    criterion = nn.CrossEntropyLoss()
+    run = None
+    if db is not None:
+        run = capture.attach(model, probe=(work.x, work.y), criterion=criterion, db=db,
+                             run_name=f"breakdown-{work.name}")
+    data = demo.batches(work.x, work.y, batch_size=work.batch_size, seed=0)
+    start = time.thread_time()
+    for _, (xb, yb, _) in zip(range(steps), data):
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(xb), yb).backward()
+        optimizer.step()
+    cpu = time.thread_time() - start
+    info: dict = {}
+    if run is not None:
+        info = {"agent_overhead": run.overhead, "probe_size": run.probe_size,
+                "sender_cpu_s": run.counters().sender_cpu_seconds}
+        run.detach()
+    return cpu, info
+
+
+def breakdown(work: Workload, steps: int, db: Path) -> dict:
+    """One model: plain and watched training CPU time, and the watched run's ledger."""
+    _train(work, 20, None)  # first allocations and kernels, outside the figures
+    plain, _ = _train(work, steps, None)
+    ledger = CpuLedger()
+    originals = _installed(ledger)
+    try:
+        watched, info = _train(work, steps, db)
+    finally:
+        for cls, name, original in originals:
+            setattr(cls, name, original)
+    return {"model": work.name, "steps": steps, "plain_cpu_ms_per_step": 1e3 * plain / steps,
+            "watched_cpu_ms_per_step": 1e3 * watched / steps,
+            "capture_share_of_training_cpu": (watched - plain) / plain,
+            "activities_ms": {a: 1e3 * s for a, s in sorted(ledger.seconds.items())},
+            "calls": dict(ledger.calls), **info}
+
+
+def table_rows(summary: dict) -> list[dict]:
+    """One row per activity of one model's :func:`breakdown`, then the sender thread and all of
+    capture: CPU ms over the run, per step (us) and as a share of plain training's CPU time."""
+    steps, plain = summary["steps"], summary["plain_cpu_ms_per_step"] * summary["steps"]
+    whole = (summary["watched_cpu_ms_per_step"] - summary["plain_cpu_ms_per_step"]) * steps
+    spent = [(activity, ms, summary["calls"][activity])
+             for activity, ms in summary["activities_ms"].items()]
+    spent += [("sender thread", 1e3 * summary["sender_cpu_s"], None),
+              ("all of capture (training thread, watched - plain)", whole, None)]
+    return [{"model": summary["model"], "activity": activity, "cpu_ms": ms,
+             "us_per_step": 1e3 * ms / steps, "share": ms / plain, "calls": calls,
+             "steps": steps, "plain_ms_per_step": summary["plain_cpu_ms_per_step"],
+             "agent_overhead": summary["agent_overhead"], "probe_size": summary["probe_size"]}
+            for activity, ms, calls in spent]
+
+
+def _print(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"{first['model']}: {first['steps']} steps, plain training CPU "
+          f"{first['plain_ms_per_step']:.3f} ms/step; agent {first['agent_overhead']:.2%}; "
+          f"probe {first['probe_size']}", flush=True)
+    for row in rows:
+        calls = "" if row["calls"] is None else f"{row['calls']:6d} calls"
+        print(f"  {row['activity']:<52} {row['cpu_ms']:9.1f} ms  {row['share']:7.2%}  {calls}",
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--models", nargs="+", default=["cnn", "mlp"])
+    add_json_argument(parser)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    recorder = Recorder("capture_breakdown", args)
+    rows, summaries = [], []
+    with local_server("breakdown") as db:
+        for work in workloads(tuple(args.models)):
+            summaries.append(breakdown(work, args.steps, db))
+            rows += table_rows(summaries[-1])
+            _print(rows[-len(summaries[-1]["activities_ms"]) - 2:])
+    recorder.write(args.json, rows, threads=torch.get_num_threads(), models=summaries)
+
+
+if __name__ == "__main__":
+    main()
