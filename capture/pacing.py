@@ -25,16 +25,16 @@ from typing import Callable
 
 from sentrycam.capture.budget import Schedule
 from sentrycam.capture.snapshot import PendingSnapshot, ProbeRunner
-from sentrycam.protocol.messages import Snapshot
+from sentrycam.protocol.messages import Message
 
 
 class SnapshotPacer:
-    """Starts, advances and finishes the snapshots of one run; ``send`` gets each finished
-    :class:`Snapshot`. ``by_epoch``: snapshots come at epoch ends, about
+    """Starts, advances and finishes the snapshots of one run; ``send`` gets the messages of
+    each finished snapshot (see :meth:`ProbeRunner.finish`). ``by_epoch``: snapshots come at epoch ends, about
     ``schedule.controller.min_intervals["snapshot"]`` steps apart."""
 
     def __init__(self, run_id: str, runner: ProbeRunner | None, schedule: Schedule,
-                 by_epoch: bool, send: Callable[[Snapshot], None]) -> None:
+                 by_epoch: bool, send: Callable[[list[Message]], None]) -> None:
         self.run_id, self.runner, self.schedule = run_id, runner, schedule
         self.by_epoch, self.send = by_epoch, send
         self.controller = schedule.controller

@@ -21,8 +21,9 @@ from torch import nn
 from torch.func import functional_call
 
 from sentrycam.capture import batches
+from sentrycam.capture.attention import AttentionRecorder, AttentionTotals, attention_stats
 from sentrycam.capture.layers import IDLE, PROBE, LayerCaptureError, LayerTap, first_tensor
-from sentrycam.protocol.messages import Snapshot
+from sentrycam.protocol.messages import Message, Snapshot
 from sentrycam.capture.probe import Probe, preserved_global_rngs
 
 PROBE_CHUNK = 256
@@ -91,7 +92,8 @@ class PendingSnapshot:
     """A snapshot whose probe pass runs in slices over the steps after ``step``, all at the
     weights of ``step``: ``weights`` maps every parameter and buffer name to a detached copy
     made at that step (None for a one-shot pass, run at once while the model holds them).
-    ``done`` samples are through; ``logits`` and ``features`` hold their chunks so far."""
+    ``done`` samples are through; ``logits`` and ``features`` hold their chunks so far,
+    ``attention`` the sums of its attention statistics (:mod:`sentrycam.capture.attention`)."""
 
     step: int
     epoch: int
@@ -100,6 +102,7 @@ class PendingSnapshot:
     seconds: float = 0.0  # spent in this snapshot's slices so far (the copy included)
     logits: list[torch.Tensor | None] = field(default_factory=list)
     features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    attention: AttentionTotals = field(default_factory=dict)
 
 
 def frozen_weights(model: nn.Module, max_bytes: int) -> dict[str, torch.Tensor] | None:
@@ -127,6 +130,7 @@ class ProbeRunner:
         self.max_copy_bytes = max_copy_bytes
         self._labels = torch.from_numpy(probe.labels).to(device)
         self.sample_seconds: float | None = None  # smoothed probe seconds per sample
+        self.attention = AttentionRecorder(model)
 
     def _call(self, chunk: batches.Batch, weights: dict[str, torch.Tensor] | None) -> Any:
         if weights is None:
@@ -214,7 +218,8 @@ class ProbeRunner:
         """Run the next ``count`` samples of ``pending``; True once the whole probe is through."""
         start, stop = pending.done, min(pending.done + max(count, 1), len(self.probe))
         started = perf_counter()
-        pending.logits += self._run(start, stop, pending.features, pending.weights)
+        with self.attention.recording(pending.attention):
+            pending.logits += self._run(start, stop, pending.features, pending.weights)
         seconds = perf_counter() - started
         pending.done, pending.seconds = stop, pending.seconds + seconds
         per_sample = seconds / (stop - start)
@@ -239,9 +244,10 @@ class ProbeRunner:
             timed = FIRST_SLICE
         return min(remaining, max(pace, MIN_SLICE, min(timed, PROBE_CHUNK)))
 
-    def finish(self, run_id: str, pending: PendingSnapshot) -> Snapshot:
-        """The finished snapshot (features float16, see :class:`Snapshot`); runs what is left
-        of the probe first."""
+    def finish(self, run_id: str, pending: PendingSnapshot) -> list[Message]:
+        """The finished snapshot (features float16, see :class:`Snapshot`), followed by the
+        LayerStats of its attention heads where the model has attention modules; runs what is
+        left of the probe first."""
         if pending.done < len(self.probe):
             self.advance(pending, len(self.probe) - pending.done)
         n = len(self.probe)
@@ -254,11 +260,13 @@ class ProbeRunner:
             if sum(len(c) for c in chunks) != n:
                 continue  # the layer skipped some chunk (conditional compute): leave it out
             arrays[name], nonfinite[name] = _to_float16(torch.cat(chunks))
-        return Snapshot(run_id=run_id, step=pending.step, epoch=pending.epoch,
-                        sample_ids=self.probe.sample_ids, outputs=outputs, features=arrays,
-                        nonfinite=nonfinite)
+        snapshot = Snapshot(run_id=run_id, step=pending.step, epoch=pending.epoch,
+                            sample_ids=self.probe.sample_ids, outputs=outputs, features=arrays,
+                            nonfinite=nonfinite)
+        attention = attention_stats(run_id, pending.step, pending.attention)
+        return [snapshot] if attention is None else [snapshot, attention]
 
-    def take(self, run_id: str, step: int, epoch: int) -> Snapshot:
+    def take(self, run_id: str, step: int, epoch: int) -> list[Message]:
         """The probe seen by the model now, in one pass (no copy of the weights)."""
         return self.finish(run_id, PendingSnapshot(step, epoch, None))
 
