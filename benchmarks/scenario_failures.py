@@ -21,6 +21,9 @@ LR_FACTORS = {
 }
 #: Gradient norm that ``heavy_clipping`` clips to: about 1/1000 of these nets' usual norm.
 CLIP_TO = 1e-3
+#: Factor ``attention_collapse`` scales every attention module's query projection by: the
+#: attention logits grow as much, and each head's softmax saturates onto one key.
+QUERY_SCALE = 30.0
 
 
 def _vanish(grad: torch.Tensor) -> torch.Tensor:
@@ -105,6 +108,13 @@ class Injection:
             for state in self.optimizer.state.values():
                 if "exp_avg_sq" in state:
                     state["exp_avg_sq"].mul_(1e-5)
+        elif self.kind == "attention_collapse":
+            with torch.no_grad():
+                for module in self.model.modules():
+                    if isinstance(module, nn.MultiheadAttention):  # packed q, k, v rows
+                        query = slice(0, module.embed_dim)
+                        module.in_proj_weight[query] *= QUERY_SCALE
+                        module.in_proj_bias[query] *= QUERY_SCALE
         elif self.kind == "vanishing_gradients":
             # Scaled as backward computes them, as vanishing gradients arise: an in-place change
             # after backward would read to capture as clipping (the norm before it is recorded).
