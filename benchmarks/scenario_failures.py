@@ -21,13 +21,29 @@ LR_FACTORS = {
 }
 #: Gradient norm that ``heavy_clipping`` clips to: about 1/1000 of these nets' usual norm.
 CLIP_TO = 1e-3
-#: Factor ``attention_collapse`` scales every attention module's query projection by: the
-#: attention logits grow as much, and each head's softmax saturates onto one key.
-QUERY_SCALE = 30.0
+#: Factor ``attention_collapse`` scales every attention module's query projection by, over
+#: QUERY_RAMP steps (log scale growing with the square of the time, so that the weights'
+#: growth rate rises smoothly as logit growth does): the attention logits grow as much, and
+#: each head's softmax saturates onto one key.
+QUERY_SCALE, QUERY_RAMP = 30.0, 60
 
 
 def _vanish(grad: torch.Tensor) -> torch.Tensor:
     return grad * 1e-6
+
+
+def _query_scale(since: int) -> float:
+    return QUERY_SCALE ** (min(since, QUERY_RAMP) / QUERY_RAMP) ** 2
+
+
+def _scale_queries(model: nn.Module, factor: float) -> None:
+    """Multiply the query projection (weight and bias) of every nn.MultiheadAttention."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.MultiheadAttention):  # q, k, v rows packed in in_proj
+                query = slice(0, module.embed_dim)
+                module.in_proj_weight[query] *= factor
+                module.in_proj_bias[query] *= factor
 
 
 class Injection:
@@ -108,13 +124,6 @@ class Injection:
             for state in self.optimizer.state.values():
                 if "exp_avg_sq" in state:
                     state["exp_avg_sq"].mul_(1e-5)
-        elif self.kind == "attention_collapse":
-            with torch.no_grad():
-                for module in self.model.modules():
-                    if isinstance(module, nn.MultiheadAttention):  # packed q, k, v rows
-                        query = slice(0, module.embed_dim)
-                        module.in_proj_weight[query] *= QUERY_SCALE
-                        module.in_proj_bias[query] *= QUERY_SCALE
         elif self.kind == "vanishing_gradients":
             # Scaled as backward computes them, as vanishing gradients arise: an in-place change
             # after backward would read to capture as clipping (the norm before it is recorded).
@@ -124,6 +133,9 @@ class Injection:
     def before_step(self, step: int) -> None:
         if self.kind == "heavy_clipping" and self.active(step):
             nn.utils.clip_grad_norm_(self.model.parameters(), CLIP_TO)
+        elif self.kind == "attention_collapse" and self.active(step):
+            since = step - self.at
+            _scale_queries(self.model, _query_scale(since + 1) / _query_scale(since))
 
     def train_subset(self, step: int) -> bool:
         """Overfitting: from ``at`` on, training sees only a small fixed subset."""
