@@ -122,22 +122,17 @@ def test_a_snapshot_records_each_heads_attention_exactly():
     assert np.all(sent["encoder.layers.0.self_attn"][:, 0] < math.log(LENGTH) - 0.3)
 
 
-def test_a_spread_snapshot_measures_the_weights_of_its_own_step():
+def test_a_spread_snapshot_measures_the_weights_of_its_own_step(train):
     x, y = sequences(48, seed=2)
     model = build(seed=3)
     transport = MemoryTransport()
     # each snapshot's probe pass runs in slices over the next steps, while the weights move
     run = capture.attach(model, probe=(x, y), transport=transport, every=4,
                          overhead_budget=None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     states = {}
-    gen = torch.Generator().manual_seed(0)
-    for step in range(9):
-        idx = torch.randint(0, len(y), (16,), generator=gen)
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        optimizer.step()
-        states[step] = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, x, y, 9, optimizer=torch.optim.Adam(model.parameters(), lr=0.05), batch=16,
+          each_step=lambda step: states.setdefault(
+              step, {k: v.clone() for k, v in model.state_dict().items()}))
     run.detach()
     messages = attention_messages(transport)
     assert [m.step for m in messages] == [0, 4, 8]
@@ -148,26 +143,20 @@ def test_a_spread_snapshot_measures_the_weights_of_its_own_step():
             np.testing.assert_allclose(as_layers(message)[module], values, atol=1e-5, rtol=0)
 
 
-def test_training_with_attention_statistics_is_bit_identical():
+def test_training_with_attention_statistics_is_bit_identical(train):
     x, y = sequences(64, seed=4)
 
-    def train(watched: bool) -> dict[str, torch.Tensor]:
+    def trained(watched: bool) -> dict[str, torch.Tensor]:
         model = build(seed=5)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         run = (capture.attach(model, probe=(x, y), transport=MemoryTransport(), every=2,
                               overhead_budget=None, stats_every=1) if watched else None)
-        gen = torch.Generator().manual_seed(6)
-        for _ in range(10):
-            idx = torch.randint(0, len(y), (16,), generator=gen)
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
+        train(model, x, y, 10, batch=16, seed=6)
         if run is not None:
             assert len(attention_messages(run._transport)) >= 4  # it really measured
             run.detach()
         return model.state_dict()
 
-    plain, watched = train(False), train(True)
+    plain, watched = trained(False), trained(True)
     for name, value in plain.items():
         assert torch.equal(value, watched[name]), name
     assert torch.backends.mha.get_fastpath_enabled()  # put back after every probe pass
