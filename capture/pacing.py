@@ -30,8 +30,8 @@ from sentrycam.protocol.messages import Message
 
 class SnapshotPacer:
     """Starts, advances and finishes the snapshots of one run; ``send`` gets the messages of
-    each finished snapshot (see :meth:`ProbeRunner.finish`). ``by_epoch``: snapshots come at epoch ends, about
-    ``schedule.controller.min_intervals["snapshot"]`` steps apart."""
+    each finished snapshot (:meth:`ProbeRunner.finish`). ``by_epoch``: snapshots come at epoch
+    ends, about ``schedule.controller.min_intervals["snapshot"]`` steps apart."""
 
     def __init__(self, run_id: str, runner: ProbeRunner | None, schedule: Schedule,
                  by_epoch: bool, send: Callable[[list[Message]], None]) -> None:
