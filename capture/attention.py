@@ -1,13 +1,15 @@
-"""Per-head attention statistics of the probe pass, for models built on nn.MultiheadAttention.
+"""Per-head attention statistics of the probe pass, where the model exposes its attention.
 
 During a snapshot's probe pass only, a forward hook on every ``nn.MultiheadAttention`` (also
 the ones inside ``nn.TransformerEncoderLayer`` / ``DecoderLayer``) calls the module's own
 ``forward`` again on the hook's inputs, with ``need_weights=True`` and per-head weights: the
 attention weights are then exactly the ones the module computes (its projections at the
 snapshot's frozen weights, every mask argument honoured, bias_k/add_zero_attn included).
-Nothing of the user's model is patched, and training never runs these hooks. The fused fast
-path of the encoder layers skips the attention module's forward, so it is turned off while the
-probe runs (``torch.backends.mha``), and put back after.
+The fused fast path of the encoder layers skips the attention module's forward, so it is
+turned off while the probe runs (``torch.backends.mha``), and put back after. Hugging Face
+attention modules return their weights themselves when the model runs the ``eager``
+attention implementation; a hook reads them there (``sdpa`` computes none: no statistics).
+Nothing of the user's model is patched, and training never runs these hooks.
 
 Per head, over every probe sample and every query token (rows whose weights are not finite, a
 query with every key masked, are left out):
@@ -109,12 +111,15 @@ def attention_stats(run_id: str, step: int, totals: AttentionTotals) -> LayerSta
 
 
 class AttentionRecorder:
-    """The ``nn.MultiheadAttention`` modules of a model, and the hooks that measure them."""
+    """The attention modules of a model, and the hooks that measure them: every
+    ``nn.MultiheadAttention``, and every innermost module whose class name ends in
+    ``Attention`` (Hugging Face's self-attention modules, which return their weights)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.modules = [(name, module) for name, module in model.named_modules()
-                        if isinstance(module, nn.MultiheadAttention)]
-        self.failed: set[str] = set()  # modules whose weights could not be recomputed
+        named = list(model.named_modules())
+        self.modules = [(name, module) for name, module in named
+                        if isinstance(module, nn.MultiheadAttention) or _returns_weights(module)]
+        self.failed: set[str] = set()  # modules whose weights could not be read
 
     @contextlib.contextmanager
     def recording(self, totals: AttentionTotals) -> Iterator[None]:
@@ -126,6 +131,7 @@ class AttentionRecorder:
         fast = torch.backends.mha.get_fastpath_enabled()
         handles = [module.register_forward_hook(self._hook(name, totals), with_kwargs=True)
                    for name, module in self.modules if name not in self.failed]
+        # The fused encoder-layer fast path would skip nn.MultiheadAttention's forward.
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             yield
@@ -135,20 +141,46 @@ class AttentionRecorder:
                 handle.remove()
 
     def _hook(self, name: str, totals: AttentionTotals) -> Any:
-        def measure(module: nn.MultiheadAttention, args: tuple, kwargs: dict,
-                    output: Any) -> None:
+        def measure(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if name in self.failed:
                 return
-            sums = totals.get(name) or totals.setdefault(name, HeadSums.zeros(module.num_heads))
             try:
-                for weights in head_weights(module, args, kwargs):
+                found = (head_weights(module, args, kwargs)
+                         if isinstance(module, nn.MultiheadAttention) else returned_weights(output))
+                for weights in found:
+                    sums = totals.get(name) or totals.setdefault(
+                        name, HeadSums.zeros(weights.shape[1]))
                     sums.add(weights)
-            except Exception:  # a subclass with another forward: the probe itself goes on
-                log.warning("sentrycam: no attention statistics for %s (its weights could not "
-                            "be recomputed)", name, exc_info=True)
+            except Exception:  # another forward than expected: the probe itself goes on
+                log.warning("sentrycam: no attention statistics for %s (its attention weights "
+                            "could not be read)", name, exc_info=True)
                 self.failed.add(name)
                 totals.pop(name, None)
         return measure
+
+
+def _returns_weights(module: nn.Module) -> bool:
+    """An innermost module named ``*Attention`` (no such module inside it): in Hugging Face
+    models, the one whose forward returns ``(output, weights [B, H, L, S])``."""
+    def named_attention(m: nn.Module) -> bool:
+        return type(m).__name__.endswith("Attention") or isinstance(m, nn.MultiheadAttention)
+    return named_attention(module) and not any(
+        named_attention(m) for m in module.modules() if m is not module)
+
+
+def returned_weights(output: Any) -> Iterator[torch.Tensor]:
+    """The attention weights float [B, H, L, S] a module returned as the second item of its
+    output (Hugging Face's eager attention); nothing when it returned none (``sdpa`` and the
+    other fused implementations compute no weights). ValueError when that item is not a
+    distribution over keys."""
+    weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
+        return
+    sums = weights.detach().float().sum(-1)
+    finite = torch.isfinite(sums)
+    if not torch.allclose(sums[finite], torch.ones_like(sums[finite]), atol=1e-3):
+        raise ValueError(f"the second output {tuple(weights.shape)} is not attention weights")
+    yield weights.detach()
 
 
 def head_weights(module: nn.MultiheadAttention, args: tuple, kwargs: dict

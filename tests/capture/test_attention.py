@@ -3,7 +3,8 @@
 The reference is computed by hand from each encoder layer's own ``in_proj`` weights (scores,
 causal and padding masks, softmax), independently of the module's forward; the statistics
 capture sends must equal it to 1e-5, at the weights of the snapshot's step even when its probe
-pass is spread over later steps. Training stays bit-identical.
+pass is spread over later steps. Training stays bit-identical. A Hugging Face model running
+eager attention gives the weights it returns (``output_attentions``' weights).
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def build(seed: int = 0) -> Encoder:
         return Encoder()
 
 
+def hand_stats(weights: torch.Tensor) -> np.ndarray:
+    """[H, len(ATTENTION_STATS)] of weights [B, H, L, S] over every row, in float64."""
+    rows = weights.double().permute(0, 2, 1, 3).reshape(-1, weights.shape[1], weights.shape[3])
+    heads = rows.shape[1]
+    tv = 0.5 * (rows[:, :, None] - rows[:, None]).abs().sum(3)
+    return torch.stack([-torch.special.xlogy(rows, rows).sum(2).mean(0), rows.amax(2).mean(0),
+                        ((1 - tv).sum(2) - 1).mean(0) / (heads - 1)], 1).numpy()
+
+
 def by_hand(model: Encoder, x: torch.Tensor) -> dict[str, np.ndarray]:
     """Layer name -> [HEADS, len(ATTENTION_STATS)] from softmax(q k^T / sqrt(d) + masks)
     computed from the in_proj weights, layer after layer (float64)."""
@@ -78,13 +88,7 @@ def by_hand(model: Encoder, x: torch.Tensor) -> dict[str, np.ndarray]:
             q = split(hidden.double() @ w_q.T + b_q)
             k = split(hidden.double() @ w_k.T + b_k)
             weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(DIM // HEADS) + bias, -1)
-            rows = weights.permute(0, 2, 1, 3).reshape(-1, HEADS, LENGTH)  # [R, H, S]
-            entropy = -torch.special.xlogy(rows, rows).sum(2).mean(0)
-            top = rows.amax(2).mean(0)
-            tv = 0.5 * (rows[:, :, None] - rows[:, None]).abs().sum(3)  # [R, H, H]
-            agreement = ((1 - tv).sum(2) - 1).mean(0) / (HEADS - 1)
-            found[f"encoder.layers.{i}.self_attn"] = torch.stack(
-                [entropy, top, agreement], 1).numpy()
+            found[f"encoder.layers.{i}.self_attn"] = hand_stats(weights)
             hidden = layer.train()(hidden, src_mask=causal, src_key_padding_mask=padding)
     return found
 
@@ -200,3 +204,35 @@ def test_models_without_attention_send_no_attention_statistics(make_model, data)
     run.snapshot()
     run.detach()
     assert transport.of_kind("snapshot") and not attention_messages(transport)
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_hugging_face_attention_is_read_from_its_eager_weights(monkeypatch, implementation):
+    """An eager HF model returns its weights: they are the statistics; sdpa computes none."""
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(9)
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            vocab_size=30, num_labels=CLASSES, attn_implementation=implementation))
+    gen = torch.Generator().manual_seed(10)
+    ids = torch.randint(0, 30, (24, 9), generator=gen)
+    mask = (torch.arange(9)[None] < torch.randint(5, 10, (24, 1), generator=gen)).long()
+    labels = torch.arange(24) % CLASSES
+    transport = MemoryTransport()
+    run = capture.attach(model, probe=({"input_ids": ids, "attention_mask": mask}, labels),
+                         transport=transport)
+    run.snapshot()
+    run.detach()
+    sent = attention_messages(transport)
+    if implementation == "sdpa":
+        assert not sent
+        return
+    model.eval()
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    layers = as_layers(sent[0])
+    assert list(layers) == [f"bert.encoder.layer.{i}.attention.self" for i in range(2)]
+    for values, weights in zip(layers.values(), reference):
+        np.testing.assert_allclose(values, hand_stats(weights), atol=1e-5, rtol=0)
