@@ -21,10 +21,30 @@ LR_FACTORS = {
 }
 #: Gradient norm that ``heavy_clipping`` clips to: about 1/1000 of these nets' usual norm.
 CLIP_TO = 1e-3
+#: Factor ``attention_collapse`` scales the attention logits of every attention module by,
+#: over QUERY_RAMP steps: the query and the key projections each grow by its square root (log
+#: scale growing with the square of the time, so that the weights' growth rate rises smoothly,
+#: as logit growth does), and each head's softmax saturates onto one key.
+QUERY_SCALE, QUERY_RAMP = 30.0, 120
 
 
 def _vanish(grad: torch.Tensor) -> torch.Tensor:
     return grad * 1e-6
+
+
+def _logit_scale(since: int) -> float:
+    return QUERY_SCALE ** (min(since, QUERY_RAMP) / QUERY_RAMP) ** 2
+
+
+def _scale_logits(model: nn.Module, factor: float) -> None:
+    """Multiply the query and key projections (weights and biases) of every
+    nn.MultiheadAttention by sqrt(``factor``): its attention logits by ``factor``."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.MultiheadAttention):  # q, k, v rows packed in in_proj
+                query_key = slice(0, 2 * module.embed_dim)
+                module.in_proj_weight[query_key] *= factor ** 0.5
+                module.in_proj_bias[query_key] *= factor ** 0.5
 
 
 class Injection:
@@ -114,6 +134,9 @@ class Injection:
     def before_step(self, step: int) -> None:
         if self.kind == "heavy_clipping" and self.active(step):
             nn.utils.clip_grad_norm_(self.model.parameters(), CLIP_TO)
+        elif self.kind == "attention_collapse" and self.active(step):
+            since = step - self.at
+            _scale_logits(self.model, _logit_scale(since + 1) / _logit_scale(since))
 
     def train_subset(self, step: int) -> bool:
         """Overfitting: from ``at`` on, training sees only a small fixed subset."""

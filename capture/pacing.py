@@ -25,12 +25,12 @@ from typing import Callable
 
 from sentrycam.capture.budget import MIN_MAP_SAMPLES, Schedule
 from sentrycam.capture.snapshot import PendingSnapshot, ProbeRunner
-from sentrycam.protocol.messages import Snapshot
+from sentrycam.protocol.messages import Message
 
 
 class SnapshotPacer:
-    """Starts, advances and finishes the snapshots of one run; ``send`` gets each finished
-    :class:`Snapshot`. ``by_epoch``: snapshots come at epoch ends, about
+    """Starts, advances and finishes the snapshots of one run; ``send`` gets the messages of
+    each finished snapshot (:meth:`ProbeRunner.finish`). ``by_epoch``: snapshots come at epoch ends, about
     ``schedule.controller.min_intervals["snapshot"]`` steps apart.
 
     Probe size: with a budget, a spread snapshot covers as many probe samples (a class-
@@ -43,7 +43,7 @@ class SnapshotPacer:
     """
 
     def __init__(self, run_id: str, runner: ProbeRunner | None, schedule: Schedule,
-                 by_epoch: bool, send: Callable[[Snapshot], None]) -> None:
+                 by_epoch: bool, send: Callable[[list[Message]], None]) -> None:
         self.run_id, self.runner, self.schedule = run_id, runner, schedule
         self.by_epoch, self.send = by_epoch, send
         self.controller = schedule.controller
@@ -114,11 +114,11 @@ class SnapshotPacer:
     def _send(self) -> None:
         pending, self.pending = self.pending, None
         started = perf_counter()
-        snapshot = self.runner.finish(self.run_id, pending)
+        messages = self.runner.finish(self.run_id, pending)
         seconds = pending.seconds + perf_counter() - started
         self.controller.spend(perf_counter() - started)
         full = len(self.runner.probe)
         self.controller.record("snapshot", seconds * full / max(pending.done, 1))
         if pending.done < full:
             self.reduced = (pending.done, full)
-        self.send(snapshot)
+        self.send(messages)

@@ -83,7 +83,7 @@ class Run:
         self._outbox = Outbox(run_id, transport, self._schedule)
         self._send, self._send_all = self._outbox.send, self._outbox.send_all
         self._pacer = SnapshotPacer(run_id, runner, self._schedule, every == "epoch",
-                                    lambda snapshot: self._send_all([snapshot]))
+                                    self._send_all)
         self._loss = LossWatch(criterion, guard) if criterion is not None else None
         self._reporter = StepReporter(run_id, model, self._loss, self._telemetry_due)
         self._held = self._reporter.held  # appended to by the quiet path

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sentrycam.capture import batches
+from sentrycam.capture.attention import AttentionRecorder, AttentionTotals, attention_stats
 from sentrycam.capture.layers import IDLE, PROBE, LayerCaptureError, LayerTap, first_tensor
-from sentrycam.protocol.messages import Snapshot
+from sentrycam.protocol.messages import Message, Snapshot
 from sentrycam.capture.probe import Probe, preserved_global_rngs
 
 PROBE_CHUNK = 256
@@ -141,7 +142,8 @@ class PendingSnapshot:
     run at once while the model holds them). The pass covers the first ``target`` probe
     positions of :attr:`ProbeRunner.order` (the pacer may lower it while the pass runs, never
     below ``done``); ``done`` of them are through; ``logits`` and ``features`` hold their
-    chunks so far."""
+    chunks so far, ``attention`` the sums of its attention statistics
+    (:mod:`sentrycam.capture.attention`)."""
 
     step: int
     epoch: int
@@ -151,6 +153,7 @@ class PendingSnapshot:
     seconds: float = 0.0  # spent in this snapshot's slices so far (the copy included)
     logits: list[torch.Tensor | None] = field(default_factory=list)
     features: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    attention: AttentionTotals = field(default_factory=dict)
 
 
 class ProbeRunner:
@@ -174,6 +177,7 @@ class ProbeRunner:
         self._labels = torch.from_numpy(probe.labels).to(device)
         self.sample_seconds: float | None = None  # smoothed forward seconds per sample
         self.slice_overhead = 0.0  # smoothed seconds of a slice outside the model's forward
+        self.attention = AttentionRecorder(model)
 
     def _forward(self, start: int, stop: int, features: dict[str, list[torch.Tensor]]
                  ) -> torch.Tensor | None:
@@ -263,7 +267,8 @@ class ProbeRunner:
         start, stop = pending.done, min(pending.done + max(count, 1), pending.target)
         if stop > start:
             started = perf_counter()
-            logits, forward = self._run(start, stop, pending.features, pending.weights)
+            with self.attention.recording(pending.attention):
+                logits, forward = self._run(start, stop, pending.features, pending.weights)
             seconds = perf_counter() - started
             pending.logits += logits
             pending.done, pending.seconds = stop, pending.seconds + seconds
@@ -304,10 +309,11 @@ class ProbeRunner:
         per_sample = self.sample_seconds + self.slice_overhead / PROBE_CHUNK
         return int(seconds / per_sample)
 
-    def finish(self, run_id: str, pending: PendingSnapshot) -> Snapshot:
+    def finish(self, run_id: str, pending: PendingSnapshot) -> list[Message]:
         """The finished snapshot of the ``pending.target`` first positions of :attr:`order`,
-        rows in probe order (features float16, see :class:`Snapshot`); runs what is left of
-        the pass first."""
+        rows in probe order (features float16, see :class:`Snapshot`), followed by the
+        LayerStats of its attention heads where the model has attention modules; runs what is
+        left of the pass first."""
         if pending.done < pending.target:
             self.advance(pending, pending.target - pending.done)
         n = pending.done
@@ -325,11 +331,13 @@ class ProbeRunner:
                 continue  # the layer skipped some chunk (conditional compute): leave it out
             arrays[name], nonfinite[name] = _to_float16(torch.cat(chunks)[rows.to(
                 chunks[0].device)])
-        return Snapshot(run_id=run_id, step=pending.step, epoch=pending.epoch,
-                        sample_ids=self.probe.sample_ids[np.sort(positions)], outputs=outputs,
-                        features=arrays, nonfinite=nonfinite)
+        snapshot = Snapshot(run_id=run_id, step=pending.step, epoch=pending.epoch,
+                            sample_ids=self.probe.sample_ids[np.sort(positions)],
+                            outputs=outputs, features=arrays, nonfinite=nonfinite)
+        attention = attention_stats(run_id, pending.step, pending.attention)
+        return [snapshot] if attention is None else [snapshot, attention]
 
-    def take(self, run_id: str, step: int, epoch: int) -> Snapshot:
+    def take(self, run_id: str, step: int, epoch: int) -> list[Message]:
         """The whole probe seen by the model now, in one pass (no copy of the weights)."""
         return self.finish(run_id, PendingSnapshot(step, epoch, None, len(self.probe)))
 

@@ -42,6 +42,7 @@ class Source(str, Enum):
     ACTIVATIONS = "activations"  # per-layer activation statistics (capture/activations.py)
     LOSS = "loss"  # the hooked criterion, or run.log(loss=...)
     OPTIMIZER = "optimizer"  # the optimizer's parameter groups
+    ATTENTION = "attention"  # attention maps of the probe pass (capture/attention.py)
     USER = "user"  # anything else given to run.log(...)
 
 
@@ -136,6 +137,18 @@ NONFINITE = Signal("nonfinite", Scope.LAYER, Source.ACTIVATIONS,
                    "count of NaN/Inf values in the layer's output (the other statistics skip "
                    "them)")
 
+# -- per attention head, at snapshot steps (LayerStats, layer "<module>:head<h>") ----------
+
+ATTN_ENTROPY = Signal("attn_entropy", Scope.LAYER, Source.ATTENTION,
+                      "mean entropy (nats) of the head's attention over keys, over every query "
+                      "token of the probe: 0 when all weight goes to one key, log(keys) when "
+                      "uniform")
+ATTN_MAX = Signal("attn_max", Scope.LAYER, Source.ATTENTION,
+                  "mean over the probe's query tokens of the head's largest attention weight")
+ATTN_AGREEMENT = Signal("attn_agreement", Scope.LAYER, Source.ATTENTION,
+                        "mean over the module's other heads of 1 - total variation distance "
+                        "between the two heads' attention rows (1: the heads attend alike)")
+
 #: Every signal, in declaration order (the packing order within a source and scope).
 #: Families are tried in this order too: a logged "val_loss2" is a loss before it is a
 #: validation metric.
@@ -145,7 +158,7 @@ SIGNALS: tuple[Signal, ...] = (
     # Interleaved so that the heatmaps come in the dashboard's order; each source keeps its
     # own packing order (parameters: grad_norm, weight_norm, update_ratio).
     LAYER_GRAD_NORM, ACT_MEAN, ACT_STD, DEAD_FRAC, WEIGHT_NORM, LAYER_UPDATE_RATIO,
-    SAT_FRAC, EFF_RANK, NONFINITE,
+    SAT_FRAC, EFF_RANK, NONFINITE, ATTN_ENTROPY, ATTN_MAX, ATTN_AGREEMENT,
 )
 
 
@@ -162,6 +175,8 @@ TELEMETRY_SCALARS = packed(Source.PARAMETERS, Scope.STEP)
 PARAMETER_STATS = packed(Source.PARAMETERS, Scope.LAYER)
 #: Per-layer activation statistics (the stats of their LayerStats messages), in packing order.
 ACTIVATION_STATS = packed(Source.ACTIVATIONS, Scope.LAYER)
+#: Per-head attention statistics of a snapshot (the stats of its attention LayerStats).
+ATTENTION_STATS = tuple(s.name for s in SIGNALS if s.source is Source.ATTENTION)
 
 
 def heatmaps(registry: tuple[Signal, ...] = SIGNALS) -> tuple[Signal, ...]:

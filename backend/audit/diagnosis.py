@@ -64,7 +64,7 @@ CAUSES: tuple[Cause, ...] = (
         "dead_units": 4.0, "effective_rank": 3.0, "class_collapse": 1.5,
         "class_separation": 1.5, "davies_bouldin": 1.5, "knn_consistency": 1.0,
         "class_drift": 1.0, "saturation": 1.0, "confidence_collapse": 0.5,
-        "entropy_drift": 0.5},
+        "entropy_drift": 0.5, "attention_collapse": 4.0},
         "the representation is collapsing (dead units, few directions, classes merging): "
         "lower the learning rate, use a leaky activation or normalisation, check "
         "initialisation"),

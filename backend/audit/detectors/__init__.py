@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from sentrycam.backend.audit.detectors.attention import AttentionCollapse
 from sentrycam.backend.audit.detectors.base import Detector, MapView, ProbeView
 from sentrycam.backend.audit.detectors.geometry import GeometryDetector, MapGeometryDetector
 from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, OptimizerState,
@@ -24,7 +25,7 @@ DETECTOR_TYPES: tuple[type[Detector], ...] = (
     GradientExplosion, VanishingGradients, UpdateStall, OptimizerState, WeightDrift,
     DeadUnits, Saturation, GradientFlow, WeightNormImbalance,
     ConfidenceCollapse, EntropyDrift, FallingCorrectRate, LossDistributionShift,
-    Overfitting, GeometryDetector, MapGeometryDetector,
+    Overfitting, GeometryDetector, MapGeometryDetector, AttentionCollapse,
 )
 
 
