@@ -155,6 +155,7 @@ TABLES: dict[str, list[Column]] = {
         ("messages/s (total)", lambda r: f"{num(r['messages_per_s'], 0)} "
                                           f"({r['messages']:,})"),
         ("peak queue", lambda r: str(r["peak_queue_depth"])),
+        ("server CPU ms / message", lambda r: num(r.get("server_cpu_ms_per_message"))),
         ("send -> frame lag mean / p50 / p95 / p99 / max (s)",
          lambda r: spread(r["lag_s"], ("mean", "p50", "p95", "p99", "max"), 2, "")),
         ("detach mean / max (s)", lambda r: spread(r["detach_s"], ("mean", "max"), 2, "")),

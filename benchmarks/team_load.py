@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import queue
 import sys
 import tempfile
@@ -146,6 +147,12 @@ def subscriber(url: str, run_ids: list[str], per_run: int, stop: Any, out: Any) 
     client.close()
     out.put({"lags": lags, "map_lags": map_lags, "dropped": dropped[0],
              "connects": sum(s.connects for s in subscriptions)})
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def collect(results: Any, trainers: list[Any]) -> Any:
@@ -281,7 +288,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
         for process in trainers:
             process.start()
         barrier.wait(timeout=600)
-        started = time.time()
+        started, cpu_started = time.time(), cpu_seconds(server.pid)
         run_ids = [collect(results, trainers) for _ in trainers]
         groups = [run_ids[i::SUBSCRIBER_PROCESSES] for i in range(SUBSCRIBER_PROCESSES)]
         subscribers = [context.Process(target=subscriber, args=(
@@ -290,6 +297,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
             process.start()
         done = [collect(results, trainers) for _ in trainers]
         finished = max(t["finished_at"] for t in done)
+        server_cpu_s = cpu_seconds(server.pid) - cpu_started
         time.sleep(1.0)  # one more health sample after the last detach
         projector = settle(watch, SETTLE_S)
         stop.set()
@@ -315,6 +323,8 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
         "serve_args": forwarded, "messages": committed,
         "messages_per_s": committed / max(finished - started, 1e-9),
         "seconds": finished - started, "lag_s": lags,
+        "server_cpu_s": server_cpu_s, "server_cpu_ms_per_message": 1000 * server_cpu_s / max(
+            committed, 1),
         "detach_s": distribution(t["detach_s"] for t in done),
         "peak_queue_depth": watch.peak_queue, "server_rss_peak_mb": peak_kib / 1024,
         "snapshots": check["snapshots"], "maps": check["maps"],
@@ -337,6 +347,8 @@ def summary(row: dict[str, Any]) -> str:
         f"{row['projector_warm_up_s']:.0f} s before the trainers started)",
         f"  ingested      {row['messages']} messages, {row['messages_per_s']:.0f}/s "
         f"over {row['seconds']:.1f} s; peak writer queue {row['peak_queue_depth']}",
+        f"  server CPU    {row['server_cpu_s']:.1f} s, "
+        f"{row['server_cpu_ms_per_message']:.2f} ms per message",
         f"  lag (s)       mean {f(lag['mean'])}  p50 {f(lag['p50'])}  p95 {f(lag['p95'])}  "
         f"p99 {f(lag['p99'])}  max {f(lag['max'])}  (n={lag['n']})",
         f"  detach (s)    mean {f(detach['mean'])}  max {f(detach['max'])}",
