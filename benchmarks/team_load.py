@@ -23,11 +23,12 @@ server RSS peak (VmHWM), and the end check of the store: every run finished, eac
 trainer, every logged ``bench_sent_at`` stored once, no duplicate rows.
 
 ``--projector MODE`` is passed on to ``sentrycam serve --projector MODE`` (``off`` runs the
-server without a projector); any other option this script does not know goes to ``sentrycam
-serve`` too (``-- --flag value``).
+server without a projector); ``--no-audit`` runs it without the audit engine; any other option
+this script does not know goes to ``sentrycam serve`` too (``-- --flag value``).
 
     python benchmarks/team_load.py [--trainers 20] [--subscribers 5] [--steps 400]
-        [--every 20] [--probe 500] [--model cnn|mlp] [--projector MODE] [--json OUT]
+        [--every 20] [--probe 500] [--model cnn|mlp] [--projector MODE] [--no-audit]
+        [--json OUT]
         [-- SERVE ARGS...]
 """
 
@@ -272,8 +273,8 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     env_projector = "off" if args.projector == "off" else "on"
     forwarded = serve_args + ([] if args.projector in (None, "off")
                               else ["--projector", args.projector])
-    server, url = start_server(db, env={"SENTRYCAM_PROJECTOR": env_projector},
-                               extra_args=forwarded)
+    env = {"SENTRYCAM_PROJECTOR": env_projector, "SENTRYCAM_AUDIT": str(args.audit).lower()}
+    server, url = start_server(db, env=env, extra_args=forwarded)
     watch = HealthWatch(url)
     warm_up_s = warm_up(watch)
     watch.start()
@@ -318,7 +319,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     lags = distribution(lag for s in seen for lag in s["lags"])
     return {
         "trainers": args.trainers, "subscribers_per_run": args.subscribers,
-        "steps": args.steps, "projector": args.projector or "default",
+        "steps": args.steps, "projector": args.projector or "default", "audit": args.audit,
         "projector_warm_up_s": warm_up_s,
         "serve_args": forwarded, "messages": committed,
         "messages_per_s": committed / max(finished - started, 1e-9),
@@ -343,7 +344,8 @@ def summary(row: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.2f}"
     return "\n".join([
         f"{row['trainers']} trainers x {row['subscribers_per_run']} subscribers, "
-        f"{row['steps']} steps, projector {row['projector']} (warm-up "
+        f"{row['steps']} steps, projector {row['projector']}, audit "
+        f"{'on' if row.get('audit', True) else 'off'} (warm-up "
         f"{row['projector_warm_up_s']:.0f} s before the trainers started)",
         f"  ingested      {row['messages']} messages, {row['messages_per_s']:.0f}/s "
         f"over {row['seconds']:.1f} s; peak writer queue {row['peak_queue_depth']}",
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     parser.add_argument("--projector", default=None,
                         help="passed on as `sentrycam serve --projector MODE`; off: none")
+    parser.add_argument("--no-audit", dest="audit", action="store_false",
+                        help="run the server without its audit engine")
     add_json_argument(parser)
     args, serve_args = parser.parse_known_args(argv)
     serve_args = [a for a in serve_args if a != "--"]
