@@ -4,8 +4,9 @@ The store opens and commits the transaction; this module only turns messages int
 statement costs a fixed overhead, so a batch costs a few statements per table, not per message:
 rows of many small messages (scalars, layer statistics, events) and of whole snapshots
 (features, as float16 bytes in a BLOB column, predictions, snapshot rows) are gathered per batch
-and inserted once per table through Arrow; the runs a batch touches are read with one query and
-updated with one statement.
+and inserted once per table through Arrow; the runs a batch touches are updated with one
+statement, and read with one query only when the store does not remember them from an earlier
+batch (:class:`RunRecord`).
 """
 
 from __future__ import annotations
