@@ -81,6 +81,7 @@ class PushHub:
         self._inbox: collections.deque[list[Change]] = collections.deque()
         self._wake = threading.Condition()
         self._counts = collections.Counter()
+        self._inbox_dropped_seen = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._subscription = None
@@ -131,6 +132,10 @@ class PushHub:
                 if self._stopping:
                     return
                 batches, self._inbox = list(self._inbox), collections.deque()
+                dropped = self._counts["inbox_dropped"]
+            if dropped != self._inbox_dropped_seen:  # the builder's live state missed some
+                self._inbox_dropped_seen = dropped
+                self.builder.forget_steps()
             try:
                 self._publish(batches)
             except Exception:  # a bad batch must not end the live view for everyone

@@ -234,18 +234,20 @@ class IngestWriter:
                          f"{item.seq} was stored: send it again later", None, True)
 
     def _next_batch(self) -> list[_Item]:
-        """Up to ``batch_max`` items: waits for the first, then at most ``batch_wait_s`` more."""
+        """Up to ``batch_max`` items: waits for the first, then ``batch_wait_s`` for others
+        to join it (not when a whole batch is queued already)."""
         try:
             first = self._queue.get(timeout=min(self._batch_wait_s * 5, 0.1))
         except queue.Empty:
             return []
+        if self._queue.qsize() + 1 < self._batch_max and not self._stopping.is_set():
+            # Sleep rather than wait on the queue: a waiting thread is woken (and takes the
+            # GIL from the event loop) for every message put meanwhile.
+            time.sleep(self._batch_wait_s)
         batch = [first]
-        deadline = time.monotonic() + self._batch_wait_s
         while len(batch) < self._batch_max:
-            remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0
-                             else self._queue.get_nowait())
+                batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
         return batch

@@ -77,15 +77,18 @@ def dropped_frame(run_id: str, count: int) -> bytes:
 
 
 class FrameBuilder:
-    """Reads what a frame needs from the store; caches each run's probe labels (fixed per run).
+    """Reads what a frame needs from the store; caches each run's probe labels (fixed per run)
+    and, for live frames, each run's snapshot steps (steps are only ever added).
 
-    Used from the hub's worker thread and from catch-up threads: the cache is a plain dict
-    whose entries are written whole, so concurrent use only risks computing one twice.
+    Used from the hub's worker thread and from catch-up threads: the labels cache is a plain
+    dict whose entries are written whole, so concurrent use only risks computing one twice;
+    the steps cache is used by the hub's worker thread alone (a catch-up reads the store).
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._labels: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._steps: dict[str, set[int]] = {}
 
     def labels(self, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The run's probe as cluster health counts it: (sample_id int64 [N], training label
@@ -111,9 +114,18 @@ class FrameBuilder:
         return push.encode(push.ProbeHeader(run_id=run_id), {
             "sample_id": probe["sample_id"], "label": probe["label"], "split": probe["split"]})
 
-    def snapshots_frame(self, run_id: str) -> bytes:
-        steps = sorted({int(row["step"]) for row in self.store.snapshot_index(run_id)})
-        return push.encode(push.SnapshotsHeader(run_id=run_id, steps=steps))
+    def snapshots_frame(self, run_id: str, steps: Iterable[int] | None = None) -> bytes:
+        """Every snapshot step of the run: ``steps``, or read from the store."""
+        if steps is None:
+            steps = self._stored_steps(run_id)
+        return push.encode(push.SnapshotsHeader(run_id=run_id, steps=sorted(steps)))
+
+    def forget_steps(self) -> None:
+        """Read each run's steps from the store again (changes were lost on the way)."""
+        self._steps.clear()
+
+    def _stored_steps(self, run_id: str) -> set[int]:
+        return {int(row["step"]) for row in self.store.snapshot_index(run_id)}
 
     def embedding_frame(self, run_id: str, layer: str, step: int) -> bytes:
         """The 2D map of (layer, step) with the model's outputs at that step and the map's
@@ -235,7 +247,13 @@ class FrameBuilder:
         return [self.probe_frame(run_id)]
 
     def _snapshot_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
-        return [self.snapshots_frame(run_id)]
+        """The run's steps are read once, then the announced ones added: a run's frames
+        would otherwise each read its whole snapshot index."""
+        steps = self._steps.get(run_id)
+        if steps is None:  # the store holds these changes' steps already (they are committed)
+            steps = self._steps[run_id] = self._stored_steps(run_id)
+        steps.update(int(c.step) for c in group if c.step is not None)
+        return [self.snapshots_frame(run_id, steps)]
 
     def _status_changed(self, run_id: str, group: list[Change]) -> list[bytes]:
         """Only the newest status: its counters are totals."""

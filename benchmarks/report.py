@@ -175,9 +175,11 @@ TABLES: dict[str, list[Column]] = {
     "team_load": [
         ("trainers x subscribers", lambda r: f"{r['trainers']} x {r['subscribers_per_run']}"),
         ("steps", lambda r: str(r["steps"])), ("projector", lambda r: r["projector"]),
+        ("audit", lambda r: "off" if r.get("audit") is False else "on"),
         ("messages/s (total)", lambda r: f"{num(r['messages_per_s'], 0)} "
                                           f"({r['messages']:,})"),
         ("peak queue", lambda r: str(r["peak_queue_depth"])),
+        ("server CPU ms / message", lambda r: num(r.get("server_cpu_ms_per_message"))),
         ("send -> frame lag mean / p50 / p95 / p99 / max (s)",
          lambda r: spread(r["lag_s"], ("mean", "p50", "p95", "p99", "max"), 2, "")),
         ("detach mean / max (s)", lambda r: spread(r["detach_s"], ("mean", "max"), 2, "")),
@@ -187,6 +189,13 @@ TABLES: dict[str, list[Column]] = {
         ("server RSS peak (MB)", lambda r: num(r["server_rss_peak_mb"], 0)),
         ("runs complete", lambda r: f"{r['runs_complete']}/{r['trainers']}"),
         ("lost or duplicated", lambda r: str(len(r["lost_or_duplicated"])))],
+    "write_path": [
+        ("message kind", lambda r: r["kind"]), ("messages", lambda r: f"{r['messages']:,}"),
+        ("decode + check", lambda r: num(r.get("decode_ms"), 3)),
+        ("store (batches of the run)", lambda r: num(r.get("store_ms"), 3)),
+        ("push frames", lambda r: num(r.get("frames_ms"), 3)),
+        ("audit", lambda r: num(r.get("audit_ms"), 3)),
+        ("store alone, batches of 1", lambda r: num(r.get("store_alone_ms_batch_1"), 3))],
     "projector_cold_start": [
         ("what", lambda r: {"update": "first update()",
                             "warm_up": "server warm_up()"}[r["what"]]),

@@ -23,11 +23,12 @@ server RSS peak (VmHWM), and the end check of the store: every run finished, eac
 trainer, every logged ``bench_sent_at`` stored once, no duplicate rows.
 
 ``--projector MODE`` is passed on to ``sentrycam serve --projector MODE`` (``off`` runs the
-server without a projector); any other option this script does not know goes to ``sentrycam
-serve`` too (``-- --flag value``).
+server without a projector); ``--no-audit`` runs it without the audit engine; any other option
+this script does not know goes to ``sentrycam serve`` too (``-- --flag value``).
 
     python benchmarks/team_load.py [--trainers 20] [--subscribers 5] [--steps 400]
-        [--every 20] [--probe 500] [--model cnn|mlp] [--projector MODE] [--json OUT]
+        [--every 20] [--probe 500] [--model cnn|mlp] [--projector MODE] [--no-audit]
+        [--json OUT]
         [-- SERVE ARGS...]
 """
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import queue
 import sys
 import tempfile
@@ -146,6 +148,12 @@ def subscriber(url: str, run_ids: list[str], per_run: int, stop: Any, out: Any) 
     client.close()
     out.put({"lags": lags, "map_lags": map_lags, "dropped": dropped[0],
              "connects": sum(s.connects for s in subscriptions)})
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def collect(results: Any, trainers: list[Any]) -> Any:
@@ -265,8 +273,8 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     env_projector = "off" if args.projector == "off" else "on"
     forwarded = serve_args + ([] if args.projector in (None, "off")
                               else ["--projector", args.projector])
-    server, url = start_server(db, env={"SENTRYCAM_PROJECTOR": env_projector},
-                               extra_args=forwarded)
+    env = {"SENTRYCAM_PROJECTOR": env_projector, "SENTRYCAM_AUDIT": str(args.audit).lower()}
+    server, url = start_server(db, env=env, extra_args=forwarded)
     watch = HealthWatch(url)
     warm_up_s = warm_up(watch)
     watch.start()
@@ -281,7 +289,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
         for process in trainers:
             process.start()
         barrier.wait(timeout=600)
-        started = time.time()
+        started, cpu_started = time.time(), cpu_seconds(server.pid)
         run_ids = [collect(results, trainers) for _ in trainers]
         groups = [run_ids[i::SUBSCRIBER_PROCESSES] for i in range(SUBSCRIBER_PROCESSES)]
         subscribers = [context.Process(target=subscriber, args=(
@@ -290,6 +298,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
             process.start()
         done = [collect(results, trainers) for _ in trainers]
         finished = max(t["finished_at"] for t in done)
+        server_cpu_s = cpu_seconds(server.pid) - cpu_started
         time.sleep(1.0)  # one more health sample after the last detach
         projector = settle(watch, SETTLE_S)
         stop.set()
@@ -310,11 +319,13 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     lags = distribution(lag for s in seen for lag in s["lags"])
     return {
         "trainers": args.trainers, "subscribers_per_run": args.subscribers,
-        "steps": args.steps, "projector": args.projector or "default",
+        "steps": args.steps, "projector": args.projector or "default", "audit": args.audit,
         "projector_warm_up_s": warm_up_s,
         "serve_args": forwarded, "messages": committed,
         "messages_per_s": committed / max(finished - started, 1e-9),
         "seconds": finished - started, "lag_s": lags,
+        "server_cpu_s": server_cpu_s, "server_cpu_ms_per_message": 1000 * server_cpu_s / max(
+            committed, 1),
         "detach_s": distribution(t["detach_s"] for t in done),
         "peak_queue_depth": watch.peak_queue, "server_rss_peak_mb": peak_kib / 1024,
         "snapshots": check["snapshots"], "maps": check["maps"],
@@ -333,10 +344,13 @@ def summary(row: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.2f}"
     return "\n".join([
         f"{row['trainers']} trainers x {row['subscribers_per_run']} subscribers, "
-        f"{row['steps']} steps, projector {row['projector']} (warm-up "
+        f"{row['steps']} steps, projector {row['projector']}, audit "
+        f"{'on' if row.get('audit', True) else 'off'} (warm-up "
         f"{row['projector_warm_up_s']:.0f} s before the trainers started)",
         f"  ingested      {row['messages']} messages, {row['messages_per_s']:.0f}/s "
         f"over {row['seconds']:.1f} s; peak writer queue {row['peak_queue_depth']}",
+        f"  server CPU    {row['server_cpu_s']:.1f} s, "
+        f"{row['server_cpu_ms_per_message']:.2f} ms per message",
         f"  lag (s)       mean {f(lag['mean'])}  p50 {f(lag['p50'])}  p95 {f(lag['p95'])}  "
         f"p99 {f(lag['p99'])}  max {f(lag['max'])}  (n={lag['n']})",
         f"  detach (s)    mean {f(detach['mean'])}  max {f(detach['max'])}",
@@ -358,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=("cnn", "mlp"), default="cnn")
     parser.add_argument("--projector", default=None,
                         help="passed on as `sentrycam serve --projector MODE`; off: none")
+    parser.add_argument("--no-audit", dest="audit", action="store_false",
+                        help="run the server without its audit engine")
     add_json_argument(parser)
     args, serve_args = parser.parse_known_args(argv)
     serve_args = [a for a in serve_args if a != "--"]

@@ -24,8 +24,10 @@ from sentrycam.backend.store import Store
 
 
 def _part(name: str) -> Any:
-    """A dependency on ``app.state.<name>`` (for requests and websockets alike)."""
-    def part(connection: HTTPConnection) -> Any:
+    """A dependency on ``app.state.<name>`` (for requests and websockets alike). A coroutine
+    function, so that FastAPI calls it on the event loop: it would run a plain function in its
+    thread pool, a thread hop per part and request."""
+    async def part(connection: HTTPConnection) -> Any:
         return getattr(connection.app.state, name)
     part.__name__ = part.__qualname__ = f"get_{name}"
     return Depends(part)

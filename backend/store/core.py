@@ -36,7 +36,7 @@ from sentrycam.backend.store.errors import (StoreClosedError, StoreReadOnlyError
 from sentrycam.backend.store.failure import FailureState, StorageFailure, storage_failure
 from sentrycam.protocol.validation import check_batch
 from sentrycam.backend.store.retention import RetentionSettings
-from sentrycam.backend.store.writer import BatchWriter, Refusal
+from sentrycam.backend.store.writer import BatchWriter, Refusal, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ class Store:
         self._memory_limit = memory_limit
         self._failure = FailureState(self.path)  # set by a storage failure, ended by a commit
         self._generation = 0  # counts reopenings: a read that spans one must not see a 500
+        # What the sequence rules need of each run written so far, as committed: read once,
+        # then kept here (this store is the only writer of the runs table). Forgotten after
+        # any failed write or reopening, to be read again.
+        self._runs: dict[str, RunRecord] = {}
         self._open()
         logger.debug("opened store %s (read_only=%s, schema %d)", self.path, self.read_only,
                      self.schema_version)
@@ -161,10 +165,12 @@ class Store:
 
         def write_batch(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
             nonlocal batch_writer
-            batch_writer = BatchWriter(cur, self.retention, publish=stored is not None)
+            batch_writer = BatchWriter(cur, self.retention, publish=stored is not None,
+                                       known=self._runs)
             return batch_writer.write(batch, refusals)
 
-        committed = self._transaction(write_batch)
+        committed = self._transaction(
+            write_batch, after_commit=lambda: self._runs.update(batch_writer.records()))
         if stored is not None:
             stored.extend(batch_writer.stored)
         if refused is not None:
@@ -176,8 +182,10 @@ class Store:
             raise StoreReadOnlyError(f"the store {self.path} was opened read-only; writes go "
                                      "through the sentrycam server that owns the file")
 
-    def _transaction(self, work: Callable[[duckdb.DuckDBPyConnection], Any]) -> Any:
-        """Run ``work(cursor)`` in one transaction on the writer cursor, under the write lock."""
+    def _transaction(self, work: Callable[[duckdb.DuckDBPyConnection], Any],
+                     after_commit: Callable[[], None] | None = None) -> Any:
+        """Run ``work(cursor)`` in one transaction on the writer cursor, under the write lock;
+        then ``after_commit()``, still under the lock."""
         self._require_writable()
         with self._write_lock:
             if self._closed:
@@ -191,11 +199,14 @@ class Store:
                 cur.commit()
             except BaseException as exc:
                 self._rollback(cur)
+                self._runs.clear()
                 failure = storage_failure(exc)
                 if failure is None:
                     raise
                 raise self._failure.note(failure) from exc
             self._failure.end()
+            if after_commit is not None:
+                after_commit()
         return result
 
     # ------------------------------------------------------------------ storage failures
@@ -236,6 +247,7 @@ class Store:
             except duckdb.Error:
                 pass  # an invalidated connection may refuse even that
         self._generation += 1
+        self._runs.clear()
         self._open()
         self._failure.reopened()
         logger.info("reopened store %s after a storage failure", self.path)

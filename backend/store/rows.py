@@ -4,24 +4,26 @@ vectors as BLOBs (DuckDB has no float16 type)."""
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+#: The name under which :func:`execute_with_rows` shows its rows to SQL.
 _INCOMING = "_sentrycam_incoming_rows"
 
 
-@contextlib.contextmanager
-def registered(cur: duckdb.DuckDBPyConnection, rows: pa.Table) -> Iterator[str]:
-    """``rows`` visible to SQL on ``cur`` under the name yielded, for the block's length."""
-    cur.register(_INCOMING, rows)
-    try:
-        yield _INCOMING
-    finally:
-        cur.unregister(_INCOMING)
+def execute_with_rows(cur: duckdb.DuckDBPyConnection, sql: str, rows: pa.Table,
+                      params: Sequence[Any] = ()) -> duckdb.DuckDBPyConnection:
+    """Run ``sql`` on ``cur`` with ``rows`` readable as the relation named ``{rows}`` in it.
+
+    DuckDB finds the Arrow table by its replacement scan of this frame's local variables:
+    cheaper than a ``register``/``unregister`` pair, which cost more than a small insert itself
+    (a batch's fixed cost, paid per commit).
+    """
+    _sentrycam_incoming_rows = rows  # noqa: F841 (read by DuckDB's replacement scan)
+    return cur.execute(sql.format(rows=_INCOMING), list(params))
 
 
 def insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table,
@@ -33,9 +35,8 @@ def insert_arrow(cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table,
     constants = dict(constants or {})
     columns = list(constants) + rows.column_names
     select = ", ".join(["?"] * len(constants) + [f'"{c}"' for c in rows.column_names])
-    with registered(cur, rows) as incoming:
-        cur.execute(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} FROM {incoming}",
-                    list(constants.values()))
+    execute_with_rows(cur, f"INSERT INTO {table} ({', '.join(columns)}) SELECT {select} "
+                      "FROM {rows}", rows, list(constants.values()))
 
 
 def float16_blobs(features: np.ndarray) -> pa.Array:

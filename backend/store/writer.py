@@ -4,8 +4,9 @@ The store opens and commits the transaction; this module only turns messages int
 statement costs a fixed overhead, so a batch costs a few statements per table, not per message:
 rows of many small messages (scalars, layer statistics, events) and of whole snapshots
 (features, as float16 bytes in a BLOB column, predictions, snapshot rows) are gathered per batch
-and inserted once per table through Arrow; the runs a batch touches are read with one query and
-updated with one statement.
+and inserted once per table through Arrow; the runs a batch touches are updated with one
+statement, and read with one query only when the store does not remember them from an earlier
+batch (:class:`RunRecord`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import duckdb
 import numpy as np
@@ -24,7 +25,7 @@ from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, R
                                         Scalars, Snapshot, Status)
 from sentrycam.backend.store import parts, retention
 from sentrycam.backend.store.retention import RetentionSettings
-from sentrycam.backend.store.rows import Columns, Pieces, insert_arrow, registered
+from sentrycam.backend.store.rows import Columns, Pieces, execute_with_rows, insert_arrow
 from sentrycam.backend.store.schema import first_row
 from sentrycam.backend.store.snapshot_rows import index_rows, snapshot_rows
 from sentrycam.protocol.container import json_safe
@@ -60,6 +61,19 @@ class _RunState:
     status: str = "running"
     exists: bool = True
     status_values: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> RunRecord:
+        return RunRecord(self.last_seq, self.last_step, self.status)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the sequence rules need of a stored run between batches: its last stored seq,
+    last step and status (as committed in its ``runs`` row)."""
+
+    last_seq: int
+    last_step: int | None
+    status: str
 
 
 @dataclass(frozen=True)
@@ -117,12 +131,15 @@ class BatchWriter:
     """Writes one batch inside the caller's open transaction on ``cur``.
 
     ``publish``: the caller passes the stored messages on (the change feed), so a snapshot
-    completed by its last row chunk is read back whole for them.
+    completed by its last row chunk is read back whole for them. ``known``: the committed
+    :class:`RunRecord` of runs the caller remembers (they are not read again); after the
+    commit, :meth:`records` gives what to remember next.
     """
 
     def __init__(self, cur: duckdb.DuckDBPyConnection, retention: RetentionSettings, *,
-                 publish: bool = False) -> None:
+                 publish: bool = False, known: Mapping[str, RunRecord] | None = None) -> None:
         self.cur = cur
+        self.known = known or {}
         self.retention = retention
         self.publish = publish
         self.now = utc_now()
@@ -191,15 +208,27 @@ class BatchWriter:
             state.last_step = max(int(step), -1 if state.last_step is None else state.last_step)
 
     def _load_runs(self, run_ids: set[str]) -> None:
-        """Read each run's last seq, last step and status (a run without a row: none yet)."""
+        """Each run's last seq, last step and status: remembered ones from ``known``, the
+        others read with one query (a run without a row: none yet)."""
+        for run_id in run_ids & self.known.keys():
+            record = self.known[run_id]
+            self.runs[run_id] = _RunState(record.last_seq, record.last_step, record.status)
+        unknown = sorted(run_ids - self.known.keys())
+        if not unknown:
+            return
         rows = self.cur.execute("SELECT run_id, last_seq, last_step, status FROM runs "
-                                "WHERE list_contains(?, run_id)", [sorted(run_ids)]).fetchall()
+                                "WHERE list_contains(?, run_id)", [unknown]).fetchall()
         found = {row[0]: row[1:] for row in rows}
-        for run_id in run_ids:
+        for run_id in unknown:
             row = found.get(run_id)
             self.runs[run_id] = (_RunState(last_seq=-1, last_step=None, exists=False)
                                  if row is None else
                                  _RunState(last_seq=int(row[0]), last_step=row[1], status=row[2]))
+
+    def records(self) -> dict[str, RunRecord]:
+        """The :class:`RunRecord` of every run of the batch that has a row (valid once the
+        batch is committed)."""
+        return {run_id: state.record() for run_id, state in self.runs.items() if state.exists}
 
     def _save_runs(self) -> None:
         """Write every stored run's new last seq, last step and status values back, in one
@@ -213,14 +242,14 @@ class BatchWriter:
                       "last_step": state.last_step, **state.status_values}
             for name, column in columns.items():
                 column.append(values.get(name))
-        with registered(self.cur, pa.table(columns, schema=_RUN_UPDATES)) as incoming:
-            self.cur.execute(
-                f"UPDATE runs SET last_seq = i.last_seq, last_step = i.last_step, "
-                f"updated_at = ?, dropped = coalesce(i.dropped, runs.dropped), "
-                f"spooled = coalesce(i.spooled, runs.spooled), "
-                f"capture_overhead = coalesce(i.capture_overhead, runs.capture_overhead), "
-                f"snapshot_every = coalesce(i.snapshot_every, runs.snapshot_every) "
-                f"FROM {incoming} AS i WHERE runs.run_id = i.run_id", [self.now])
+        execute_with_rows(
+            self.cur, "UPDATE runs SET last_seq = i.last_seq, last_step = i.last_step, "
+            "updated_at = ?, dropped = coalesce(i.dropped, runs.dropped), "
+            "spooled = coalesce(i.spooled, runs.spooled), "
+            "capture_overhead = coalesce(i.capture_overhead, runs.capture_overhead), "
+            "snapshot_every = coalesce(i.snapshot_every, runs.snapshot_every) "
+            "FROM {rows} AS i WHERE runs.run_id = i.run_id",
+            pa.table(columns, schema=_RUN_UPDATES), [self.now])
 
     # ------------------------------------------------------------------ one kind each
 

@@ -261,6 +261,26 @@ def test_a_batch_that_fails_while_writing_leaves_nothing_behind(store, rng, monk
     assert store.run_summaries(RUN)[0]["n_snapshots"] == 1
 
 
+def test_a_failed_batch_of_a_run_written_before_is_stored_when_sent_again(store, monkeypatch):
+    # The store remembers each run's last seq between batches: a batch that fails after it
+    # advanced the run in memory must leave the remembered seq where the commit left it.
+    store.write([(0, RunStart(RUN, "r", time.time())), (1, Scalars(RUN, 0, 1.0, {"loss": 1.0}))],
+                refused=[])
+    later = [(2, Scalars(RUN, 1, 2.0, {"loss": 0.5})), (3, Scalars(RUN, 2, 3.0, {"loss": 0.25}))]
+
+    def full_disk(cur, table, rows, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(writer, "insert_arrow", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            store.write(later, refused=[])
+    refused = []
+    assert store.write(later, refused=refused) == {RUN: 3}
+    assert refused == []
+    assert store.scalars(RUN)["value"] == [1.0, 0.5, 0.25]
+
+
 def test_unknown_runs_and_missing_snapshots_raise_key_errors_that_say_what_to_do(store, rng):
     with pytest.raises(UnknownRunError, match="unknown run_id 'nope'; list runs with"):
         store.scalars("nope")
