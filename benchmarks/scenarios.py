@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -39,7 +40,6 @@ from scenario_plan import (FAMILY, HEALTHY, SCHEDULES, SPLITS, Scenario,  # noqa
 from scenario_score import render, score_run, summarise  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
-from sentrycam.backend.audit.detectors.outputs import snapshot_watch  # noqa: E402
 from sentrycam.backend.audit.incidents import incidents_of  # noqa: E402
 from sentrycam.backend.settings import ServerSettings  # noqa: E402
 from sentrycam.backend.testing import RunningServer, serve_in_thread  # noqa: E402
@@ -121,15 +121,20 @@ def _validate(model: nn.Module, criterion: nn.Module, task: Any) -> float:
         model.train()
 
 
+#: The causal validation-loss rule the engine is measured against (issue 15): an epoch's
+#: validation loss above this factor times its best so far and above the previous epoch's.
+VAL_RISE = 1.25
+
+
 def validation_trigger(curve: list[tuple[int, float]], at: int) -> int | None:
-    """First step (at or after ``at``) where the validation loss is confirmed degraded by the
-    same rule the snapshot detectors use: distance from the best value in units of its own
-    movement, level >= 2 (see docs/scenarios.md)."""
-    watch = snapshot_watch(higher_is_better=False)
+    """First epoch-end step at or after ``at`` where the validation-loss rule fires (see
+    :data:`VAL_RISE` and docs/scenarios.md): what a user watching the validation curve with a
+    simple rule would notice, and when."""
+    best = previous = math.inf
     for step, value in curve:
-        level, _ = watch.observe(step, value)
-        if level >= 2 and step >= at:
+        if step >= at and value > VAL_RISE * best and value > previous:
             return step
+        best, previous = min(best, value), value
     return None
 
 
@@ -150,7 +155,8 @@ def run_one(server: RunningServer, scenario: Scenario, steps: int, at: int) -> d
             "steps": steps, "steps_per_epoch": result["steps_per_epoch"],
             "run_id": result["run_id"],
             **score_run(alerts, incidents_of(result["run_id"], alerts), scenario.kind, at,
-                        trigger, result["steps_per_epoch"], curve[-1][0] if curve else None),
+                        trigger, result["steps_per_epoch"], curve[-1][0] if curve else None,
+                        steps),
             "val_loss": [[step, round(value, 5)] for step, value in curve],
             "seconds": round(time.monotonic() - t0, 1)}
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import RobustWindow
-from sentrycam.backend.audit.detectors.base import (Detector, MapView, ProbeView, SeriesWatch,
-                                                    finding)
+from sentrycam.backend.audit.detectors.base import (GEOMETRY, Detector, MapView, ProbeView,
+                                                    SeriesWatch, finding)
 from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS as LEVELS
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
 from sentrycam.backend.geometry import class_geometry, training_labels
@@ -30,6 +30,8 @@ RELATIVE_FLOOR = 0.05
 #: Per-class separation takes the worst of all classes, so its floor is wider (10%).
 CLASS_FLOOR = 0.10
 
+#: The alert on the worst class's separation (per-class collapse).
+CLASS_COLLAPSE = "class_collapse"
 #: metric -> (alert name, higher is better, what it means, suggestion)
 METRICS: dict[str, tuple[str, bool, str, str]] = {
     "ratio": ("class_separation", False, "intra-class spread relative to inter-class distance",
@@ -82,7 +84,15 @@ class GeometryDetector(Detector):
     name = "geometry"
     kinds = frozenset({ChangeKind.SNAPSHOT})
     waiting_for = "no snapshot with features yet"
+    family = GEOMETRY
     prefix = ""
+    #: Metrics this detector does not alert on (effective rank means nothing in 2D).
+    skipped: frozenset[str] = frozenset()
+
+    @classmethod
+    def alert_names(cls) -> frozenset[str]:
+        names = {alert for alert, _, _, _ in METRICS.values()} | {CLASS_COLLAPSE}
+        return frozenset(cls.prefix + name for name in names) - cls.skipped
 
     def __init__(self) -> None:
         super().__init__()
@@ -168,11 +178,11 @@ class GeometryDetector(Detector):
             if score is not None and (worst is None or (level, score) > worst[:2]):
                 worst = (level, score, label)
         if worst is None:
-            return finding(self.prefix + "class_collapse", step, 0, None, layer=layer)
+            return finding(self.prefix + CLASS_COLLAPSE, step, 0, None, layer=layer)
         level, score, label = worst
         watch = state.classes[label]
         return finding(
-            self.prefix + "class_collapse", step, level, score, layer=layer,
+            self.prefix + CLASS_COLLAPSE, step, level, score, layer=layer,
             evidence=watch.evidence(series=f"separation of class {label}", layer=layer,
                                     label=label),
             message=f"class {label} is collapsing into its neighbours in {layer}: its "
@@ -194,10 +204,11 @@ class MapGeometryDetector(GeometryDetector):
     kinds = frozenset({ChangeKind.EMBEDDING})
     waiting_for = "no embeddings yet (the projector has not drawn a map of this run)"
     prefix = "map_"
+    skipped = frozenset({"map_effective_rank"})
 
     def observe(self, kind: str, item: MapView) -> list[Finding]:
         if not (item.labels >= 0).any():
             self.inactive_reason = "no probe labels (pass labels with the probe)"
             return []
         found = self.judge_points(item.step, item.layer, np.asarray(item.coords), item.labels)
-        return [f for f in found if f.detector != "map_effective_rank"]
+        return [f for f in found if f.detector not in self.skipped]

@@ -18,7 +18,8 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, RobustWindow,
                                                finite_log)
-from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.backend.audit.detectors.base import (LOCAL_STATISTICS, Detector, SeriesWatch,
+                                                    finding)
 from sentrycam.protocol.messages import LayerStats, Scalars
 from sentrycam.protocol.signals import GRAD_NORM, LR, UPDATE_RATIO, WEIGHT_NORM
 from sentrycam.protocol.changes import ChangeKind
@@ -159,6 +160,7 @@ class OptimizerState(Detector):
 
     name = "optimizer_state"
     kinds = frozenset({ChangeKind.SCALARS})
+    family = LOCAL_STATISTICS  # the optimizer's own state (SPEC: a local detector)
     waiting_for = "no update_ratio/lr telemetry yet"
 
     def __init__(self) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import Levels, RobustWindow, finite_log
-from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.backend.audit.detectors.base import (LOCAL_STATISTICS, Detector, SeriesWatch,
+                                                    finding)
 from sentrycam.backend.audit.detectors.gradients import CALIBRATION
 from sentrycam.protocol.messages import LayerStats
 from sentrycam.protocol.signals import DEAD_FRAC, LAYER_GRAD_NORM, SAT_FRAC, WEIGHT_NORM
@@ -33,6 +34,7 @@ class PerLayer(Detector):
 
     stat = ""
     kinds = frozenset({ChangeKind.LAYER_STATS})
+    family = LOCAL_STATISTICS
 
     def __init__(self) -> None:
         super().__init__()
