@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-projector", dest="projector", action="store_false",
                         help="no 2D maps (the map_* detectors stay inactive; spares the CPU)")
     add_json_argument(parser, required=True)
+    parser.add_argument("--db", type=Path, default=None,
+                        help="keep the runs in this DuckDB file (default: a temporary one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                                                    "%(message)s")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = ServerSettings(db_path=Path(tmp) / "demo.duckdb", port=0,
+        settings = ServerSettings(db_path=args.db or Path(tmp) / "demo.duckdb", port=0,
                                   projector=args.projector)
         with serve_in_thread(settings) as server:
             for steps in args.steps:

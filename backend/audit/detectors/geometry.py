@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import RobustWindow
+from sentrycam.backend.audit.baselines import LearningPace, RobustWindow
 from sentrycam.backend.audit.detectors.base import (GEOMETRY, Detector, MapView, ProbeView,
                                                     SeriesWatch, finding)
 from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS as LEVELS
-from sentrycam.backend.audit.detectors.outputs import snapshot_watch
+from sentrycam.backend.audit.detectors.outputs import has_left_chance, snapshot_watch
 from sentrycam.backend.geometry import class_geometry, training_labels
 from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.messages import Scalars
+from sentrycam.protocol.signals import LOSS
 
 #: Smallest noise scale of a ratio-like metric, relative to its best value (5%): snapshots of
 #: a healthy run wander by a few percent.
@@ -82,7 +84,7 @@ class GeometryDetector(Detector):
     """Geometry of the high-D features of each captured layer at every snapshot."""
 
     name = "geometry"
-    kinds = frozenset({ChangeKind.SNAPSHOT})
+    kinds = frozenset({ChangeKind.SNAPSHOT, ChangeKind.SCALARS})  # scalars: the loss's pace
     waiting_for = "no snapshot with features yet"
     family = GEOMETRY
     prefix = ""
@@ -97,8 +99,29 @@ class GeometryDetector(Detector):
     def __init__(self) -> None:
         super().__init__()
         self.layers: dict[str, LayerGeometry] = {}
+        #: Has the model left chance level (``has_left_chance``)? Until then a layer's class
+        #: structure is that of its input or its initialisation, not something learned that
+        #: could be lost: it is recorded, not judged (a run that never learns, e.g. a CNN
+        #: that SGD keeps at chance, scrambles its initial structure without failing).
+        self.learning_since: int | None = None
+        #: An effective rank that falls while the loss falls fast is a model taking off
+        #: (features concentrating on the class directions), held at developing.
+        self.pace = LearningPace()
 
-    def observe(self, kind: str, item: ProbeView) -> list[Finding]:
+    def note_learning(self, view: ProbeView) -> None:
+        if self.learning_since is None and has_left_chance(view):
+            self.learning_since = view.step
+
+    def learning_at(self, step: int) -> bool:
+        """Had the model left chance by ``step`` (causal: a map can arrive after later
+        snapshots)?"""
+        return self.learning_since is not None and self.learning_since <= step
+
+    def observe(self, kind: str, item: ProbeView | Scalars) -> list[Finding]:
+        if kind == ChangeKind.SCALARS:
+            self.pace.update(item.values.get(LOSS.name))
+            return []
+        self.note_learning(item)
         if not item.features:
             return []
         if not item.has_labels:
@@ -120,6 +143,9 @@ class GeometryDetector(Detector):
         state.history.append({"step": step, **{k: v for k, v in metrics.items()
                                                if not isinstance(v, dict)}})
         del state.history[:-200]
+        if not self.learning_at(step):
+            self.inactive_reason = "waiting for the model to leave chance level"
+            return []
         was_structured = state.structured
         state.note_structure(metrics["knn_consistency"], labels)
         found = [self._metric(step, layer, metric, metrics, state) for metric in METRICS]
@@ -157,6 +183,8 @@ class GeometryDetector(Detector):
     def _rank(self, step: int, layer: str, value: float, watch: SeriesWatch, meaning: str,
               suggestion: str) -> Finding:
         level, score = watch.observe(step, math.log(max(value, 1e-9)))
+        if 1 < level < 3 and self.pace.fast():
+            level = 1
         center, _ = watch.baseline.center_scale()
         where = "2D map" if self.prefix else "features"
         return finding(
@@ -201,12 +229,15 @@ class MapGeometryDetector(GeometryDetector):
     arrive). Effective rank is meaningless in 2D and is left out."""
 
     name = "map_geometry"
-    kinds = frozenset({ChangeKind.EMBEDDING})
+    kinds = frozenset({ChangeKind.EMBEDDING, ChangeKind.SNAPSHOT})  # snapshots: has it learned
     waiting_for = "no embeddings yet (the projector has not drawn a map of this run)"
     prefix = "map_"
     skipped = frozenset({"map_effective_rank"})
 
-    def observe(self, kind: str, item: MapView) -> list[Finding]:
+    def observe(self, kind: str, item: MapView | ProbeView) -> list[Finding]:
+        if kind == ChangeKind.SNAPSHOT:
+            self.note_learning(item)
+            return []
         if not (item.labels >= 0).any():
             self.inactive_reason = "no probe labels (pass labels with the probe)"
             return []
