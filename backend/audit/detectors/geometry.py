@@ -104,17 +104,23 @@ class GeometryDetector(Detector):
         #: could be lost: it is recorded, not judged (a run that never learns, e.g. a CNN
         #: that SGD keeps at chance, scrambles its initial structure without failing).
         self.learning_since: int | None = None
+        self.judges_chance = False  # have snapshots with class outputs been seen?
         #: An effective rank that falls while the loss falls fast is a model taking off
         #: (features concentrating on the class directions), held at developing.
         self.pace = LearningPace()
 
     def note_learning(self, view: ProbeView) -> None:
-        if self.learning_since is None and has_left_chance(view):
-            self.learning_since = view.step
+        if {"confidence", "pred"} <= set(view.outputs):
+            self.judges_chance = True
+            if self.learning_since is None and has_left_chance(view):
+                self.learning_since = view.step
 
     def learning_at(self, step: int) -> bool:
         """Had the model left chance by ``step`` (causal: a map can arrive after later
-        snapshots)?"""
+        snapshots)? Without class outputs (a model whose output is not [N, classes], or no
+        snapshot seen) there is no way to tell, and the geometry is judged from the start."""
+        if not self.judges_chance:
+            return True
         return self.learning_since is not None and self.learning_since <= step
 
     def observe(self, kind: str, item: ProbeView | Scalars) -> list[Finding]:
