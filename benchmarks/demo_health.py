@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import Recorder, add_json_argument  # noqa: E402
-from scenarios import settle  # noqa: E402
+from results import Recorder  # noqa: E402
+from scenarios import add_server_arguments, log_progress_only, settle  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
 from sentrycam.backend.audit.incidents import incidents_of  # noqa: E402
@@ -68,16 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[300, 2000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--no-projector", dest="projector", action="store_false",
-                        help="no 2D maps (the map_* detectors stay inactive; spares the CPU)")
-    add_json_argument(parser, required=True)
-    parser.add_argument("--db", type=Path, default=None,
-                        help="keep the runs in this DuckDB file (default: a temporary one)")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
-    for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_progress_only()
     recorder = Recorder("demo_health", args)
     torch.set_num_threads(1)
     rows = []

@@ -182,6 +182,23 @@ def run_benchmark(split: str, db_path: Path, steps: int, at: int, only: str | No
             "summary": summary, "seconds": round(time.monotonic() - started, 1)}
 
 
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the audit benchmarks' in-process server: --no-projector, --json, --db."""
+    parser.add_argument("--no-projector", dest="projector", action="store_false",
+                        help="no 2D maps (the map_* detectors stay inactive; spares the CPU)")
+    add_json_argument(parser, required=True)
+    parser.add_argument("--db", type=Path, default=None,
+                        help="keep the runs in this DuckDB file (default: a temporary one)")
+
+
+def log_progress_only() -> None:
+    """The benchmark's own progress lines at INFO; the server's and capture's warnings only."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=("tuning", "test"), default="test",
@@ -192,16 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="steps per run (default 360, quick 240); failures start halfway")
     parser.add_argument("--only", default=None,
                         help="run only the split's scenarios whose name contains this text")
-    parser.add_argument("--no-projector", dest="projector", action="store_false",
-                        help="no 2D maps (the map_* detectors stay inactive; spares the CPU)")
-    add_json_argument(parser, required=True)
-    parser.add_argument("--db", type=Path, default=None,
-                        help="keep the runs in this DuckDB file (default: a temporary one)")
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
-    for noisy in ("sentrycam.capture", "sentrycam.backend", "uvicorn", "sentrycam.capture.run"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_progress_only()
     split = "quick" if args.quick else args.split
     steps = args.steps or (240 if args.quick else 360)
     recorder = Recorder("scenarios", args)
