@@ -82,11 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     row = run_one(server, steps, seed)
                     rows.append(row)
+                    # Written after every run: a long benchmark stopped early keeps its rows.
+                    recorder.write(args.json, rows, projector=args.projector)
                     log.info("demo %d steps seed %d: %d incident(s) %s; sev>=2 alerts %s (%.0fs)",
                              steps, seed, row["incidents"],
                              [(i["confirmed_step"], i["diagnosis"]) for i in
                               row["incident_list"]], row["confirmed_detectors"], row["seconds"])
-    recorder.write(args.json, rows, projector=args.projector)
     for row in rows:
         print(f"{row['steps']:>5} steps seed {row['seed']}: {row['incidents']} incident(s) "
               + "; ".join(f"{i['start_step']}-{i['end_step']} {i['diagnosis']} "
