@@ -141,24 +141,29 @@ def validation_trigger(curve: list[tuple[int, float]], at: int) -> int | None:
 def run_one(server: RunningServer, scenario: Scenario, steps: int, at: int) -> dict[str, Any]:
     """Train, audit and score one scenario: the row of the result file."""
     t0 = time.monotonic()
-    healthy = scenario.kind == HEALTHY
     result = train_run(server.url, scenario.arch, scenario.kind, scenario.seed, steps, at,
                        scenario.schedule, scenario.optimizer)
     settle(server)
-    trigger = validation_trigger(result["val_curve"], 0 if healthy else at)
-    alerts = server.store.alerts(result["run_id"])
-    curve = result["val_curve"]
+    return scenario_row(scenario, result["run_id"], steps, at,
+                        server.store.alerts(result["run_id"]), result["val_curve"],
+                        result["steps_per_epoch"], time.monotonic() - t0)
+
+
+def scenario_row(scenario: Scenario, run_id: str, steps: int, at: int,
+                 alerts: list[dict[str, Any]], curve: list[tuple[int, float]],
+                 steps_per_epoch: int, seconds: float) -> dict[str, Any]:
+    """One run's row from its stored alerts and validation curve (live or from a kept DB)."""
+    healthy = scenario.kind == HEALTHY
+    trigger = validation_trigger(curve, 0 if healthy else at)
     return {"scenario": scenario.name, "kind": scenario.kind, "family": FAMILY[scenario.kind],
             "architecture": scenario.arch, "seed": scenario.seed,
             "schedule": scenario.schedule, "optimizer": scenario.optimizer,
             "injected_step": None if healthy else at,
-            "steps": steps, "steps_per_epoch": result["steps_per_epoch"],
-            "run_id": result["run_id"],
-            **score_run(alerts, incidents_of(result["run_id"], alerts), scenario.kind, at,
-                        trigger, result["steps_per_epoch"], curve[-1][0] if curve else None,
-                        steps),
+            "steps": steps, "steps_per_epoch": steps_per_epoch, "run_id": run_id,
+            **score_run(alerts, incidents_of(run_id, alerts), scenario.kind, at,
+                        trigger, steps_per_epoch, curve[-1][0] if curve else None, steps),
             "val_loss": [[step, round(value, 5)] for step, value in curve],
-            "seconds": round(time.monotonic() - t0, 1)}
+            "seconds": round(seconds, 1)}
 
 
 def run_benchmark(split: str, db_path: Path, steps: int, at: int, only: str | None = None,
