@@ -3,7 +3,7 @@
     python benchmarks/scenario_rescore.py --split test --db A.duckdb [--db B.duckdb ...] --json OUT
 
 For a split run in several processes (``scenarios.py --only ... --db ...``) or stopped early:
-every run stored in the files becomes one row (its scenario read back from the run name, its
+every run stored in the files that ended becomes one row (its scenario read back from the run name, its
 alerts and validation curve from the store; a name seen twice keeps the later file's run), and
 the result file has the shape ``scenarios.py`` writes, so ``report.py`` renders it alike.
 """
@@ -40,8 +40,8 @@ def stored_rows(path: Path, plan: dict[str, Scenario]) -> dict[str, dict[str, An
     try:
         for run in store.run_summaries():
             scenario = plan.get(run.get("name") or "")
-            if scenario is None or run.get("last_step") is None:
-                continue
+            if scenario is None or run.get("status") == "running" or run["last_step"] is None:
+                continue  # not in the plan, or cut off by a stopped benchmark
             columns = store.scalars(run["run_id"], [VAL_LOSS.name])
             curve = sorted((int(s), float(v)) for s, v in zip(columns["step"], columns["value"]))
             steps = int(run["last_step"]) + 1
