@@ -137,6 +137,15 @@ TABLES: dict[str, list[Column]] = {
         ("run time mean / max (s)", lambda r: f"{num(r['mean_run_seconds'], 0)} / "
                                               f"{num(r['max_run_seconds'], 0)}"),
         ("first detectors", lambda r: ", ".join(r["first_detectors"]) or "-")],
+    "demo_health": [
+        ("steps", lambda r: str(r["steps"])), ("seed", lambda r: str(r["seed"])),
+        ("incidents", lambda r: str(r["incidents"])),
+        ("incidents: steps, diagnosis (detectors)",
+         lambda r: "; ".join(f"{i['start_step']}-{i['end_step']} {i['diagnosis']} "
+                             f"({', '.join(i['detectors'])})" for i in r["incident_list"]) or "-"),
+        ("alerts (sev >= 2) / all", lambda r: f"{r['confirmed_alerts']} / {r['alerts_total']}"),
+        ("final val loss / acc", lambda r: f"{num(r['val_loss'], 3)} / {num(r['val_acc'], 3)}"),
+        ("run time (s)", lambda r: num(r["seconds"], 0))],
     "dashboard_latency": [
         ("probe samples", lambda r: f"{r['n']:,}"),
         ("projector / maps", lambda r: f"{r['projector']} / {r['render']}"),
@@ -238,15 +247,37 @@ def _diagnosis_line(totals: dict[str, Any]) -> list[str]:
             f"abstain (`unknown`) on {totals['abstain_rate']:.1%} of diagnosed failures."]
 
 
+#: Geometry against scalars, per kind (result files that have it: scenario_score.py).
+_FAMILY_COLUMNS: list[Column] = [
+    ("kind", lambda r: r["kind"]),
+    ("first to confirm: geometry / training signals / local statistics (runs)",
+     lambda r: " / ".join(str(n) for n in r["first_family"].values())),
+    ("lead of the first geometry alert over the first scalar alert: median steps (runs with "
+     "both)", lambda r: f"{num(r['median_geometry_lead_steps'], 0)} "
+                        f"({r['runs_with_geometry_and_scalar']})"),
+    ("event-time AUPRC", lambda r: num(r["event_time_auprc"], 3))]
+
+
+def _scenario_lines(result: dict[str, Any]) -> list[str]:
+    t = result["totals"]
+    rate = "-" if t["detection_rate"] is None else f"{t['detection_rate']:.1%}"
+    lines = ["", f"Detection rate {rate}; {t['healthy_runs']} healthy runs with "
+             f"{t['healthy_false_alarms']} alerts of severity >= 2;",
+             f"{t['pre_injection_false_alarms']} before the injection in failure runs; "
+             f"{num(result['seconds'], 0)} s in all."] + _diagnosis_line(t)
+    if t.get("event_time_auprc") is not None:
+        rows = [r for r in result["rows"] if r["kind"] != "healthy"]
+        lines += [f"Event-time AUPRC (all runs' steps pooled) {t['event_time_auprc']:.3f}.", "",
+                  "Geometry against scalars (the family that confirmed first after the "
+                  "injection; positive lead: geometry first):", "",
+                  *table(_FAMILY_COLUMNS, rows, result)]
+    return lines
+
+
 def _extra_lines(result: dict[str, Any]) -> list[str]:
     """Figures a benchmark reports beside its rows (totals, fan-out)."""
     if result["benchmark"] == "scenarios":
-        t = result["totals"]
-        rate = "-" if t["detection_rate"] is None else f"{t['detection_rate']:.1%}"
-        return ["", f"Detection rate {rate}; {t['healthy_runs']} healthy runs with "
-                f"{t['healthy_false_alarms']} alerts of severity >= 2;",
-                f"{t['pre_injection_false_alarms']} before the injection in failure runs; "
-                f"{num(result['seconds'], 0)} s in all."] + _diagnosis_line(t)
+        return _scenario_lines(result)
     fanout = result.get("fanout")
     if result["benchmark"] == "dashboard_latency" and fanout:
         columns: list[Column] = [

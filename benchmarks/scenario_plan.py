@@ -4,7 +4,9 @@ optimizers, and the two disjoint splits (see docs/scenarios.md).
 - **Tuning split** (:data:`TUNING`): the runs the detector constants were set and checked on.
   The original eight kinds on the MLP, CNN and GRU, seeds 0-1, Adam at a constant learning
   rate; healthy runs seeds 10-13 at a constant rate and with warm-up + cosine (the schedule
-  the calibration was checked against). Kinds of one architecture only (:data:`ARCH_KINDS`:
+  the calibration was checked against), and seeds 20-31 with one-cycle and step-decay
+  schedules under Adam and SGD (:data:`SCHEDULE_CHECKS`: the schedules' own rises and drops
+  that the detectors calibrate to). Kinds of one architecture only (:data:`ARCH_KINDS`:
   attention collapse, on the transformer) seeds 0-1, with healthy transformer controls seeds
   50-51.
 - **Test split** (:data:`TEST`): only scored, never tuned on. Every kind (the eight above and
@@ -94,12 +96,21 @@ class Scenario:
         return f"{self.kind}-{self.arch}-s{self.seed}-{self.schedule}-{self.optimizer}"
 
 
+#: Tuning-only healthy runs: (schedule, optimizer) pairs whose learning rate moves by design.
+SCHEDULE_CHECKS = (("one_cycle", "adam"), ("one_cycle", "sgd"), ("step", "adam"),
+                   ("step", "sgd"))
+TUNING_ARCHITECTURES = ("mlp", "cnn", "gru")
+
+
 def _tuning() -> list[Scenario]:
-    runs = [Scenario(kind, arch, seed) for arch in ("mlp", "cnn", "gru")
+    runs = [Scenario(kind, arch, seed) for arch in TUNING_ARCHITECTURES
             for kind in TUNED_KINDS for seed in (0, 1)]
     runs += [Scenario(HEALTHY, arch, 10 + i, schedule)
-             for arch in ("mlp", "cnn", "gru") for i, schedule in
+             for arch in TUNING_ARCHITECTURES for i, schedule in
              enumerate(("constant", "constant", "warmup_cosine", "warmup_cosine"))]
+    runs += [Scenario(HEALTHY, arch, 20 + 4 * a + i, schedule, optimizer)
+             for a, arch in enumerate(TUNING_ARCHITECTURES)
+             for i, (schedule, optimizer) in enumerate(SCHEDULE_CHECKS)]
     runs += [Scenario(kind, arch, seed) for kind, archs in ARCH_KINDS.items()
              for arch in archs for seed in (0, 1)]
     runs += [Scenario(HEALTHY, "transformer", 50 + i, schedule)  # controls for ARCH_KINDS

@@ -6,6 +6,15 @@ first incident confirmed at or after the injected step; correct when it equals t
 family, ``unknown`` an abstain (counted apart, not as wrong). Risk-coverage: the detected
 failures ranked by the diagnosis' confidence; at each coverage (the share diagnosed, most
 confident first) the risk is the share of those diagnoses that are wrong.
+
+Geometry against scalars: the family of each detector (``Detector.family``: geometry of the
+probe's representations, training signals, local statistics) gives, per detected failure, the
+family that confirmed first and the lead of the first geometry alert over the first alert of
+any other family (the best scalar alert; positive: geometry was earlier). Event-time AUPRC:
+every step of every run is one prediction, scored by the highest severity (0-3) of the alerts
+open at that step (developing until confirmed), labelled positive from the injected step on in
+a failure run and negative elsewhere; the area under the precision-recall curve of all steps
+pooled (average precision over the severity thresholds).
 """
 
 from __future__ import annotations
@@ -16,7 +25,12 @@ from typing import Any, Mapping, Sequence
 from results import distribution
 from scenario_plan import FAMILY, HEALTHY
 
+from sentrycam.backend.audit.detectors import FAMILIES, detector_families
+from sentrycam.backend.audit.detectors.base import GEOMETRY
+
 UNKNOWN = "unknown"
+#: Severity levels an alert can hold (0: no alert open).
+LEVELS = 4
 
 
 def _confirmed(alerts: Sequence[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any]]]:
@@ -37,10 +51,60 @@ def _diagnosis(incidents: Sequence[Mapping[str, Any]], kind: str, at: int) -> di
             "diagnosis_correct": None if decided == UNKNOWN else decided == FAMILY[kind]}
 
 
+def _families(after: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Which detector family confirmed first after the injection, the first step of each
+    family, and the lead of the first geometry alert over the first non-geometry one."""
+    family_of = detector_families()
+    first: dict[str, int] = {}
+    for step, alert in after:
+        first.setdefault(family_of.get(alert["detector"], UNKNOWN), step)
+    scalar = [step for family, step in first.items() if family != GEOMETRY]
+    geometry = first.get(GEOMETRY)
+    return {"first_family": family_of.get(after[0][1]["detector"], UNKNOWN) if after else None,
+            "family_first_steps": {family: first.get(family) for family in FAMILIES},
+            "geometry_lead_steps": (min(scalar) - geometry
+                                    if geometry is not None and scalar else None)}
+
+
+def event_time_counts(alerts: Sequence[Mapping[str, Any]], steps: int,
+                      at: int | None) -> dict[str, list[int]]:
+    """Steps of one run by score (index: the highest severity open at the step, 0-3) and label
+    (``positive``: at or after the injected step ``at``; None for a healthy run)."""
+    score = [0] * steps
+    for alert in alerts:
+        evidence = alert.get("evidence") or {}
+        first, last = int(alert["step"]), int(evidence.get("last_step") or alert["step"])
+        confirmed = evidence.get("confirmed_step")
+        for t in range(max(first, 0), min(last, steps - 1) + 1):
+            held = alert["severity"] if confirmed is not None and t >= confirmed else 1
+            score[t] = max(score[t], held)
+    counts = {"positive": [0] * LEVELS, "negative": [0] * LEVELS}
+    for t, level in enumerate(score):
+        counts["positive" if at is not None and t >= at else "negative"][level] += 1
+    return counts
+
+
+def event_time_auprc(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """Average precision of the pooled per-step scores of ``rows`` (see the module)."""
+    positive = [sum(r["event_time"]["positive"][lv] for r in rows) for lv in range(LEVELS)]
+    negative = [sum(r["event_time"]["negative"][lv] for r in rows) for lv in range(LEVELS)]
+    total = sum(positive)
+    if not total:
+        return None
+    area, recall, tp, fp = 0.0, 0.0, 0, 0
+    for level in reversed(range(LEVELS)):  # thresholds from the highest severity down
+        tp, fp = tp + positive[level], fp + negative[level]
+        if tp + fp:
+            area += (tp / total - recall) * tp / (tp + fp)
+            recall = tp / total
+    return area
+
+
 def score_run(alerts: Sequence[Mapping[str, Any]], incidents: Sequence[Mapping[str, Any]],
               kind: str, at: int, trigger: int | None, steps_per_epoch: int,
-              last_val_step: int | None = None) -> dict[str, Any]:
-    """One run's figures from its stored alerts and incidents (``incidents_of``)."""
+              last_val_step: int | None = None, steps: int | None = None) -> dict[str, Any]:
+    """One run's figures from its stored alerts and incidents (``incidents_of``); ``steps``
+    (the run's length) adds the event-time counts."""
     confirmed = _confirmed(alerts)
     healthy = kind == HEALTHY
     early = [a for s, a in confirmed if healthy or s < at]
@@ -52,7 +116,9 @@ def score_run(alerts: Sequence[Mapping[str, Any]], incidents: Sequence[Mapping[s
         "false_alarms": len(early),
         "false_alarm_detectors": sorted({a["detector"] for a in early}),
         "alerts_total": len(alerts), "incidents": len(incidents),
-        **_diagnosis(incidents, kind, at)}
+        **_diagnosis(incidents, kind, at), **_families(after)}
+    if steps is not None:
+        result["event_time"] = event_time_counts(alerts, steps, None if healthy else at)
     if after:
         step, alert = after[0]
         result.update(first_alert_step=step, detector=alert["detector"], layer=alert["layer"],
@@ -97,7 +163,18 @@ def _kind_summary(kind: str, group: Sequence[Mapping[str, Any]]) -> dict[str, An
         "runs_with_val_trigger": len(leads),
         "median_lead_steps_at_least": statistics.median(bounded) if bounded else None,
         "first_detectors": sorted({r["detector"] for r in group if r["detector"]}),
-        **_diagnosis_figures(group)}
+        **_family_figures(group), **_diagnosis_figures(group)}
+
+
+def _family_figures(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Geometry against scalars for one kind (see the module)."""
+    leads = [r["geometry_lead_steps"] for r in group if r.get("geometry_lead_steps") is not None]
+    timed = [r for r in group if "event_time" in r]
+    return {"first_family": {family: sum(r.get("first_family") == family for r in group)
+                             for family in FAMILIES},
+            "median_geometry_lead_steps": statistics.median(leads) if leads else None,
+            "runs_with_geometry_and_scalar": len(leads),
+            "event_time_auprc": event_time_auprc(timed) if timed else None}
 
 
 def risk_coverage(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
@@ -130,7 +207,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "healthy_false_alarms": sum(r["false_alarms"] for r in healthy),
             "false_alarms_per_10_healthy": (10 * sum(r["false_alarms"] for r in healthy)
                                             / len(healthy) if healthy else None),
-            "pre_injection_false_alarms": sum(r["false_alarms"] for r in failures)}
+            "pre_injection_false_alarms": sum(r["false_alarms"] for r in failures),
+            "event_time_auprc": event_time_auprc([r for r in rows if "event_time" in r])}
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -154,5 +232,13 @@ def render(summary: dict[str, Any]) -> str:
     lines.append(f"healthy runs {summary['healthy_runs']}, severity>=2 alerts "
                  f"{summary['healthy_false_alarms']} "
                  f"({summary['false_alarms_per_10_healthy']} per 10 runs); pre-injection "
-                 f"false alarms in failure runs {summary['pre_injection_false_alarms']}")
+                 f"false alarms in failure runs {summary['pre_injection_false_alarms']}; "
+                 f"event-time AUPRC {_fmt(summary['event_time_auprc'], '.3f')}")
+    lines.append(f"{'kind':22} {'first family: geometry/training/local':>37} "
+                 f"{'geometry lead (st)':>18} {'n':>2} {'AUPRC':>6}")
+    for kind, s in summary["kinds"].items():
+        counts = "/".join(str(s["first_family"][family]) for family in FAMILIES)
+        lines.append(f"{kind:22} {counts:>37} {_fmt(s['median_geometry_lead_steps'], '.0f'):>18} "
+                     f"{s['runs_with_geometry_and_scalar']:>2} "
+                     f"{_fmt(s['event_time_auprc'], '.3f'):>6}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ no centred window, no look-ahead. Each detector calibrates on its run's own hist
 - :class:`Ewma`, :class:`Cusum`: exponentially weighted mean and a one-sided CUSUM on z-scores
   (slow drifts that no single observation shows).
 - :class:`Escalation`: turns a z-score stream into a severity (0-3) from magnitude and duration.
+- :class:`LearningPace`: whether the training loss is falling fast (a model taking off).
 
 No threshold here is set by the user; the constants are in units of the run's own noise.
 """
@@ -167,6 +168,36 @@ class Cusum:
 
     def reset(self) -> None:
         self.value = 0.0
+
+
+class LearningPace:
+    """Is the training loss falling fast? The median log-loss of the last ``recent`` steps lies
+    more than ``margin`` robust scales below the median of the ``window`` steps before them.
+
+    When a model takes off (leaves its initial plateau, or a warm-up or one-cycle schedule
+    reaches a rate that learns), its gradients grow, its weights and representations
+    reorganise: judged alone these read as an explosion or a collapse, but they come with the
+    loss falling faster than it did. A steady decline stays within the trailing window's own
+    spread (a linear trend puts the recent median about 1.4 scales below the centre) and
+    does not count; a failure makes the loss rise, not fall.
+    """
+
+    def __init__(self, recent: int = 10, window: int = 100, margin: float = 3.0,
+                 min_count: int = 30) -> None:
+        self.recent, self.margin, self.min_count = recent, margin, min_count
+        self._values: deque[float] = deque(maxlen=recent + window)
+
+    def update(self, loss: float | None) -> None:
+        x = finite_log(loss) if loss is not None else math.nan
+        if math.isfinite(x):
+            self._values.append(x)
+
+    def fast(self) -> bool:
+        values = list(self._values)
+        if len(values) < self.recent + self.min_count:
+            return False
+        center, scale = robust_center_scale(values[:-self.recent], 1e-3)
+        return float(np.median(values[-self.recent:])) < center - self.margin * scale
 
 
 @dataclass(frozen=True)

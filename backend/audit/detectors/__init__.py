@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from sentrycam.backend.audit.detectors.attention import AttentionCollapse
-from sentrycam.backend.audit.detectors.base import Detector, MapView, ProbeView
+from sentrycam.backend.audit.detectors.base import FAMILIES, Detector, MapView, ProbeView
 from sentrycam.backend.audit.detectors.geometry import GeometryDetector, MapGeometryDetector
 from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, OptimizerState,
                                                          UpdateStall, VanishingGradients,
@@ -34,4 +34,10 @@ def build_detectors() -> list[Detector]:
     return [cls() for cls in DETECTOR_TYPES]
 
 
-__all__ = ["Detector", "ProbeView", "MapView", "DETECTOR_TYPES", "build_detectors"]
+def detector_families() -> dict[str, str]:
+    """Alert detector name -> family of the detector class that raises it (``FAMILIES``)."""
+    return {alert: cls.family for cls in DETECTOR_TYPES for alert in cls.alert_names()}
+
+
+__all__ = ["Detector", "ProbeView", "MapView", "DETECTOR_TYPES", "FAMILIES", "build_detectors",
+           "detector_families"]

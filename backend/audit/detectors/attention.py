@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import Levels, RobustWindow, finite_log
-from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.backend.audit.detectors.base import (LOCAL_STATISTICS, Detector, SeriesWatch,
+                                                    finding)
 from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import LayerStats
 from sentrycam.protocol.signals import ATTN_AGREEMENT, ATTN_ENTROPY
@@ -63,6 +64,7 @@ class AttentionCollapse(Detector):
     """Per attention head, a collapse onto one key or into the other heads' pattern."""
 
     name = "attention_collapse"
+    family = LOCAL_STATISTICS  # per-head statistics of the probe pass, as layer statistics
     kinds = frozenset({ChangeKind.LAYER_STATS})
     waiting_for = ("no attention statistics yet (capture sends them with each snapshot of a "
                    "model built on nn.MultiheadAttention)")

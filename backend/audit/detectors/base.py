@@ -21,6 +21,12 @@ from sentrycam.backend.audit.baselines import Escalation, Levels, RobustWindow, 
 
 EVIDENCE_POINTS = 40
 
+#: Detector families (SPEC section 6), so that reports can say which kind of evidence fired
+#: first: the geometry of the probe's representations, the training signals (loss, gradients,
+#: updates, probe outputs, validation), and local per-layer statistics.
+GEOMETRY, TRAINING_SIGNALS, LOCAL_STATISTICS = "geometry", "training_signals", "local_statistics"
+FAMILIES = (GEOMETRY, TRAINING_SIGNALS, LOCAL_STATISTICS)
+
 
 @dataclass(frozen=True)
 class ProbeView:
@@ -56,10 +62,12 @@ class MapView:
 
 
 class Detector:
-    """Base class: ``name``, the ``kinds`` consumed, :meth:`observe` and :meth:`status`."""
+    """Base class: ``name``, the ``kinds`` consumed, its ``family`` (one of :data:`FAMILIES`),
+    :meth:`observe` and :meth:`status`."""
 
     name: ClassVar[str] = ""
     kinds: ClassVar[frozenset[str]] = frozenset()
+    family: ClassVar[str] = TRAINING_SIGNALS
     #: Why the detector is quiet until its input arrives (shown while inactive).
     waiting_for: ClassVar[str] = "no input yet"
 
@@ -69,6 +77,11 @@ class Detector:
 
     def observe(self, kind: str, item: Any) -> list[Finding]:
         raise NotImplementedError
+
+    @classmethod
+    def alert_names(cls) -> frozenset[str]:
+        """The ``detector`` names its alerts carry (its own name unless it reports several)."""
+        return frozenset({cls.name})
 
     def status(self) -> dict[str, Any]:
         return {"detector": self.name, "active": self.inactive_reason is None,

@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import RobustWindow
-from sentrycam.backend.audit.detectors.base import (Detector, MapView, ProbeView, SeriesWatch,
-                                                    finding)
+from sentrycam.backend.audit.baselines import LearningPace, RobustWindow
+from sentrycam.backend.audit.detectors.base import (GEOMETRY, Detector, MapView, ProbeView,
+                                                    SeriesWatch, finding)
 from sentrycam.backend.audit.detectors.outputs import SNAPSHOT_LEVELS as LEVELS
-from sentrycam.backend.audit.detectors.outputs import snapshot_watch
+from sentrycam.backend.audit.detectors.outputs import has_left_chance, snapshot_watch
 from sentrycam.backend.geometry import class_geometry, training_labels
 from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.messages import Scalars
+from sentrycam.protocol.signals import LOSS
 
 #: Smallest noise scale of a ratio-like metric, relative to its best value (5%): snapshots of
 #: a healthy run wander by a few percent.
@@ -30,6 +32,8 @@ RELATIVE_FLOOR = 0.05
 #: Per-class separation takes the worst of all classes, so its floor is wider (10%).
 CLASS_FLOOR = 0.10
 
+#: The alert on the worst class's separation (per-class collapse).
+CLASS_COLLAPSE = "class_collapse"
 #: metric -> (alert name, higher is better, what it means, suggestion)
 METRICS: dict[str, tuple[str, bool, str, str]] = {
     "ratio": ("class_separation", False, "intra-class spread relative to inter-class distance",
@@ -80,15 +84,50 @@ class GeometryDetector(Detector):
     """Geometry of the high-D features of each captured layer at every snapshot."""
 
     name = "geometry"
-    kinds = frozenset({ChangeKind.SNAPSHOT})
+    kinds = frozenset({ChangeKind.SNAPSHOT, ChangeKind.SCALARS})  # scalars: the loss's pace
     waiting_for = "no snapshot with features yet"
+    family = GEOMETRY
     prefix = ""
+    #: Metrics this detector does not alert on (effective rank means nothing in 2D).
+    skipped: frozenset[str] = frozenset()
+
+    @classmethod
+    def alert_names(cls) -> frozenset[str]:
+        names = {alert for alert, _, _, _ in METRICS.values()} | {CLASS_COLLAPSE}
+        return frozenset(cls.prefix + name for name in names) - cls.skipped
 
     def __init__(self) -> None:
         super().__init__()
         self.layers: dict[str, LayerGeometry] = {}
+        #: Has the model left chance level (``has_left_chance``)? Until then a layer's class
+        #: structure is that of its input or its initialisation, not something learned that
+        #: could be lost: it is recorded, not judged (a run that never learns, e.g. a CNN
+        #: that SGD keeps at chance, scrambles its initial structure without failing).
+        self.learning_since: int | None = None
+        self.judges_chance = False  # have snapshots with class outputs been seen?
+        #: An effective rank that falls while the loss falls fast is a model taking off
+        #: (features concentrating on the class directions), held at developing.
+        self.pace = LearningPace()
 
-    def observe(self, kind: str, item: ProbeView) -> list[Finding]:
+    def note_learning(self, view: ProbeView) -> None:
+        if {"confidence", "pred"} <= set(view.outputs):
+            self.judges_chance = True
+            if self.learning_since is None and has_left_chance(view):
+                self.learning_since = view.step
+
+    def learning_at(self, step: int) -> bool:
+        """Had the model left chance by ``step`` (causal: a map can arrive after later
+        snapshots)? Without class outputs (a model whose output is not [N, classes], or no
+        snapshot seen) there is no way to tell, and the geometry is judged from the start."""
+        if not self.judges_chance:
+            return True
+        return self.learning_since is not None and self.learning_since <= step
+
+    def observe(self, kind: str, item: ProbeView | Scalars) -> list[Finding]:
+        if kind == ChangeKind.SCALARS:
+            self.pace.update(item.values.get(LOSS.name))
+            return []
+        self.note_learning(item)
         if not item.features:
             return []
         if not item.has_labels:
@@ -110,6 +149,9 @@ class GeometryDetector(Detector):
         state.history.append({"step": step, **{k: v for k, v in metrics.items()
                                                if not isinstance(v, dict)}})
         del state.history[:-200]
+        if not self.learning_at(step):
+            self.inactive_reason = "waiting for the model to leave chance level"
+            return []
         was_structured = state.structured
         state.note_structure(metrics["knn_consistency"], labels)
         found = [self._metric(step, layer, metric, metrics, state) for metric in METRICS]
@@ -147,6 +189,8 @@ class GeometryDetector(Detector):
     def _rank(self, step: int, layer: str, value: float, watch: SeriesWatch, meaning: str,
               suggestion: str) -> Finding:
         level, score = watch.observe(step, math.log(max(value, 1e-9)))
+        if 1 < level < 3 and self.pace.fast():
+            level = 1
         center, _ = watch.baseline.center_scale()
         where = "2D map" if self.prefix else "features"
         return finding(
@@ -168,11 +212,11 @@ class GeometryDetector(Detector):
             if score is not None and (worst is None or (level, score) > worst[:2]):
                 worst = (level, score, label)
         if worst is None:
-            return finding(self.prefix + "class_collapse", step, 0, None, layer=layer)
+            return finding(self.prefix + CLASS_COLLAPSE, step, 0, None, layer=layer)
         level, score, label = worst
         watch = state.classes[label]
         return finding(
-            self.prefix + "class_collapse", step, level, score, layer=layer,
+            self.prefix + CLASS_COLLAPSE, step, level, score, layer=layer,
             evidence=watch.evidence(series=f"separation of class {label}", layer=layer,
                                     label=label),
             message=f"class {label} is collapsing into its neighbours in {layer}: its "
@@ -191,13 +235,17 @@ class MapGeometryDetector(GeometryDetector):
     arrive). Effective rank is meaningless in 2D and is left out."""
 
     name = "map_geometry"
-    kinds = frozenset({ChangeKind.EMBEDDING})
+    kinds = frozenset({ChangeKind.EMBEDDING, ChangeKind.SNAPSHOT})  # snapshots: has it learned
     waiting_for = "no embeddings yet (the projector has not drawn a map of this run)"
     prefix = "map_"
+    skipped = frozenset({"map_effective_rank"})
 
-    def observe(self, kind: str, item: MapView) -> list[Finding]:
+    def observe(self, kind: str, item: MapView | ProbeView) -> list[Finding]:
+        if kind == ChangeKind.SNAPSHOT:
+            self.note_learning(item)
+            return []
         if not (item.labels >= 0).any():
             self.inactive_reason = "no probe labels (pass labels with the probe)"
             return []
         found = self.judge_points(item.step, item.layer, np.asarray(item.coords), item.labels)
-        return [f for f in found if f.detector != "map_effective_rank"]
+        return [f for f in found if f.detector not in self.skipped]

@@ -16,11 +16,12 @@ from typing import ClassVar
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import (Cusum, Escalation, Levels, RobustWindow,
-                                               finite_log)
-from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.backend.audit.baselines import (Cusum, Escalation, LearningPace, Levels,
+                                               RobustWindow, finite_log)
+from sentrycam.backend.audit.detectors.base import (LOCAL_STATISTICS, Detector, SeriesWatch,
+                                                    finding)
 from sentrycam.protocol.messages import LayerStats, Scalars
-from sentrycam.protocol.signals import GRAD_NORM, LR, UPDATE_RATIO, WEIGHT_NORM
+from sentrycam.protocol.signals import GRAD_NORM, LOSS, LR, UPDATE_RATIO, WEIGHT_NORM
 from sentrycam.protocol.changes import ChangeKind
 
 #: Smallest scale of a log-series baseline: 5% relative change.
@@ -44,7 +45,10 @@ def fast_window() -> RobustWindow:
 
 class GradientExplosion(Detector):
     """Gradient norm far above its trailing baseline (sudden), or drifting above a slow baseline
-    (a CUSUM of z-scores against the median of 100 observations that ended 50 back)."""
+    (a CUSUM of z-scores against the median of 100 observations that ended 50 back). While the
+    loss falls fast (:class:`LearningPace`: the model taking off, e.g. as a warm-up or one-cycle
+    schedule reaches its peak) a rise is held at developing: growing gradients are then how
+    learning looks."""
 
     name = "gradient_explosion"
     kinds = frozenset({ChangeKind.SCALARS})
@@ -60,8 +64,10 @@ class GradientExplosion(Detector):
         # A slow rise alone is only "developing": healthy runs' gradient norms often climb for
         # a while (the loss sharpens); confirmation needs a sudden jump or other detectors.
         self.drift = Escalation(Levels(develop=30.0, confirm=1e9, persist=5, max_level=1))
+        self.pace = LearningPace()
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
+        self.pace.update(item.values.get(LOSS.name))
         x = finite_log(item.values.get(GRAD_NORM.name, math.nan))
         if math.isnan(x):
             return []
@@ -75,6 +81,8 @@ class GradientExplosion(Detector):
         level, z = self.watch.observe(item.step, x)
         score = max(z or 0.0, drift / 10.0)
         both = max(level, drift_level)
+        if both < 3 and self.pace.fast():
+            both = min(both, 1)
         kind_text = "jumped to" if level >= drift_level else "has been drifting up to"
         return [finding(
             self.name, item.step, both, score,
@@ -159,6 +167,7 @@ class OptimizerState(Detector):
 
     name = "optimizer_state"
     kinds = frozenset({ChangeKind.SCALARS})
+    family = LOCAL_STATISTICS  # the optimizer's own state (SPEC: a local detector)
     waiting_for = "no update_ratio/lr telemetry yet"
 
     def __init__(self) -> None:
@@ -212,6 +221,11 @@ class WeightDrift(Detector):
     waiting_for = "no per-layer weight norms yet"
     JUMP = 4.0
     RECENT = 10
+    #: Smallest scale of the rate (|d log weight_norm| per step): 1e-4, a weight norm moving
+    #: 1% per 100 steps. Late in training a layer's norm moves 1e-6 per step, at the
+    #: resolution of its float32 value, where a jump to 1e-5 is rounding, not drift (the
+    #: healthy demo CNN raised three such alerts in 2,000 steps with a floor of 1e-6).
+    RATE_FLOOR = 1e-4
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,7 +253,8 @@ class WeightDrift(Detector):
             return []
         rate = abs(x - previous[1]) / (step - previous[0])
         watch = self.watches.setdefault(layer, SeriesWatch(
-            RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=1e-6, rel_floor=0.2),
+            RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=self.RATE_FLOOR,
+                         rel_floor=0.2),
             Levels(develop=10.0, confirm=25.0, critical=100.0, persist=5)))
         recent = self.recent.setdefault(layer, deque(maxlen=self.RECENT))
         jumped = bool(recent) and rate >= self.JUMP * float(np.median(recent))

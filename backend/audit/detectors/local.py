@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import Levels, RobustWindow, finite_log
-from sentrycam.backend.audit.detectors.base import Detector, SeriesWatch, finding
+from sentrycam.backend.audit.baselines import LearningPace, Levels, RobustWindow, finite_log
+from sentrycam.backend.audit.detectors.base import (LOCAL_STATISTICS, Detector, SeriesWatch,
+                                                    finding)
 from sentrycam.backend.audit.detectors.gradients import CALIBRATION
-from sentrycam.protocol.messages import LayerStats
-from sentrycam.protocol.signals import DEAD_FRAC, LAYER_GRAD_NORM, SAT_FRAC, WEIGHT_NORM
+from sentrycam.protocol.messages import LayerStats, Scalars
+from sentrycam.protocol.signals import DEAD_FRAC, LAYER_GRAD_NORM, LOSS, SAT_FRAC, WEIGHT_NORM
 from sentrycam.protocol.changes import ChangeKind
 
 #: Fractions (dead, saturated) are judged against a noise floor of one unit in fifty.
@@ -33,6 +35,7 @@ class PerLayer(Detector):
 
     stat = ""
     kinds = frozenset({ChangeKind.LAYER_STATS})
+    family = LOCAL_STATISTICS
 
     def __init__(self) -> None:
         super().__init__()
@@ -173,12 +176,27 @@ class GradientFlow(PerLayer):
 
 class WeightNormImbalance(PerLayer):
     """Per layer, log |W| relative to the median layer moves far from its baseline: one layer's
-    weights grow or shrink out of proportion with the rest."""
+    weights grow or shrink out of proportion with the rest. Held at developing while the loss
+    falls fast (:class:`LearningPace`): a model taking off grows its head's weights first."""
 
     name = "weight_norm_imbalance"
     stat = WEIGHT_NORM.name
+    kinds = frozenset({ChangeKind.LAYER_STATS, ChangeKind.SCALARS})
     waiting_for = "no per-layer weight norms yet"
     values: Callable[..., dict[str, float]] = GradientFlow.values
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pace = LearningPace()
+
+    def observe(self, kind: str, item: LayerStats | Scalars) -> list[Finding]:
+        if kind == ChangeKind.SCALARS:
+            self.pace.update(item.values.get(LOSS.name))
+            return []
+        found = super().observe(kind, item)
+        if not self.pace.fast():
+            return found
+        return [replace(f, level=1) if 1 < f.level < 3 else f for f in found]
 
     def new_watch(self) -> SeriesWatch:
         return SeriesWatch(RobustWindow(window=100, lag=5, min_count=CALIBRATION, floor=LOG_REL),

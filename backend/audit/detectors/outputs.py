@@ -32,7 +32,7 @@ SNAPSHOT_CALIBRATION = 4
 
 def snapshot_watch(higher_is_better: bool) -> SeriesWatch:
     """The rule for a series sampled every snapshot or epoch: distance from its best value in
-    units of its recent movement (also the benchmark's validation-loss trigger)."""
+    units of its recent movement."""
     return SeriesWatch(RunningBest(higher_is_better, noise_window=SNAPSHOT_NOISE_WINDOW,
                                    min_count=SNAPSHOT_CALIBRATION), SNAPSHOT_LEVELS)
 

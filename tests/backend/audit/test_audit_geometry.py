@@ -115,3 +115,26 @@ def test_a_layer_collapsed_to_one_point_from_the_start_is_observed_without_error
         findings = detector.observe("snapshot", probe_view(i * 25, labels,
                                                            features={"body": collapsed}))
         assert all(f.level < 2 for f in findings if f.detector == "class_collapse")
+
+
+def _with_outputs(views, at_chance: bool):
+    """The views with class outputs: confidence at chance (1/5) or well above it."""
+    out = []
+    for view in views:
+        n = len(view.labels)
+        confidence = np.full(n, 0.2 if at_chance else 0.9, np.float32)
+        out.append(probe_view(view.step, view.labels, features=dict(view.features),
+                              outputs={"confidence": confidence, "pred": view.labels.copy()}))
+    return out
+
+
+def test_geometry_waits_for_the_model_to_leave_chance_level():
+    """A model still at chance has no learned structure to lose: the same mixing that is
+    confirmed once it predicts is not alerted while its outputs sit at chance."""
+    def confirmed(views):
+        detector = GeometryDetector()
+        return [f for view in views for f in detector.observe("snapshot", view)
+                if f.level >= 2]
+
+    assert confirmed(_with_outputs(_runs(collapse_at=10), at_chance=False))
+    assert not confirmed(_with_outputs(_runs(collapse_at=10), at_chance=True))
