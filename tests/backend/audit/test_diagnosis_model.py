@@ -55,7 +55,8 @@ def test_probabilities_sum_to_one_and_unknown_detectors_carry_no_weight():
 
 
 def test_features_weigh_severity_order_and_spread():
-    found = features([Evidence("dead_units", 10, 3, layers=2), Evidence("map_davies_bouldin", 40, 1),
+    found = features([Evidence("dead_units", 10, 3, layers=2),
+                      Evidence("map_davies_bouldin", 40, 1),
                       Evidence("davies_bouldin", 40, 2, layers=1)])
     assert found["dead_units"] == 1.5 and found["dead_units" + FIRST] == 1
     assert found["dead_units" + SPREAD] == 1 and "davies_bouldin" + SPREAD not in found
