@@ -264,7 +264,8 @@ def _scenario_lines(result: dict[str, Any]) -> list[str]:
     lines = ["", f"Detection rate {rate}; {t['healthy_runs']} healthy runs with "
              f"{t['healthy_false_alarms']} alerts of severity >= 2;",
              f"{t['pre_injection_false_alarms']} before the injection in failure runs; "
-             f"{num(result['seconds'], 0)} s in all."] + _diagnosis_line(t)
+             # a rescore of kept runs trains nothing: no time of its own to give
+             f"{num(result.get('seconds'), 0)} s in all."] + _diagnosis_line(t)
     if t.get("event_time_auprc") is not None:
         rows = [r for r in result["rows"] if r["kind"] != "healthy"]
         lines += [f"Event-time AUPRC (all runs' steps pooled) {t['event_time_auprc']:.3f}.", "",

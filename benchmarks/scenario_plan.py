@@ -9,6 +9,10 @@ optimizers, and the two disjoint splits (see docs/scenarios.md).
   that the detectors calibrate to). Kinds of one architecture only (:data:`ARCH_KINDS`:
   attention collapse, on the transformer) seeds 0-1, with healthy transformer controls seeds
   50-51.
+- **Diagnosis tuning split** (:data:`TUNING_DIAGNOSIS`): the runs the diagnosis rules were set
+  on, besides the tuning split: every kind on every architecture, seeds 40-41, schedules and
+  optimizers rotated from another offset than the test split's. No healthy runs (they have no
+  incident to diagnose).
 - **Test split** (:data:`TEST`): only scored, never tuned on. Every kind (the eight above and
   eight designed after the constants were set), all four architectures (adding a small
   transformer on tokens), seeds 100 and up, schedules and optimizers rotated over the runs;
@@ -118,15 +122,24 @@ def _tuning() -> list[Scenario]:
     return runs
 
 
-def _test() -> list[Scenario]:
-    settings = cycle([(s, o) for s in SCHEDULES for o in OPTIMIZERS])
+def _every_kind(first_seed: int, seeds: int, offset: int = 0) -> list[Scenario]:
+    """Every kind on every architecture, the (schedule, optimizer) pairs in turn from
+    ``offset``, seeds ``first_seed`` .. ``first_seed + seeds - 1`` in turn."""
+    pairs = [(s, o) for s in SCHEDULES for o in OPTIMIZERS]
+    settings = cycle(pairs[offset:] + pairs[:offset])
     runs = []
     for arch in ARCHITECTURES:
         for kind in KINDS:
             schedule, optimizer = next(settings)
             if kind in ADAM_ONLY and optimizer == "sgd":
                 optimizer = "adamw"
-            runs.append(Scenario(kind, arch, 100 + len(runs) % 3, schedule, optimizer))
+            runs.append(Scenario(kind, arch, first_seed + len(runs) % seeds, schedule,
+                                 optimizer))
+    return runs
+
+
+def _test() -> list[Scenario]:
+    runs = _every_kind(100, 3)
     healthy = [(s, o) for s in SCHEDULES for o in OPTIMIZERS]
     for i, (schedule, optimizer) in enumerate(healthy):
         runs.append(Scenario(HEALTHY, ARCHITECTURES[i % len(ARCHITECTURES)], 200 + i,
@@ -140,11 +153,13 @@ QUICK = (Scenario("lr_spike", "mlp", 300), Scenario("dead_units", "mlp", 300),
          Scenario(HEALTHY, "gru", 302, "warmup_cosine"))
 
 TUNING: tuple[Scenario, ...] = tuple(_tuning())
+TUNING_DIAGNOSIS: tuple[Scenario, ...] = tuple(_every_kind(40, 2, offset=7))
 TEST: tuple[Scenario, ...] = tuple(_test())
-SPLITS: dict[str, tuple[Scenario, ...]] = {"tuning": TUNING, "test": TEST, "quick": QUICK}
+SPLITS: dict[str, tuple[Scenario, ...]] = {
+    "tuning": TUNING, "tuning-diagnosis": TUNING_DIAGNOSIS, "test": TEST, "quick": QUICK}
 
 
 def check_disjoint() -> None:
-    """No seed (hence no run) is shared between the tuning split and the test split."""
-    shared = {s.seed for s in TUNING} & {s.seed for s in TEST}
+    """No seed (hence no run) is shared between a tuning split and the test split."""
+    shared = {s.seed for s in TUNING + TUNING_DIAGNOSIS} & {s.seed for s in TEST}
     assert not shared, f"seeds in both splits: {sorted(shared)}"

@@ -206,7 +206,8 @@ def log_progress_only() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=("tuning", "test"), default="test",
+    parser.add_argument("--split", choices=tuple(s for s in SPLITS if s != "quick"),
+                        default="test",
                         help="which split to run (default: the test split, only scored)")
     parser.add_argument("--quick", action="store_true",
                         help="a few short runs with fresh seeds (CI); overrides --split")

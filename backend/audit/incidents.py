@@ -149,24 +149,32 @@ class Incident:
     @property
     def decided_step(self) -> int:
         """The last step whose alerts the diagnosis weighs."""
+        return self.decision_step(DECISION_STEPS)
+
+    def decision_step(self, window: int) -> int:
+        """The last step whose alerts a diagnosis deciding ``window`` steps after the
+        confirmation weighs."""
         confirmed = self.confirmed_step
         latest = max(a.step for a in self.alerts.values())
-        return latest if confirmed is None else min(latest, confirmed + DECISION_STEPS)
+        return latest if confirmed is None else min(latest, confirmed + window)
 
     def evidence(self, until: int | None = None) -> list[Evidence]:
         """Per detector (layers folded together) of the alerts that opened by step ``until``
-        (default: all): first step and highest severity by then."""
+        (default: all): first step, highest severity and the number of layers by then."""
         first: dict[str, Evidence] = {}
+        layers: dict[str, set[str]] = {}
         for alert in self.alerts.values():
             if until is not None and alert.step > until:
                 continue
             severity = alert.severity if until is None else alert.severity_at(until)
+            if alert.layer is not None:
+                layers.setdefault(alert.detector, set()).add(alert.layer)
             seen = first.get(alert.detector)
-            if seen is None:
-                first[alert.detector] = Evidence(alert.detector, alert.step, severity)
-            else:
-                first[alert.detector] = Evidence(alert.detector, min(seen.first_step, alert.step),
-                                                 max(seen.severity, severity))
+            if seen is not None:
+                severity = max(seen.severity, severity)
+            first[alert.detector] = Evidence(
+                alert.detector, alert.step if seen is None else min(seen.first_step, alert.step),
+                severity, len(layers.get(alert.detector, ())))
         return sorted(first.values(), key=lambda e: (e.first_step, e.detector))
 
     def report(self) -> dict[str, Any]:
@@ -213,11 +221,16 @@ class IncidentBook:
         return [i.report() for i in self.incidents if i.severity >= min_severity]
 
 
-def incidents_of(run_id: str, alerts: Iterable[Mapping[str, Any]],
-                 min_severity: int = CONFIRMED) -> list[dict[str, Any]]:
-    """Incidents of one run from its stored alert records (``Store.alerts`` dicts)."""
+def book_of(run_id: str, alerts: Iterable[Mapping[str, Any]]) -> IncidentBook:
+    """The incident book of one run from its stored alert records (``Store.alerts`` dicts)."""
     book = IncidentBook(run_id)
     views = sorted((AlertView.of_record(a) for a in alerts), key=lambda a: (a.step, a.alert_id))
     for view in views:
         book.add(view)
-    return book.reports(min_severity)
+    return book
+
+
+def incidents_of(run_id: str, alerts: Iterable[Mapping[str, Any]],
+                 min_severity: int = CONFIRMED) -> list[dict[str, Any]]:
+    """Incidents of one run from its stored alert records (``Store.alerts`` dicts)."""
+    return book_of(run_id, alerts).reports(min_severity)
