@@ -386,18 +386,12 @@ class Store:
             return derived.alerts(cur, run_id, min_severity)
 
     def storage(self, run_id: str | None = None) -> dict[str, Any]:
-        """Bytes held (see :mod:`.sizes`): file_bytes, wal_bytes of the file; runs:
-        {run_id: {feature_bytes, other_bytes, snapshots, snapshots_with_features}}; with
-        ``run_id``, also snapshots: that run's [{step, layers, layers_with_features,
-        feature_bytes, other_bytes}] in step order."""
+        """Bytes held (:func:`.sizes.storage`): file_bytes, wal_bytes; runs: {run_id: {...}};
+        with ``run_id`` its snapshots [{step, layers, feature_bytes, other_bytes, ...}]."""
         with self._cursor() as cur:
             if run_id is not None:
                 reader.require_run(cur, run_id)
-            result: dict[str, Any] = {**sizes.file_bytes(self.path),
-                                      "runs": sizes.run_sizes(cur, run_id)}
-            if run_id is not None:
-                result["snapshots"] = sizes.snapshot_sizes(cur, run_id)
-            return result
+            return sizes.storage(cur, self.path, run_id)
 
     def export_run(self, run_id: str, out_dir: str | os.PathLike) -> list[pathlib.Path]:
         """One Parquet file per table with the run's rows; see :mod:`.export`."""

@@ -100,3 +100,12 @@ def snapshot_sizes(cur: Cursor, run_id: str) -> list[dict[str, Any]]:
             if int(step) in steps:
                 steps[int(step)]["other_bytes"] += int(other or 0)
     return list(steps.values())
+
+
+def storage(cur: Cursor, path: pathlib.Path, run_id: str | None = None) -> dict[str, Any]:
+    """:meth:`Store.storage`'s answer: the file's bytes, every run's (or ``run_id``'s) sizes,
+    and with ``run_id`` that run's snapshots."""
+    result: dict[str, Any] = {**file_bytes(path), "runs": run_sizes(cur, run_id)}
+    if run_id is not None:
+        result["snapshots"] = snapshot_sizes(cur, run_id)
+    return result
