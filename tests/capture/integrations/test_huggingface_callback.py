@@ -209,8 +209,11 @@ def test_an_exception_in_training_ends_the_run_as_failed(tmp_path):
                       train_dataset=Sentences(32, 0), callbacks=[callback])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.train()
+    # The watch thread notices the loop is gone, lets go of the run, then detaches it: wait
+    # for the run's end to be sent, not only for the run to be let go.
     deadline = time.monotonic() + 10
-    while callback.run is not None and time.monotonic() < deadline:
+    while (not any(isinstance(m, RunEnd) for m in transport.messages)
+           and time.monotonic() < deadline):
         time.sleep(0.05)
     ends = [m for m in transport.messages if isinstance(m, RunEnd)]
     assert [(end.status, end.step) for end in ends] == [("failed", 1)]
