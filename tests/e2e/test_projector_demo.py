@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from sentrycam.capture.budget import MIN_MAP_SAMPLES
 from sentrycam.backend.store import Store
 from sentrycam.projector.graph import DEFAULT_K
 from sentrycam.projector.quality import neighbour_metric
@@ -39,6 +40,11 @@ def test_demo_projects_every_snapshot_of_every_layer(tmp_path):
                  if metric == neighbour_metric(DEFAULT_K)}
         last_step, layer = max(maps)
         ids, coords = store.embedding(run["run_id"], layer, last_step)
+        mapped = next(row["n"] for row in store.snapshot_index(run["run_id"])
+                      if (row["step"], row["layer"]) == (last_step, layer))
     assert len({layer for _, layer in maps}) == 2
     assert rated == maps
-    assert len(ids) == run["n_probe"] and coords.shape == (run["n_probe"], 2)
+    # Every sample of the snapshot is on its map; at the default budget a snapshot may cover a
+    # stratified part of the probe, never fewer than MIN_MAP_SAMPLES (capture/budget.py).
+    assert len(ids) == mapped and coords.shape == (mapped, 2)
+    assert min(MIN_MAP_SAMPLES, run["n_probe"]) <= mapped <= run["n_probe"]
