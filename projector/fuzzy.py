@@ -54,33 +54,59 @@ def bandwidths(knn_dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def fuzzy_union(knn_indices: np.ndarray, knn_dists: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Symmetric fuzzy memberships of a kNN graph (indices int [M, k], distances float [M, k],
-    self first): (heads int64 [E], tails int64 [E], weights float32 [E]), both directions of
-    every undirected edge listed, rows in order."""
-    from scipy.sparse import coo_matrix
-
+    self first, no neighbour listed twice in a row): (heads int64 [E], tails int64 [E], weights
+    float32 [E]), both directions of every undirected edge listed, sorted by (head, tail)."""
     m, k = knn_indices.shape
     rho, sigma = bandwidths(knn_dists)
     dists = np.asarray(knn_dists, dtype=np.float64)
-    strength = np.exp(-np.maximum(dists - rho[:, None], 0.0) / sigma[:, None])
-    strength[knn_indices == np.arange(m)[:, None]] = 0.0  # no edge from a point to itself
-    directed = coo_matrix((strength.ravel(), (np.repeat(np.arange(m), k), knn_indices.ravel())),
-                          shape=(m, m)).tocsr()
-    transposed = directed.T.tocsr()
-    union = (directed + transposed - directed.multiply(transposed)).tocoo()
-    keep = union.data > 0
-    order = np.lexsort((union.col[keep], union.row[keep]))
-    return (union.row[keep][order].astype(np.int64), union.col[keep][order].astype(np.int64),
-            union.data[keep][order].astype(np.float32))
+    strength = np.exp(-np.maximum(dists - rho[:, None], 0.0) / sigma[:, None]).ravel()
+    heads = np.repeat(np.arange(m, dtype=np.int64), k)
+    tails = knn_indices.astype(np.int64).ravel()
+    keep = (heads != tails) & (strength > 0)  # no edge from a point to itself
+    heads, tails, strength = heads[keep], tails[keep], strength[keep]
+    # Each directed edge (i, j) and its reverse (j, i); a pair listed twice had both directions.
+    keys = np.concatenate([heads * m + tails, tails * m + heads])
+    values = np.concatenate([strength, strength])
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    both = np.diff(np.r_[starts, len(keys)]) == 2
+    union = np.add.reduceat(values, starts)
+    union[both] -= np.multiply.reduceat(values, starts)[both]
+    edges = keys[starts]
+    return edges // m, edges % m, union.astype(np.float32)
+
+
+#: The (a, b) fit's grid of 2D distances (in units of ``spread``) and its solver's rounds.
+CURVE_POINTS, CURVE_EXTENT, CURVE_ROUNDS = 300, 3.0, 200
 
 
 @lru_cache(maxsize=8)
 def curve_params(min_dist: float = 0.1, spread: float = 1.0) -> tuple[float, float]:
-    """(a, b) of the 2D similarity 1 / (1 + a d^(2b)) fitted to 1 for d < ``min_dist`` and
-    exp(-(d - min_dist) / spread) beyond, on d in [0, 3 spread]."""
-    from scipy.optimize import curve_fit
+    """(a, b) of the 2D similarity 1 / (1 + a d^(2b)) least-squares fitted to 1 for
+    d < ``min_dist`` and exp(-(d - min_dist) / spread) beyond, on d in [0, 3 spread]
+    (Levenberg-Marquardt from a = b = 1)."""
+    distances = np.linspace(0, CURVE_EXTENT * spread, CURVE_POINTS)
+    target = np.where(distances < min_dist, 1.0, np.exp(-(distances - min_dist) / spread))
+    log_d = np.log(np.where(distances > 0, distances, 1.0))  # d = 0 contributes no slope in b
 
-    distances = np.linspace(0, 3 * spread, 300)
-    target = np.where(distances < min_dist, 1.0,
-                      np.exp(-(distances - min_dist) / spread))
-    (a, b), _ = curve_fit(lambda d, a, b: 1.0 / (1.0 + a * d ** (2 * b)), distances, target)
-    return float(a), float(b)
+    def residual_and_jacobian(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+        powered = distances ** (2 * b)
+        q = 1.0 / (1.0 + a * powered)
+        slope = -(q * q) * powered  # dq/da
+        return q - target, np.stack([slope, slope * a * 2 * log_d], axis=1)
+
+    params, damping = np.array([1.0, 1.0]), 1e-3
+    residual, jacobian = residual_and_jacobian(*params)
+    for _ in range(CURVE_ROUNDS):
+        normal = jacobian.T @ jacobian
+        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal)),
+                               -jacobian.T @ residual)
+        trial = residual_and_jacobian(*(params + step))
+        if trial[0] @ trial[0] < residual @ residual:
+            params, (residual, jacobian), damping = params + step, trial, damping / 10
+            if np.abs(step).max() < 1e-12 * (1 + np.abs(params).max()):
+                break
+        else:
+            damping *= 10
+    return float(params[0]), float(params[1])

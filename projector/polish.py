@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentrycam.projector.layout import optimise_layout
-
 #: Sampled neighbours whose displacement a point outside the graph follows.
 CARRY_K = 5
 
@@ -27,13 +25,13 @@ def carry_along(coords: np.ndarray, sampled_rows: np.ndarray, polished: np.ndarr
                 k: int = CARRY_K) -> np.ndarray:
     """All coords float32 [N, 2] after polish: sampled rows (int [M]) take ``polished`` [M, 2];
     every other row moves by the weighted displacement of its ``k`` nearest sampled rows."""
-    from scipy.spatial import cKDTree
-
     result = coords.copy()
     result[sampled_rows] = polished
     others = np.setdiff1d(np.arange(len(coords)), sampled_rows)
     if len(others) == 0:
         return result
+    from scipy.spatial import cKDTree  # only for thinned snapshots: not in a first map's path
+
     k = min(k, len(sampled_rows))
     before = coords[sampled_rows]
     distances, nearest = cKDTree(before).query(coords[others], k=k)
@@ -51,6 +49,8 @@ def polish(coords: np.ndarray, sampled_rows: np.ndarray, heads: np.ndarray,
     ``heads``/``tails`` index ``sampled_rows`` (int [M]). ``epochs`` 0 returns ``coords``."""
     if epochs <= 0 or len(heads) == 0:
         return coords
+    from sentrycam.projector.layout import optimise_layout  # numba: imported where it is used
+
     polished = optimise_layout(coords[sampled_rows], heads, tails, weights, epochs, curve,
                                seed, learning_rate)
     return carry_along(coords, sampled_rows, polished)
