@@ -12,7 +12,6 @@ from sentrycam.projector import metrics
 from sentrycam.projector.fuzzy import bandwidths, curve_params, fuzzy_union
 from sentrycam.projector.graph import exact_neighbors
 from sentrycam.projector.initial import INITIAL_EXTENT
-from sentrycam.projector.layout import optimise_layout
 from tests.projector.maps import nearest_centroid_accuracy
 
 
@@ -50,7 +49,10 @@ def test_memberships_are_symmetric_and_calibrated():
     assert all(forward[edge] == pytest.approx(1.0) for edge in nearest)
 
 
+@pytest.mark.projector  # numba
 def test_layout_is_seeded_and_draws_the_clusters_apart():
+    from sentrycam.projector.layout import optimise_layout
+
     features, labels = _clusters()
     indices, dists = exact_neighbors(features, 15)
     heads, tails, weights = fuzzy_union(indices, dists)
