@@ -4,9 +4,10 @@ Each figure comes from a new process (``python -m`` this file ``--child``) that 
 projector and runs ``Projector(seed=0).update`` once on a 2,000 x 512 snapshot (the synthetic
 drifting mixture), then waits for the background fit; or runs ``warm_up()`` as the server's
 projector worker does at start. First with the numba disk cache empty (a temporary
-``SENTRYCAM_CACHE_DIR``: what the first process on a machine pays; numba's own in-package
-caches of umap-learn and pynndescent are not cleared), then ``--repeats`` times with it warm
-(every later process). Target: first ``update()`` under 5 s with a warm cache.
+``SENTRYCAM_CACHE_DIR``: what the first process on a machine pays for the projector's own
+kernel; numba's in-package caches of pynndescent, which a first map does not use, are not
+cleared), then ``--repeats`` times with it warm (every later process). Target: first
+``update()`` under 5 s with a warm cache.
 
     python benchmarks/projector_cold_start.py [--quick] [--points 2000] [--dim 512]
         [--repeats 3] [--json OUT]

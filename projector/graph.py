@@ -1,7 +1,7 @@
 """The spatial part of the spatio-temporal graph: kNN with fuzzy memberships, reused over time.
 
 For each snapshot the sampled points get a k-nearest-neighbour graph (pynndescent's NN-descent)
-turned into UMAP fuzzy memberships (umap-learn's ``fuzzy_simplicial_set``, fuzzy-union
+turned into UMAP fuzzy memberships (:mod:`~sentrycam.projector.fuzzy`, fuzzy-union
 symmetrised). Features drift slowly between snapshots, so NN-descent starts from the previous
 snapshot's neighbours of the same ids (translated to today's row numbers) instead of random
 projection trees; rows of ids seen for the first time start from random candidates.
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from sentrycam.projector import jit_cache
+from sentrycam.projector.fuzzy import fuzzy_union
 from sentrycam.projector.ids import lookup_rows
 
 #: Neighbourhood size of the spatial graph (self included, as umap-learn counts it).
@@ -49,8 +51,12 @@ class SpatialGraph:
 
 
 def nearest_neighbors(features: np.ndarray, k: int, seed: int,
-                      init_graph: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate kNN (self included) of float32 [M, D]: (indices int64 [M, k], dists float32)."""
+                      init_graph: np.ndarray | None = None, disk_cache: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate kNN (self included) of float32 [M, D]: (indices int64 [M, k], dists float32).
+    ``disk_cache``: keep pynndescent's compiled code on disk (:mod:`.jit_cache`)."""
+    if disk_cache:
+        jit_cache.enable(jit_cache.NN_DESCENT)
     from pynndescent import NNDescent  # numba-compiled; imported where it is used
 
     # From last snapshot's neighbours (features drift slowly) NN-descent converges in a few
@@ -85,12 +91,13 @@ def uses_exact(n_points: int, warm_start: bool, exact_max: int = EXACT_MAX) -> b
     return n_points <= exact_max or (not warm_start and n_points <= EXACT_FIRST_MAX)
 
 
-def compile_nn_descent(k: int = DEFAULT_K) -> None:
+def compile_nn_descent(k: int = DEFAULT_K, disk_cache: bool = True) -> None:
     """Run NN-descent on a tiny random set, cold and warm-started, so numba compiles both paths
     now (it cannot keep them on disk): later large samples then pay only the search."""
     data = np.random.default_rng(0).normal(size=(8 * k, 8)).astype(np.float32)
-    indices, _ = nearest_neighbors(data, k, seed=0)
-    nearest_neighbors(data, k, seed=0, init_graph=indices.astype(np.int32))
+    indices, _ = nearest_neighbors(data, k, seed=0, disk_cache=disk_cache)
+    nearest_neighbors(data, k, seed=0, init_graph=indices.astype(np.int32),
+                      disk_cache=disk_cache)
 
 
 def warm_start_graph(ids: np.ndarray, previous_ids: np.ndarray, previous_knn_ids: np.ndarray,
@@ -109,29 +116,14 @@ def warm_start_graph(ids: np.ndarray, previous_ids: np.ndarray, previous_knn_ids
     return graph.astype(np.int32)
 
 
-def fuzzy_edges(features: np.ndarray, knn_indices: np.ndarray, knn_dists: np.ndarray,
-                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """UMAP fuzzy-union memberships of a kNN graph: (heads int64 [E], tails int64 [E],
-    weights float32 [E]); both directions of every undirected edge are listed."""
-    from umap.umap_ import fuzzy_simplicial_set
-
-    graph, _, _ = fuzzy_simplicial_set(features, knn_indices.shape[1],
-                                       np.random.RandomState(seed), "euclidean",
-                                       knn_indices=knn_indices, knn_dists=knn_dists)
-    graph = graph.tocoo()
-    keep = graph.data > 0
-    return (graph.row[keep].astype(np.int64), graph.col[keep].astype(np.int64),
-            graph.data[keep].astype(np.float32))
-
-
 def build_spatial_graph(features: np.ndarray, ids: np.ndarray, k: int, seed: int,
                         previous: tuple[np.ndarray, np.ndarray] | None = None,
-                        exact_max: int = EXACT_MAX) -> SpatialGraph:
+                        exact_max: int = EXACT_MAX, disk_cache: bool = True) -> SpatialGraph:
     """The spatial graph of sampled ``features`` float32 [M, D] with probe ``ids`` int64 [M].
 
     ``previous`` = (previous sampled ids [M'], previous knn_ids [M', k]) warm-starts NN-descent;
     samples of at most ``exact_max`` points (a first one: :data:`EXACT_FIRST_MAX`) take the
-    exact kNN instead.
+    exact kNN instead. ``disk_cache``: see :func:`nearest_neighbors`.
     """
     rng = np.random.default_rng(seed)
     init = None
@@ -141,7 +133,7 @@ def build_spatial_graph(features: np.ndarray, ids: np.ndarray, k: int, seed: int
         knn_indices, knn_dists = exact_neighbors(features, k)
         init = None
     else:
-        knn_indices, knn_dists = nearest_neighbors(features, k, seed, init)
-    heads, tails, weights = fuzzy_edges(features, knn_indices, knn_dists, seed)
+        knn_indices, knn_dists = nearest_neighbors(features, k, seed, init, disk_cache)
+    heads, tails, weights = fuzzy_union(knn_indices, knn_dists)
     return SpatialGraph(heads, tails, weights, ids[knn_indices],
                         mean_distance=float(np.mean(knn_dists[:, -1])), reused=init is not None)

@@ -4,7 +4,7 @@ Fitting the network to a layer's first snapshot takes hundreds of Adam steps (te
 on a CPU). So the first snapshot is drawn at once from a fast initial layout: the sample's top
 two principal components, scaled as umap-learn scales its initial coords, then ``epochs`` of
 UMAP's edge-sampling SGD at full learning rate on the snapshot's fuzzy graph (the polish code,
-with the rate of a fresh layout), which is umap-learn's own layout from a PCA start. The network
+with the rate of a fresh layout): UMAP's layout from a PCA start. The network
 is then fitted in the background *anchored to this map* (each sampled point is tied to where
 the initial map drew it, as later snapshots are tied to earlier ones), so the fitted map, which
 later snapshots link to, stays where the initial map put things.

@@ -1,10 +1,13 @@
 """An on-disk cache of the numba code the projector runs, shared by every process of the user.
 
-umap-learn and pynndescent compile most of their numba functions without ``cache=True``, so each
-new Python process spent 20-60 s of CPU compiling them again before its first map. This module
-gives exactly those functions (the ones without a cache of their own) a disk cache in the user's
-cache folder, keyed as numba keys its own caches (source hash, signature, CPU, numba and Python
-versions), so a stale entry is never loaded: a new umap-learn or numba simply compiles afresh.
+Two sets of numba functions: the projector's own kernels (:mod:`~sentrycam.projector.layout`,
+all a layer's first map needs) and pynndescent's (NN-descent, for large later samples only),
+which pynndescent compiles mostly without ``cache=True``, so each new Python process spent
+20-60 s of CPU compiling them again. This module gives the functions of either set that have no
+cache of their own a disk cache in the user's cache folder, keyed as numba keys its own caches
+(source hash, signature, CPU, numba and Python versions), so a stale entry is never loaded: a
+new pynndescent or numba simply compiles afresh. Enabling the projector's own set imports
+nothing beyond numba.
 
 It changes nothing else in the process: no environment variable, no ``numba.config`` setting;
 functions that already cache (``cache=True``) keep numba's own location.
@@ -26,8 +29,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Packages whose numba functions the projector calls (kNN graph, fuzzy set, layout SGD).
-JIT_PACKAGES = ("pynndescent", "umap")
+#: The projector's own numba kernels (the layout SGD of the first map and of the polish).
+OWN = ("sentrycam.projector.layout",)
+#: pynndescent's NN-descent (samples above ``exact_knn_max`` points); imported when enabled.
+NN_DESCENT = ("pynndescent",)
 CACHE_ENV = "SENTRYCAM_CACHE_DIR"
 #: NN-descent's drivers take the metric as a function argument, which numba cannot cache
 #: ("uses dynamic globals"): left alone, so no process warns about it. Their callees cache.
@@ -69,11 +74,11 @@ def _cache_class(root: Path) -> type:
     return SentrycamFunctionCache
 
 
-def enable(root: Path | None = None) -> int:
-    """Give every uncached numba function of :data:`JIT_PACKAGES` a disk cache under ``root``
-    (default :func:`cache_dir`). Imports those packages; idempotent and thread-safe. Returns the
-    number of functions newly cached (0 when the folder cannot be written: compiling still
-    works, it is just not kept)."""
+def enable(packages: tuple[str, ...] = OWN, root: Path | None = None) -> int:
+    """Give every uncached numba function of ``packages`` (:data:`OWN` or :data:`NN_DESCENT`:
+    modules or packages, imported here) a disk cache under ``root`` (default
+    :func:`cache_dir`). Idempotent and thread-safe. Returns the number of functions newly
+    cached (0 when the folder cannot be written: compiling still works, it is just not kept)."""
     from numba.core.caching import NullCache
     from numba.core.registry import CPUDispatcher
 
@@ -86,7 +91,7 @@ def enable(root: Path | None = None) -> int:
             return 0
         cache_class = _cache_class(root)
         enabled = 0
-        for dispatcher in _dispatchers():
+        for dispatcher in _dispatchers(packages, load=True):
             if (isinstance(dispatcher._cache, NullCache) and isinstance(dispatcher, CPUDispatcher)
                     and not dispatcher.py_func.__name__.startswith(UNCACHEABLE_PREFIX)):
                 try:
@@ -101,25 +106,26 @@ def enable(root: Path | None = None) -> int:
 
 def loaded_from_disk(root: Path | None = None) -> int:
     """How many compiled functions this process loaded from the cache folder ``root`` (default
-    :func:`cache_dir`) rather than compiling them."""
+    :func:`cache_dir`) rather than compiling them (of the sets already imported)."""
     root = str(root or cache_dir())
-    return sum(sum(dispatcher._cache_hits.values()) for dispatcher in _dispatchers()
+    return sum(sum(dispatcher._cache_hits.values())
+               for dispatcher in _dispatchers(OWN + NN_DESCENT, load=False)
                if str(getattr(dispatcher._cache, "cache_path", "")).startswith(root))
 
 
-def _dispatchers() -> list:
-    """The module-level numba dispatchers of :data:`JIT_PACKAGES` (imported here)."""
+def _dispatchers(packages: tuple[str, ...], load: bool) -> list:
+    """The module-level numba dispatchers of ``packages`` (and their submodules); ``load``:
+    import them first, otherwise only those already imported count."""
     import importlib
 
     from numba.core.dispatcher import Dispatcher
 
-    for package in JIT_PACKAGES:
-        importlib.import_module(package)
-    importlib.import_module("umap.umap_")
-    importlib.import_module("umap.layouts")
+    if load:
+        for package in packages:
+            importlib.import_module(package)
     found: dict[int, Dispatcher] = {}
     for name, module in list(sys.modules.items()):
-        if module is None or name.split(".")[0] not in JIT_PACKAGES:
+        if module is None or not any(name == p or name.startswith(p + ".") for p in packages):
             continue
         for value in list(vars(module).values()):
             if isinstance(value, Dispatcher):

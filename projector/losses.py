@@ -1,25 +1,14 @@
 """Losses of the projection network: UMAP cross-entropy, reconstruction, temporal terms.
 
 The 2D similarity of two points at distance d is q(d) = 1 / (1 + a d^(2b)), with ``a``, ``b``
-fitted to ``min_dist`` the way UMAP does (:func:`curve_params`).
+fitted to ``min_dist`` the way UMAP does (:func:`sentrycam.projector.fuzzy.curve_params`).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 EPS = 1e-4
-
-
-@lru_cache(maxsize=8)
-def curve_params(min_dist: float = 0.1, spread: float = 1.0) -> tuple[float, float]:
-    """UMAP's (a, b) for ``min_dist``/``spread`` (umap.umap_.find_ab_params)."""
-    from umap.umap_ import find_ab_params  # heavy import, only when a projector is built
-
-    a, b = find_ab_params(spread, min_dist)
-    return float(a), float(b)
 
 
 def similarity_log(sq_dist: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:

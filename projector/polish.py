@@ -3,8 +3,8 @@
 A parametric encoder is smooth: it keeps the global arrangement and the temporal coherence the
 losses ask for, but blurs the finest neighbourhoods (nn@15 falls 0.10-0.15 below umap-learn's
 on the same graph, however long it trains). Starting from the network's coords, a short run of
-umap-learn's numba edge-sampling SGD (``optimize_layout_euclidean``) on the same fuzzy graph, at
-a low learning rate, restores those neighbourhoods while moving points little (well under a
+UMAP's edge-sampling SGD (:mod:`~sentrycam.projector.layout`) on the same fuzzy graph, at a low
+learning rate, restores those neighbourhoods while moving points little (well under a
 neighbour distance of the map), so the map stays where the network put it. The polished coords
 are what the snapshot shows and what later snapshots anchor to, so the network keeps being
 pulled towards them.
@@ -21,37 +21,17 @@ import numpy as np
 CARRY_K = 5
 
 
-def optimise_layout(coords: np.ndarray, heads: np.ndarray, tails: np.ndarray,
-                    weights: np.ndarray, epochs: int, curve: tuple[float, float], seed: int,
-                    learning_rate: float) -> np.ndarray:
-    """``epochs`` of UMAP SGD on float32 ``coords`` [M, 2] for the graph (``heads``/``tails``
-    int [E] rows of ``coords``, ``weights`` float [E]); returns new float32 [M, 2]."""
-    from umap.layouts import optimize_layout_euclidean  # numba; imported where it is used
-    from umap.umap_ import make_epochs_per_sample
-
-    embedding = np.ascontiguousarray(coords, dtype=np.float32).copy()
-    epochs_per_sample = make_epochs_per_sample(weights.astype(np.float64), epochs)
-    rng_state = np.random.default_rng(seed).integers(
-        np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1, 3).astype(np.int64)
-    a, b = curve
-    # parallel=False: numba's parallel loop would make the result depend on thread timing
-    return optimize_layout_euclidean(
-        embedding, embedding, heads.astype(np.int32), tails.astype(np.int32), epochs,
-        len(embedding), epochs_per_sample, a, b, rng_state, initial_alpha=learning_rate,
-        parallel=False, move_other=True)
-
-
 def carry_along(coords: np.ndarray, sampled_rows: np.ndarray, polished: np.ndarray,
                 k: int = CARRY_K) -> np.ndarray:
     """All coords float32 [N, 2] after polish: sampled rows (int [M]) take ``polished`` [M, 2];
     every other row moves by the weighted displacement of its ``k`` nearest sampled rows."""
-    from scipy.spatial import cKDTree
-
     result = coords.copy()
     result[sampled_rows] = polished
     others = np.setdiff1d(np.arange(len(coords)), sampled_rows)
     if len(others) == 0:
         return result
+    from scipy.spatial import cKDTree  # only for thinned snapshots: not in a first map's path
+
     k = min(k, len(sampled_rows))
     before = coords[sampled_rows]
     distances, nearest = cKDTree(before).query(coords[others], k=k)
@@ -69,6 +49,8 @@ def polish(coords: np.ndarray, sampled_rows: np.ndarray, heads: np.ndarray,
     ``heads``/``tails`` index ``sampled_rows`` (int [M]). ``epochs`` 0 returns ``coords``."""
     if epochs <= 0 or len(heads) == 0:
         return coords
+    from sentrycam.projector.layout import optimise_layout  # numba: imported where it is used
+
     polished = optimise_layout(coords[sampled_rows], heads, tails, weights, epochs, curve,
                                seed, learning_rate)
     return carry_along(coords, sampled_rows, polished)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sentrycam.projector import initial, jit_cache, losses, polish, sampling
+from sentrycam.projector import fuzzy, initial, jit_cache, polish, sampling
 from sentrycam.projector.background import BackgroundTask
 from sentrycam.projector.graph import (DEFAULT_K, EXACT_MAX, SpatialGraph, build_spatial_graph,
                                        compile_nn_descent, uses_exact)
@@ -95,7 +95,7 @@ class Projector:
         train = TrainConfig(**train) if isinstance(train, dict) else (train or TrainConfig())
         self.config = ProjectorConfig(seed=seed, train=train, **settings)
         self.device = _resolve_device(device)
-        self.curve = losses.curve_params(self.config.min_dist)
+        self.curve = fuzzy.curve_params(self.config.min_dist)
         self.network: GNBNAutoencoder | None = None
         self.optimizer: torch.optim.Adam | None = None
         self.n_updates = 0
@@ -138,7 +138,8 @@ class Projector:
         choice = self._sample(scaled, ids, labels, rng, seed)
         clock = _lap(timings, "sample", clock)
         graph = build_spatial_graph(scaled[choice.rows], ids[choice.rows], self.config.k, seed,
-                                    self.previous_graph, self.config.exact_knn_max)
+                                    self.previous_graph, self.config.exact_knn_max,
+                                    self.config.disk_cache)
         past = linked_snapshots(self.past, index, self.config.temporal_offsets)
         temporal = temporal_edges(ids, scaled, past, graph.mean_distance)
         clock = _lap(timings, "graph", clock)
@@ -224,7 +225,7 @@ class Projector:
         if state["input_dim"] is not None:
             projector._build_network(state["input_dim"])
             projector.network.load_state_dict(state["network"])
-            projector.optimizer.load_state_dict(state["optimizer"])
+            projector._require_optimizer().load_state_dict(state["optimizer"])
             projector.network.eval()
         projector.n_updates = state["n_updates"]
         projector.center, projector.scale = state["center"], state["scale"]
@@ -266,7 +267,7 @@ class Projector:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         steps, limit = ((self.config.first_steps, self.config.first_time_limit_s) if first
                         else (self.config.steps, self.config.time_limit_s))
-        terms = train_snapshot(self.network, self.optimizer, features_t, edges, steps,
+        terms = train_snapshot(self.network, self._require_optimizer(), features_t, edges, steps,
                                self.config.train, self.curve, generator, limit)
         clock = _lap(timings, "train", clock)
         coords = self._encode(features_t)
@@ -285,7 +286,7 @@ class Projector:
                      for s in self.past]
         sampled = len(self.previous_graph[0])
         if not uses_exact(sampled, warm_start=True, exact_max=self.config.exact_knn_max):
-            compile_nn_descent(self.config.k)
+            compile_nn_descent(self.config.k, self.config.disk_cache)
         return coords
 
     def _finish_fit(self) -> None:
@@ -302,8 +303,16 @@ class Projector:
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays untouched
             torch.manual_seed(self.config.seed)
             self.network = GNBNAutoencoder(input_dim, self.config.hidden).to(self.device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(),
-                                          lr=self.config.train.learning_rate)
+        self.optimizer = None
+
+    def _require_optimizer(self) -> torch.optim.Adam:
+        """The network's optimizer, made at its first use: torch's optimizers import
+        torch._dynamo (seconds in a fresh process), which a first map's initial layout does
+        not need, so the first fit (in the background) pays it."""
+        if self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.network.parameters(),
+                                              lr=self.config.train.learning_rate)
+        return self.optimizer
 
     def _edge_set(self, heads: np.ndarray, tails: np.ndarray, weights: np.ndarray,
                   temporal: Any) -> EdgeSet:

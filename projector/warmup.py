@@ -1,8 +1,9 @@
 """Warm-up of a process that will project: what a layer's first snapshot needs, ready ahead.
 
 One function for every kind of worker (a thread, a process, a Ray actor): it loads the numba
-code of the kNN fuzzy graph and the layout SGD from the disk cache (compiling and caching it
-the first time on a machine), and runs the torch fit once, on a tiny projector.
+layout kernel from the disk cache (compiling and caching it the first time on a machine), and
+runs the initial layout, the torch fit (whose optimizer imports ``torch._dynamo``) and a later
+snapshot's update once, on a tiny projector.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ WARM_POINTS, WARM_DIM = 200, 16
 
 
 def warm_up(nn_descent: bool = False) -> float:
-    """Prepare this process to project; returns the seconds it took (a few with a warm disk
-    cache, about a minute of CPU on a machine's first run). ``nn_descent``: also compile the
+    """Prepare this process to project; returns the seconds it took (about 3 s of CPU with a
+    warm disk cache, a few more on a machine's first run). ``nn_descent``: also compile the
     NN-descent paths that samples above ``exact_knn_max`` points use (numba cannot cache them
     on disk; otherwise a layer's first background fit compiles them when its samples need
     them)."""

@@ -81,7 +81,7 @@ def test_compiled_code_is_kept_on_disk_for_the_next_process(tmp_path, monkeypatc
     assert first["hits"] == 0 and first["seconds"] > 0
     assert list((cache / "numba").rglob("*.nbi")), "nothing was written to the cache folder"
     second = _fresh_process(cache)
-    assert second["hits"] > 0  # umap-learn's fuzzy-set functions came from disk
+    assert second["hits"] > 0  # the layout kernel came from disk
     monkeypatch.setenv(jit_cache.CACHE_ENV, str(cache))
     assert jit_cache.cache_dir() == cache / "numba"
     assert jit_cache.clear() == cache / "numba" and not (cache / "numba").exists()
