@@ -27,10 +27,19 @@ MAX_GAP = 1_000_000
 #: Gaps are recomputed at the boundary after a new cost measurement, or at the first boundary
 #: at least this many steps after the last recomputation.
 RECOMPUTE_EVERY = 64
-#: Longest gap the budget may choose per activity, as ``(steps, fraction)``: ``steps`` plus
-#: ``fraction`` of the steps taken when the activity last fired.
+#: The run length over which the minimum cadence guarantees a short run's figures (issue 16:
+#: at least 6 maps and telemetry on at least half of the steps of a 300-step run).
+FLOOR_RUN_STEPS = 300
+#: Longest gap the budget may choose per activity, as ``(steps, fraction)``: the larger of
+#: ``steps`` and ``fraction`` of the steps taken when the activity last fired. Every floor
+#: grows with the step, so that the number of firings it forces grows only as the log of a
+#: run's length and a long run's mean overhead converges to the budget: snapshots and
+#: activation statistics at least once per quarter of the steps taken; telemetry at least every
+#: 2 steps until step FLOOR_RUN_STEPS, then at least once per 1/150 of the steps taken (every
+#: 20 steps at step 3,000).
 CADENCE_FLOOR: Mapping[str, tuple[float, float]] = {
-    "snapshot": (0.0, 0.25), "telemetry": (2.0, 0.0), "activations": (0.0, 0.25)}
+    "snapshot": (0.0, 0.25), "telemetry": (2.0, 2.0 / FLOOR_RUN_STEPS),
+    "activations": (0.0, 0.25)}
 #: Fewest probe samples a spread snapshot covers when the budget cannot pay for the whole probe
 #: at the minimum cadence (see :mod:`sentrycam.capture.pacing`): about 20 per class for 10
 #: classes. A smaller probe is used whole.
@@ -86,7 +95,7 @@ def allocate(demands: Mapping[str, float], shares: Mapping[str, float],
 def floor_gap(activity: str, last: int) -> float:
     """The longest gap the budget may put after a firing of ``activity`` at step ``last``."""
     steps, fraction = CADENCE_FLOOR.get(activity, (MAX_GAP, 0.0))
-    return steps + fraction * last
+    return max(steps, fraction * last)
 
 
 def next_due(last: int, every: int, gap: float, floor: float = MAX_GAP) -> int:
@@ -307,10 +316,13 @@ class Schedule:
 
 def floor_text() -> str:
     """:data:`CADENCE_FLOOR` in words, e.g. "a snapshot at least once per 25% of the steps
-    taken, telemetry at least every 2 steps"."""
-    snapshot, telemetry = CADENCE_FLOOR["snapshot"][1], CADENCE_FLOOR["telemetry"][0]
+    taken, telemetry at least every 2 steps up to step 300, then once per 150th of the steps
+    taken"."""
+    snapshot = CADENCE_FLOOR["snapshot"][1]
+    steps, fraction = CADENCE_FLOOR["telemetry"]
     return (f"a snapshot at least once per {snapshot:.0%} of the steps taken, telemetry at "
-            f"least every {telemetry:g} steps")
+            f"least every {steps:g} steps up to step {steps / fraction:.0f}, then once per "
+            f"{1 / fraction:.0f}th of the steps taken")
 
 
 def cadence_notices(schedule: Schedule, ending: bool,

@@ -90,6 +90,26 @@ def test_the_minimum_cadence_caps_what_the_budget_stretches():
     assert schedule.stretched("telemetry")
 
 
+def test_the_minimum_cadence_thins_out_in_a_long_run():
+    # the same over-budget costs: only the floor sets the schedule
+    controller = synthetic_run(OverheadController(0.01, {**EVERY, "snapshot": 50}), steps=20,
+                               step_seconds=0.001, costs={"snapshot": 1.0, "telemetry": 0.01})
+    schedule = Schedule(controller, {**EVERY, "snapshot": 50})
+    fired = {"snapshot": [], "telemetry": []}
+    for step in range(30_000):
+        for activity, steps in fired.items():
+            if schedule.due(activity, step):
+                schedule.fired(activity, step)
+                steps.append(step)
+    telemetry = fired["telemetry"]
+    # issue 16's short-run figures hold: every second step up to step 300
+    assert telemetry[:151] == list(range(0, 301, 2))
+    # then the floor fades: a 100 times longer run gets fewer than 6 times the firings
+    assert len(telemetry) < 6 * 151
+    assert 15 <= telemetry[-1] - telemetry[-2] <= 200
+    assert 25 <= len(fired["snapshot"]) <= 35  # 6 by step 250, then a quarter further each
+
+
 def test_without_a_budget_the_schedule_is_fixed():
     controller = synthetic_run(OverheadController(None, EVERY), steps=20, step_seconds=0.01,
                                costs={"snapshot": 10.0})
