@@ -272,11 +272,11 @@ class ParamTelemetry:
         self._before: _Before | None = None
         #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
         self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._clip = ClipWatch(self._params, due=clip_due)
+        self.clip = ClipWatch(self._params, due=clip_due)
 
     def close(self) -> None:
         """Stop watching gradient clipping (removes its gradient hooks)."""
-        self._clip.close()
+        self.clip.close()
 
     def _owners_of(self, present: list[int]) -> torch.Tensor:
         """Owning layers of a subset of parameters, cached: the set of parameters with gradients
@@ -349,7 +349,7 @@ class ParamTelemetry:
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
         grad_norms = self._norms([grads[i] for i in present])
         grad_sample = self._sample([p.grad for p in self._params])
-        unclipped = self._clip.take()
+        unclipped = self.clip.take()
         old = before.weight_sample
         diff = self._sample([p.detach() for p in self._params]) - old
         moved = self._norms(torch.split(diff, self._sizes))
