@@ -272,6 +272,7 @@ class ParamTelemetry:
         self._before: _Before | None = None
         #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
         self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: the gradient norm before clipping; its owner plans its hooks (ClipWatch.plan)
         self.clip = ClipWatch(self._params, due=clip_due)
 
     def close(self) -> None:
