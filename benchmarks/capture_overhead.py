@@ -1,23 +1,31 @@
-"""Capture overhead: step time with and without ``capture.attach`` at its defaults, by the mean.
+"""Capture overhead: whole-round wall time with and without ``capture.attach`` at its defaults.
 
-Two copies of the same model train side by side in one process, one with capture attached
-(default settings, streaming to a real local server) and one without. Their steps alternate in
-ABBA order, so slow drifts of a noisy machine hit both alike. Two identical copies are not equally
-fast (memory layout), so each round swaps which copy is watched, and an A/A round with no capture
-on either copy shows the noise floor. Per model, over the step times of all rounds pooled: the
-**mean ratio** (the watched copy's total time over the plain copy's: what capture costs, snapshot
-steps and all), the median ratio, and the tail ratios (p95, p99: the stall a user feels; max),
-beside the capture agent's own measured overhead. Models: the demo CNN and a tiny MLP on digits,
-a ResNet-style CNN on 3x32x32 inputs and a small transformer (``overhead_workloads.py``).
+One model trains in rounds of a fixed number of steps, each round a fresh copy from the same
+seed on the same batches; rounds go in cycles of three, plain (A), watched (W: ``attach`` at its
+defaults streaming to a real local server), plain (B), and every other cycle runs B before A so
+that slow drifts of a noisy machine hit both plain kinds alike. A watched round's wall time runs
+from ``attach`` to the end of ``detach`` (the final flush), so everything capture costs the
+training process lands in it: snapshot steps, the sender thread, hooks. Before every round the
+benchmark waits until the local server's projector is idle, so that the server's work for the
+last watched round does not land on the next plain one. Per model:
 
-Every watched run also reports what it recorded, read back from the server: snapshots, and the
-share of its steps with gradient telemetry. The "defaults, 300 steps" rows are a short run of the
-demo CNN and the MLP, where the minimum cadence (capture/budget.py) decides the schedule; a
-last pass checks a non-default budget (``--budget``) on the CNN and the MLP.
+- **mean ratio**: total wall time of the W rounds over the mean of the A and B totals (what a
+  user pays by the mean); the A/A row gives B over A: the noise floor;
+- median, p95, **p99** and max step-time ratios over the pooled step times of the W rounds
+  against those of the plain rounds (the stall a user feels);
+- the agent's own measured overhead, dropped messages, and what the server stored (snapshots;
+  share of steps with gradient telemetry: the fewest of any round).
 
-    python benchmarks/capture_overhead.py [--steps 600] [--rounds 4] [--json OUT]
+A round lasts ``--round-seconds`` of plain training (the step count is fixed per model from an
+untimed calibration round), so a 1 ms-step MLP and a 40 ms-step ResNet are both measured over
+runs of the same length in time. Models: the demo CNN and a tiny MLP on digits, a ResNet-style
+CNN on 3x32x32 inputs and a small transformer (``overhead_workloads.py``). The "defaults, 300
+steps" rows are short runs of the CNN and the MLP, where the minimum cadence (capture/budget.py)
+decides the schedule (issue 16: at least 6 maps and telemetry on half of the steps).
+
+    python benchmarks/capture_overhead.py [--round-seconds 12] [--cycles 2] [--json OUT]
     python benchmarks/capture_overhead.py --quick [--json OUT]   # short: figures are rough
-    python benchmarks/capture_overhead.py --quick --steps 30 --cadence-steps 0  # a smoke run
+    python benchmarks/capture_overhead.py --quick --models mlp --cadence-steps 0  # a smoke run
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import statistics
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,9 +47,21 @@ from overhead_workloads import OverheadRow, Workload, local_server, workloads  #
 from results import Recorder, add_json_argument, distribution  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
-from sentrycam.capture import demo  # noqa: E402
+from sentrycam.capture import demo, launcher  # noqa: E402
 
 MODELS = ("cnn", "mlp", "resnet32", "transformer")
+#: Longest wait for the local server's projector to go idle before a round (seconds).
+SETTLE_LIMIT_S = 90.0
+
+
+@dataclass
+class Round:
+    """One round: its wall time (s, attach to detach for a watched one), its step times (s),
+    and for a watched round what the agent measured and the server stored."""
+
+    wall: float
+    steps: list[float]
+    info: dict
 
 
 def _step(model, optimizer, criterion, xb, yb) -> float:
@@ -51,36 +72,25 @@ def _step(model, optimizer, criterion, xb, yb) -> float:
     return time.perf_counter() - started
 
 
-def one_round(work: Workload, steps: int, warmup: int, db: Path | None, watched: int,
-              **attach_kwargs) -> tuple[list[float], list[float], dict]:
-    """Train two copies of ``work`` side by side; copy ``watched`` (0/1, or -1 for none) has
-    capture attached. Returns the step times (s) of the watched copy (copy 0 for A/A), of the
-    other, and what the watched run measured and recorded."""
-    copies = []
-    for _ in range(2):
-        model = work.build(0)
-        copies.append((model, torch.optim.Adam(model.parameters(), lr=2e-3), nn.CrossEntropyLoss()))
-    run = None
-    if watched >= 0:
-        model, _, criterion = copies[watched]
-        run = capture.attach(model, probe=(work.x, work.y), criterion=criterion, db=db,
-                             run_name=f"overhead-{work.name}", **attach_kwargs)
-    first = watched if watched >= 0 else 0
-    order = (first, 1 - first)
-    times: list[list[float]] = [[], []]
+def one_round(work: Workload, steps: int, db: Path | None, **attach_kwargs) -> Round:
+    """Train a fresh copy of ``work`` for ``steps`` steps; with ``db`` capture is attached
+    (streaming to the local server of ``db``) for the whole round."""
+    model = work.build(0)
+    optimizer, criterion = torch.optim.Adam(model.parameters(), lr=2e-3), nn.CrossEntropyLoss()
     batches = demo.batches(work.x, work.y, batch_size=work.batch_size, seed=0)
-    for i, (xb, yb, _) in zip(range(steps + warmup), batches):
-        for slot in (order if i % 2 == 0 else order[::-1]):
-            elapsed = _step(*copies[slot], xb, yb)
-            if i >= warmup:
-                times[slot].append(elapsed)
-    info: dict = {}
-    if run is not None:
-        info = {"overhead": run.overhead, "budget": run.overhead_budget,
-                "dropped": run.counters().dropped}
-        run.detach()  # after the timed steps: it finishes a snapshot still under way
-        info.update(recorded(run, steps + warmup))
-    return times[order[0]], times[order[1]], info
+    started = time.perf_counter()
+    run = None if db is None else capture.attach(
+        model, probe=(work.x, work.y), criterion=criterion, db=db,
+        run_name=f"overhead-{work.name}", **attach_kwargs)
+    times = [_step(model, optimizer, criterion, xb, yb)
+             for _, (xb, yb, _) in zip(range(steps), batches)]
+    if run is None:
+        return Round(time.perf_counter() - started, times, {})
+    info = {"overhead": run.overhead, "budget": run.overhead_budget}
+    run.detach()  # inside the round: it finishes a snapshot under way and flushes the sender
+    wall = time.perf_counter() - started
+    info.update(dropped=run.counters().dropped, **recorded(run, steps))
+    return Round(wall, times, info)
 
 
 def recorded(run: capture.Run, steps: int) -> dict[str, float]:
@@ -94,28 +104,63 @@ def recorded(run: capture.Run, steps: int) -> dict[str, float]:
     return {"snapshots": get("")["n_snapshots"], "telemetry_share": len(telemetry) / steps}
 
 
-def measure(work: Workload, setting: str, steps: int, warmup: int, rounds: int,
-            db: Path | None, aa: bool = False, **attach_kwargs) -> OverheadRow:
-    """``rounds`` rounds (alternating the watched copy), step times pooled over them. Agent
-    figures are means over rounds; stored counts the fewest of any round (what every run got)."""
-    watched, plain, infos = [], [], []
-    for r in range(rounds):
-        w, p, info = one_round(work, steps, warmup, db, -1 if aa else r % 2, **attach_kwargs)
-        watched += w
-        plain += p
-        infos.append(info)
-    w, p = distribution(watched), distribution(plain)
+def settle(url: str) -> None:
+    """Wait until the local server's projector has nothing queued or running (at most
+    :data:`SETTLE_LIMIT_S`), so its work for one round is not timed in the next."""
+    deadline = time.monotonic() + SETTLE_LIMIT_S
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/api/projector", timeout=30) as response:
+            state = json.loads(response.read())
+        if state["state"] in ("off", "ready") and not state.get("queue_depth"):
+            return
+        time.sleep(0.5)
+    print(f"  (the projector was still busy after {SETTLE_LIMIT_S:g} s)", flush=True)
+
+
+def calibrate(work: Workload, seconds: float, url: str) -> int:
+    """Steps per round: ``seconds`` of plain training, from an untimed 60-step round."""
+    settle(url)
+    plain = one_round(work, 60, None)
+    return max(60, round(seconds / statistics.median(plain.steps)))
+
+
+def rounds(work: Workload, steps: int, cycles: int, db: Path, url: str,
+           **attach_kwargs) -> dict[str, list[Round]]:
+    """``cycles`` cycles A, W, B (B, W, A every other cycle), each round ``steps`` steps."""
+    done: dict[str, list[Round]] = {"A": [], "W": [], "B": []}
+    for cycle in range(cycles):
+        for kind in ("A", "W", "B") if cycle % 2 == 0 else ("B", "W", "A"):
+            settle(url)
+            done[kind].append(one_round(work, steps, db if kind == "W" else None,
+                                        **attach_kwargs))
+    return done
+
+
+def ratio_row(model: str, setting: str, steps: int, watched: list[Round],
+              plain: list[list[Round]]) -> OverheadRow:
+    """``watched`` rounds against the mean of each list of ``plain`` rounds' totals."""
+    plain_wall = statistics.mean(sum(r.wall for r in kind) for kind in plain)
+    w = distribution(t for r in watched for t in r.steps)
+    p = distribution(t for kind in plain for r in kind for t in r.steps)
     ratios = {f"{key}_ratio": w[key] / p[key] for key in ("p50", "p95", "p99", "max")}
-    row = OverheadRow(work.name, setting, 1e3 * p["p50"], 1e3 * p["p95"],
-                      mean_ratio=sum(watched) / sum(plain), **ratios)
-    if aa:
+    row = OverheadRow(model, setting, 1e3 * p["p50"], 1e3 * p["p95"],
+                      mean_ratio=sum(r.wall for r in watched) / plain_wall, round_steps=steps,
+                      **ratios)
+    infos = [r.info for r in watched if r.info]
+    if not infos:
         return row
-    return OverheadRow(**{**row.as_dict(),
-                          "overhead": statistics.mean(i["overhead"] for i in infos),
-                          "budget": infos[0]["budget"],
-                          "dropped": sum(i["dropped"] for i in infos),
-                          "snapshots": min(i["snapshots"] for i in infos),
-                          "telemetry_share": min(i["telemetry_share"] for i in infos)})
+    return replace(row, overhead=statistics.mean(i["overhead"] for i in infos),
+                   budget=infos[0]["budget"], dropped=sum(i["dropped"] for i in infos),
+                   snapshots=min(i["snapshots"] for i in infos),
+                   telemetry_share=min(i["telemetry_share"] for i in infos))
+
+
+def measure(work: Workload, setting: str, steps: int, cycles: int, db: Path, url: str,
+            aa: bool = True, **attach_kwargs) -> list[OverheadRow]:
+    """The A/A row (with ``aa``) and the watched row of ``work``."""
+    done = rounds(work, steps, cycles, db, url, **attach_kwargs)
+    rows = [ratio_row(work.name, "A/A (no capture)", steps, done["B"], [done["A"]])] if aa else []
+    return rows + [ratio_row(work.name, setting, steps, done["W"], [done["A"], done["B"]])]
 
 
 def _report(row: OverheadRow) -> dict:
@@ -124,54 +169,54 @@ def _report(row: OverheadRow) -> dict:
 
 
 def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
-    """Per model A/A and defaults; the 300-step cadence rows; the ``--budget`` pass."""
+    """Per model the A/A and defaults rows; the short cadence rows; the ``--budget`` pass."""
+    url = launcher.ensure_local_server(db)
     rows = []
     for work in workloads(tuple(args.models)):
-        rows.append(_report(measure(work, "A/A (no capture)", args.steps, args.warmup,
-                                    args.rounds, None, aa=True)))
-        rows.append(_report(measure(work, "defaults", args.steps, args.warmup, args.rounds, db)))
+        steps = calibrate(work, args.round_seconds, url)
+        rows += [_report(row) for row in measure(work, "defaults", steps, args.cycles, db, url)]
     for work in workloads(("cnn", "mlp") if args.cadence_steps else ()):
         # a short run: the minimum cadence at work
-        rows.append(_report(measure(work, f"defaults, {args.cadence_steps} steps",
-                                    args.cadence_steps, 0, 2, db)))
+        rows += [_report(row) for row in measure(
+            work, f"defaults, {args.cadence_steps} steps", args.cadence_steps, args.cycles, db,
+            url, aa=False)]
     if args.frameworks:
         from framework_overhead import framework_rows  # needs the lightning, huggingface extras
 
-        rows += framework_rows(args.steps, args.rounds, db)
+        rows += framework_rows(300, 4, db)
     if args.budget is not None:
         for work in workloads(("cnn", "mlp")):
-            rows.append(_report(measure(work, f"budget {args.budget:g}", args.steps,
-                                        args.warmup, 2, db, overhead_budget=args.budget)))
+            steps = calibrate(work, args.round_seconds, url)
+            rows += [_report(row) for row in measure(
+                work, f"budget {args.budget:g}", steps, args.cycles, db, url, aa=False,
+                overhead_budget=args.budget)]
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, help="timed steps per copy and round (600)")
-    parser.add_argument("--warmup", type=int, help="untimed steps first (50)")
-    parser.add_argument("--rounds", type=int, help="rounds per measurement, even (4)")
+    parser.add_argument("--round-seconds", type=float,
+                        help="length of a round in seconds of plain training (12)")
+    parser.add_argument("--cycles", type=int, help="cycles of rounds A, W, B per model (2)")
     parser.add_argument("--cadence-steps", type=int, default=300,
                         help="steps of the short cadence runs of the CNN and MLP (0: none)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--no-frameworks", dest="frameworks", action="store_false",
-                        help="without the Lightning and Hugging Face callback rows")
-    parser.add_argument("--budget", type=float, default=0.05,
-                        help="a non-default budget to check in the last pass")
+    parser.add_argument("--frameworks", action="store_true",
+                        help="add the Lightning and Hugging Face callback rows (slow)")
+    parser.add_argument("--budget", type=float,
+                        help="a non-default budget to check on the CNN and the MLP")
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds x 150 steps (unless given), no --budget pass: rough "
-                             "figures, fast")
+                        help="rounds of 3 s, 1 cycle (unless given): rough figures, fast")
     add_json_argument(parser)
     args = parser.parse_args()
-    for name, full, quick in (("steps", 600, 150), ("warmup", 50, 20), ("rounds", 4, 2)):
+    for name, full, quick in (("round_seconds", 12.0, 3.0), ("cycles", 2, 1)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    if args.quick:
-        args.budget = None
     recorder = Recorder("capture_overhead", args)
     with local_server("overhead") as db:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{args.rounds} rounds x {args.steps} timed steps, ABBA interleaving, "
-              f"watched copy swapped each round", flush=True)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.cycles} "
+              f"cycles of rounds plain/watched/plain, {args.round_seconds:g} s per round",
+              flush=True)
         rows = all_rows(args, db)
     recorder.write(args.json, rows, threads=torch.get_num_threads())
 

@@ -25,9 +25,9 @@ from sentrycam.capture import demo, launcher
 
 @dataclass(frozen=True)
 class OverheadRow:
-    """One model and setting: the plain copy's step time (ms) and the watched copy's step-time
-    ratios over it (mean over whole rounds, median, tail), what the agent measured and what
-    the server stored (None where nothing was watched)."""
+    """One model and setting: the plain step time (ms) and the watched training's ratios over
+    plain training (mean: whole-round wall time; median, tail: step times), what the agent
+    measured and what the server stored (None where nothing was watched)."""
 
     model: str
     setting: str
@@ -43,6 +43,7 @@ class OverheadRow:
     dropped: int = 0
     snapshots: int | None = None
     telemetry_share: float | None = None
+    round_steps: int | None = None  # steps per round, where rounds have a fixed length
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,10 +51,11 @@ class OverheadRow:
     def line(self) -> str:
         stored = ("" if self.snapshots is None else f"  snapshots {self.snapshots}  telemetry "
                   f"on {self.telemetry_share:.0%} of steps")
+        steps = "" if self.round_steps is None else f"  {self.round_steps} steps/round"
         return (f"{self.model + ' ' + self.setting:<30} plain {self.median_ms:7.3f} ms  mean "
                 f"{self.mean_ratio:.4f}  median {self.p50_ratio:.4f}  p95/p99/max "
                 f"{self.p95_ratio:.3f}/{self.p99_ratio:.3f}/{self.max_ratio:.3f}  agent "
-                f"{self.overhead:.4f}  dropped {self.dropped}{stored}")
+                f"{self.overhead:.4f}  dropped {self.dropped}{stored}{steps}")
 
 
 @dataclass(frozen=True)

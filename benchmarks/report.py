@@ -70,7 +70,8 @@ TABLES: dict[str, list[Column]] = {
         ("dropped", lambda r: num(r["dropped"], 0)),
         ("snapshots", lambda r: num(r.get("snapshots"), 0)),
         ("steps with telemetry", lambda r: "-" if r.get("telemetry_share") is None
-         else f"{r['telemetry_share']:.0%}")],
+         else f"{r['telemetry_share']:.0%}"),
+        ("steps per round", lambda r: num(r.get("round_steps"), 0))],
     "capture_breakdown": [
         ("model", lambda r: r["model"]), ("activity", lambda r: r["activity"]),
         ("CPU ms in the run", lambda r: num(r["cpu_ms"], 1)),

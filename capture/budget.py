@@ -27,10 +27,20 @@ MAX_GAP = 1_000_000
 #: Gaps are recomputed at the boundary after a new cost measurement, or at the first boundary
 #: at least this many steps after the last recomputation.
 RECOMPUTE_EVERY = 64
-#: Longest gap the budget may choose per activity, as ``(steps, fraction)``: ``steps`` plus
-#: ``fraction`` of the steps taken when the activity last fired.
-CADENCE_FLOOR: Mapping[str, tuple[float, float]] = {
-    "snapshot": (0.0, 0.25), "telemetry": (2.0, 0.0), "activations": (0.0, 0.25)}
+#: The run length over which the minimum cadence guarantees a short run's figures (issue 16:
+#: at least 6 maps and telemetry on at least half of the steps of a 300-step run).
+FLOOR_RUN_STEPS = 300
+#: Longest gap the budget may choose per activity, as ``(steps, fraction, power)``: the larger
+#: of ``steps`` and ``fraction * last ** power``, ``last`` being the step the activity last
+#: fired at. Every floor grows with the step, so that a long run's mean overhead converges to
+#: the budget: snapshots and activation statistics at least once per quarter of the steps
+#: taken (their floor's firings grow as the log of a run's length); telemetry at least every
+#: 2 steps until step FLOOR_RUN_STEPS, then ever further apart, 2 * (last / FLOOR_RUN_STEPS)
+#: ** 2 steps (22 at step 1,000, 200 at step 3,000): its floor fires at most about
+#: FLOOR_RUN_STEPS times in all, however long the run.
+CADENCE_FLOOR: Mapping[str, tuple[float, float, float]] = {
+    "snapshot": (0.0, 0.25, 1.0), "telemetry": (2.0, 2.0 / FLOOR_RUN_STEPS ** 2, 2.0),
+    "activations": (0.0, 0.25, 1.0)}
 #: Fewest probe samples a spread snapshot covers when the budget cannot pay for the whole probe
 #: at the minimum cadence (see :mod:`sentrycam.capture.pacing`): about 20 per class for 10
 #: classes. A smaller probe is used whole.
@@ -85,8 +95,8 @@ def allocate(demands: Mapping[str, float], shares: Mapping[str, float],
 
 def floor_gap(activity: str, last: int) -> float:
     """The longest gap the budget may put after a firing of ``activity`` at step ``last``."""
-    steps, fraction = CADENCE_FLOOR.get(activity, (MAX_GAP, 0.0))
-    return steps + fraction * last
+    steps, fraction, power = CADENCE_FLOOR.get(activity, (MAX_GAP, 0.0, 1.0))
+    return max(steps, fraction * last ** power)
 
 
 def next_due(last: int, every: int, gap: float, floor: float = MAX_GAP) -> int:
@@ -306,11 +316,11 @@ class Schedule:
 
 
 def floor_text() -> str:
-    """:data:`CADENCE_FLOOR` in words, e.g. "a snapshot at least once per 25% of the steps
-    taken, telemetry at least every 2 steps"."""
-    snapshot, telemetry = CADENCE_FLOOR["snapshot"][1], CADENCE_FLOOR["telemetry"][0]
-    return (f"a snapshot at least once per {snapshot:.0%} of the steps taken, telemetry at "
-            f"least every {telemetry:g} steps")
+    """:data:`CADENCE_FLOOR` in words: "a snapshot at least once per 25% of the steps taken,
+    telemetry at least every 2 steps up to step 300, then ever further apart"."""
+    return (f"a snapshot at least once per {CADENCE_FLOOR['snapshot'][1]:.0%} of the steps "
+            f"taken, telemetry at least every {CADENCE_FLOOR['telemetry'][0]:g} steps up to "
+            f"step {FLOOR_RUN_STEPS}, then ever further apart")
 
 
 def cadence_notices(schedule: Schedule, ending: bool,

@@ -36,6 +36,10 @@ def _queue_at_end_of_backward(callback) -> None:
     Variable._execution_engine.queue_callback(callback)
 
 
+#: Hooks stay armed while the next watched step is at most this many steps away: arming and
+#: removing them once (plus a full step) costs about what the hooks' calls in that many
+#: backward passes cost (see :meth:`ClipWatch.plan`).
+ARM_AHEAD = 4
 #: How many frames above the optimizer pre-hook to look for the GradScaler's ``step``: the
 #: optimizer's step wrappers and hooks, the scaler's ``_maybe_opt_step`` and this package's own.
 SCALER_SEARCH_DEPTH = 24
@@ -74,14 +78,43 @@ class ClipWatch:
         #: Per parameter after the last backward pass: None without a gradient, else
         #: (float32 0-d norm on the gradient's device, the gradient (weakly), its _version).
         self._seen: list[tuple[torch.Tensor, weakref.ref, int] | None] | None = None
-        self._handles = [p.register_post_accumulate_grad_hook(self._on_gradient)
-                         for p in self._params if p.requires_grad]
+        self._handles: list = []
+        self._closed = False
+        self.arm()
 
-    def close(self) -> None:
-        """Remove the hooks."""
+    def arm(self) -> None:
+        """Hook the parameters (done at construction): backward passes are noted again."""
+        if not self._handles and not self._closed:
+            self._handles = [p.register_post_accumulate_grad_hook(self._on_gradient)
+                             for p in self._params if p.requires_grad]
+
+    @property
+    def armed(self) -> bool:
+        """True while the parameters are hooked."""
+        return bool(self._handles)
+
+    def disarm(self) -> None:
+        """Remove the hooks until :meth:`arm`: backward passes go unseen and cost nothing."""
         while self._handles:
             self._handles.pop().remove()
         self._seen = None
+
+    def close(self) -> None:
+        """Remove the hooks for good."""
+        self._closed = True
+        self.disarm()
+
+    def plan(self, step: int, due: int, until: int) -> int:
+        """Between steps: whether the hooks stay on until the next full step. Every backward
+        pass calls them once per parameter, so when the next step whose ``due`` answers True is
+        more than :data:`ARM_AHEAD` steps after ``step`` they go, and the step before it must be
+        a full one, which arms them. Returns ``until`` (the first step that is not quiet),
+        brought forward to ``due - 1`` in that case."""
+        if due - step > ARM_AHEAD:
+            self.disarm()
+            return min(until, due - 1)
+        self.arm()
+        return until
 
     def _on_gradient(self, param: torch.Tensor) -> None:
         # Runs inside backward for every parameter: one comparison after the first.

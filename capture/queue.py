@@ -149,7 +149,13 @@ class Progress:
         """Number a new flush request; wait for it with ``wait(..., request=number)``."""
         with self._cond:
             self.requested += 1
+            self._cond.notify_all()  # ends a :meth:`pause`
             return self.requested
+
+    def pause(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s, less when a flush request is or becomes unanswered."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.requested > self.answered, timeout=timeout)
 
     def unanswered(self) -> int:
         """The newest flush request not dealt with yet, or 0 when there is none."""

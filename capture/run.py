@@ -304,11 +304,10 @@ class Run:
         the controller has a new cost to take into account at the next boundary.
 
         The pre-hook stays registered only if a telemetry step can come before the next full
-        step replans: the first step at or after ``_quiet_until`` is a full one, and
-        ``_quiet_until`` never passes the next telemetry step.
-        """
-        room, deadline = self._reporter.quiet_window(now)
-        due = self._schedule.next
+        step replans: the first step at or after ``_quiet_until`` is a full one, and it never
+        passes the next telemetry step. The clip watch's gradient hooks go while telemetry is
+        far ahead (:meth:`sentrycam.capture.clipping.ClipWatch.plan`)."""
+        (room, deadline), due = self._reporter.quiet_window(now), self._schedule.next
         if room <= 0 or self._stats_armed or self._controller.recompute_pending \
                 or self._pacer.pending is not None:
             until = step + 1
@@ -319,6 +318,7 @@ class Run:
             if self._runner is not None and self._every != "epoch":
                 until = min(until, due["snapshot"])
             self._quiet_deadline = min(deadline, self._last_status + STATUS_EVERY_S)
+        until = self._reporter.telemetry.clip.plan(step, due["telemetry"], until)
         self._quiet_until = until
         self._watch.want_pre(until >= due["telemetry"])
 

@@ -13,9 +13,7 @@ run, the sender resends that run's frames from there.
 
 A *retryable* error (``"retry": true``: the server cannot store now) is handled like a lost
 connection: hang up, spool the window, back off, reconnect and replay; nothing is given up.
-
-``websockets`` is imported inside the thread's functions only: importing the capture package
-must stay cheap.
+``websockets`` is imported inside the thread's functions only: importing capture stays cheap.
 """
 
 from __future__ import annotations
@@ -40,10 +38,12 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
-#: How long the sender waits for an ack when it has nothing else to do.
-ACK_POLL_S = 0.02
-#: How long an idle sender waits for new messages before checking for stop and flush requests.
-IDLE_WAIT_S = 0.1
+#: How long the sender waits for an ack when it has nothing else to do, and how long an idle
+#: sender waits for new messages before checking for stop and flush requests.
+ACK_POLL_S, IDLE_WAIT_S = 0.02, 0.1
+#: After sending all that was queued, the sender pauses this long (a flush ends the pause) so
+#: that messages and acks gather: else a message a step wakes it once or twice per message.
+LINGER_S = 0.05
 #: Websocket close code of a server refusing a frame over its size limit.
 MESSAGE_TOO_BIG = 1009
 
@@ -190,6 +190,8 @@ class SenderLoop:
             self._settle(connected=True)
             if not sent and self.window.frames:
                 self._read_replies(ws, ACK_POLL_S)
+            elif 0 < sent < room and not self.backlog:
+                self.progress.pause(LINGER_S)
 
     def _offline(self, delay: float) -> None:
         """Spool whatever arrives for ``delay`` s. A new flush request cuts the wait short, so the
@@ -304,8 +306,7 @@ class SenderLoop:
             self.retry_later = str(data.get("error"))
             return
         if isinstance(expected, int) and isinstance(run_id, str):
-            # Out of order: the server needs ``expected`` next. Every frame sent after the
-            # first such answer gets one too; one resend answers them all.
+            # Out of order: the server needs ``expected`` next; one resend answers every ask.
             if expected > self.asked.get(run_id, -1):
                 self.asked[run_id] = self.resend_from[run_id] = expected
             return
@@ -313,8 +314,7 @@ class SenderLoop:
         self.log.warning("rejected", "the server rejected message seq=%s of run %s: %s", seq,
                          run_id, data.get("error"))
         if isinstance(seq, int) and isinstance(run_id, str):
-            # Settled: re-sending a rejected frame cannot help. Its seq is filled in when the
-            # server next asks for it (see _resend), even if it asked for it before.
+            # Settled: resending cannot help; _resend fills its seq in at the server's next ask.
             for held_seq, run_seq, _frame in self.window.of_run(run_id):
                 if run_seq == seq:
                     self.window.discard(held_seq)

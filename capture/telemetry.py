@@ -272,11 +272,12 @@ class ParamTelemetry:
         self._before: _Before | None = None
         #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
         self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._clip = ClipWatch(self._params, due=clip_due)
+        #: the gradient norm before clipping; its owner plans its hooks (ClipWatch.plan)
+        self.clip = ClipWatch(self._params, due=clip_due)
 
     def close(self) -> None:
         """Stop watching gradient clipping (removes its gradient hooks)."""
-        self._clip.close()
+        self.clip.close()
 
     def _owners_of(self, present: list[int]) -> torch.Tensor:
         """Owning layers of a subset of parameters, cached: the set of parameters with gradients
@@ -349,16 +350,19 @@ class ParamTelemetry:
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
         grad_norms = self._norms([grads[i] for i in present])
         grad_sample = self._sample([p.grad for p in self._params])
-        unclipped = self._clip.take()
+        unclipped = self.clip.take()
         old = before.weight_sample
         diff = self._sample([p.detach() for p in self._params]) - old
         moved = self._norms(torch.split(diff, self._sizes))
         # Unsampled (stride 1), the sample is the weights: their norms are known.
         size = before.weight_norms if self._stride == 1 else self._norms(
             torch.split(old, self._sizes))
-        # One reduction per layer for the weights, the update and the sampled weights.
-        weight, moved, size = self._layer_squares(
-            torch.stack([before.weight_norms, moved, size]), self._owners).sqrt_().unbind()
+        # One reduction per layer for the weights, the update, the sampled weights and, when
+        # every parameter has a gradient (no layer left without), the gradients.
+        rows = [before.weight_norms, moved, size] + ([grad_norms] if owners is self._owners
+                                                     else [])
+        weight, moved, size, *grads_per_layer = self._layer_squares(
+            torch.stack(rows), self._owners).sqrt_().unbind()
         nan = torch.full((), math.nan, device=self.device)
         layer_ratio = torch.where(size > 0, moved / size, nan)
         old_norm = size.square().sum().sqrt()
@@ -371,7 +375,8 @@ class ParamTelemetry:
             COS_EPS) if previous is not None else nan)
         head = {GRAD_NORM.name: torch.linalg.vector_norm(grad_norms), GRAD_COS.name: cosine,
                 UPDATE_RATIO.name: ratio}
-        per_layer = {LAYER_GRAD_NORM.name: self._per_layer(grad_norms, owners),
+        per_layer = {LAYER_GRAD_NORM.name: (grads_per_layer[0] if grads_per_layer
+                                             else self._per_layer(grad_norms, owners)),
                      WEIGHT_NORM.name: weight, LAYER_UPDATE_RATIO.name: layer_ratio}
         unclipped = unclipped if unclipped is not None else nan
         return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]

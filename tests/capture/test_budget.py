@@ -1,6 +1,7 @@
 """The overhead controller stretches expensive activities to fit the budget."""
 
 import logging
+import math
 import time
 
 import pytest
@@ -71,23 +72,42 @@ def test_cheap_activities_keep_their_minimum_interval():
     assert schedule.interval("snapshot") == 20
 
 
-def test_the_minimum_cadence_caps_what_the_budget_stretches():
-    # costs that the budget would space thousands of steps apart
+def over_budget_schedule(steps: int) -> tuple[OverheadController, Schedule, dict[str, list]]:
+    """Snapshots (every=50) and telemetry whose costs the budget would space thousands of steps
+    apart, scheduled over ``steps`` steps: the controller, the schedule and the firings."""
     controller = synthetic_run(OverheadController(0.01, {**EVERY, "snapshot": 50}), steps=20,
                                step_seconds=0.001, costs={"snapshot": 1.0, "telemetry": 0.01})
-    assert controller.gap("snapshot") > 10_000 and controller.gap("telemetry") > 100
     schedule = Schedule(controller, {**EVERY, "snapshot": 50})
-    fired = {"snapshot": [], "telemetry": []}
-    for step in range(300):
-        for activity, steps in fired.items():
+    fired: dict[str, list] = {"snapshot": [], "telemetry": []}
+    for step in range(steps):
+        for activity, steps_fired in fired.items():
             if schedule.due(activity, step):
                 schedule.fired(activity, step)
-                steps.append(step)
+                steps_fired.append(step)
+    return controller, schedule, fired
+
+
+def test_the_minimum_cadence_caps_what_the_budget_stretches():
+    controller, schedule, fired = over_budget_schedule(300)
+    assert controller.gap("snapshot") > 10_000 and controller.gap("telemetry") > 100
     # a snapshot at least once per quarter of the steps taken, rounded up to every=50
     assert fired["snapshot"] == [0, 50, 100, 150, 200, 250]
     assert fired["telemetry"] == list(range(0, 300, 2))
     assert schedule.stretched("snapshot") and schedule.interval("snapshot") == 100
     assert schedule.stretched("telemetry")
+
+
+def test_the_minimum_cadence_thins_out_in_a_long_run():
+    controller, _, fired = over_budget_schedule(30_000)
+    telemetry = fired["telemetry"]
+    # issue 16's short-run figures hold: every second step up to step 300
+    assert telemetry[:151] == list(range(0, 301, 2))
+    # then the floor fades: a 100 times longer run gets fewer than twice the firings, and in
+    # the end the budget's own gap spaces them
+    assert telemetry[151:155] == [302, 305, 308, 311]
+    assert len(telemetry) < 2 * 151
+    assert telemetry[-1] - telemetry[-2] == math.ceil(controller.gap("telemetry"))
+    assert 25 <= len(fired["snapshot"]) <= 35  # 6 by step 250, then a quarter further each
 
 
 def test_without_a_budget_the_schedule_is_fixed():

@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch.nn.utils import clip_grad_norm_, clip_grad_value_
 
-from sentrycam.capture.clipping import ClipWatch
-from tests.capture.setups.tiny_training import Setup
+from sentrycam import capture
+from sentrycam.capture.clipping import ARM_AHEAD, ClipWatch
+from sentrycam.capture.transport import MemoryTransport
+from tests.capture.setups.tiny_training import Setup, make_data
 
 MAX_NORM = 0.01  # far below this model's gradient norms (about 0.3)
 
@@ -137,3 +139,54 @@ def test_the_norm_before_clipping_is_measured_only_for_steps_whose_telemetry_is_
             setup.optimizer.zero_grad()
     finally:
         watch.close()
+
+
+def test_far_apart_telemetry_steps_leave_backward_unhooked_and_still_see_clipping():
+    """Between telemetry steps more than ARM_AHEAD apart the watch's hooks are off; the step
+    before a telemetry step is a full one that puts them back, so its norm before clipping is
+    still what clip_grad_norm_ saw."""
+    setup = Setup()
+    step, due = 0, 10
+    watch = ClipWatch(list(setup.model.parameters()), due=lambda: step == due)
+    try:
+        assert watch.plan(0, due, until=64) == due - 1 and not watch.armed
+        assert watch.plan(due - ARM_AHEAD, due, until=64) == 64 and watch.armed  # near: kept
+        assert watch.plan(0, due, until=5) == 5 and not watch.armed
+        for step in range(1, due + 1):
+            x, y = next(setup.data)
+            setup.criterion(setup.model(x), y).backward()
+            returned = float(clip_grad_norm_(setup.model.parameters(), MAX_NORM))
+            taken = watch.take()
+            assert (taken is None) if step < due else float(taken) == pytest.approx(returned,
+                                                                                    rel=1e-5)
+            setup.optimizer.step()
+            setup.optimizer.zero_grad()
+            if step == due - 1:  # the full step before the telemetry step
+                assert watch.plan(step, due, until=64) == 64 and watch.armed
+            assert watch.armed == (step >= due - 1)
+    finally:
+        watch.close()
+    assert not watch.armed
+
+
+def test_a_long_run_at_the_defaults_sees_clipping_on_its_sparse_telemetry_steps():
+    """Past the minimum cadence's first steps telemetry thins out (more than ARM_AHEAD steps
+    apart at the end): every telemetry step still shows the norm before clipping."""
+    setup = Setup()
+    transport = MemoryTransport()
+    run = capture.attach(setup.model, make_data(), criterion=setup.criterion,
+                         optimizer=setup.optimizer, transport=transport)
+    returned = []
+    for _ in range(1_000):
+        x, y = next(setup.data)
+        setup.criterion(setup.model(x), y).backward()
+        returned.append(float(clip_grad_norm_(setup.model.parameters(), MAX_NORM)))
+        setup.optimizer.step()
+        setup.optimizer.zero_grad()
+    run.detach()
+    norms = {m.step: m.values for m in transport.of_kind("scalars") if "grad_norm" in m.values}
+    steps = sorted(norms)
+    assert steps[-1] - steps[-2] > ARM_AHEAD
+    for step in steps:
+        assert norms[step]["grad_norm"] == pytest.approx(returned[step], rel=1e-5), step
+        assert norms[step]["grad_norm_clipped"] == pytest.approx(MAX_NORM, rel=1e-3), step
