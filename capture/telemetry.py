@@ -27,17 +27,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from sentrycam.capture.clipping import ClipWatch
 from sentrycam.capture.layers import ROOT_NAME
-from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LAYER_UPDATE_RATIO,
-                                        LR, NONFINITE_GRAD, PARAMETER_STATS, TELEMETRY_SCALARS,
-                                        UPDATE_RATIO, WEIGHT_NORM)
+from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, GRAD_NORM_CLIPPED, LAYER_GRAD_NORM,
+                                        LAYER_UPDATE_RATIO, LR, NONFINITE_GRAD, PARAMETER_STATS,
+                                        TELEMETRY_SCALARS, UPDATE_RATIO, WEIGHT_NORM)
 
 #: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
 LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
 COS_EPS = 1e-8
-#: The gradient norm after clipping (``clip_grad_norm_``, ``clip_grad_value_``) on steps whose
-#: gradients were clipped (GRAD_NORM is then the norm before clipping).
-GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
 
 
 def holds_parameters(optimizer: torch.optim.Optimizer, param_ids: frozenset[int]) -> bool:

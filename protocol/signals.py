@@ -93,6 +93,9 @@ LR_GROUP = Signal("lr_*", Scope.STEP, Source.OPTIMIZER,
                   View.CURVE, "learning rate", log_scale=True)
 GRAD_NORM = Signal("grad_norm", Scope.STEP, Source.PARAMETERS,
                    "global L2 norm of the gradients", View.CURVE, "gradient norm")
+#: The gradient norm after clipping (``clip_grad_norm_``, ``clip_grad_value_``), logged beside
+#: GRAD_NORM (then the norm before clipping) on steps whose gradients were clipped.
+GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
 GRAD_COS = Signal("grad_cos", Scope.STEP, Source.PARAMETERS,
                   "cosine between this telemetry step's gradient and the previous one's "
                   "(strided sample)")

@@ -21,7 +21,8 @@ from sentrycam.backend.audit.baselines import (Cusum, Escalation, LearningPace, 
 from sentrycam.backend.audit.detectors.base import (LOCAL_STATISTICS, Detector, SeriesWatch,
                                                     finding)
 from sentrycam.protocol.messages import LayerStats, Scalars
-from sentrycam.protocol.signals import GRAD_NORM, LOSS, LR, UPDATE_RATIO, WEIGHT_NORM
+from sentrycam.protocol.signals import (GRAD_NORM, GRAD_NORM_CLIPPED, LOSS, LR, UPDATE_RATIO,
+                                        WEIGHT_NORM)
 from sentrycam.protocol.changes import ChangeKind
 
 #: Smallest scale of a log-series baseline: 5% relative change.
@@ -29,8 +30,6 @@ LOG_FLOOR = 0.05
 #: Smallest scale of the update-size baseline: schedules move the step size by design (a step
 #: decay of 0.3x is a fall of 1.2 in log), so only a fall of two orders of magnitude confirms.
 UPDATE_FLOOR = 0.25
-#: The gradient norm after clipping, sent on clipped steps (capture/telemetry.py).
-GRAD_NORM_CLIPPED = f"{GRAD_NORM.name}_clipped"
 
 
 #: Per-step series calibrate on this many observations before any judgement: early training
