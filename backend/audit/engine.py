@@ -194,6 +194,11 @@ AUDITED: dict[ChangeKind, Callable[[RunAudit, Change], None]] = {
 }
 
 
+def audited(changes: Sequence[Change]) -> list[Change]:
+    """The changes the audit reads (kinds in :data:`AUDITED`), in order."""
+    return [c for c in changes if c.kind in AUDITED]
+
+
 class AuditEngine:
     """Background worker: one :class:`RunAudit` per run, fed from the change feed."""
 
@@ -224,6 +229,10 @@ class AuditEngine:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the audit engine did not stop within %.0f s", timeout)
+        self.flush_open_alerts()
+
+    def flush_open_alerts(self) -> None:
+        """Store the latest state of every run's open alerts (at shutdown)."""
         for audit in list(self._runs.values()):
             try:
                 audit.book.flush()
@@ -232,7 +241,7 @@ class AuditEngine:
 
     def _on_changes(self, changes: Sequence[Change]) -> None:
         """Feed callback (writer thread): queue and return at once; drop when full."""
-        wanted = [c for c in changes if c.kind in AUDITED]
+        wanted = audited(changes)
         if not wanted:
             return
         try:
@@ -256,11 +265,16 @@ class AuditEngine:
             batch = self._queue.get()
             if batch is _STOP:
                 return
-            for change in batch:
-                self._process(change)
+            self.process(batch)
             with self._settled:
                 self._pending -= len(batch)
                 self._settled.notify_all()
+
+    def process(self, changes: Sequence[Change]) -> None:
+        """Audit ``changes`` in order on the calling thread (the engine's own thread, or the
+        audit process's loop: :mod:`sentrycam.backend.audit.process`)."""
+        for change in changes:
+            self._process(change)
 
     def _process(self, change: Change) -> None:
         try:

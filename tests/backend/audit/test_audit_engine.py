@@ -77,8 +77,8 @@ def test_a_failing_detector_is_counted_and_the_engine_carries_on(make_settings, 
     def broken(self, kind, item):
         raise RuntimeError("detector bug")
 
-    monkeypatch.setattr(LossDivergence, "observe", broken)
-    with serve_in_thread(make_settings()) as server:
+    monkeypatch.setattr(LossDivergence, "observe", broken)  # this process: the thread engine
+    with serve_in_thread(make_settings(audit_engine="thread")) as server:
         run_id = train_streamed(server.url, steps=220, spike_at=150)
         settle(server)
         status = server.app.state.audit.run_status(run_id)
