@@ -314,4 +314,5 @@ class AuditEngine:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {**self.counts, "runs": len(self._runs), "queued": self._queue.qsize()}
+            return {**self.counts, "runs": len(self._runs), "queued": self._queue.qsize(),
+                    "kind": "thread"}

@@ -334,5 +334,5 @@ class AuditProcess:
             merged["dropped"] = self.counts["dropped"] + int(live.get("dropped", 0))
             return {**merged, "unaudited": self.counts["unaudited"],
                     "restarts": self.counts["restarts"], "runs": int(live.get("runs", 0)),
-                    "queued": self._queue.qsize(), "engine": "process", "pid": self.pid(),
+                    "queued": self._queue.qsize(), "kind": "process", "pid": self.pid(),
                     "failed": self.failed}

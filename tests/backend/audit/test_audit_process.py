@@ -33,7 +33,7 @@ def test_alerts_come_from_the_audit_process_and_reach_store_feed_and_rest(make_s
         run_id = train_streamed(server.url, steps=220, spike_at=150)
         settle(server)
         stats = engine.stats()
-        assert stats["engine"] == "process" and stats["pid"] not in (None, os.getpid())
+        assert stats["kind"] == "process" and stats["pid"] not in (None, os.getpid())
         assert stats["changes"] > 0 and stats["errors"] == stats["dropped"] == 0
         alerts = server.store.alerts(run_id, min_severity=2)
         assert alerts, "an LR spike of 30x went unnoticed"
@@ -41,7 +41,7 @@ def test_alerts_come_from_the_audit_process_and_reach_store_feed_and_rest(make_s
         assert {c.message["alert_id"] for c in announced} >= {a["alert_id"] for a in alerts}
         status = httpx.get(f"{server.url}/api/runs/{run_id}/audit").json()
         assert status["last_step"] >= 200 and "loss_divergence" in status["active"]
-        assert status["engine"]["engine"] == "process"
+        assert status["engine"]["kind"] == "process"
         child = engine.pid()
     assert not _running(child), "the audit process outlived its server"
 
@@ -69,7 +69,7 @@ def test_the_thread_engine_stays_available(make_settings):
     with serve_in_thread(make_settings(audit_engine="thread")) as server:
         run_id = train_streamed(server.url, steps=220, spike_at=150)
         settle(server)
-        assert "engine" not in server.app.state.audit.stats()  # the in-process engine
+        assert server.app.state.audit.stats()["kind"] == "thread"
         assert server.store.alerts(run_id, min_severity=2)
 
 
