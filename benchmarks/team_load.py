@@ -28,12 +28,14 @@ measure the server, not how the scheduler shares the cores with 20 busy trainers
 ``--trainer-nice 0`` keeps them at the server's priority (the co-located setting).
 
 ``--projector MODE`` is passed on to ``sentrycam serve --projector MODE`` (``off`` runs the
-server without a projector); ``--no-audit`` runs it without the audit engine; any other option
+server without a projector); ``--no-audit`` runs it without the audit engine,
+``--audit-engine thread`` with the engine on a thread of the server (default: its own
+process; the CPU of the server's child processes is reported apart); any other option
 this script does not know goes to ``sentrycam serve`` too (``-- --flag value``).
 
     python benchmarks/team_load.py [--trainers 20] [--subscribers 5] [--steps 400]
         [--every 20] [--probe 500] [--model cnn|mlp] [--projector MODE] [--no-audit]
-        [--trainer-nice 19] [--json OUT]
+        [--audit-engine process|thread] [--trainer-nice 19] [--json OUT]
         [-- SERVE ARGS...]
 """
 
@@ -54,6 +56,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_memory import proc_status_kib, start_server  # noqa: E402
+from report import audit_label  # noqa: E402
 from results import Recorder, add_json_argument, distribution  # noqa: E402
 
 from sentrycam.protocol.push import PushType  # noqa: E402
@@ -303,7 +306,8 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     env_projector = "off" if args.projector == "off" else "on"
     forwarded = serve_args + ([] if args.projector in (None, "off")
                               else ["--projector", args.projector])
-    env = {"SENTRYCAM_PROJECTOR": env_projector, "SENTRYCAM_AUDIT": str(args.audit).lower()}
+    env = {"SENTRYCAM_PROJECTOR": env_projector, "SENTRYCAM_AUDIT": str(args.audit).lower(),
+           "SENTRYCAM_AUDIT_ENGINE": args.audit_engine}
     server, url = start_server(db, env=env, extra_args=forwarded)
     watch = HealthWatch(url)
     warm_up_s = warm_up(watch)
@@ -353,7 +357,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     return {
         "trainers": args.trainers, "subscribers_per_run": args.subscribers,
         "steps": args.steps, "projector": args.projector or "default", "audit": args.audit,
-        "trainer_nice": args.trainer_nice,
+        "audit_engine": args.audit_engine, "trainer_nice": args.trainer_nice,
         "projector_warm_up_s": warm_up_s,
         "serve_args": forwarded, "messages": committed,
         "messages_per_s": committed / max(finished - started, 1e-9),
@@ -381,7 +385,7 @@ def summary(row: dict[str, Any]) -> str:
     return "\n".join([
         f"{row['trainers']} trainers x {row['subscribers_per_run']} subscribers, "
         f"{row['steps']} steps, projector {row['projector']}, audit "
-        f"{'on' if row.get('audit', True) else 'off'} (warm-up "
+        f"{audit_label(row)}, trainers at nice {row.get('trainer_nice', 0)} (warm-up "
         f"{row['projector_warm_up_s']:.0f} s before the trainers started)",
         f"  ingested      {row['messages']} messages, {row['messages_per_s']:.0f}/s "
         f"over {row['seconds']:.1f} s; peak writer queue {row['peak_queue_depth']}",
@@ -411,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="passed on as `sentrycam serve --projector MODE`; off: none")
     parser.add_argument("--no-audit", dest="audit", action="store_false",
                         help="run the server without its audit engine")
+    parser.add_argument("--audit-engine", choices=("process", "thread"), default="process",
+                        help="the server's audit engine in its own process or a thread")
     parser.add_argument("--trainer-nice", type=int, default=19,
                         help="niceness of the trainer processes (0: co-located with the server)")
     add_json_argument(parser)
