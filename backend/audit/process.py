@@ -196,8 +196,8 @@ class AuditProcess:
             if self._thread.is_alive():
                 log.warning("the audit process did not stop within %.0f s", timeout)
         child, self._child = self._child, None
-        if child is not None:
-            child.stop(time.monotonic())
+        if child is not None:  # it exits by itself once it answered "stop"
+            child.stop(time.monotonic() + EXIT_WAIT_S)
 
     def alive(self) -> bool:
         """Whether the dispatch thread runs and a child process is up (or about to start)."""
