@@ -32,6 +32,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any, Sequence
 
+from sentrycam.backend.audit.engine import AuditEngine, audited
+from sentrycam.backend.audit.inbox import AuditInbox
 from sentrycam.backend.feed import Change, ChangeFeed
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,6 @@ class _FeedCalls:
 def serve(conn: Connection, log_level: int) -> None:
     """The child's loop: ``(operation, argument)`` in; store calls and publications out while
     auditing; then ``(operation, result)``. Ends on "stop" or when the server's end closes."""
-    from sentrycam.backend.audit.engine import AuditEngine
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops it (Ctrl-C reaches both)
     logging.basicConfig(level=log_level,
                         format="%(asctime)s %(levelname)s %(name)s (audit process): %(message)s")
@@ -165,36 +165,23 @@ class AuditProcess:
 
     def __init__(self, store: Any, feed: ChangeFeed, *, queue_size: int = 100_000) -> None:
         self.store, self.feed = store, feed
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._inbox = AuditInbox(queue_size, audited)
         self._status: collections.deque = collections.deque()  # (run_id, slot, done event)
         self._lock = threading.Lock()
-        self._settled = threading.Condition(self._lock)
-        self._pending = 0
         self._child: _Child | None = None
-        self._thread: threading.Thread | None = None
-        self._subscription = None
         self._child_counts: dict[str, int] = {}  # the live child's engine counters
-        self._past = collections.Counter()  # the counters of children that died
+        self._past: collections.Counter = collections.Counter()  # those of children that died
         self.counts = {"dropped": 0, "unaudited": 0, "restarts": 0}
         self.failed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._subscription = self.feed.subscribe(self._on_changes, name="audit")
-        self._thread = threading.Thread(target=self._loop, name="sentrycam-audit-dispatch",
-                                        daemon=True)
-        self._thread.start()
+        self._inbox.start(self.feed, self._loop, "sentrycam-audit-dispatch")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Unsubscribe, audit what is queued, have the child store the open alerts, stop it."""
-        if self._subscription is not None:
-            self._subscription.close()
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("the audit process did not stop within %.0f s", timeout)
+        self._inbox.stop(_STOP, timeout)
         child, self._child = self._child, None
         if child is not None:  # it exits by itself once it answered "stop"
             child.stop(time.monotonic() + EXIT_WAIT_S)
@@ -202,35 +189,16 @@ class AuditProcess:
     def alive(self) -> bool:
         """Whether the dispatch thread runs and a child process is up (or about to start)."""
         child = self._child
-        return bool(self._thread and self._thread.is_alive() and not self.failed
-                    and (child is None or child.process.is_alive()))
+        return (self._inbox.consuming() and not self.failed
+                and (child is None or child.process.is_alive()))
 
     def pid(self) -> int | None:
         child = self._child
         return child.process.pid if child is not None else None
 
-    # -- feeding ------------------------------------------------------------------------------
-
-    def _on_changes(self, changes: Sequence[Change]) -> None:
-        """Feed callback (writer thread): queue and return at once; drop when full."""
-        from sentrycam.backend.audit.engine import audited
-
-        wanted = audited(changes)
-        if not wanted:
-            return
-        try:
-            with self._lock:
-                self._queue.put_nowait(wanted)
-                self._pending += len(wanted)
-        except queue.Full:
-            with self._lock:
-                self.counts["dropped"] += len(wanted)
-            log.warning("audit queue full: %d changes not audited", len(wanted))
-
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """True once everything queued so far was audited (tests, benchmarks)."""
-        with self._settled:
-            return self._settled.wait_for(lambda: self._pending == 0, timeout)
+        return self._inbox.wait_idle(timeout)
 
     # -- dispatch thread ------------------------------------------------------------------------
 
@@ -238,7 +206,7 @@ class AuditProcess:
         while True:
             self._answer_status()
             try:
-                batch = self._queue.get(timeout=WATCH_S)
+                batch = self._inbox.take(timeout=WATCH_S)
             except queue.Empty:
                 self._watch()
                 continue
@@ -250,9 +218,7 @@ class AuditProcess:
                     self._request("stop", None)
                 return
             self._request("batch", batch)
-            with self._settled:
-                self._pending -= len(batch)
-                self._settled.notify_all()
+            self._inbox.done(batch)
 
     def _request(self, operation: str, argument: Any) -> Any:
         """One exchange with the child (started first if none runs); None if it died."""
@@ -319,7 +285,7 @@ class AuditProcess:
         slot: list[Any] = []
         done = threading.Event()
         self._status.append((run_id, slot, done))
-        self._queue.put(_WAKE)
+        self._inbox.signal(_WAKE)
         if not done.wait(STATUS_TIMEOUT_S):
             log.warning("the audit process did not answer a status request within %.0f s",
                         STATUS_TIMEOUT_S)
@@ -331,8 +297,8 @@ class AuditProcess:
             live = self._child_counts
             merged = {k: self._past[k] + int(live.get(k, 0))
                       for k in ("changes", "errors", "alerts")}
-            merged["dropped"] = self.counts["dropped"] + int(live.get("dropped", 0))
+            merged["dropped"] = self.counts["dropped"] + self._inbox.dropped
             return {**merged, "unaudited": self.counts["unaudited"],
                     "restarts": self.counts["restarts"], "runs": int(live.get("runs", 0)),
-                    "queued": self._queue.qsize(), "kind": "process", "pid": self.pid(),
+                    "queued": self._inbox.size(), "kind": "process", "pid": self.pid(),
                     "failed": self.failed}

@@ -12,15 +12,9 @@ import httpx
 import pytest
 
 from sentrycam.backend.testing import serve_in_thread
-from tests.backend.audit.trainer import train_streamed
+from tests.backend.audit.trainer import settle, train_streamed
 
 pytestmark = pytest.mark.slow
-
-
-def settle(server) -> None:
-    for _ in range(3):
-        server.wait_written(30)
-        assert server.app.state.audit.wait_idle(60)
 
 
 def test_alerts_come_from_the_audit_process_and_reach_store_feed_and_rest(make_settings):
