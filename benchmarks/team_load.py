@@ -22,9 +22,10 @@ server RSS peak (VmHWM), and the end check of the store: every run finished, eac
 ``last_seq`` equal to what its trainer had acknowledged, nothing dropped or spooled by a
 trainer, every logged ``bench_sent_at`` stored once, no duplicate rows.
 
-The trainers stand in for training jobs on other machines, so by default each runs at the
-lowest CPU priority (``os.nice(19)``, ``--trainer-nice``): on the 2-core machine the figures then
-measure the server, not how the scheduler shares the cores with 20 busy trainers.
+The trainers stand in for training jobs on other machines, so by default each trains at the
+lowest CPU priority (``os.nice(19)`` once its start-up is over, ``--trainer-nice``): on the
+2-core machine the figures then measure the server, not how the scheduler shares the cores
+with 20 busy trainers.
 ``--trainer-nice 0`` keeps them at the server's priority (the co-located setting).
 
 ``--projector MODE`` is passed on to ``sentrycam serve --projector MODE`` (``off`` runs the
@@ -76,7 +77,6 @@ RUN_TIMEOUT_S, WARM_UP_S, SETTLE_S = 3600.0, 900.0, 300.0
 def trainer(index: int, url: str, args: dict[str, Any], barrier: Any, out: Any) -> None:
     """Train one seeded digits model with capture attached; report its run id at once, and
     at the end its counters and how long ``detach()`` took."""
-    os.nice(args["nice"])  # a stand-in for a job on another machine: the server goes first
     import torch
     from torch import nn
 
@@ -88,6 +88,9 @@ def trainer(index: int, url: str, args: dict[str, Any], barrier: Any, out: Any) 
     model = build_model(args["model"], seed=index)
     criterion, optimizer = nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 2e-3)
     barrier.wait()
+    # A stand-in for a job on another machine: the server goes first. After the start-up
+    # (imports, data), which a loaded machine would otherwise starve past the barrier's wait.
+    os.nice(args["nice"])
     run = capture.attach(model, probe=(data.x_train, data.y_train), probe_size=args["probe"],
                          every=args["every"], criterion=criterion, optimizer=optimizer,
                          url=url, run_name=f"load-{index}", overhead_budget=None, seed=index)
