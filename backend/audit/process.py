@@ -122,9 +122,11 @@ class _Child:
                                        args=(child, logging.getLogger().getEffectiveLevel()))
         self.process.start()
         child.close()  # only the child holds its end: its death reads as EOF here
+        self.fed = False  # whether it was given changes (else it holds no open alert)
 
     def exchange(self, operation: str, argument: Any, store: Any, feed: ChangeFeed) -> Any:
         """Send one request; serve the child's store calls and publications until it answers."""
+        self.fed = self.fed or operation == "batch"
         try:
             self.conn.send((operation, argument))
             while True:
@@ -183,8 +185,8 @@ class AuditProcess:
         """Unsubscribe, audit what is queued, have the child store the open alerts, stop it."""
         self._inbox.stop(_STOP, timeout)
         child, self._child = self._child, None
-        if child is not None:  # it exits by itself once it answered "stop"
-            child.stop(time.monotonic() + EXIT_WAIT_S)
+        if child is not None:  # once it answered "stop" it exits by itself
+            child.stop(time.monotonic() + (EXIT_WAIT_S if child.fed else 0.0))
 
     def alive(self) -> bool:
         """Whether the dispatch thread runs and a child process is up (or about to start)."""
@@ -203,6 +205,7 @@ class AuditProcess:
     # -- dispatch thread ------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        self._start_child()  # now, so that its start-up (imports) is over when the runs come
         while True:
             self._answer_status()
             try:
@@ -214,7 +217,7 @@ class AuditProcess:
                 continue
             if batch is _STOP:
                 self._answer_status()
-                if self._child is not None:  # else nothing was ever audited: no alert open
+                if self._child is not None and self._child.fed:
                     self._request("stop", None)
                 return
             self._request("batch", batch)
@@ -230,6 +233,11 @@ class AuditProcess:
         self._watch()
         if self._child is None:
             self._start_child()
+        if self._child is None:  # it could not start: counted
+            if operation == "batch":
+                with self._lock:
+                    self.counts["unaudited"] += len(argument)
+            return None
         try:
             value = self._child.exchange(operation, argument, self.store, self.feed)
         except ChildLost as exc:
@@ -251,7 +259,14 @@ class AuditProcess:
             self._start_child()
 
     def _start_child(self) -> None:
-        self._child = _Child()
+        try:
+            self._child = _Child()
+        except Exception:  # e.g. out of processes or memory: counted, tried again later
+            log.exception("could not start the audit process")
+            with self._lock:
+                self.counts["restarts"] += 1
+                self.failed = self.counts["restarts"] > MAX_RESTARTS
+            return
         log.info("audit process started (pid %d)", self._child.process.pid)
 
     def _lost(self, exc: ChildLost, changes: int) -> None:
