@@ -132,7 +132,7 @@ class _Child:
             while True:
                 kind, value = self.conn.recv()
                 if kind == "call":
-                    self.conn.send(_store_call(store, *value))
+                    self._reply(_store_call(store, *value))
                 elif kind == "publish":
                     feed.publish(value)
                 else:
@@ -141,6 +141,14 @@ class _Child:
             self.process.join(EXIT_WAIT_S)
             raise ChildLost(f"the audit process {self.process.pid} died (exit code "
                             f"{self.process.exitcode})") from exc
+
+    def _reply(self, reply: tuple[str, Any]) -> None:
+        try:
+            self.conn.send(reply)
+        except (EOFError, OSError):
+            raise
+        except Exception:  # a result that cannot be pickled: the child's call fails, not both
+            self.conn.send(("error", traceback.format_exc()))
 
     def stop(self, deadline: float) -> None:
         """Wait for the process to exit until ``deadline`` (monotonic), then terminate it."""
@@ -242,6 +250,11 @@ class AuditProcess:
             value = self._child.exchange(operation, argument, self.store, self.feed)
         except ChildLost as exc:
             self._lost(exc, len(argument) if operation == "batch" else 0)
+            return None
+        except Exception as exc:  # e.g. a change that cannot be pickled: a fresh child, clean
+            log.exception("could not hand %s to the audit process", operation)
+            self._lost(ChildLost(f"the audit process was ended after: {exc!r}"),
+                       len(argument) if operation == "batch" else 0)
             return None
         if operation in ("batch", "stop"):
             with self._lock:

@@ -76,3 +76,16 @@ def _running(pid: int | None) -> bool:
         return False
     status = open(f"/proc/{pid}/status").read()  # a zombie is not running
     return "\tZ" not in status.split("State:")[1].splitlines()[0]
+
+
+def test_a_change_that_cannot_reach_the_process_is_counted_and_the_audit_goes_on(make_settings):
+    from sentrycam.backend.feed import Change
+
+    with serve_in_thread(make_settings()) as server:
+        engine = server.app.state.audit
+        server.app.state.feed.publish([Change("odd-run", "scalars", 0, None, lambda: None)])
+        assert engine.wait_idle(60)
+        assert engine.stats()["unaudited"] == 1 and engine.stats()["restarts"] == 1
+        run_id = train_streamed(server.url, steps=220, spike_at=150)
+        settle(server)
+        assert server.store.alerts(run_id, min_severity=2) and engine.alive()
