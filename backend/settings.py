@@ -108,7 +108,9 @@ class ServerSettings(BaseSettings):
     ``allowed_origins`` (``https://team.example.com``): browser origins that may open
     websockets and change state besides the server's own (see
     :mod:`sentrycam.backend.origin`). ``audit`` runs the
-    audit engine; ``alert_webhook_url`` (opt-in, none by default) receives a POST for each alert
+    audit engine, ``audit_engine`` in a child process ("process", the default: its CPU time
+    stays off the server's GIL and ingest) or on a thread of the server ("thread");
+    ``alert_webhook_url`` (opt-in, none by default) receives a POST for each alert
     that reaches ``alert_webhook_min_severity``. ``projector`` runs the
     resident projector worker (``SENTRYCAM_PROJECTOR=off`` disables it, e.g. in tests that do not
     need 2D maps: it compiles numba for ~25 s of CPU at start); ``projector_device`` "auto" uses
@@ -154,6 +156,7 @@ class ServerSettings(BaseSettings):
     projector_threads: int | None = Field(None, ge=1)
     projector_priority: Literal["normal", "lowest"] = "normal"
     audit: bool = True
+    audit_engine: Literal["process", "thread"] = "process"
     alert_webhook_url: str | None = None
     alert_webhook_min_severity: int = Field(3, ge=1, le=3)
     # Bounds of ingest (see :mod:`sentrycam.backend.routes.ingest_ws`). ``max_frame_bytes``:

@@ -37,6 +37,13 @@ def num(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def audit_label(row: Row) -> str:
+    """"off", or "on" with the engine's kind (rows before the audit process: no kind)."""
+    if row.get("audit") is False:
+        return "off"
+    return f"on ({row['audit_engine']})" if "audit_engine" in row else "on"
+
+
 def spread(row: Row, keys: tuple[str, ...], digits: int = 2, suffix: str = "_s") -> str:
     """Several figures of one distribution, e.g. "0.21 / 0.30 / 0.41"."""
     return " / ".join(num(row.get(key + suffix), digits) for key in keys)
@@ -185,11 +192,14 @@ TABLES: dict[str, list[Column]] = {
     "team_load": [
         ("trainers x subscribers", lambda r: f"{r['trainers']} x {r['subscribers_per_run']}"),
         ("steps", lambda r: str(r["steps"])), ("projector", lambda r: r["projector"]),
-        ("audit", lambda r: "off" if r.get("audit") is False else "on"),
+        ("audit", audit_label),
         ("messages/s (total)", lambda r: f"{num(r['messages_per_s'], 0)} "
                                           f"({r['messages']:,})"),
         ("peak queue", lambda r: str(r["peak_queue_depth"])),
+        ("trainer nice", lambda r: str(r.get("trainer_nice", 0))),
         ("server CPU ms / message", lambda r: num(r.get("server_cpu_ms_per_message"))),
+        ("its child processes' CPU ms / message",
+         lambda r: num(r.get("server_children_cpu_ms_per_message"))),
         ("send -> frame lag mean / p50 / p95 / p99 / max (s)",
          lambda r: spread(r["lag_s"], ("mean", "p50", "p95", "p99", "max"), 2, "")),
         ("detach mean / max (s)", lambda r: spread(r["detach_s"], ("mean", "max"), 2, "")),

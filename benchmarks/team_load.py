@@ -22,13 +22,21 @@ server RSS peak (VmHWM), and the end check of the store: every run finished, eac
 ``last_seq`` equal to what its trainer had acknowledged, nothing dropped or spooled by a
 trainer, every logged ``bench_sent_at`` stored once, no duplicate rows.
 
+The trainers stand in for training jobs on other machines, so by default each trains at the
+lowest CPU priority (``os.nice(19)`` once its start-up is over, ``--trainer-nice``): on the
+2-core machine the figures then measure the server, not how the scheduler shares the cores
+with 20 busy trainers.
+``--trainer-nice 0`` keeps them at the server's priority (the co-located setting).
+
 ``--projector MODE`` is passed on to ``sentrycam serve --projector MODE`` (``off`` runs the
-server without a projector); ``--no-audit`` runs it without the audit engine; any other option
+server without a projector); ``--no-audit`` runs it without the audit engine,
+``--audit-engine thread`` with the engine on a thread of the server (default: its own
+process; the CPU of the server's child processes is reported apart); any other option
 this script does not know goes to ``sentrycam serve`` too (``-- --flag value``).
 
     python benchmarks/team_load.py [--trainers 20] [--subscribers 5] [--steps 400]
         [--every 20] [--probe 500] [--model cnn|mlp] [--projector MODE] [--no-audit]
-        [--json OUT]
+        [--audit-engine process|thread] [--trainer-nice 19] [--json OUT]
         [-- SERVE ARGS...]
 """
 
@@ -49,6 +57,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_memory import proc_status_kib, start_server  # noqa: E402
+from report import audit_label  # noqa: E402
 from results import Recorder, add_json_argument, distribution  # noqa: E402
 
 from sentrycam.protocol.push import PushType  # noqa: E402
@@ -79,6 +88,9 @@ def trainer(index: int, url: str, args: dict[str, Any], barrier: Any, out: Any) 
     model = build_model(args["model"], seed=index)
     criterion, optimizer = nn.CrossEntropyLoss(), torch.optim.Adam(model.parameters(), 2e-3)
     barrier.wait()
+    # A stand-in for a job on another machine: the server goes first. After the start-up
+    # (imports, data), which a loaded machine would otherwise starve past the barrier's wait.
+    os.nice(args["nice"])
     run = capture.attach(model, probe=(data.x_train, data.y_train), probe_size=args["probe"],
                          every=args["every"], criterion=criterion, optimizer=optimizer,
                          url=url, run_name=f"load-{index}", overhead_budget=None, seed=index)
@@ -154,6 +166,30 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, every thread) the process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes ``pid`` started, and theirs (the audit process, projector workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time the processes under ``pid`` (alive now) have used so far."""
+    total = 0.0
+    for child in descendants(pid):
+        try:
+            total += cpu_seconds(child)
+        except OSError:
+            continue
+    return total
 
 
 def collect(results: Any, trainers: list[Any]) -> Any:
@@ -273,7 +309,8 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     env_projector = "off" if args.projector == "off" else "on"
     forwarded = serve_args + ([] if args.projector in (None, "off")
                               else ["--projector", args.projector])
-    env = {"SENTRYCAM_PROJECTOR": env_projector, "SENTRYCAM_AUDIT": str(args.audit).lower()}
+    env = {"SENTRYCAM_PROJECTOR": env_projector, "SENTRYCAM_AUDIT": str(args.audit).lower(),
+           "SENTRYCAM_AUDIT_ENGINE": args.audit_engine}
     server, url = start_server(db, env=env, extra_args=forwarded)
     watch = HealthWatch(url)
     warm_up_s = warm_up(watch)
@@ -281,6 +318,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     context = multiprocessing.get_context("spawn")
     barrier, results = context.Barrier(args.trainers + 1), context.Queue()
     config = {k: getattr(args, k) for k in ("model", "probe", "every", "steps")}
+    config["nice"] = args.trainer_nice
     trainers = [context.Process(target=trainer, args=(i, url, config, barrier, results))
                 for i in range(args.trainers)]
     stop, lag_out = context.Event(), context.Queue()
@@ -290,6 +328,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
             process.start()
         barrier.wait(timeout=600)
         started, cpu_started = time.time(), cpu_seconds(server.pid)
+        children_started = children_cpu_seconds(server.pid)
         run_ids = [collect(results, trainers) for _ in trainers]
         groups = [run_ids[i::SUBSCRIBER_PROCESSES] for i in range(SUBSCRIBER_PROCESSES)]
         subscribers = [context.Process(target=subscriber, args=(
@@ -299,6 +338,7 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
         done = [collect(results, trainers) for _ in trainers]
         finished = max(t["finished_at"] for t in done)
         server_cpu_s = cpu_seconds(server.pid) - cpu_started
+        children_cpu_s = children_cpu_seconds(server.pid) - children_started
         time.sleep(1.0)  # one more health sample after the last detach
         projector = settle(watch, SETTLE_S)
         stop.set()
@@ -320,12 +360,15 @@ def measure(args: argparse.Namespace, serve_args: list[str], workdir: Path) -> d
     return {
         "trainers": args.trainers, "subscribers_per_run": args.subscribers,
         "steps": args.steps, "projector": args.projector or "default", "audit": args.audit,
+        "audit_engine": args.audit_engine, "trainer_nice": args.trainer_nice,
         "projector_warm_up_s": warm_up_s,
         "serve_args": forwarded, "messages": committed,
         "messages_per_s": committed / max(finished - started, 1e-9),
         "seconds": finished - started, "lag_s": lags,
         "server_cpu_s": server_cpu_s, "server_cpu_ms_per_message": 1000 * server_cpu_s / max(
             committed, 1),
+        "server_children_cpu_s": children_cpu_s,
+        "server_children_cpu_ms_per_message": 1000 * children_cpu_s / max(committed, 1),
         "detach_s": distribution(t["detach_s"] for t in done),
         "peak_queue_depth": watch.peak_queue, "server_rss_peak_mb": peak_kib / 1024,
         "snapshots": check["snapshots"], "maps": check["maps"],
@@ -345,12 +388,13 @@ def summary(row: dict[str, Any]) -> str:
     return "\n".join([
         f"{row['trainers']} trainers x {row['subscribers_per_run']} subscribers, "
         f"{row['steps']} steps, projector {row['projector']}, audit "
-        f"{'on' if row.get('audit', True) else 'off'} (warm-up "
+        f"{audit_label(row)}, trainers at nice {row.get('trainer_nice', 0)} (warm-up "
         f"{row['projector_warm_up_s']:.0f} s before the trainers started)",
         f"  ingested      {row['messages']} messages, {row['messages_per_s']:.0f}/s "
         f"over {row['seconds']:.1f} s; peak writer queue {row['peak_queue_depth']}",
         f"  server CPU    {row['server_cpu_s']:.1f} s, "
-        f"{row['server_cpu_ms_per_message']:.2f} ms per message",
+        f"{row['server_cpu_ms_per_message']:.2f} ms per message; its child processes (audit, "
+        f"projector workers) {row.get('server_children_cpu_ms_per_message', 0):.2f} ms",
         f"  lag (s)       mean {f(lag['mean'])}  p50 {f(lag['p50'])}  p95 {f(lag['p95'])}  "
         f"p99 {f(lag['p99'])}  max {f(lag['max'])}  (n={lag['n']})",
         f"  detach (s)    mean {f(detach['mean'])}  max {f(detach['max'])}",
@@ -374,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="passed on as `sentrycam serve --projector MODE`; off: none")
     parser.add_argument("--no-audit", dest="audit", action="store_false",
                         help="run the server without its audit engine")
+    parser.add_argument("--audit-engine", choices=("process", "thread"), default="process",
+                        help="the server's audit engine in its own process or a thread")
+    parser.add_argument("--trainer-nice", type=int, default=19,
+                        help="niceness of the trainer processes (0: co-located with the server)")
     add_json_argument(parser)
     args, serve_args = parser.parse_known_args(argv)
     serve_args = [a for a in serve_args if a != "--"]

@@ -19,7 +19,6 @@ dropped), it first replays what the store holds of that run before that step
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -29,6 +28,7 @@ import numpy as np
 from sentrycam.backend.audit.alerts import Alert, AlertBook, Finding
 from sentrycam.backend.audit.detectors import Detector, MapView, ProbeView, build_detectors
 from sentrycam.backend.audit.history import stored_changes
+from sentrycam.backend.audit.inbox import AuditInbox
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.geometry import training_labels
 from sentrycam.protocol.changes import ChangeKind
@@ -194,73 +194,62 @@ AUDITED: dict[ChangeKind, Callable[[RunAudit, Change], None]] = {
 }
 
 
+def audited(changes: Sequence[Change]) -> list[Change]:
+    """The changes the audit reads (kinds in :data:`AUDITED`), in order."""
+    return [c for c in changes if c.kind in AUDITED]
+
+
 class AuditEngine:
     """Background worker: one :class:`RunAudit` per run, fed from the change feed."""
 
     def __init__(self, store: Any, feed: ChangeFeed, *, queue_size: int = 100_000) -> None:
         self.store, self.feed = store, feed
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._inbox = AuditInbox(queue_size, audited)
         self._runs: dict[str, RunAudit] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._subscription = None
-        self.counts = {"changes": 0, "dropped": 0, "errors": 0, "alerts": 0}
-        self._pending = 0  # changes queued and not yet processed
-        self._settled = threading.Condition(self._lock)
+        self.counts = {"changes": 0, "errors": 0, "alerts": 0}
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._subscription = self.feed.subscribe(self._on_changes, name="audit")
-        self._thread = threading.Thread(target=self._loop, name="sentrycam-audit", daemon=True)
-        self._thread.start()
+        self._inbox.start(self.feed, self._loop, "sentrycam-audit")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Unsubscribe, finish what is queued, store the open alerts' latest state, stop."""
-        if self._subscription is not None:
-            self._subscription.close()
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("the audit engine did not stop within %.0f s", timeout)
+        self._inbox.stop(_STOP, timeout)
+        self.flush_open_alerts()
+
+    def alive(self) -> bool:
+        """Whether the engine's thread runs."""
+        return self._inbox.consuming()
+
+    def flush_open_alerts(self) -> None:
+        """Store the latest state of every run's open alerts (at shutdown)."""
         for audit in list(self._runs.values()):
             try:
                 audit.book.flush()
             except Exception:
                 log.exception("could not store the open alerts of run %s", audit.run_id)
 
-    def _on_changes(self, changes: Sequence[Change]) -> None:
-        """Feed callback (writer thread): queue and return at once; drop when full."""
-        wanted = [c for c in changes if c.kind in AUDITED]
-        if not wanted:
-            return
-        try:
-            with self._lock:
-                self._queue.put_nowait(wanted)
-                self._pending += len(wanted)
-        except queue.Full:
-            with self._lock:
-                self.counts["dropped"] += len(wanted)
-            log.warning("audit queue full: %d changes not audited", len(wanted))
-
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """True once everything queued so far was processed (tests, benchmarks)."""
-        with self._settled:
-            return self._settled.wait_for(lambda: self._pending == 0, timeout)
+        return self._inbox.wait_idle(timeout)
 
     # -- worker -----------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            batch = self._queue.get()
+            batch = self._inbox.take()
             if batch is _STOP:
                 return
-            for change in batch:
-                self._process(change)
-            with self._settled:
-                self._pending -= len(batch)
-                self._settled.notify_all()
+            self.process(batch)
+            self._inbox.done(batch)
+
+    def process(self, changes: Sequence[Change]) -> None:
+        """Audit ``changes`` in order on the calling thread (the engine's own thread, or the
+        audit process's loop: :mod:`sentrycam.backend.audit.process`)."""
+        for change in changes:
+            self._process(change)
 
     def _process(self, change: Change) -> None:
         try:
@@ -300,4 +289,5 @@ class AuditEngine:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {**self.counts, "runs": len(self._runs), "queued": self._queue.qsize()}
+            return {**self.counts, "dropped": self._inbox.dropped, "runs": len(self._runs),
+                    "queued": self._inbox.size(), "kind": "thread"}

@@ -1,4 +1,10 @@
-"""Starting and stopping the audit engine (and its opt-in actions) with the server."""
+"""Starting and stopping the audit engine (and its opt-in actions) with the server.
+
+``settings.audit_engine`` "process" (the default) runs the engine in a child process
+(:class:`~sentrycam.backend.audit.process.AuditProcess`: its CPU time leaves the server's GIL
+and the ingest path); "thread" runs it on a thread of the server process
+(:class:`~sentrycam.backend.audit.engine.AuditEngine`). Both store and announce the same alerts.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from sentrycam.backend.audit.actions import WebhookAction
 from sentrycam.backend.audit.engine import AuditEngine
+from sentrycam.backend.audit.process import AuditProcess
 from sentrycam.backend.audit.relay import AlertRelay
 
 log = logging.getLogger(__name__)
@@ -22,7 +29,8 @@ def start_audit(state: Any, settings: Any) -> None:
     if not settings.audit:
         log.info("audit engine disabled by settings")
         return
-    engine = AuditEngine(state.store, state.feed)
+    kind = AuditProcess if settings.audit_engine == "process" else AuditEngine
+    engine = kind(state.store, state.feed)
     engine.start()
     state.audit = engine
     state.alert_relay = AlertRelay()  # to trainers that asked for alerts (attach(on_alert=...))

@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 
 from sentrycam.backend.activity import Activity
 from sentrycam.backend.audit.engine import AuditEngine
+from sentrycam.backend.audit.process import AuditProcess
 from sentrycam.backend.audit.relay import AlertRelay
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.hub import PushHub
@@ -40,7 +41,7 @@ HubDep = Annotated[PushHub, _part("hub")]
 FeedDep = Annotated[ChangeFeed, _part("feed")]
 ActivityDep = Annotated[Activity, _part("activity")]
 #: None where a setting turned the part off (``audit``, ``projector``).
-AuditDep = Annotated[AuditEngine | None, _part("audit")]
+AuditDep = Annotated[AuditProcess | AuditEngine | None, _part("audit")]
 AlertRelayDep = Annotated[AlertRelay | None, _part("alert_relay")]
 ProjectorDep = Annotated[ProjectionWorker | None, _part("projection")]
 #: When the app was built, on :func:`time.monotonic`'s clock (seconds).

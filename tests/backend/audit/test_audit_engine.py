@@ -11,16 +11,10 @@ import httpx
 import pytest
 
 from sentrycam.backend.audit.detectors.loss import LossDivergence
-from tests.backend.audit.trainer import train_streamed
+from tests.backend.audit.trainer import settle, train_streamed
 from sentrycam.backend.testing import serve_in_thread
 
 pytestmark = pytest.mark.slow
-
-
-def settle(server) -> None:
-    for _ in range(3):
-        server.wait_written(30)
-        assert server.app.state.audit.wait_idle(30)
 
 
 def test_lr_spike_raises_a_stored_announced_alert(make_settings):
@@ -77,14 +71,14 @@ def test_a_failing_detector_is_counted_and_the_engine_carries_on(make_settings, 
     def broken(self, kind, item):
         raise RuntimeError("detector bug")
 
-    monkeypatch.setattr(LossDivergence, "observe", broken)
-    with serve_in_thread(make_settings()) as server:
+    monkeypatch.setattr(LossDivergence, "observe", broken)  # this process: the thread engine
+    with serve_in_thread(make_settings(audit_engine="thread")) as server:
         run_id = train_streamed(server.url, steps=220, spike_at=150)
         settle(server)
         status = server.app.state.audit.run_status(run_id)
         assert status["errors"] > 0
         assert server.store.alerts(run_id, min_severity=2), "other detectors still alert"
-        assert server.app.state.audit._thread.is_alive()
+        assert server.app.state.audit.alive()
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):

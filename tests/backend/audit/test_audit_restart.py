@@ -10,6 +10,7 @@ import pytest
 
 from sentrycam.backend.audit.engine import AuditEngine
 from sentrycam.backend.audit.history import stored_changes
+from sentrycam.backend.audit.process import AuditProcess
 from sentrycam.backend.audit.replay import replay_run
 from sentrycam.backend.feed import ChangeFeed
 from sentrycam.backend.store import Store
@@ -27,13 +28,14 @@ def _key(alert) -> tuple:
     return (get("detector"), get("layer"), get("step"), get("severity"), confirmed)
 
 
-def _deliver(engine: AuditEngine, feed: ChangeFeed, changes: list) -> None:
+def _deliver(engine: AuditEngine | AuditProcess, feed: ChangeFeed, changes: list) -> None:
     for change in changes:
         feed.publish([change])
     assert engine.wait_idle(120)
 
 
-def test_engine_restarted_mid_run_continues_where_it_was(make_settings, tmp_path):
+@pytest.mark.parametrize("engine_kind", [AuditEngine, AuditProcess], ids=["thread", "process"])
+def test_engine_restarted_mid_run_continues_where_it_was(make_settings, tmp_path, engine_kind):
     with serve_in_thread(make_settings(audit=False)) as server:
         run_id = train_streamed(server.url, steps=220, spike_at=120)
         server.wait_written(30)
@@ -52,7 +54,7 @@ def test_engine_restarted_mid_run_continues_where_it_was(make_settings, tmp_path
             feed = ChangeFeed()
             feed.subscribe(lambda batch: announced.extend(
                 c.message["alert_id"] for c in batch if c.kind == "alert"), name="test")
-            engine = AuditEngine(store, feed)
+            engine = engine_kind(store, feed)  # the process one catches up through the server
             engine.start()
             _deliver(engine, feed, part)
             engine.stop()

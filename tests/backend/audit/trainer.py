@@ -54,3 +54,10 @@ def train_streamed(url: str, *, steps: int = 200, spike_at: int | None = None,
     finally:
         run.detach()
     return run.run_id
+
+
+def settle(server) -> None:
+    """Wait until the server stored what came and its audit engine audited it."""
+    for _ in range(3):
+        server.wait_written(30)
+        assert server.app.state.audit.wait_idle(60)
