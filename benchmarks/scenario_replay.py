@@ -1,6 +1,6 @@
 """Audit kept scenario runs again with the checked-out detectors, into a copy of their DB.
 
-    python benchmarks/scenario_replay.py KEPT.duckdb COPY.duckdb
+    python benchmarks/scenario_replay.py KEPT.duckdb COPY.duckdb [--only TEXT]
     python benchmarks/scenario_rescore.py --split tuning --db COPY.duckdb --json OUT
 
 The runs' training data (scalars, layer statistics, snapshots) is what ``scenarios.py --db``
@@ -8,7 +8,8 @@ stored; only the alerts depend on the detectors. The copy's alerts are dropped a
 run is replayed through the engine (``backend/audit/replay.py``: causal, step by step, as the
 live engine sees it) with its alerts written, so ``scenario_rescore.py`` and
 ``diagnosis_fit.py`` read the checked-out detectors' alerts without training again. The kept
-file is only read.
+file is only read. ``--only`` replays the runs whose name contains a text and leaves the others
+out of the copy (several copies of one file, replayed in parallel, are scored together).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from sentrycam.backend.store import Store
 log = logging.getLogger("sentrycam.scenario_replay")
 
 
-def replay_copy(kept: Path, copy: Path) -> int:
-    """Copy ``kept`` to ``copy``, drop its alerts, replay every ended run; returns the count."""
+def replay_copy(kept: Path, copy: Path, only: str = "") -> int:
+    """Copy ``kept`` to ``copy``, drop its alerts (and the runs whose name lacks ``only``),
+    replay every ended run; returns the count."""
     shutil.copyfile(kept, copy)
     with duckdb.connect(str(copy)) as con:
         con.execute("DELETE FROM alerts")
+        con.execute("DELETE FROM runs WHERE NOT contains(coalesce(name, ''), ?)", [only])
     replayed = 0
     with Store(copy) as store:
         for run in store.run_summaries():
@@ -50,12 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kept", type=Path, help="a DuckDB file scenarios.py kept (--db)")
     parser.add_argument("copy", type=Path, help="where the replayed copy is written")
+    parser.add_argument("--only", default="",
+                        help="replay (and keep in the copy) only the runs whose name contains "
+                             "this text")
     args = parser.parse_args(argv)
     if args.copy.resolve() == args.kept.resolve():
         parser.error("the copy must be another file: the kept runs stay as recorded")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("sentrycam.backend").setLevel(logging.WARNING)
-    count = replay_copy(args.kept, args.copy)
+    count = replay_copy(args.kept, args.copy, args.only)
     print(f"{count} runs replayed into {args.copy}")
     return 0
 
