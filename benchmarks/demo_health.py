@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     log_progress_only()
-    recorder = Recorder("demo_health", args)
+    recorder = Recorder("demo_health", {**vars(args), "stored": [str(path) for path in
+                                                                 args.stored or ()]})
     torch.set_num_threads(1)
     if args.stored:
         rows = [row for path in args.stored for row in stored_rows(path)]

@@ -1,6 +1,6 @@
 """Audit kept scenario runs again with the checked-out detectors, into a copy of their DB.
 
-    python benchmarks/scenario_replay.py KEPT.duckdb COPY.duckdb [--only TEXT]
+    python benchmarks/scenario_replay.py KEPT.duckdb COPY.duckdb [--only=TEXT]
     python benchmarks/scenario_rescore.py --split tuning --db COPY.duckdb --json OUT
 
 The runs' training data (scalars, layer statistics, snapshots) is what ``scenarios.py --db``
