@@ -15,7 +15,8 @@ import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
 from sentrycam.backend.audit.baselines import Escalation, Levels, RunningBest
-from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWatch, finding
+from sentrycam.backend.audit.detectors.base import (EVIDENCE_POINTS, Detector, ProbeView,
+                                                  SeriesWatch, finding)
 from sentrycam.protocol.changes import ChangeKind
 
 SNAPSHOT_LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
@@ -238,6 +239,7 @@ class ClassLossRise(Detector):
     def __init__(self) -> None:
         super().__init__()
         self.best: dict[int, float] = {}
+        self.points: dict[int, list[tuple[int, float]]] = {}  # per class: its last snapshots
         self.escalation = Escalation(CLASS_LEVELS)
         self.learning = 0  # snapshots since the model left chance level
         self.overall = math.nan  # the previous snapshot's mean log-loss over every class
@@ -266,6 +268,8 @@ class ClassLossRise(Detector):
             if worst is None or score > worst[0]:
                 worst = (score, label, value)
             self.best[label] = min(self.best.get(label, value), value)
+            points = self.points.setdefault(label, [])
+            points[:] = [*points[1 - EVIDENCE_POINTS:], (int(item.step), value)]
         if worst is None:
             return []
         self.seen()
@@ -279,7 +283,8 @@ class ClassLossRise(Detector):
         return [finding(
             self.name, item.step, level, score,
             evidence={"series": f"mean log-loss of probe class {label}", "class": label,
-                      "value": value, "best": self.best[label]},
+                      "steps": [step for step, _ in self.points[label]],
+                      "values": [v for _, v in self.points[label]], "best": self.best[label]},
             message=f"class {label}'s loss on the probe rose to {math.exp(value):.3g} "
                     f"(geometric mean; {score:.1f} standard errors above its lowest)",
             suggestion="some classes are being un-learned: their labels may be corrupted or "
