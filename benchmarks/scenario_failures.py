@@ -18,6 +18,7 @@ LR_FACTORS = {
     "lr_spike": lambda since: 25.0,
     "slow_divergence": lambda since: 1.025 ** (since + 1),
     "lr_too_small": lambda since: 1e-3,
+    "lr_blowup": lambda since: 1e4,  # under SGD: non-finite losses within a few steps
 }
 #: Gradient norm that ``heavy_clipping`` clips to: about 1/1000 of these nets' usual norm.
 CLIP_TO = 1e-3

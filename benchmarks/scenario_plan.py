@@ -6,9 +6,9 @@ optimizers, and the two disjoint splits (see docs/scenarios.md).
   rate; healthy runs seeds 10-13 at a constant rate and with warm-up + cosine (the schedule
   the calibration was checked against), and seeds 20-31 with one-cycle and step-decay
   schedules under Adam and SGD (:data:`SCHEDULE_CHECKS`: the schedules' own rises and drops
-  that the detectors calibrate to). Kinds of one architecture only (:data:`ARCH_KINDS`:
-  attention collapse, on the transformer) seeds 0-1, with healthy transformer controls seeds
-  50-51.
+  that the detectors calibrate to). Kinds of the tuning split only (:data:`TUNING_ONLY`:
+  attention collapse, on the transformer; a learning rate blown up to NaN losses, on every
+  architecture) seeds 0-1, with healthy transformer controls seeds 50-51.
 - **Diagnosis tuning split** (:data:`TUNING_DIAGNOSIS`): the runs the diagnosis rules were set
   on, besides the tuning split: every kind on every architecture, seeds 40-41, schedules and
   optimizers rotated from another offset than the test split's. No healthy runs (they have no
@@ -42,16 +42,19 @@ FAMILY: dict[str, str] = {
     "weight_corruption": "instability", "lr_too_small": "stalled",
     "heavy_clipping": "stalled", "class_swap": "data", "repeating_loader": "data",
     "input_drift": "data", "noisy_inputs": "data", "class_switch": "forgetting",
-    # tuning split only so far (ARCH_KINDS): the test split gains it in its next revision
-    "attention_collapse": "collapse",
+    # tuning split only (TUNING_ONLY): the test split gains them in its next revision
+    "attention_collapse": "collapse", "lr_blowup": "instability",
     HEALTHY: HEALTHY,
 }
-#: Kinds that only some architectures can show -> those architectures; tuning split only.
-ARCH_KINDS: dict[str, tuple[str, ...]] = {"attention_collapse": ("transformer",)}
+ARCHITECTURES = ("mlp", "cnn", "gru", "transformer")
+#: Kinds of the tuning split only -> the architectures that show them -> the optimizer: attention
+#: collapse needs attention modules; a learning rate blown up (under SGD) to non-finite losses
+#: gives the diagnosis its examples of NaN losses (added after the test split was scored).
+TUNING_ONLY: dict[str, tuple[tuple[str, ...], str]] = {
+    "attention_collapse": (("transformer",), "adam"), "lr_blowup": (ARCHITECTURES, "sgd")}
 TUNED_KINDS = ("lr_spike", "slow_divergence", "label_noise", "dead_units",
                "vanishing_gradients", "overfitting", "forgetting", "optimizer_corruption")
-KINDS = tuple(kind for kind in FAMILY if kind != HEALTHY and kind not in ARCH_KINDS)
-ARCHITECTURES = ("mlp", "cnn", "gru", "transformer")
+KINDS = tuple(kind for kind in FAMILY if kind != HEALTHY and kind not in TUNING_ONLY)
 OPTIMIZERS = ("adam", "sgd", "adamw")
 #: Kinds that need an Adam-family optimizer (they corrupt its second-moment buffer).
 ADAM_ONLY = frozenset({"optimizer_corruption"})
@@ -115,9 +118,10 @@ def _tuning() -> list[Scenario]:
     runs += [Scenario(HEALTHY, arch, 20 + 4 * a + i, schedule, optimizer)
              for a, arch in enumerate(TUNING_ARCHITECTURES)
              for i, (schedule, optimizer) in enumerate(SCHEDULE_CHECKS)]
-    runs += [Scenario(kind, arch, seed) for kind, archs in ARCH_KINDS.items()
+    runs += [Scenario(kind, arch, seed, "constant", optimizer)
+             for kind, (archs, optimizer) in TUNING_ONLY.items()
              for arch in archs for seed in (0, 1)]
-    runs += [Scenario(HEALTHY, "transformer", 50 + i, schedule)  # controls for ARCH_KINDS
+    runs += [Scenario(HEALTHY, "transformer", 50 + i, schedule)  # attention_collapse controls
              for i, schedule in enumerate(("constant", "warmup_cosine"))]
     return runs
 

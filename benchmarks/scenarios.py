@@ -66,7 +66,8 @@ def settle(server: RunningServer) -> None:
     state = server.app.state
     for _ in range(3):  # an alert write can follow the last audited message
         state.writer.wait_idle(60)
-        state.audit.wait_idle(60)
+        if state.audit is not None:  # None: --record-only
+            state.audit.wait_idle(60)
 
 
 def train_run(url: str, arch: str, kind: str, seed: int, steps: int, at: int,
@@ -167,12 +168,12 @@ def scenario_row(scenario: Scenario, run_id: str, steps: int, at: int,
 
 
 def run_benchmark(split: str, db_path: Path, steps: int, at: int, only: str | None = None,
-                  projector: bool = True) -> dict[str, Any]:
+                  projector: bool = True, audit: bool = True) -> dict[str, Any]:
     check_disjoint()
     torch.set_num_threads(1)
     rows = []
     started = time.monotonic()
-    settings = ServerSettings(db_path=db_path, port=0, projector=projector)
+    settings = ServerSettings(db_path=db_path, port=0, projector=projector, audit=audit)
     with serve_in_thread(settings) as server:
         for scenario in SPLITS[split]:
             if only is not None and only not in scenario.name:
@@ -216,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None,
                         help="run only the split's scenarios whose name contains this text")
     add_server_arguments(parser)
+    parser.add_argument("--record-only", dest="audit", action="store_false",
+                        help="no audit engine: only train and keep the runs (--db), to be "
+                             "audited later with scenario_replay.py and scored with "
+                             "scenario_rescore.py")
     args = parser.parse_args(argv)
     log_progress_only()
     split = "quick" if args.quick else args.split
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db_path = args.db if args.db is not None else Path(tmp) / "scenarios.duckdb"
         report = run_benchmark(split, db_path, steps, steps // 2, args.only,
-                               args.projector)
+                               args.projector, args.audit)
     rows = [{"kind": kind, **figures} for kind, figures in report["summary"]["kinds"].items()]
     totals = {key: value for key, value in report["summary"].items() if key != "kinds"}
     recorder.write(args.json, rows, runs=report["runs"], totals=totals, split=split,

@@ -76,7 +76,7 @@ CAUSES: tuple[Cause, ...] = (
     Cause("overfitting", frozenset({"overfitting"}),
         "the model is memorising the training set: add data or augmentation, regularise "
         "(weight decay, dropout), or stop at the best validation checkpoint"),
-    Cause("forgetting", frozenset({"falling_correct_rate"}),
+    Cause("forgetting", frozenset({"falling_correct_rate", "class_loss_rise"}),
         "what was learned is being lost after a change of data: mix earlier data back in "
         "(replay), lower the learning rate, or regularise towards the earlier weights"),
     Cause("data", frozenset({"loss_distribution_shift", "entropy_drift"}),

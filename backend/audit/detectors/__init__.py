@@ -15,8 +15,8 @@ from sentrycam.backend.audit.detectors.local import (DeadUnits, GradientFlow, Sa
                                                      WeightNormImbalance)
 from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, Oscillation,
                                                     OutlierBatch, Stagnation)
-from sentrycam.backend.audit.detectors.outputs import (ConfidenceCollapse, EntropyDrift,
-                                                       FallingCorrectRate,
+from sentrycam.backend.audit.detectors.outputs import (ClassLossRise, ConfidenceCollapse,
+                                                       EntropyDrift, FallingCorrectRate,
                                                        LossDistributionShift)
 from sentrycam.backend.audit.detectors.overfitting import Overfitting
 
@@ -24,7 +24,8 @@ DETECTOR_TYPES: tuple[type[Detector], ...] = (
     NonFinite, LossDivergence, OutlierBatch, Oscillation, Stagnation,
     GradientExplosion, VanishingGradients, UpdateStall, OptimizerState, WeightDrift,
     DeadUnits, Saturation, GradientFlow, WeightNormImbalance,
-    ConfidenceCollapse, EntropyDrift, FallingCorrectRate, LossDistributionShift,
+    ConfidenceCollapse, EntropyDrift, FallingCorrectRate, ClassLossRise,
+    LossDistributionShift,
     Overfitting, GeometryDetector, MapGeometryDetector, AttentionCollapse,
 )
 

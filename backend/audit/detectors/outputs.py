@@ -14,8 +14,9 @@ import math
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.baselines import Levels, RunningBest
-from sentrycam.backend.audit.detectors.base import Detector, ProbeView, SeriesWatch, finding
+from sentrycam.backend.audit.baselines import Escalation, Levels, RunningBest
+from sentrycam.backend.audit.detectors.base import (EVIDENCE_POINTS, Detector, ProbeView,
+                                                  SeriesWatch, finding)
 from sentrycam.protocol.changes import ChangeKind
 
 SNAPSHOT_LEVELS = Levels(develop=5.0, confirm=10.0, critical=40.0, persist=2)
@@ -202,3 +203,90 @@ class LossDistributionShift(OutputSeries):
                     f"loss {math.exp(value):.3g}, {score or 0:.1f} noise units above its lowest)",
             suggestion="the per-sample loss distribution shifted: a data-pipeline change, label "
                        "noise, or forgetting of some classes", confidence=0.45)
+
+
+
+
+#: Levels of :class:`ClassLossRise`: its scale is a sampling error, not a measured movement, so
+#: its levels sit higher than the other snapshot series' (on the tuning split's healthy CNN runs
+#: one class rose 10-27 standard errors for one snapshot while the model traded classes off).
+CLASS_LEVELS = Levels(develop=10.0, confirm=20.0, critical=80.0, persist=2)
+
+
+class ClassLossRise(Detector):
+    """The mean log-loss of one class of the probe's training-split samples rises well above
+    the lowest that class reached. A failure that hits some classes (two classes' labels
+    swapped, training on other classes only, a loader repeating one batch) raises their loss
+    several-fold within one snapshot, while a summary over all classes dilutes the rise by the
+    number of classes and needs a second snapshot to confirm it (after the validation curve
+    shows it). The rise is in units of the standard error of the class's mean (at least
+    :data:`CLASS_FLOOR`): the probe is the same samples every time, so that error bounds how
+    much a class's mean moves when a few of its samples change sides.
+
+    A healthy model, early on, trades classes off: one class's loss jumps while the mean over
+    all classes falls. So a rise is confirmed at once only when the mean log-loss over the
+    training-split probe did not fall since the previous snapshot; otherwise it has to hold
+    for two snapshots."""
+
+    name = "class_loss_rise"
+    kinds = frozenset({ChangeKind.SNAPSHOT})
+    waiting_for = "no snapshot with per-sample losses and probe labels yet"
+    #: A class needs this many training-split probe samples to be watched.
+    MIN_SAMPLES = 10
+    #: Smallest scale of a class's mean log-loss: a 5% change.
+    CLASS_FLOOR = 0.05
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best: dict[int, float] = {}
+        self.points: dict[int, list[tuple[int, float]]] = {}  # per class: its last snapshots
+        self.escalation = Escalation(CLASS_LEVELS)
+        self.learning = 0  # snapshots since the model left chance level
+        self.overall = math.nan  # the previous snapshot's mean log-loss over every class
+
+    def observe(self, kind: str, item: ProbeView) -> list[Finding]:
+        losses = item.outputs.get("loss")
+        if losses is None:
+            return []
+        if not self.learning and not has_left_chance(item):
+            self.inactive_reason = "waiting for the model to leave chance level"
+            return []
+        self.learning += 1
+        rows = train_rows(item) & (item.labels >= 0)
+        labels = item.labels[rows]
+        logs = np.log(np.clip(np.asarray(losses, dtype=np.float64)[rows], 1e-6, None))
+        overall, previous = float(np.nanmean(logs)) if logs.size else math.nan, self.overall
+        self.overall = overall
+        worst: tuple[float, int, float] | None = None  # score, class, mean log-loss
+        for label in np.unique(labels):
+            mine = logs[(labels == label) & np.isfinite(logs)]
+            if mine.size < self.MIN_SAMPLES:
+                continue
+            value, label = float(mine.mean()), int(label)
+            scale = max(self.CLASS_FLOOR, float(mine.std()) / math.sqrt(mine.size))
+            score = (value - self.best.get(label, value)) / scale
+            if worst is None or score > worst[0]:
+                worst = (score, label, value)
+            self.best[label] = min(self.best.get(label, value), value)
+            points = self.points.setdefault(label, [])
+            points[:] = [*points[1 - EVIDENCE_POINTS:], (int(item.step), value)]
+        if worst is None:
+            return []
+        self.seen()
+        if self.learning <= SNAPSHOT_CALIBRATION:
+            return []
+        score, label, value = worst
+        judged = score
+        if overall < previous:  # the others improved more: a trade-off, confirmed only if held
+            judged = min(score, CLASS_LEVELS.confirm - 1e-6)
+        level = self.escalation.level(judged)
+        return [finding(
+            self.name, item.step, level, score,
+            evidence={"series": f"mean log-loss of probe class {label}", "class": label,
+                      "steps": [step for step, _ in self.points[label]],
+                      "values": [v for _, v in self.points[label]], "best": self.best[label]},
+            message=f"class {label}'s loss on the probe rose to {math.exp(value):.3g} "
+                    f"(geometric mean; {score:.1f} standard errors above its lowest)",
+            suggestion="some classes are being un-learned: their labels may be corrupted or "
+                       "swapped, or training stopped showing them (a task switch, a loader "
+                       "stuck on a few batches)", confidence=0.5)]

@@ -6,8 +6,8 @@ import numpy as np
 
 from sentrycam.backend.audit.detectors.local import (DeadUnits, GradientFlow, Saturation,
                                                      WeightNormImbalance)
-from sentrycam.backend.audit.detectors.outputs import (ConfidenceCollapse, EntropyDrift,
-                                                       FallingCorrectRate,
+from sentrycam.backend.audit.detectors.outputs import (ClassLossRise, ConfidenceCollapse,
+                                                       EntropyDrift, FallingCorrectRate,
                                                        LossDistributionShift)
 from tests.backend.audit.streams import (first_confirmed, layer_stats, levels, max_level,
                                          probe_view)
@@ -120,3 +120,41 @@ def test_correct_rate_quiet_when_a_near_perfect_model_wobbles():
         "pred": np.where(rng.random(n) < 0.8, v.labels, (v.labels + 1) % 10),
         "confidence": v.outputs["confidence"]}) for v in views[8:]]
     assert first_confirmed(levels(FallingCorrectRate(), "snapshot", forgetting)) is not None
+
+
+def _class_losses(hit: int | None, n: int = 300, snapshots: int = 16, seed: int = 4):
+    """Per-sample losses of a model that learns five classes; from snapshot index ``hit`` on,
+    classes 0 and 1 are un-learned (their labels swapped: their loss jumps twentyfold)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, n)
+    views = []
+    for i in range(snapshots):
+        level = max(0.05, 1.5 * 0.75 ** i)  # the typical loss falls, then levels off
+        loss = rng.lognormal(np.log(level), 0.8, n)
+        if hit is not None and i >= hit:
+            loss = np.where(labels < 2, loss * 20.0, loss)
+        outputs = {"pred": labels, "confidence": np.full(n, 0.9, np.float32),
+                   "loss": loss.astype(np.float32)}
+        views.append(probe_view(i * 25, labels, outputs))
+    return views
+
+
+def test_class_loss_rise_confirms_at_the_first_snapshot_that_shows_classes_unlearned():
+    # Over all classes the rise is diluted (two classes of five): the per-class watch
+    # confirms at the first snapshot after the hit, a healthy run stays quiet.
+    assert first_confirmed(levels(ClassLossRise(), "snapshot", _class_losses(hit=10))) == 250
+    assert max_level(levels(ClassLossRise(), "snapshot", _class_losses(hit=None))) == 0
+
+
+def test_class_loss_rise_waits_a_snapshot_when_the_other_classes_improve_more():
+    # Early training trades classes off: one class's loss jumps while the others improve more
+    # (the mean falls). Held for one snapshot only, it is not confirmed; held for two, it is.
+    for held, confirmed in ((1, None), (2, 250 + 25)):
+        views = _class_losses(hit=None)
+        for i in range(10, len(views)):
+            loss = views[i].outputs["loss"]
+            jump = 20.0 if i < 10 + held else 1.0
+            other = np.where(views[i].labels == 0, loss * jump, loss * 0.3)
+            views[i] = probe_view(views[i].step, views[i].labels,
+                                  {**views[i].outputs, "loss": other.astype(np.float32)})
+        assert first_confirmed(levels(ClassLossRise(), "snapshot", views)) == confirmed

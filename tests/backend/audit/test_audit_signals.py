@@ -182,6 +182,19 @@ def test_overfitting_from_the_validation_gap():
     assert max_level(levels(Overfitting(), "scalars", _epochs(train, val_good))) < 2
 
 
+def test_overfitting_ignores_a_converged_model_wandering_near_zero_loss():
+    # The healthy demo at 2,000 steps (99.9% held-out accuracy): the validation loss moves
+    # between 0.002 and 0.01, several times its best, while the training loss keeps falling.
+    epochs = 40
+    train = healthy_loss(epochs * 20, noise=0.05) * 0.01
+    val = np.r_[np.linspace(0.3, 0.002, 15), 0.002 + 0.0015 * np.arange(1, 6),
+                np.full(20, 0.004)]
+    assert max_level(levels(Overfitting(), "scalars", _epochs(train, val))) < 2
+    # The same shape 0.1 nats up is a rise that matters.
+    assert first_confirmed(levels(Overfitting(), "scalars", _epochs(train, val * 10))) \
+        is not None
+
+
 def test_overfitting_says_why_it_is_inactive():
     detector = Overfitting()
     levels(detector, "scalars", scalars(30, loss=healthy_loss(30)))

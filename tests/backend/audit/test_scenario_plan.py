@@ -10,8 +10,8 @@ from torch import nn
 
 from scenario_failures import Injection  # noqa: E402  (benchmarks/: see conftest.py)
 from scenario_models import build  # noqa: E402
-from scenario_plan import (ARCH_KINDS, ARCHITECTURES, FAMILY, HEALTHY, KINDS,  # noqa: E402
-                           OPTIMIZERS, SCHEDULES, TEST, TUNED_KINDS, TUNING, check_disjoint)
+from scenario_plan import (ARCHITECTURES, FAMILY, HEALTHY, KINDS, OPTIMIZERS,  # noqa: E402
+                           SCHEDULES, TEST, TUNED_KINDS, TUNING, TUNING_ONLY, check_disjoint)
 from scenarios import make_optimizer  # noqa: E402
 
 from sentrycam.backend.audit.diagnosis import DIAGNOSES
@@ -20,8 +20,8 @@ from sentrycam.backend.audit.diagnosis import DIAGNOSES
 def test_the_splits_are_disjoint_and_the_test_split_covers_every_setting():
     check_disjoint()
     assert not {s.name for s in TUNING} & {s.name for s in TEST}
-    assert {s.kind for s in TUNING} == set(TUNED_KINDS) | set(ARCH_KINDS) | {HEALTHY}
-    assert all(s.arch in ARCH_KINDS[s.kind] for s in TUNING if s.kind in ARCH_KINDS)
+    assert {s.kind for s in TUNING} == set(TUNED_KINDS) | set(TUNING_ONLY) | {HEALTHY}
+    assert all(s.arch in TUNING_ONLY[s.kind][0] for s in TUNING if s.kind in TUNING_ONLY)
     assert len(KINDS) >= 2 * len(TUNED_KINDS)
     assert {s.kind for s in TEST} == set(KINDS) | {HEALTHY}
     assert {s.arch for s in TEST} == set(ARCHITECTURES)
