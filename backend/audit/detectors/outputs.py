@@ -205,8 +205,6 @@ class LossDistributionShift(OutputSeries):
                        "noise, or forgetting of some classes", confidence=0.45)
 
 
-
-
 #: Levels of :class:`ClassLossRise`: its scale is a sampling error, not a measured movement, so
 #: its levels sit higher than the other snapshot series' (on the tuning split's healthy CNN runs
 #: one class rose 10-27 standard errors for one snapshot while the model traded classes off).
@@ -253,23 +251,10 @@ class ClassLossRise(Detector):
             return []
         self.learning += 1
         rows = train_rows(item) & (item.labels >= 0)
-        labels = item.labels[rows]
         logs = np.log(np.clip(np.asarray(losses, dtype=np.float64)[rows], 1e-6, None))
         overall, previous = float(np.nanmean(logs)) if logs.size else math.nan, self.overall
         self.overall = overall
-        worst: tuple[float, int, float] | None = None  # score, class, mean log-loss
-        for label in np.unique(labels):
-            mine = logs[(labels == label) & np.isfinite(logs)]
-            if mine.size < self.MIN_SAMPLES:
-                continue
-            value, label = float(mine.mean()), int(label)
-            scale = max(self.CLASS_FLOOR, float(mine.std()) / math.sqrt(mine.size))
-            score = (value - self.best.get(label, value)) / scale
-            if worst is None or score > worst[0]:
-                worst = (score, label, value)
-            self.best[label] = min(self.best.get(label, value), value)
-            points = self.points.setdefault(label, [])
-            points[:] = [*points[1 - EVIDENCE_POINTS:], (int(item.step), value)]
+        worst = self._worst_class(int(item.step), item.labels[rows], logs)
         if worst is None:
             return []
         self.seen()
@@ -290,3 +275,23 @@ class ClassLossRise(Detector):
             suggestion="some classes are being un-learned: their labels may be corrupted or "
                        "swapped, or training stopped showing them (a task switch, a loader "
                        "stuck on a few batches)", confidence=0.5)]
+
+    def _worst_class(self, step: int, labels: np.ndarray, logs: np.ndarray
+                     ) -> tuple[float, int, float] | None:
+        """(score, class, mean log-loss) of the class whose mean log-loss (``logs`` float64 [n]
+        of the samples with int ``labels`` [n]) rose most above its lowest, in standard errors;
+        updates every class's lowest and evidence points. None without a watched class."""
+        worst: tuple[float, int, float] | None = None
+        for label in np.unique(labels):
+            mine = logs[(labels == label) & np.isfinite(logs)]
+            if mine.size < self.MIN_SAMPLES:
+                continue
+            value, label = float(mine.mean()), int(label)
+            scale = max(self.CLASS_FLOOR, float(mine.std()) / math.sqrt(mine.size))
+            score = (value - self.best.get(label, value)) / scale
+            if worst is None or score > worst[0]:
+                worst = (score, label, value)
+            self.best[label] = min(self.best.get(label, value), value)
+            points = self.points.setdefault(label, [])
+            points[:] = [*points[1 - EVIDENCE_POINTS:], (step, value)]
+        return worst
