@@ -16,6 +16,13 @@ last watched round does not land on the next plain one. Per model:
 - the agent's own measured overhead, dropped messages, and what the server stored (snapshots;
   share of steps with gradient telemetry: the fewest of any round).
 
+Where the local server runs (``--placement``): ``split`` (the default) starts it pinned to the
+last CPU and trains on the others, with as many torch threads, plain and watched rounds alike:
+capture's own cost, the setup of the issue's held-out check (a team server, or a machine with a
+core to spare, is this case); ``shared`` leaves the server and training on every CPU with
+torch's default threads: what a machine whose training fills every core pays for a local server
+beside it (see also ``local_server_cost.py``).
+
 A round lasts ``--round-seconds`` of plain training (the step count is fixed per model from an
 untimed calibration round), so a 1 ms-step MLP and a 40 ms-step ResNet are both measured over
 runs of the same length in time. Models: the demo CNN and a tiny MLP on digits, a ResNet-style
@@ -24,6 +31,7 @@ steps" rows are short runs of the CNN and the MLP, where the minimum cadence (ca
 decides the schedule (issue 16: at least 6 maps and telemetry on half of the steps).
 
     python benchmarks/capture_overhead.py [--round-seconds 12] [--cycles 2] [--json OUT]
+    python benchmarks/capture_overhead.py --placement shared --models cnn [--json OUT]
     python benchmarks/capture_overhead.py --quick [--json OUT]   # short: figures are rough
     python benchmarks/capture_overhead.py --quick --models mlp --cadence-steps 0  # a smoke run
 """
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -136,6 +145,20 @@ def rounds(work: Workload, steps: int, cycles: int, db: Path, url: str,
     return done
 
 
+def placement_cores(placement: str) -> tuple[set[int] | None, set[int] | None]:
+    """``(server CPUs, training CPUs)`` for ``placement``: for "split" the last CPU this process
+    may use and the others; (None, None) for "shared", or where the split cannot be made (one
+    CPU, or no CPU affinity on this platform: said on stdout)."""
+    if placement == "shared":
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if len(cpus) < 2:
+        print("  (cannot keep the server apart from training here: the rounds share the CPUs)",
+              flush=True)
+        return None, None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 def ratio_row(model: str, setting: str, steps: int, watched: list[Round],
               plain: list[list[Round]]) -> OverheadRow:
     """``watched`` rounds against the mean of each list of ``plain`` rounds' totals."""
@@ -163,7 +186,8 @@ def measure(work: Workload, setting: str, steps: int, cycles: int, db: Path, url
     return rows + [ratio_row(work.name, setting, steps, done["W"], [done["A"], done["B"]])]
 
 
-def _report(row: OverheadRow) -> dict:
+def _report(row: OverheadRow, placement: str) -> dict:
+    row = replace(row, placement=placement)
     print(row.line(), flush=True)
     return row.as_dict()
 
@@ -174,10 +198,11 @@ def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
     rows = []
     for work in workloads(tuple(args.models)):
         steps = calibrate(work, args.round_seconds, url)
-        rows += [_report(row) for row in measure(work, "defaults", steps, args.cycles, db, url)]
+        rows += [_report(row, args.where)
+                 for row in measure(work, "defaults", steps, args.cycles, db, url)]
     for work in workloads(("cnn", "mlp") if args.cadence_steps else ()):
         # a short run: the minimum cadence at work
-        rows += [_report(row) for row in measure(
+        rows += [_report(row, args.where) for row in measure(
             work, f"defaults, {args.cadence_steps} steps", args.cadence_steps, args.cycles, db,
             url, aa=False)]
     if args.frameworks:
@@ -187,7 +212,7 @@ def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
     if args.budget is not None:
         for work in workloads(("cnn", "mlp")):
             steps = calibrate(work, args.round_seconds, url)
-            rows += [_report(row) for row in measure(
+            rows += [_report(row, args.where) for row in measure(
                 work, f"budget {args.budget:g}", steps, args.cycles, db, url, aa=False,
                 overhead_budget=args.budget)]
     return rows
@@ -205,6 +230,9 @@ def main() -> None:
                         help="add the Lightning and Hugging Face callback rows (slow)")
     parser.add_argument("--budget", type=float,
                         help="a non-default budget to check on the CNN and the MLP")
+    parser.add_argument("--placement", choices=("split", "shared"), default="split",
+                        help="the server on its own CPU, training on the rest (split), or both "
+                             "on every CPU (shared)")
     parser.add_argument("--quick", action="store_true",
                         help="rounds of 3 s, 1 cycle (unless given): rough figures, fast")
     add_json_argument(parser)
@@ -213,12 +241,20 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     recorder = Recorder("capture_overhead", args)
-    with local_server("overhead") as db:
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.cycles} "
-              f"cycles of rounds plain/watched/plain, {args.round_seconds:g} s per round",
-              flush=True)
-        rows = all_rows(args, db)
-    recorder.write(args.json, rows, threads=torch.get_num_threads())
+    server_cores, training_cores = placement_cores(args.placement)
+    with local_server("overhead", server_cores) as db:
+        if training_cores is not None:
+            os.sched_setaffinity(0, training_cores)
+            torch.set_num_threads(len(training_cores))
+        args.where = "own core" if server_cores is not None else "shared"
+        where = ("the server on its own CPU" if server_cores is not None
+                 else "the server on the same CPUs")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, "
+              f"{args.cycles} cycles of rounds plain/watched/plain, {args.round_seconds:g} s "
+              "per round", flush=True)
+        rows = [dict(row, placement=args.where) for row in all_rows(args, db)]
+    recorder.write(args.json, rows, threads=torch.get_num_threads(),
+                   server_cpus=sorted(server_cores) if server_cores else None)
 
 
 if __name__ == "__main__":

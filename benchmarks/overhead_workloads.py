@@ -8,6 +8,7 @@ benchmarks (framework callbacks, say) build the same rows so one table holds the
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,8 @@ class OverheadRow:
     snapshots: int | None = None
     telemetry_share: float | None = None
     round_steps: int | None = None  # steps per round, where rounds have a fixed length
+    #: where the local server ran: "own core" (pinned apart from training) or "shared"
+    placement: str = "shared"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +55,7 @@ class OverheadRow:
         stored = ("" if self.snapshots is None else f"  snapshots {self.snapshots}  telemetry "
                   f"on {self.telemetry_share:.0%} of steps")
         steps = "" if self.round_steps is None else f"  {self.round_steps} steps/round"
-        return (f"{self.model + ' ' + self.setting:<30} plain {self.median_ms:7.3f} ms  mean "
+        return (f"{self.model + ' ' + self.setting:<30} server {self.placement:<8} plain {self.median_ms:7.3f} ms  mean "
                 f"{self.mean_ratio:.4f}  median {self.p50_ratio:.4f}  p95/p99/max "
                 f"{self.p95_ratio:.3f}/{self.p99_ratio:.3f}/{self.max_ratio:.3f}  agent "
                 f"{self.overhead:.4f}  dropped {self.dropped}{stored}{steps}")
@@ -152,12 +155,22 @@ def workloads(names: tuple[str, ...] = ("cnn", "mlp", "resnet32", "transformer")
 
 
 @contextmanager
-def local_server(name: str) -> Iterator[Path]:
+def local_server(name: str, cores: set[int] | None = None) -> Iterator[Path]:
     """A local sentrycam server on a fresh database in a temporary folder, for the benchmark
-    ``name``; yields the database's path (what ``attach(db=...)`` and the launcher take)."""
+    ``name``; yields the database's path (what ``attach(db=...)`` and the launcher take).
+    ``cores``: the CPUs the server and the processes it spawns run on (Linux; they inherit this
+    process's affinity at their start), None for all."""
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / f"{name}.duckdb"
-        launcher.ensure_local_server(db)
+        if cores is None:
+            launcher.ensure_local_server(db)
+        else:
+            mine = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, cores)
+            try:
+                launcher.ensure_local_server(db)
+            finally:
+                os.sched_setaffinity(0, mine)
         try:
             yield db
         finally:

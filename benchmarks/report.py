@@ -68,6 +68,7 @@ def _lead(row: Row) -> str:
 TABLES: dict[str, list[Column]] = {
     "capture_overhead": [
         ("model", lambda r: r["model"]), ("setting", lambda r: r["setting"]),
+        ("server", lambda r: r.get("placement", "shared")),
         ("plain step p50 / p95 (ms)", lambda r: f"{num(r['median_ms'], 3)} / "
                                                f"{num(r['p95_ms'], 3)}"),
         ("step-time ratio p50", lambda r: num(r["p50_ratio"], 4)),
