@@ -19,7 +19,7 @@ from sentrycam.backend.geometry import class_layout, training_labels
 from sentrycam.backend.store import MissingSnapshotError, Store
 from sentrycam.protocol import push
 from sentrycam.protocol.changes import ChangeKind
-from sentrycam.protocol.messages import SPLIT_HELDOUT
+from sentrycam.protocol.messages import SPLIT_HELDOUT, per_step_scalars
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,9 @@ def layer_stats_frame(run_id: str, step: Sequence[int], layer: Sequence[str],
 
 
 def scalars_from_messages(run_id: str, messages: Iterable[Any]) -> bytes:
-    rows = [(m.step, name, value) for m in messages for name, value in m.values.items()]
+    """One frame of every (step, name, value) of Scalars and ScalarSeries ``messages``."""
+    rows = [(m.step, name, value) for message in messages
+            for m in per_step_scalars(message) for name, value in m.values.items()]
     step, name, value = zip(*rows) if rows else ((), (), ())
     return scalars_frame(run_id, step, name, [np.nan if v is None else v for v in value])
 
