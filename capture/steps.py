@@ -281,14 +281,15 @@ def nonfinite_counts(message: Message) -> dict[str, tuple[int, int]]:
 
 
 def _series_nonfinite(message: ScalarSeries) -> dict[str, tuple[int, int]]:
-    """A series' NaN/Inf losses and flagged gradients: the first step and how many steps."""
+    """A series' first step with a NaN/Inf loss and with flagged gradients, each counted
+    once."""
     found = {}
     for name, what, bad_of in ((LOSS.name, LOSS.name, lambda c: ~np.isfinite(c)),
                                (NONFINITE_GRAD.name, "gradients", lambda c: c != 0)):
         if name in message.names:
             bad = np.flatnonzero(bad_of(message.values[:, message.names.index(name)]))
-            if bad.size:
-                found[what] = (int(message.steps[bad[0]]), int(bad.size))
+            if bad.size:  # as the first step's own Scalars would report it
+                found[what] = (int(message.steps[bad[0]]), 1)
     return found or _NOTHING
 
 
