@@ -2,9 +2,10 @@
 
 :class:`StepReporter` turns a step into a Scalars message (loss, learning rates, and at
 telemetry steps the gradient scalars) plus LayerStats messages (parameter-layer telemetry,
-activation statistics); plain steps held on CPU go out together as one ScalarSeries. :class:`HostStager` brings the step's device values to the host: at
-once on CPU; on CUDA through a non-blocking copy into pinned memory read at the next step, so
-no hook waits on the GPU. :func:`nonfinite_counts` says what NaN/Inf a message reports.
+activation statistics); plain steps held on CPU go out together as one ScalarSeries.
+:class:`HostStager` brings the step's device values to the host: at once on CPU; on CUDA
+through a non-blocking copy into pinned memory read at the next step, so no hook waits on the
+GPU. :func:`nonfinite_counts` says what NaN/Inf a message reports.
 """
 
 from __future__ import annotations

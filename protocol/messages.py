@@ -126,6 +126,14 @@ class ScalarSeries(Declared):
         """The last step held: the step a change of this message is announced at."""
         return int(self.steps[-1])
 
+    def long_rows(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """One row per (step, name), step by step: ``(steps, names, values, wall_times)``,
+        int64 [N*K], K names repeated N times, float64 [N*K], float64 [N*K]."""
+        n_steps, n_names = len(self.steps), len(self.names)
+        return (np.repeat(np.asarray(self.steps, dtype=np.int64), n_names),
+                list(self.names) * n_steps, np.asarray(self.values, dtype=np.float64).ravel(),
+                np.repeat(np.asarray(self.wall_times, dtype=np.float64), n_names))
+
     def scalars(self) -> list[Scalars]:
         """One Scalars per step, in step order (what the series stands for)."""
         names = self.names

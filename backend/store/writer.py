@@ -277,16 +277,10 @@ class BatchWriter:
             value=[float(m.values[k]) for k in names], wall_time=[float(m.wall_time)] * len(names))
 
     def _scalar_series(self, m: ScalarSeries) -> None:
-        """Every (step, name) of the series, built with numpy: steps [N] and names [K] spread
-        over the N*K rows of ``values`` [N, K] in row-major order."""
-        n_steps, n_names = m.values.shape
-        count = n_steps * n_names
-        steps = np.asarray(m.steps, dtype=np.int64)
+        steps, names, values, wall_times = m.long_rows()
         self.pending["scalars"].extend(
-            run_id=[m.run_id] * count, step=np.repeat(steps, n_names).tolist(),
-            name=list(m.names) * n_steps,
-            value=np.asarray(m.values, dtype=np.float64).ravel().tolist(),
-            wall_time=np.repeat(np.asarray(m.wall_times, dtype=np.float64), n_names).tolist())
+            run_id=[m.run_id] * len(names), step=steps.tolist(), name=names,
+            value=values.tolist(), wall_time=wall_times.tolist())
 
     def _layer_stats(self, m: LayerStats) -> None:
         n_layers, n_stats = len(m.layers), len(m.stats)
