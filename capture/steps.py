@@ -197,7 +197,8 @@ class StepReporter:
 
     def release_batch(self) -> list[Message]:
         """The plain CPU steps held so far as one ScalarSeries (one per stretch of steps with
-        the same scalar names, should a step lack its loss or a param group's rate change)."""
+        the same scalar names, should a step lack its loss or a param group's rate change; a
+        lone step as its Scalars)."""
         if not self.held:
             return []
         held = self.held.copy()
@@ -224,10 +225,13 @@ class StepReporter:
 
     def _series(self, names: tuple[str, ...], steps: list[int], times: list[float],
                 rows: list[list[float]], offset: float) -> list[Message]:
-        """One ScalarSeries of held steps (none when ``steps`` is empty); ``times`` are
-        perf_counter seconds, ``offset`` maps them to time.time()."""
-        if not steps:
-            return []
+        """One ScalarSeries of held steps (a lone step: its Scalars, cheaper to build and to
+        frame; none when ``steps`` is empty); ``times`` are perf_counter seconds, ``offset``
+        maps them to time.time()."""
+        if len(steps) < 2:
+            return [Scalars(run_id=self.run_id, step=step, wall_time=at + offset,
+                            values=dict(zip(names, row)))
+                    for step, at, row in zip(steps, times, rows)]
         return [ScalarSeries(run_id=self.run_id, names=names,
                              steps=np.array(steps, dtype=np.int64),
                              wall_times=np.array(times, dtype=np.float64) + offset,

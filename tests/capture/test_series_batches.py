@@ -86,7 +86,8 @@ def test_held_steps_leave_as_one_series_per_batch():
     assert len(series) <= full + 1 + math.ceil(held / BATCH_STEPS)
     late = [m for m in series if m.steps[0] >= 1000]  # telemetry every 22+ steps by then
     assert sum(len(m.steps) for m in late) / len(late) > 10
-    assert all(m.names == ("lr", "loss") for m in series)
+    assert all(m.names == ("lr", "loss") and len(m.steps) >= 2 for m in series)  # a lone
+    # quiet step (between two telemetry steps) travels as its own Scalars, cheaper to frame
     assert [m.step for m in transport.of_kind("scalars")] == list(range(STEPS))
 
 
