@@ -101,5 +101,5 @@ class ChangeFeed:
 def changes_of(messages: Sequence[Any]) -> list[Change]:
     """The :class:`Change` of each stored ingest message (``kind``/``step``/``layer`` read
     from the message where it has them)."""
-    return [Change(run_id=m.run_id, kind=ChangeKind(m.kind), step=getattr(m, "step", None),
+    return [Change(run_id=m.run_id, kind=ChangeKind(m.change), step=getattr(m, "step", None),
                    layer=getattr(m, "layer", None), message=m) for m in messages]

@@ -19,7 +19,7 @@ from sentrycam.backend.geometry import class_layout, training_labels
 from sentrycam.backend.store import MissingSnapshotError, Store
 from sentrycam.protocol import push
 from sentrycam.protocol.changes import ChangeKind
-from sentrycam.protocol.messages import SPLIT_HELDOUT
+from sentrycam.protocol.messages import SPLIT_HELDOUT, ScalarSeries
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,21 @@ def layer_stats_frame(run_id: str, step: Sequence[int], layer: Sequence[str],
 
 
 def scalars_from_messages(run_id: str, messages: Iterable[Any]) -> bytes:
-    rows = [(m.step, name, value) for m in messages for name, value in m.values.items()]
-    step, name, value = zip(*rows) if rows else ((), (), ())
-    return scalars_frame(run_id, step, name, [np.nan if v is None else v for v in value])
+    """One frame of every (step, name, value) of Scalars and ScalarSeries ``messages``."""
+    step: list[int] = []
+    name: list[str] = []
+    value: list[float] = []
+    for m in messages:
+        if isinstance(m, ScalarSeries):
+            steps, names, values, _ = m.long_rows()
+            step += steps.tolist()
+            name += names
+            value += values.tolist()
+        else:
+            step += [m.step] * len(m.values)
+            name += list(m.values)
+            value += [np.nan if v is None else v for v in m.values.values()]
+    return scalars_frame(run_id, step, name, value)
 
 
 def layer_stats_from_messages(run_id: str, messages: Iterable[Any]) -> bytes:

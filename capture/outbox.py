@@ -36,9 +36,9 @@ class Outbox:
         """Send, and flag NaN/Inf once per layer or signal."""
         for message in messages:
             self.transport.send(message)
-            for what, count in nonfinite_counts(message).items():
+            for what, (step, count) in nonfinite_counts(message).items():
                 if what not in self.flagged:
-                    self._flag(what, message.step, count)
+                    self._flag(what, step, count)
 
     def _flag(self, what: str, step: int, count: int) -> None:
         self.flagged.add(what)

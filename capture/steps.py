@@ -2,9 +2,10 @@
 
 :class:`StepReporter` turns a step into a Scalars message (loss, learning rates, and at
 telemetry steps the gradient scalars) plus LayerStats messages (parameter-layer telemetry,
-activation statistics). :class:`HostStager` brings the step's device values to the host: at
-once on CPU; on CUDA through a non-blocking copy into pinned memory read at the next step, so
-no hook waits on the GPU. :func:`nonfinite_counts` says what NaN/Inf a message reports.
+activation statistics); plain steps held on CPU go out together as one ScalarSeries.
+:class:`HostStager` brings the step's device values to the host: at once on CPU; on CUDA
+through a non-blocking copy into pinned memory read at the next step, so no hook waits on the
+GPU. :func:`nonfinite_counts` says what NaN/Inf a message reports.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from sentrycam.capture.telemetry import LossWatch, ParamTelemetry, learning_rates
-from sentrycam.protocol.messages import LayerStats, Message, Scalars, Snapshot
+from sentrycam.protocol.messages import LayerStats, Message, Scalars, ScalarSeries, Snapshot
 from sentrycam.protocol.signals import (ACTIVATION_STATS, LOSS, LR, NONFINITE, NONFINITE_GRAD,
                                         PARAMETER_STATS)
 
@@ -91,7 +92,8 @@ class StepReporter:
 
     On CUDA a step's messages come out one step later (see :class:`HostStager`). On CPU the
     messages of plain steps (no telemetry, no statistics) are held and sent together every
-    ``BATCH_STEPS`` steps or ``BATCH_SECONDS``, whichever comes first: building and queueing a
+    ``BATCH_STEPS`` steps or ``BATCH_SECONDS``, whichever comes first, as one ScalarSeries
+    (one frame for the sender and one row batch for the server): building and queueing a
     message right after the backward pass, with the CPU caches full of training data, costs
     several times what it costs in a burst, and this is the path every step pays. A held step
     keeps only its loss and learning rate (Python floats) and its ``perf_counter`` time; its
@@ -194,7 +196,9 @@ class StepReporter:
                        for m in self._messages(meta, values)]
 
     def release_batch(self) -> list[Message]:
-        """The Scalars of the plain CPU steps held so far, in step order."""
+        """The plain CPU steps held so far as one ScalarSeries (one per stretch of steps with
+        the same scalar names, should a step lack its loss or a param group's rate change; a
+        lone step as its Scalars)."""
         if not self.held:
             return []
         held = self.held.copy()
@@ -202,14 +206,36 @@ class StepReporter:
         # perf_counter is what the hook reads anyway; one wall-clock reading per batch maps
         # it to time.time() (the clocks do not drift apart measurably within a batch).
         offset = time.time() - time.perf_counter()
-        messages: list[Message] = []
+        series: list[Message] = []
+        names: tuple[str, ...] = ()
+        steps: list[int] = []
+        times: list[float] = []
+        rows: list[list[float]] = []
         for step, at, loss, rate in held:
-            values = {LR.name: rate} if type(rate) is float else rate
+            values = {LR.name: rate} if type(rate) is float else dict(rate)
             if loss is not None:
                 values[LOSS.name] = loss
-            messages.append(Scalars(run_id=self.run_id, step=step, wall_time=at + offset,
-                                    values=values))
-        return messages
+            if tuple(values) != names:
+                series += self._series(names, steps, times, rows, offset)
+                names, steps, times, rows = tuple(values), [], [], []
+            steps.append(step)
+            times.append(at)
+            rows.append(list(values.values()))
+        return series + self._series(names, steps, times, rows, offset)
+
+    def _series(self, names: tuple[str, ...], steps: list[int], times: list[float],
+                rows: list[list[float]], offset: float) -> list[Message]:
+        """One ScalarSeries of held steps (a lone step: its Scalars, cheaper to build and to
+        frame; none when ``steps`` is empty); ``times`` are perf_counter seconds, ``offset``
+        maps them to time.time()."""
+        if len(steps) < 2:
+            return [Scalars(run_id=self.run_id, step=step, wall_time=at + offset,
+                            values=dict(zip(names, row)))
+                    for step, at, row in zip(steps, times, rows)]
+        return [ScalarSeries(run_id=self.run_id, names=names,
+                             steps=np.array(steps, dtype=np.int64),
+                             wall_times=np.array(times, dtype=np.float64) + offset,
+                             values=np.array(rows, dtype=np.float64))]
 
     def _messages(self, meta: _StepValues, values: list[float]) -> list[Message]:
         scalars = dict(meta.scalars)
@@ -233,25 +259,43 @@ class StepReporter:
         return found
 
 
-_NOTHING: dict[str, int] = {}
+_NOTHING: dict[str, tuple[int, int]] = {}
 
 
-def nonfinite_counts(message: Message) -> dict[str, int]:
-    """NaN/Inf a message reports: ``{"loss": 1}``, ``{"gradients": 1}`` or ``{layer: count}``."""
+def nonfinite_counts(message: Message) -> dict[str, tuple[int, int]]:
+    """NaN/Inf a message reports, as ``{what: (step, count)}`` with ``what`` ``"loss"``,
+    ``"gradients"`` or a layer, and the (first) step that has them."""
     if isinstance(message, Scalars):
         values = message.values
         loss_ok = math.isfinite(values.get(LOSS.name, 0.0))
         if loss_ok and not values.get(NONFINITE_GRAD.name):
-            return _NOTHING  # every step comes here: no allocation
-        return {name: 1 for name, bad in ((LOSS.name, not loss_ok),
-                                          ("gradients", bool(values.get(NONFINITE_GRAD.name))))
-                if bad}
+            return _NOTHING  # most steps come here: no allocation
+        return {name: (message.step, 1)
+                for name, bad in ((LOSS.name, not loss_ok),
+                                  ("gradients", bool(values.get(NONFINITE_GRAD.name)))) if bad}
+    if isinstance(message, ScalarSeries):
+        return _series_nonfinite(message)
     if isinstance(message, LayerStats) and NONFINITE.name in message.stats:
         column = message.values[:, message.stats.index(NONFINITE.name)]
-        return {name: int(count) for name, count in zip(message.layers, column) if count > 0}
+        return {name: (message.step, int(count))
+                for name, count in zip(message.layers, column) if count > 0}
     if isinstance(message, Snapshot):
-        return {name: count for name, count in message.nonfinite.items() if count}
-    return {}
+        return {name: (message.step, count) for name, count in message.nonfinite.items()
+                if count}
+    return _NOTHING
+
+
+def _series_nonfinite(message: ScalarSeries) -> dict[str, tuple[int, int]]:
+    """A series' first step with a NaN/Inf loss and with flagged gradients, each counted
+    once."""
+    found = {}
+    for name, what, bad_of in ((LOSS.name, LOSS.name, lambda c: ~np.isfinite(c)),
+                               (NONFINITE_GRAD.name, "gradients", lambda c: c != 0)):
+        if name in message.names:
+            bad = np.flatnonzero(bad_of(message.values[:, message.names.index(name)]))
+            if bad.size:  # as the first step's own Scalars would report it
+                found[what] = (int(message.steps[bad[0]]), 1)
+    return found or _NOTHING
 
 
 def nonfinite_text(what: str, step: int) -> str:

@@ -11,7 +11,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from sentrycam.protocol.messages import Message
+from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.messages import Message, per_step_scalars
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class MemoryTransport:
                                      acked=len(self.messages))
 
     def of_kind(self, kind: str) -> list[Message]:
-        """The messages of one kind (``"scalars"``, ``"snapshot"``...), in send order."""
+        """The messages of one kind (``"scalars"``, ``"snapshot"``...), in send order; for
+        ``"scalars"`` one Scalars per step, those sent in a ScalarSeries included."""
         with self._lock:
+            if kind == ChangeKind.SCALARS:
+                return [s for m in self.messages if m.change == kind
+                        for s in per_step_scalars(m)]
             return [m for m in self.messages if m.kind == kind]

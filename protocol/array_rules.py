@@ -83,6 +83,9 @@ def _check_array(label: str, array: Any, rule: Array | ArrayMap, key: str | None
     fits = array.ndim == len(axes) and all(
         (w is None or got == w) and (not a["positive"] or got > 0)
         for got, w, a in zip(array.shape, want, axes))
+    longest = getattr(rule, "max_rows", None)
+    if dtype_ok and fits and longest is not None and array.shape[0] > longest:
+        raise ValueError(f"{label} has {array.shape[0]} rows; at most {longest} are allowed")
     if not (dtype_ok and fits):
         shown = [str(w) if w is not None else (f"{a['name']}>0" if a["positive"] else "any")
                  for w, a in zip(want, axes)]
@@ -102,6 +105,14 @@ def _check_values(label: str, array: np.ndarray, rule: Array) -> None:
         if values.size != array.size:
             raise ValueError(f"{label} must be unique; repeated: "
                              f"{values[counts > 1][:5].tolist()}")
+    if rule.minimum is not None and array.size and array.min() < rule.minimum:
+        raise ValueError(f"{label} values must be at least {rule.minimum}; got {array.min()}")
+    if rule.increasing and array.size > 1:
+        falls = np.flatnonzero(np.diff(array) <= 0)
+        if falls.size:
+            at = int(falls[0])
+            raise ValueError(f"{label} must increase strictly; {array[at + 1]} follows "
+                             f"{array[at]} at position {at + 1}")
     if rule.allowed is not None:
         bad = np.setdiff1d(np.unique(array), list(rule.allowed))
         if bad.size:

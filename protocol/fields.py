@@ -13,6 +13,9 @@ Array shape rules, one string per axis:
 - ``"len(layers)"``: the length of the header field ``layers``;
 - a ``">0"`` suffix (``"D>0"``): the length must be at least 1.
 
+An :class:`Array` may also bound its first axis (``max_rows``) and demand values that rise
+strictly from a ``minimum`` (``increasing``: steps in order).
+
 Inside an :class:`ArrayMap` a name not bound by a plain array field (``"D"``) is bound per key.
 """
 
@@ -73,12 +76,17 @@ def _check_axes(shape: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class Array:
     """A field holding one array: its dtype (numpy little-endian code, as framed), its shape
-    rule, whether its values must be unique, and the only values allowed (value -> meaning)."""
+    rule, whether its values must be unique, the only values allowed (value -> meaning), the
+    most rows (length of the first axis) it may have, and whether its values must rise strictly
+    from ``minimum``."""
 
     dtype: str
     shape: tuple[str, ...]
     unique: bool = False
     allowed: Mapping[int, str] | None = None
+    max_rows: int | None = None
+    increasing: bool = False
+    minimum: int | None = None
 
     def __post_init__(self) -> None:
         _check_axes(self.shape)
@@ -151,17 +159,23 @@ class MessageSchema:
 
 
 class Declared:
-    """Base of the message classes; :func:`declare` fills these from the field declarations."""
+    """Base of the message classes; :func:`declare` fills these from the field declarations.
+
+    ``kind`` names the message on the wire; ``change`` is the kind of change storing it makes
+    (the same but where two messages carry one kind of data, as Scalars and ScalarSeries)."""
 
     kind: ClassVar[str] = ""
+    change: ClassVar[str] = ""
     #: Fields that hold one array each, and fields that map names to arrays.
     array_fields: ClassVar[tuple[str, ...]] = ()
     array_map_fields: ClassVar[tuple[str, ...]] = ()
     schema: ClassVar[MessageSchema]
 
 
-def declare(kind: str):
-    """Class decorator: read a message dataclass's field declarations into its ``schema``."""
+def declare(change: str, *, kind: str | None = None):
+    """Class decorator: read a message dataclass's field declarations into its ``schema``.
+    ``change``: the change kind the message makes; ``kind``: its wire name (default
+    ``change``)."""
 
     def read(cls: type) -> type:
         hints = typing.get_type_hints(cls, include_extras=True)
@@ -173,8 +187,9 @@ def declare(kind: str):
             has_default = (f.default is not dataclasses.MISSING
                            or f.default_factory is not dataclasses.MISSING)
             specs.append(FieldSpec(f.name, annotation, array, has_default))
-        cls.kind = kind
-        cls.schema = MessageSchema(kind, tuple(specs))
+        cls.kind = change if kind is None else kind
+        cls.change = change
+        cls.schema = MessageSchema(cls.kind, tuple(specs))
         cls.array_fields = tuple(f.name for f in cls.schema.arrays)
         cls.array_map_fields = tuple(f.name for f in cls.schema.array_maps)
         return cls

@@ -34,10 +34,12 @@ from sentrycam.protocol.fields import (INT64_MAX, Array, ArrayMap, Declared, Key
 #: header change. 2: a run's seq numbers count from 0, one run at a time (a trainer of version
 #: 1 numbered from 1 and would be refused seq by seq; the version check tells it to upgrade).
 #: 3: a snapshot may travel as row chunks (``Snapshot.row_offset``, ``Snapshot.rows_total``).
-SCHEMA_VERSION = 3
+#: 4: the scalars of many steps travel as one ``ScalarSeries`` (a batch of quiet steps was one
+#: frame per step; a server of version 3 would refuse the new kind).
+SCHEMA_VERSION = 4
 #: The oldest version a server still reads: a version-2 frame is a version-3 frame whose
-#: snapshots are whole (the chunk fields take their defaults), so spools written before an
-#: upgrade still replay.
+#: snapshots are whole (the chunk fields take their defaults), and versions 2 and 3 are
+#: version 4 without ScalarSeries, so spools written before an upgrade still replay.
 OLDEST_READ_VERSION = 2
 
 #: Split codes stored with each probe sample.
@@ -49,6 +51,8 @@ SPLITS = {SPLIT_TRAIN: "train", SPLIT_HELDOUT: "held out"}
 END_STATUSES = ("finished", "detached", "failed")
 
 NAME_MAX = 200
+#: The most steps one ScalarSeries may hold (a trainer sends a batch of at most BATCH_STEPS).
+SERIES_MAX_STEPS = 4096
 RUN_ID_MAX = 64
 
 #: What a run_id may be; callable: ``RUN_ID_RULE(value)`` is True for a valid one.
@@ -96,6 +100,51 @@ class Scalars(Declared):
     step: Count
     wall_time: Float
     values: Mapping[Name, Float]
+
+
+@declare(ChangeKind.SCALARS, kind="scalar_series")
+@dataclass(frozen=True)
+class ScalarSeries(Declared):
+    """The scalars of several steps of one run, in step order: the same change as one
+    :class:`Scalars` per step, in one frame.
+
+    ``steps`` int64 [N], 1 <= N <= SERIES_MAX_STEPS, strictly increasing, >= 0;
+    ``wall_times`` float64 [N]; ``values`` float64 [N, len(names)]: every step has a value
+    for every name (NaN and Inf are values, as in Scalars; steps whose names differ travel in
+    separate series).
+    """
+
+    run_id: RunId
+    names: Names
+    steps: Annotated[np.ndarray, Array("<i8", ("N>0",), max_rows=SERIES_MAX_STEPS,
+                                       increasing=True, minimum=0)]
+    wall_times: Annotated[np.ndarray, Array("<f8", ("N",))]
+    values: Annotated[np.ndarray, Array("<f8", ("N", "len(names)"))]
+
+    @property
+    def step(self) -> int:
+        """The last step held: the step a change of this message is announced at."""
+        return int(self.steps[-1])
+
+    def long_rows(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """One row per (step, name), step by step: ``(steps, names, values, wall_times)``,
+        int64 [N*K], K names repeated N times, float64 [N*K], float64 [N*K]."""
+        n_steps, n_names = len(self.steps), len(self.names)
+        return (np.repeat(np.asarray(self.steps, dtype=np.int64), n_names),
+                list(self.names) * n_steps, np.asarray(self.values, dtype=np.float64).ravel(),
+                np.repeat(np.asarray(self.wall_times, dtype=np.float64), n_names))
+
+    def scalars(self) -> list[Scalars]:
+        """One Scalars per step, in step order (what the series stands for)."""
+        names = self.names
+        return [Scalars(self.run_id, step, wall_time, dict(zip(names, row)))
+                for step, wall_time, row in zip(self.steps.tolist(), self.wall_times.tolist(),
+                                                self.values.tolist())]
+
+
+def per_step_scalars(message: Scalars | ScalarSeries) -> list[Scalars]:
+    """The per-step Scalars a scalars message stands for (a Scalars is its own)."""
+    return message.scalars() if isinstance(message, ScalarSeries) else [message]
 
 
 @declare(ChangeKind.LAYER_STATS)
@@ -192,9 +241,12 @@ class RunEnd(Declared):
     status: Literal[END_STATUSES]
 
 
-Message = Union[RunStart, ProbeSet, Scalars, LayerStats, Snapshot, Event, Status, RunEnd]
+Message = Union[RunStart, ProbeSet, Scalars, ScalarSeries, LayerStats, Snapshot, Event, Status,
+                RunEnd]
 
+#: Every message class by its wire ``kind``.
 MESSAGE_TYPES: dict[str, type] = {
     cls.kind: cls
-    for cls in (RunStart, ProbeSet, Scalars, LayerStats, Snapshot, Event, Status, RunEnd)
+    for cls in (RunStart, ProbeSet, Scalars, ScalarSeries, LayerStats, Snapshot, Event, Status,
+                RunEnd)
 }

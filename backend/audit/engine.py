@@ -32,7 +32,7 @@ from sentrycam.backend.audit.inbox import AuditInbox
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.geometry import training_labels
 from sentrycam.protocol.changes import ChangeKind
-from sentrycam.protocol.messages import SPLIT_HELDOUT, ProbeSet, Snapshot
+from sentrycam.protocol.messages import SPLIT_HELDOUT, ProbeSet, Snapshot, per_step_scalars
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +96,16 @@ class RunAudit:
         self._announce(self.book.flush())
 
     def _on_message(self, change: Change) -> None:
-        """Scalars and layer statistics go to the detectors as the trainer sent them."""
+        """Layer statistics go to the detectors as the trainer sent them."""
         if change.message is not None:
             self._judge(change.kind, change.message)
+
+    def _on_scalars(self, change: Change) -> None:
+        """Scalars go to the detectors one step at a time, in step order (a ScalarSeries is
+        many steps' Scalars in one message)."""
+        if change.message is not None:
+            for scalars in per_step_scalars(change.message):
+                self._judge(change.kind, scalars)
 
     def _probe(self, message: ProbeSet | None) -> None:
         if message is None:
@@ -186,7 +193,7 @@ class RunAudit:
 #: What the audit does with each kind of change it reads (other kinds are not audited).
 AUDITED: dict[ChangeKind, Callable[[RunAudit, Change], None]] = {
     ChangeKind.PROBE: RunAudit._on_probe,
-    ChangeKind.SCALARS: RunAudit._on_message,
+    ChangeKind.SCALARS: RunAudit._on_scalars,
     ChangeKind.LAYER_STATS: RunAudit._on_message,
     ChangeKind.SNAPSHOT: RunAudit._on_snapshot,
     ChangeKind.EMBEDDING: RunAudit._on_embedding,

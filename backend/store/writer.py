@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from sentrycam.protocol.messages import (Event, LayerStats, Message, ProbeSet, RunEnd, RunStart,
-                                        Scalars, Snapshot, Status)
+                                        ScalarSeries, Scalars, Snapshot, Status)
 from sentrycam.backend.store import parts, retention
 from sentrycam.backend.store.retention import RetentionSettings
 from sentrycam.backend.store.rows import Columns, Pieces, execute_with_rows, insert_arrow
@@ -276,6 +276,12 @@ class BatchWriter:
             run_id=[m.run_id] * len(names), step=[int(m.step)] * len(names), name=names,
             value=[float(m.values[k]) for k in names], wall_time=[float(m.wall_time)] * len(names))
 
+    def _scalar_series(self, m: ScalarSeries) -> None:
+        steps, names, values, wall_times = m.long_rows()
+        self.pending["scalars"].extend(
+            run_id=[m.run_id] * len(names), step=steps.tolist(), name=names,
+            value=values.tolist(), wall_time=wall_times.tolist())
+
     def _layer_stats(self, m: LayerStats) -> None:
         n_layers, n_stats = len(m.layers), len(m.stats)
         count = n_layers * n_stats
@@ -362,6 +368,7 @@ class BatchWriter:
         retention.apply(self.cur, self.retention, self.snapshot_layers)
 
     _HANDLERS = {
-        RunStart: _run_start, ProbeSet: _probe, Scalars: _scalars, LayerStats: _layer_stats,
-        Snapshot: _snapshot, Event: _event, Status: _status, RunEnd: _run_end,
+        RunStart: _run_start, ProbeSet: _probe, Scalars: _scalars, ScalarSeries: _scalar_series,
+        LayerStats: _layer_stats, Snapshot: _snapshot, Event: _event, Status: _status,
+        RunEnd: _run_end,
     }

@@ -32,7 +32,7 @@ def test_each_handler_takes_the_header_of_its_frame_type():
 
 
 def test_ingest_kinds_are_the_message_kinds():
-    assert {ChangeKind(kind) for kind in MESSAGE_TYPES} == set(INGEST_KINDS)
+    assert {ChangeKind(cls.change) for cls in MESSAGE_TYPES.values()} == set(INGEST_KINDS)
     assert set(INGEST_KINDS) | set(DERIVED_KINDS) == set(ChangeKind)
 
 

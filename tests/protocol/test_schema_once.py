@@ -19,7 +19,7 @@ from sentrycam.protocol import validation, wire
 from sentrycam.protocol.changes import INGEST_KINDS
 from sentrycam.protocol.fields import Array, ArrayMap
 from sentrycam.protocol.messages import (MESSAGE_TYPES, Event, LayerStats, ProbeSet, RunEnd,
-                                        RunStart, Scalars, Snapshot, Status)
+                                        RunStart, Scalars, ScalarSeries, Snapshot, Status)
 
 RUN = "schema0run"
 N = 5
@@ -32,6 +32,8 @@ def _one_of_each() -> list:
         RunStart(RUN, "once", 1.0, {"k": 1}),
         ProbeSet(RUN, ids, rng.integers(0, 3, N), np.zeros(N, np.uint8)),
         Scalars(RUN, 1, 2.0, {"loss": 0.5}),
+        ScalarSeries(RUN, ("loss", "lr"), np.array([1, 2]), np.array([2.0, 2.5]),
+                     np.array([[0.5, 0.1], [math.nan, 0.1]])),
         LayerStats(RUN, 1, ("a", "b"), ("g",), rng.random((2, 1), dtype=np.float32)),
         Snapshot(RUN, 2, 0, ids, {"pred": ids.copy(), "extra": np.ones(N, np.float64)},
                  {"fc": rng.random((N, 3)).astype(np.float16)}, {"fc": 0}),
@@ -42,7 +44,7 @@ def _one_of_each() -> list:
 
 
 def test_every_message_kind_has_a_class_a_frame_model_and_a_batch_model():
-    assert set(MESSAGE_TYPES) == set(INGEST_KINDS)
+    assert {cls.change for cls in MESSAGE_TYPES.values()} == set(INGEST_KINDS)
     assert set(validation.HEADER_MODELS) == set(MESSAGE_TYPES)
     assert set(validation.BODY_MODELS) == set(MESSAGE_TYPES)
     assert {m.kind for m in _one_of_each()} == set(MESSAGE_TYPES)

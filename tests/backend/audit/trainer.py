@@ -20,10 +20,12 @@ def tabular(seed: int = 0, n: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_streamed(url: str, *, steps: int = 200, spike_at: int | None = None,
                    labels: bool = True, log_val: bool = False, seed: int = 0,
-                   on_step=None, **attach_kwargs) -> str:
+                   on_step=None, overhead_budget: float | None = None,
+                   **attach_kwargs) -> str:
     """Train an MLP with capture attached (url=...); the learning rate jumps 30x at
     ``spike_at``. ``on_step(step, run, optimizer)`` runs after each step; the loop ends early
-    when ``run.stop_requested``. Returns the run_id."""
+    when ``run.stop_requested``. ``overhead_budget`` None: a fixed schedule (every step a full
+    one); a budget leaves quiet steps, whose scalars travel in series. Returns the run_id."""
     x, y = tabular(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -32,7 +34,7 @@ def train_streamed(url: str, *, steps: int = 200, spike_at: int | None = None,
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     probe = (x[:200], y[:200] if labels else None)
-    run = capture.attach(model, probe=probe, url=url, every=20, overhead_budget=None,
+    run = capture.attach(model, probe=probe, url=url, every=20, overhead_budget=overhead_budget,
                          criterion=criterion, optimizer=optimizer, probe_size=200, seed=seed,
                          **attach_kwargs)
     generator = torch.Generator().manual_seed(seed)

@@ -19,7 +19,7 @@ pytest.importorskip("accelerate")
 
 from sentrycam.capture.huggingface import SentryCamCallback  # noqa: E402
 from sentrycam.capture.transport import MemoryTransport  # noqa: E402
-from sentrycam.protocol.messages import ProbeSet, RunEnd, Scalars, Snapshot  # noqa: E402
+from sentrycam.protocol.messages import ProbeSet, RunEnd, Snapshot  # noqa: E402
 
 VOCAB, LENGTH, CLASSES = 50, 12, 2
 
@@ -132,8 +132,8 @@ def test_without_a_probe_the_training_set_is_padded_by_the_trainers_collator(tmp
     assert trainer.state.global_step == 3  # 48 / 8 / 2 accumulated
     probe = next(m for m in transport.messages if isinstance(m, ProbeSet))
     assert len(probe.sample_ids) == 48 and sorted(probe.labels.tolist()) == [0] * 24 + [1] * 24
-    losses = {m.step: m.values["loss"] for m in transport.messages
-              if isinstance(m, Scalars) and "loss" in m.values}
+    losses = {m.step: m.values["loss"] for m in transport.of_kind("scalars")
+              if "loss" in m.values}
     assert sorted(losses) == [0, 1, 2] and all(np.isfinite(list(losses.values())))
     assert [m.step for m in transport.messages if isinstance(m, Snapshot)] == [0, 1, 2]
     assert [m.status for m in transport.messages if isinstance(m, RunEnd)] == ["finished"]

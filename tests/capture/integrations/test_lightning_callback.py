@@ -14,7 +14,7 @@ lightning = pytest.importorskip("lightning")
 
 from sentrycam.capture.lightning import SentryCamCallback  # noqa: E402
 from sentrycam.capture.transport import MemoryTransport  # noqa: E402
-from sentrycam.protocol.messages import ProbeSet, RunEnd, Scalars, Snapshot  # noqa: E402
+from sentrycam.protocol.messages import ProbeSet, RunEnd, Snapshot  # noqa: E402
 
 CLASSES, FEATURES = 3, 8
 
@@ -143,8 +143,8 @@ def test_the_gradient_norms_are_each_steps_own_before_and_after_lightnings_clipp
         callbacks=[SentryCamCallback(transport=transport, every=100, overhead_budget=None)],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loaders()[0])
-    norms = {m.step: m.values for m in transport.messages
-             if isinstance(m, Scalars) and "grad_norm" in m.values}
+    norms = {m.step: m.values for m in transport.of_kind("scalars")
+             if "grad_norm" in m.values}
     assert len(module.before_clip) == trainer.global_step == 6
     assert sorted(norms) == list(range(6))
     for step, before in enumerate(module.before_clip):
