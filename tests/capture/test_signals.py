@@ -125,6 +125,29 @@ def test_activation_statistics_on_a_constructed_batch():
     assert sat.item() == 0.5
 
 
+def test_activation_statistics_read_a_layer_in_place_as_its_unit_matrix():
+    # A conv map [N, C, H, W] read where it lies (units on axis 1) gives the statistics of its
+    # [N*H*W, C] unit matrix; with a NaN in it (the masked path) those of the other values.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 3, 4, generator=gen) * 2.0
+    x[:, 2] = -x[:, 2].abs()  # unit 2 never fires
+    pooled = x.flatten(2).mean(2)
+    unit_dim_stats = dict(zip(STAT_NAMES, activation_stats(x, pooled, None, 1).tolist()))
+    matrix = x.movedim(1, -1).reshape(-1, 5)
+    assert unit_dim_stats["act_mean"] == pytest.approx(matrix.mean().item(), abs=1e-6)
+    assert unit_dim_stats["act_std"] == pytest.approx(matrix.std().item(), rel=1e-5)
+    assert unit_dim_stats["dead_frac"] == pytest.approx(0.2)
+    assert unit_dim_stats["sat_frac"] == pytest.approx((matrix.abs() > 3).float().mean().item())
+    assert unit_dim_stats["nonfinite"] == 0.0
+    x[0, 0, 0, 0] = float("nan")
+    masked = dict(zip(STAT_NAMES, activation_stats(x, pooled, None, 1).tolist()))
+    finite = x[torch.isfinite(x)]
+    assert masked["act_mean"] == pytest.approx(finite.mean().item(), abs=1e-6)
+    assert masked["act_std"] == pytest.approx(finite.std().item(), rel=1e-5)
+    assert masked["dead_frac"] == pytest.approx(0.2)
+    assert masked["nonfinite"] == 1.0
+
+
 def test_effective_rank_of_known_matrices():
     gen = torch.Generator().manual_seed(0)
     direction = torch.randn(1, 8, generator=gen)
