@@ -35,6 +35,8 @@ from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, GRAD_NORM_CLIPPED, 
 LAYER_STATS = PARAMETER_STATS
 SAMPLE_LIMIT = 1_000_000
 COS_EPS = 1e-8
+#: Sample buffers of :class:`ParamTelemetry`: the weights, and two for the gradients.
+WEIGHT_SLOT, GRAD_SLOTS = 0, (1, 2)
 
 
 def holds_parameters(optimizer: torch.optim.Optimizer, param_ids: frozenset[int]) -> bool:
@@ -269,6 +271,10 @@ class ParamTelemetry:
         self._before: _Before | None = None
         #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
         self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: sample buffers (see _sample): the weights before the step, then two gradient
+        #: samples in turn, this step's and the previous one's (at _grad_slot and the other).
+        self._buffers: list[torch.Tensor | None] = [None, None, None]
+        self._grad_slot = GRAD_SLOTS[0]
         #: the gradient norm before clipping; its owner plans its hooks (ClipWatch.plan)
         self.clip = ClipWatch(self._params, due=clip_due)
 
@@ -315,17 +321,25 @@ class ParamTelemetry:
             self._absent_layers[key] = ~present
         return self._absent_layers[key]
 
-    def _sample(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """Every ``stride``-th element of each tensor (zeros for a missing or sparse one),
-        concatenated: a new float32 [S] tensor on ``self.device``."""
-        if self._uniform and self._stride == 1:  # views, then one copy
-            return torch.cat([torch.zeros(size, device=self.device)
-                              if t is None or t.is_sparse else t.reshape(-1)
-                              for t, size in zip(tensors, self._sizes)])
-        return torch.cat([
-            torch.zeros(size, device=self.device) if t is None or t.is_sparse
-            else t.reshape(-1)[::self._stride].float().to(self.device)
-            for t, size in zip(tensors, self._sizes)])
+    def _pieces(self, tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """Every ``stride``-th element of each tensor as a float32 1-D tensor on
+        ``self.device`` (a view where no conversion is needed; zeros for a missing or sparse
+        one): the pieces of a sample, [size_i] each."""
+        if self._uniform and self._stride == 1:
+            return [torch.zeros(size, device=self.device) if t is None or t.is_sparse
+                    else t.detach().reshape(-1) for t, size in zip(tensors, self._sizes)]
+        return [torch.zeros(size, device=self.device) if t is None or t.is_sparse
+                else t.detach().reshape(-1)[::self._stride].float().to(self.device)
+                for t, size in zip(tensors, self._sizes)]
+
+    def _sample(self, tensors: Sequence[torch.Tensor | None], slot: int) -> torch.Tensor:
+        """The pieces of ``tensors`` (:meth:`_pieces`) concatenated into buffer ``slot``: float32
+        [S] on ``self.device``, valid until that slot is sampled into again. The buffers live as
+        long as this object (3 x S floats): a fresh sample each step would cost page faults
+        on every firing, as a freed buffer of that size goes back to the system."""
+        if self._buffers[slot] is None:
+            self._buffers[slot] = torch.empty(sum(self._sizes), device=self.device)
+        return torch.cat(self._pieces(tensors), out=self._buffers[slot])
 
     def before_step(self) -> None:
         """Weights not yet updated: measure them, keep a sample. The gradients are read in
@@ -333,7 +347,7 @@ class ParamTelemetry:
         after this pre-hook, and the update leaves them as the optimizer used them."""
         weights = [p.detach() for p in self._params]
         self._before = _Before(weight_norms=self._norms(weights),
-                               weight_sample=self._sample(weights))
+                               weight_sample=self._sample(weights, WEIGHT_SLOT))
 
     def after_step(self) -> torch.Tensor | None:
         """The step's telemetry vector (see class docstring), or None without gradients."""
@@ -346,14 +360,14 @@ class ParamTelemetry:
             return None
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
         grad_norms = self._norms([grads[i] for i in present])
-        grad_sample = self._sample([p.grad for p in self._params])
+        self._grad_slot = GRAD_SLOTS[0] + GRAD_SLOTS[1] - self._grad_slot  # keep the previous
+        grad_sample = self._sample([p.grad for p in self._params], self._grad_slot)
         unclipped = self.clip.take()
-        old = before.weight_sample
-        diff = self._sample([p.detach() for p in self._params]) - old
-        moved = self._norms(torch.split(diff, self._sizes))
+        old = torch.split(before.weight_sample, self._sizes)
         # Unsampled (stride 1), the sample is the weights: their norms are known.
-        size = before.weight_norms if self._stride == 1 else self._norms(
-            torch.split(old, self._sizes))
+        size = before.weight_norms if self._stride == 1 else self._norms(old)
+        torch._foreach_sub_(old, self._pieces(self._params))  # the update, in place
+        moved = self._norms(old)
         # One reduction per layer for the weights, the update, the sampled weights and, when
         # every parameter has a gradient (no layer left without), the gradients.
         rows = [before.weight_norms, moved, size] + ([grad_norms] if owners is self._owners
