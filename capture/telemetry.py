@@ -265,6 +265,8 @@ class ParamTelemetry:
         #: float32 on one device: the norms and samples need no conversion.
         self._uniform = all(p.dtype == torch.float32 and p.device == self.device
                             for p in self._params)
+        #: the sample is the parameters themselves (uniform, stride 1): copied as they are.
+        self._whole = self._uniform and self._stride == 1
         self._owners = torch.tensor(owners, device=self.device)
         self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
         self._absent_layers: dict[int, torch.Tensor] = {}  # see _absent
@@ -273,7 +275,7 @@ class ParamTelemetry:
         self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
         #: sample buffers (see _sample): the weights before the step, then two gradient
         #: samples in turn, this step's and the previous one's (at _grad_slot and the other).
-        self._buffers: list[torch.Tensor | None] = [None, None, None]
+        self._buffers: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = [None] * 3
         self._grad_slot = GRAD_SLOTS[0]
         #: the gradient norm before clipping; its owner plans its hooks (ClipWatch.plan)
         self.clip = ClipWatch(self._params, due=clip_due)
@@ -325,30 +327,45 @@ class ParamTelemetry:
         """Every ``stride``-th element of each tensor as a float32 1-D tensor on
         ``self.device`` (a view where no conversion is needed; zeros for a missing or sparse
         one): the pieces of a sample, [size_i] each."""
-        if self._uniform and self._stride == 1:
+        if self._whole:
             return [torch.zeros(size, device=self.device) if t is None or t.is_sparse
                     else t.detach().reshape(-1) for t, size in zip(tensors, self._sizes)]
         return [torch.zeros(size, device=self.device) if t is None or t.is_sparse
                 else t.detach().reshape(-1)[::self._stride].float().to(self.device)
                 for t, size in zip(tensors, self._sizes)]
 
-    def _sample(self, tensors: Sequence[torch.Tensor | None], slot: int) -> torch.Tensor:
-        """The pieces of ``tensors`` (:meth:`_pieces`) concatenated into buffer ``slot``: float32
-        [S] on ``self.device``, valid until that slot is sampled into again. The buffers live as
-        long as this object (3 x S floats): a fresh sample each step would cost page faults
-        on every firing, as a freed buffer of that size goes back to the system."""
+    def _slot(self, slot: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Sample buffer ``slot``, float32 [S] on ``self.device``, and its per-parameter views:
+        shaped as the parameters when the sample is the whole parameters (:attr:`_whole`),
+        else [size_i]. Allocated once: a fresh sample-sized buffer at every firing would cost
+        page faults each time, as a freed block of that size goes back to the system."""
         if self._buffers[slot] is None:
-            self._buffers[slot] = torch.empty(sum(self._sizes), device=self.device)
-        return torch.cat(self._pieces(tensors), out=self._buffers[slot])
+            buffer = torch.empty(sum(self._sizes), device=self.device)
+            views = list(buffer.split(self._sizes))
+            if self._whole:
+                views = [view.view(p.shape) for view, p in zip(views, self._params)]
+            self._buffers[slot] = (buffer, views)
+        return self._buffers[slot]
 
+    def _sample(self, tensors: Sequence[torch.Tensor | None], slot: int) -> torch.Tensor:
+        """The pieces of ``tensors`` (:meth:`_pieces`) written into buffer ``slot`` (valid until
+        that slot is sampled into again); with whole dense tensors, one batched copy. Call it
+        without gradient recording."""
+        buffer, views = self._slot(slot)
+        if self._whole and all(t is not None and not t.is_sparse for t in tensors):
+            torch._foreach_copy_(views, tensors)
+            return buffer
+        return torch.cat(self._pieces(tensors), out=buffer)
+
+    @torch.no_grad()
     def before_step(self) -> None:
         """Weights not yet updated: measure them, keep a sample. The gradients are read in
         :meth:`after_step`: an ``optimizer.step(closure)`` (Lightning, LBFGS) computes them
         after this pre-hook, and the update leaves them as the optimizer used them."""
-        weights = [p.detach() for p in self._params]
-        self._before = _Before(weight_norms=self._norms(weights),
-                               weight_sample=self._sample(weights, WEIGHT_SLOT))
+        self._before = _Before(weight_norms=self._norms(self._params),
+                               weight_sample=self._sample(self._params, WEIGHT_SLOT))
 
+    @torch.no_grad()
     def after_step(self) -> torch.Tensor | None:
         """The step's telemetry vector (see class docstring), or None without gradients."""
         before, self._before = self._before, None
@@ -363,10 +380,11 @@ class ParamTelemetry:
         self._grad_slot = GRAD_SLOTS[0] + GRAD_SLOTS[1] - self._grad_slot  # keep the previous
         grad_sample = self._sample([p.grad for p in self._params], self._grad_slot)
         unclipped = self.clip.take()
-        old = torch.split(before.weight_sample, self._sizes)
+        old = self._slot(WEIGHT_SLOT)[1]
         # Unsampled (stride 1), the sample is the weights: their norms are known.
         size = before.weight_norms if self._stride == 1 else self._norms(old)
-        torch._foreach_sub_(old, self._pieces(self._params))  # the update, in place
+        torch._foreach_sub_(old, self._params if self._whole  # the update, in place
+                            else self._pieces(self._params))
         moved = self._norms(old)
         # One reduction per layer for the weights, the update, the sampled weights and, when
         # every parameter has a gradient (no layer left without), the gradients.
