@@ -9,6 +9,7 @@ from torch import nn
 
 from sentrycam import capture
 from sentrycam.capture.activations import STAT_NAMES, activation_stats, effective_rank
+from sentrycam.capture.telemetry import ParamTelemetry
 from sentrycam.capture.transport import MemoryTransport
 
 
@@ -63,6 +64,38 @@ def test_loss_lr_and_gradient_telemetry_match_a_manual_computation(make_model, d
                                                    dim=0)
     assert scalars[2].values["grad_cos"] == pytest.approx(cosine.item(), rel=1e-4)
     assert [scalars[s].values["lr"] for s in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+
+
+def test_sampled_telemetry_reads_every_stride_th_element_of_a_large_model(make_model, data):
+    # Over the sample limit, the update ratio and the gradient cosine come from every
+    # stride-th element of each parameter, the norms from the whole tensors.
+    model = make_model("cnn")
+    x, y = data("cnn")
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    telemetry = ParamTelemetry(model, sample_limit=total // 3)
+    stride = math.ceil(total / (total // 3))
+    assert stride > 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    samples = []
+    try:
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
+            samples.append(flat([p.grad.reshape(-1)[::stride] for p in params]))
+            before = flat([p.detach().reshape(-1)[::stride] for p in params]).clone()
+            telemetry.before_step()
+            optimizer.step()
+            scalars, _ = telemetry.unpack(telemetry.after_step().tolist())
+            after = flat([p.detach().reshape(-1)[::stride] for p in params])
+            assert scalars["update_ratio"] == pytest.approx(
+                ((after - before).norm() / before.norm()).item(), rel=1e-4)
+            assert scalars["grad_norm"] == pytest.approx(
+                flat([p.grad for p in params]).norm().item(), rel=1e-4)
+    finally:
+        telemetry.close()
+    cosine = nn.functional.cosine_similarity(samples[2], samples[1], dim=0)
+    assert scalars["grad_cos"] == pytest.approx(cosine.item(), rel=1e-4)
 
 
 def test_per_layer_norms_cover_every_module_with_parameters(make_model, data, train):
