@@ -2,16 +2,18 @@
 
 A short run (300 steps by default, where the minimum cadence decides the schedule) of each
 small model of ``overhead_workloads.py`` trains with ``capture.attach`` at its defaults,
-streaming to a real local server, and the same model trains once more without capture. The
-capture code's entry points are wrapped to read ``time.thread_time()`` (the training thread's
-CPU time: what other processes on the machine do barely changes it) on entry and exit; each
+streaming to a real local server, and the same model trains without capture just before and
+just after it (averaged). The capture code's entry points are wrapped to read
+``time.thread_time()`` (the training thread's CPU time: what other processes on the machine do
+changes it far less than wall time, though not to nothing: under load a plain CNN step took
+14-15 ms of CPU against 10.4 ms on a quiet machine, from cache contention) on entry and exit; each
 activity is charged its own time, without the time of the activities it calls. Beside them:
 the sender thread's CPU time, the whole training thread's CPU time with and without capture
 (their difference is capture's whole cost, the hooks' calls and what no wrapper sees
 included), and per activity the number of calls. Torch runs on one thread, so that the
 training thread's CPU time is all of training's.
 
-Much of the difference no wrapper sees is the allocator's: glibc hands a freed block at the top
+Part of the difference no wrapper sees is the allocator's: glibc hands a freed block at the top
 of the heap (or one above its mmap threshold) back to the system, and the next step's tensors
 fault their pages in again (each fault a few microseconds here, over 1,000 a step on the CNN,
 with or without capture). Capture's temporaries move that churn up or down by chance, so the
@@ -167,9 +169,12 @@ def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
 
 
 def breakdown(work: Workload, steps: int, db: Path) -> dict:
-    """One model: plain and watched training CPU time, and the watched run's ledger."""
+    """One model: plain and watched training CPU time, and the watched run's ledger. The plain
+    run goes once before and once after the watched one, and the two are averaged: what other
+    work on the machine does to a step's CPU time (cache contention) drifts over a run, and
+    on a loaded machine that drift is as large as capture's whole cost."""
     _train(work, 20, None)  # first allocations and kernels, outside the figures
-    plain, plain_info = _train(work, steps, None)
+    plain_before, plain_info = _train(work, steps, None)
     ledger = CpuLedger()
     originals = _installed(ledger)
     try:
@@ -177,7 +182,10 @@ def breakdown(work: Workload, steps: int, db: Path) -> dict:
     finally:
         for cls, name, original in originals:
             setattr(cls, name, original)
+    plain_after, _ = _train(work, steps, None)
+    plain = (plain_before + plain_after) / 2
     return {"model": work.name, "steps": steps, "plain_cpu_ms_per_step": 1e3 * plain / steps,
+            "plain_drift": plain_after / plain_before - 1,
             "watched_cpu_ms_per_step": 1e3 * watched / steps,
             "capture_share_of_training_cpu": (watched - plain) / plain,
             "activities_ms": {a: 1e3 * s for a, s in sorted(ledger.seconds.items())},
@@ -204,7 +212,7 @@ def table_rows(summary: dict) -> list[dict]:
              "us_per_step": 1e3 * ms / steps, "share": ms / plain, "calls": calls,
              "steps": steps, "plain_ms_per_step": summary["plain_cpu_ms_per_step"],
              "agent_overhead": summary["agent_overhead"], "probe_size": summary["probe_size"],
-             **{key: summary[key] for key in USAGE_KEYS}}
+             **{key: summary[key] for key in USAGE_KEYS + ("plain_drift",)}}
             for activity, ms, calls in spent]
 
 
@@ -215,7 +223,8 @@ def _print(rows: list[dict]) -> None:
           f"probe {first['probe_size']}; training thread's system time and page faults per "
           f"step: plain {first['plain_sys_ms_per_step']:.3f} ms, "
           f"{first['plain_faults_per_step']:.0f}; watched {first['sys_ms_per_step']:.3f} ms, "
-          f"{first['faults_per_step']:.0f}", flush=True)
+          f"{first['faults_per_step']:.0f}; plain after / before {first['plain_drift']:+.1%}",
+          flush=True)
     for row in rows:
         calls = "" if row["calls"] is None else f"{row['calls']:6d} calls"
         print(f"  {row['activity']:<52} {row['cpu_ms']:9.1f} ms  {row['share']:7.2%}  {calls}",
