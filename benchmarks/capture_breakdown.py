@@ -52,7 +52,8 @@ from sentrycam.capture.outbox import Outbox  # noqa: E402
 from sentrycam.capture.run import Run  # noqa: E402
 from sentrycam.capture.snapshot import ProbeRunner  # noqa: E402
 from sentrycam.capture.steps import StepReporter  # noqa: E402
-from sentrycam.capture.telemetry import LossWatch, ParamTelemetry  # noqa: E402
+from sentrycam.capture.param_telemetry import ParamTelemetry  # noqa: E402
+from sentrycam.capture.telemetry import LossWatch  # noqa: E402
 
 #: (activity, class, method): each method's own CPU time is charged to its activity (a callable
 #: activity names it from the method's object at the call).

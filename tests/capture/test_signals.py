@@ -9,7 +9,7 @@ from torch import nn
 
 from sentrycam import capture
 from sentrycam.capture.activations import STAT_NAMES, activation_stats, effective_rank
-from sentrycam.capture.telemetry import ParamTelemetry
+from sentrycam.capture.param_telemetry import ParamTelemetry
 from sentrycam.capture.transport import MemoryTransport
 
 
