@@ -2,22 +2,35 @@
 
 A short run (300 steps by default, where the minimum cadence decides the schedule) of each
 small model of ``overhead_workloads.py`` trains with ``capture.attach`` at its defaults,
-streaming to a real local server, and the same model trains once more without capture. The
-capture code's entry points are wrapped to read ``time.thread_time()`` (the training thread's
-CPU time: what other processes on the machine do barely changes it) on entry and exit; each
+streaming to a real local server, and the same model trains without capture just before and
+just after it (averaged). The capture code's entry points are wrapped to read
+``time.thread_time()`` (the training thread's CPU time: what other processes on the machine do
+changes it far less than wall time, though not to nothing: under load a plain CNN step took
+14-15 ms of CPU against 10.4 ms on a quiet machine, from cache contention) on entry and exit; each
 activity is charged its own time, without the time of the activities it calls. Beside them:
 the sender thread's CPU time, the whole training thread's CPU time with and without capture
 (their difference is capture's whole cost, the hooks' calls and what no wrapper sees
 included), and per activity the number of calls. Torch runs on one thread, so that the
 training thread's CPU time is all of training's.
 
-    python benchmarks/capture_breakdown.py [--steps 300] [--models cnn mlp] [--json OUT]
+Part of the difference no wrapper sees is the allocator's: glibc hands a freed block at the top
+of the heap (or one above its mmap threshold) back to the system, and the next step's tensors
+fault their pages in again (each fault a few microseconds here, over 1,000 a step on the CNN,
+with or without capture). Capture's temporaries move that churn up or down by chance, so the
+training thread's system time and page faults are reported per step for both runs, and
+``--allocator fixed`` keeps freed memory in the process (glibc's ``mallopt``) for both runs,
+leaving capture's own work in the difference.
+
+    python benchmarks/capture_breakdown.py [--steps 300] [--models cnn mlp] \
+        [--allocator system|fixed] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
+import resource
 import sys
 import time
 from collections import defaultdict
@@ -39,7 +52,8 @@ from sentrycam.capture.outbox import Outbox  # noqa: E402
 from sentrycam.capture.run import Run  # noqa: E402
 from sentrycam.capture.snapshot import ProbeRunner  # noqa: E402
 from sentrycam.capture.steps import StepReporter  # noqa: E402
-from sentrycam.capture.telemetry import LossWatch, ParamTelemetry  # noqa: E402
+from sentrycam.capture.param_telemetry import ParamTelemetry  # noqa: E402
+from sentrycam.capture.telemetry import LossWatch  # noqa: E402
 
 #: (activity, class, method): each method's own CPU time is charged to its activity (a callable
 #: activity names it from the method's object at the call).
@@ -102,9 +116,34 @@ def _installed(ledger: CpuLedger) -> list[tuple[type, str, Callable]]:
     return originals
 
 
+#: glibc's mallopt parameters, and the values ``--allocator fixed`` sets: nothing freed goes back
+#: to the system below 256 MiB at the top of the heap, blocks up to 32 MiB come from the heap.
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+FIXED_ALLOCATOR = ((M_TRIM_THRESHOLD, 256 << 20), (M_TOP_PAD, 64 << 20),
+                   (M_MMAP_THRESHOLD, 32 << 20))
+
+
+def fix_allocator() -> None:
+    """Keep freed memory in this process (see the module docstring); RuntimeError off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError as exc:
+        raise RuntimeError("--allocator fixed needs glibc") from exc
+    for param, value in FIXED_ALLOCATOR:
+        if libc.mallopt(param, value) != 1:
+            raise RuntimeError(f"mallopt({param}, {value}) failed")
+
+
+def _thread_usage() -> tuple[float, int]:
+    """(system CPU seconds, minor page faults) of the calling thread so far."""
+    usage = resource.getrusage(resource.RUSAGE_THREAD)
+    return usage.ru_stime, usage.ru_minflt
+
+
 def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
     """Train ``work`` for ``steps`` steps (watched when ``db`` is given); returns the training
-    thread's CPU seconds over the loop and what the run measured."""
+    thread's CPU seconds over the loop and what the run measured: ``sys_ms_per_step`` and
+    ``faults_per_step`` of the training thread, and for a watched run the agent's figures."""
     model = work.build(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     criterion = nn.CrossEntropyLoss()
@@ -113,24 +152,30 @@ def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
         run = capture.attach(model, probe=(work.x, work.y), criterion=criterion, db=db,
                              run_name=f"breakdown-{work.name}")
     data = demo.batches(work.x, work.y, batch_size=work.batch_size, seed=0)
+    sys_start, faults_start = _thread_usage()
     start = time.thread_time()
     for _, (xb, yb, _) in zip(range(steps), data):
         optimizer.zero_grad(set_to_none=True)
         criterion(model(xb), yb).backward()
         optimizer.step()
     cpu = time.thread_time() - start
-    info: dict = {}
+    sys_end, faults_end = _thread_usage()
+    info: dict = {"sys_ms_per_step": 1e3 * (sys_end - sys_start) / steps,
+                  "faults_per_step": (faults_end - faults_start) / steps}
     if run is not None:
-        info = {"agent_overhead": run.overhead, "probe_size": run.probe_size,
-                "sender_cpu_s": run.counters().sender_cpu_seconds}
+        info.update(agent_overhead=run.overhead, probe_size=run.probe_size,
+                    sender_cpu_s=run.counters().sender_cpu_seconds)
         run.detach()
     return cpu, info
 
 
 def breakdown(work: Workload, steps: int, db: Path) -> dict:
-    """One model: plain and watched training CPU time, and the watched run's ledger."""
+    """One model: plain and watched training CPU time, and the watched run's ledger. The plain
+    run goes once before and once after the watched one, and the two are averaged: what other
+    work on the machine does to a step's CPU time (cache contention) drifts over a run, and
+    on a loaded machine that drift is as large as capture's whole cost."""
     _train(work, 20, None)  # first allocations and kernels, outside the figures
-    plain, _ = _train(work, steps, None)
+    plain_before, plain_info = _train(work, steps, None)
     ledger = CpuLedger()
     originals = _installed(ledger)
     try:
@@ -138,11 +183,21 @@ def breakdown(work: Workload, steps: int, db: Path) -> dict:
     finally:
         for cls, name, original in originals:
             setattr(cls, name, original)
+    plain_after, _ = _train(work, steps, None)
+    plain = (plain_before + plain_after) / 2
     return {"model": work.name, "steps": steps, "plain_cpu_ms_per_step": 1e3 * plain / steps,
+            "plain_drift": plain_after / plain_before - 1,
             "watched_cpu_ms_per_step": 1e3 * watched / steps,
             "capture_share_of_training_cpu": (watched - plain) / plain,
             "activities_ms": {a: 1e3 * s for a, s in sorted(ledger.seconds.items())},
-            "calls": dict(ledger.calls), **info}
+            "calls": dict(ledger.calls),
+            "plain_sys_ms_per_step": plain_info["sys_ms_per_step"],
+            "plain_faults_per_step": plain_info["faults_per_step"], **info}
+
+
+#: The training thread's system time and page faults per step, plain and watched.
+USAGE_KEYS = ("plain_sys_ms_per_step", "plain_faults_per_step", "sys_ms_per_step",
+              "faults_per_step")
 
 
 def table_rows(summary: dict) -> list[dict]:
@@ -157,7 +212,8 @@ def table_rows(summary: dict) -> list[dict]:
     return [{"model": summary["model"], "activity": activity, "cpu_ms": ms,
              "us_per_step": 1e3 * ms / steps, "share": ms / plain, "calls": calls,
              "steps": steps, "plain_ms_per_step": summary["plain_cpu_ms_per_step"],
-             "agent_overhead": summary["agent_overhead"], "probe_size": summary["probe_size"]}
+             "agent_overhead": summary["agent_overhead"], "probe_size": summary["probe_size"],
+             **{key: summary[key] for key in USAGE_KEYS + ("plain_drift",)}}
             for activity, ms, calls in spent]
 
 
@@ -165,7 +221,11 @@ def _print(rows: list[dict]) -> None:
     first = rows[0]
     print(f"{first['model']}: {first['steps']} steps, plain training CPU "
           f"{first['plain_ms_per_step']:.3f} ms/step; agent {first['agent_overhead']:.2%}; "
-          f"probe {first['probe_size']}", flush=True)
+          f"probe {first['probe_size']}; training thread's system time and page faults per "
+          f"step: plain {first['plain_sys_ms_per_step']:.3f} ms, "
+          f"{first['plain_faults_per_step']:.0f}; watched {first['sys_ms_per_step']:.3f} ms, "
+          f"{first['faults_per_step']:.0f}; plain after / before {first['plain_drift']:+.1%}",
+          flush=True)
     for row in rows:
         calls = "" if row["calls"] is None else f"{row['calls']:6d} calls"
         print(f"  {row['activity']:<52} {row['cpu_ms']:9.1f} ms  {row['share']:7.2%}  {calls}",
@@ -176,9 +236,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"])
+    parser.add_argument("--allocator", choices=("system", "fixed"), default="system",
+                        help="fixed: keep freed memory in the process (see the docstring)")
     add_json_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.allocator == "fixed":
+        fix_allocator()
     recorder = Recorder("capture_breakdown", args)
     rows, summaries = [], []
     with local_server("breakdown") as db:

@@ -269,16 +269,18 @@ def pool_features(value: Any, layout: str, token_pool: str = "mean",
     return x.mean(1)
 
 
-def unit_matrix(value: Any, layout: str) -> torch.Tensor:
-    """Rows = observations (samples x positions), columns = units (channels or features): [M, C]."""
+def unit_view(value: Any, layout: str) -> tuple[torch.Tensor, int]:
+    """``(tensor, axis)``: every value of the layer, without a copy, and the axis of its units
+    (channels or features). Moving that axis last and flattening the rest gives the unit matrix
+    (rows = samples x positions, columns = units) that the statistics are defined on."""
     x = first_tensor(value)
     if isinstance(x, PackedSequence):
-        return x.data.reshape(x.data.shape[0], -1)
+        return x.data.reshape(x.data.shape[0], -1), 1
     if x.ndim <= 2:
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1), 1
     if x.ndim >= 4 or layout == "channels":
-        return x.movedim(1, -1).reshape(-1, x.shape[1])
-    return x.reshape(-1, x.shape[-1])
+        return x, 1
+    return x, x.ndim - 1
 
 
 class LayerCaptureError(RuntimeError):
@@ -349,8 +351,8 @@ class LayerTap:
                 else:
                     start = time.perf_counter()
                     pooled = pool_features(value, self.spec.layout, self.token_pool)
-                    units = unit_matrix(value, self.spec.layout)
-                    self.stats = activation_stats(units, pooled, self._bounds)
+                    units, unit_dim = unit_view(value, self.spec.layout)
+                    self.stats = activation_stats(units, pooled, self._bounds, unit_dim)
                     self.stats_seconds = time.perf_counter() - start
         except Exception as exc:
             if mode == PROBE:

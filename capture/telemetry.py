@@ -1,40 +1,26 @@
-"""Per-step optimizer telemetry: step hooks, loss, gradient/weight norms, host copies.
+"""Per-step optimizer telemetry: step hooks, loss, learning rates.
 
 - :class:`OptimizerWatch` finds the model's optimizer and calls back around each of its steps.
 - :class:`LossWatch` keeps the latest training loss from a hooked criterion (no host sync).
-- :class:`ParamTelemetry` reduces gradients and weights on their device: global and per-layer
-  gradient norm, per-layer weight norm, update-to-weight ratio and the cosine between this
-  telemetry step's gradient and the previous one's (both from a strided sample of at most about
-  ``SAMPLE_LIMIT`` elements, so memory stays bounded on large models).
+- :class:`ParamTelemetry` (:mod:`sentrycam.capture.param_telemetry`, importable from here too)
+  reduces gradients and weights on their device.
 
 The per-step messages built from these are assembled in :mod:`sentrycam.capture.steps`.
-Per-layer telemetry is per module that owns parameters directly (``model.named_modules()``
-names; ``"(model)"`` for parameters of the model itself).
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from sentrycam.capture.clipping import ClipWatch
-from sentrycam.capture.layers import ROOT_NAME
-from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, GRAD_NORM_CLIPPED, LAYER_GRAD_NORM,
-                                        LAYER_UPDATE_RATIO, LR, NONFINITE_GRAD, PARAMETER_STATS,
-                                        TELEMETRY_SCALARS, UPDATE_RATIO, WEIGHT_NORM)
-
-#: Per-layer statistics of the parameter telemetry, in packing order (from the registry).
-LAYER_STATS = PARAMETER_STATS
-SAMPLE_LIMIT = 1_000_000
-COS_EPS = 1e-8
+# ParamTelemetry and LAYER_STATS are imported from here by the step reporter.
+from sentrycam.capture.param_telemetry import LAYER_STATS, ParamTelemetry  # noqa: F401
+from sentrycam.protocol.signals import LR
 
 
 def holds_parameters(optimizer: torch.optim.Optimizer, param_ids: frozenset[int]) -> bool:
@@ -204,193 +190,3 @@ class LossWatch:
 
     def remove(self) -> None:
         self._handle.remove()
-
-
-def parameter_owners(model: nn.Module) -> tuple[list[str], list[nn.Parameter], list[int]]:
-    """(layer names, parameters, owning layer index per parameter); shared parameters count once."""
-    names: list[str] = []
-    params: list[nn.Parameter] = []
-    owners: list[int] = []
-    seen: set[int] = set()
-    for name, module in model.named_modules():
-        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
-        if not own:
-            continue
-        names.append(name or ROOT_NAME)
-        for p in own:
-            seen.add(id(p))
-            params.append(p)
-            owners.append(len(names) - 1)
-    return names, params, owners
-
-
-def _dense(grad: torch.Tensor | None) -> torch.Tensor | None:
-    if grad is not None and grad.is_sparse:
-        return grad.coalesce().values()
-    return grad
-
-
-@dataclass
-class _Before:
-    """What ``before_step`` measured, on the device: per-parameter weight norms float32 [P]
-    and the weight sample float32 [S]."""
-
-    weight_norms: torch.Tensor
-    weight_sample: torch.Tensor
-
-
-class ParamTelemetry:
-    """Gradient and weight statistics of one optimizer step, reduced on the device.
-
-    Call :meth:`before_step` in the optimizer pre-hook and :meth:`after_step` in its post-hook;
-    the latter returns one float32 vector [H + S * L] laid out by the signal registry: the
-    H = len(TELEMETRY_SCALARS) per-step values (grad_norm, grad_cos, update_ratio), then for
-    each of the S = len(LAYER_STATS) per-layer statistics (grad_norm, weight_norm,
-    update_ratio) its values for the L layers, then the gradient norm before clipping (NaN
-    when the step's gradients were not clipped). :meth:`unpack` reads it. Per-layer gradient
-    norms are those the optimizer uses (after clipping). Call :meth:`close` when done.
-    """
-
-    def __init__(self, model: nn.Module, sample_limit: int = SAMPLE_LIMIT,
-                 clip_due: Callable[[], bool] | None = None) -> None:
-        """``clip_due``: asked as each backward pass ends, whether the coming optimizer step is a
-        telemetry step (only those measure the gradient norm before clipping); None: every one."""
-        self.layers, self._params, owners = parameter_owners(model)
-        total = sum(p.numel() for p in self._params)
-        self._stride = max(1, math.ceil(total / sample_limit))
-        self._sizes = [math.ceil(p.numel() / self._stride) for p in self._params]
-        self.device = self._params[0].device
-        #: float32 on one device: the norms and samples need no conversion.
-        self._uniform = all(p.dtype == torch.float32 and p.device == self.device
-                            for p in self._params)
-        self._owners = torch.tensor(owners, device=self.device)
-        self._owner_subsets: dict[tuple[int, ...], torch.Tensor] = {}
-        self._absent_layers: dict[int, torch.Tensor] = {}  # see _absent
-        self._before: _Before | None = None
-        #: the previous telemetry step's gradient sample float32 [S] and its norm (0-d)
-        self._previous_grad: tuple[torch.Tensor, torch.Tensor] | None = None
-        #: the gradient norm before clipping; its owner plans its hooks (ClipWatch.plan)
-        self.clip = ClipWatch(self._params, due=clip_due)
-
-    def close(self) -> None:
-        """Stop watching gradient clipping (removes its gradient hooks)."""
-        self.clip.close()
-
-    def _owners_of(self, present: list[int]) -> torch.Tensor:
-        """Owning layers of a subset of parameters, cached: the set of parameters with gradients
-        rarely changes, and building the index on a GPU would wait for the device each time."""
-        key = tuple(present)
-        if key not in self._owner_subsets:
-            self._owner_subsets[key] = self._owners[torch.tensor(present, device=self.device)]
-        return self._owner_subsets[key]
-
-    @property
-    def vector_size(self) -> int:
-        return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers) + 1
-
-    def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction."""
-        norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
-        if self._uniform:
-            return torch.stack(norms)
-        return torch.stack([n.to(self.device) for n in norms])
-
-    def _layer_squares(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        """Summed squares per layer of per-tensor norms: float32 [K, P] -> [K, L]."""
-        return torch.zeros(norms.shape[0], len(self.layers), device=self.device).index_add_(
-            1, owners, norms.square())
-
-    def _per_layer(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        """Root of summed squares per layer; NaN for layers with no entry. float32 [L]."""
-        squares = self._layer_squares(norms.reshape(1, -1), owners)[0]
-        return squares.sqrt_().masked_fill_(self._absent(owners), math.nan)
-
-    def _absent(self, owners: torch.Tensor) -> torch.Tensor:
-        """bool [L]: the layers no entry of ``owners`` belongs to, cached per owners tensor
-        (the full index or a cached subset: both live as long as this object)."""
-        key = id(owners)
-        if key not in self._absent_layers:
-            present = torch.zeros(len(self.layers), dtype=torch.bool, device=self.device)
-            present[owners] = True
-            self._absent_layers[key] = ~present
-        return self._absent_layers[key]
-
-    def _sample(self, tensors: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        """Every ``stride``-th element of each tensor (zeros for a missing or sparse one),
-        concatenated: a new float32 [S] tensor on ``self.device``."""
-        if self._uniform and self._stride == 1:  # views, then one copy
-            return torch.cat([torch.zeros(size, device=self.device)
-                              if t is None or t.is_sparse else t.reshape(-1)
-                              for t, size in zip(tensors, self._sizes)])
-        return torch.cat([
-            torch.zeros(size, device=self.device) if t is None or t.is_sparse
-            else t.reshape(-1)[::self._stride].float().to(self.device)
-            for t, size in zip(tensors, self._sizes)])
-
-    def before_step(self) -> None:
-        """Weights not yet updated: measure them, keep a sample. The gradients are read in
-        :meth:`after_step`: an ``optimizer.step(closure)`` (Lightning, LBFGS) computes them
-        after this pre-hook, and the update leaves them as the optimizer used them."""
-        weights = [p.detach() for p in self._params]
-        self._before = _Before(weight_norms=self._norms(weights),
-                               weight_sample=self._sample(weights))
-
-    def after_step(self) -> torch.Tensor | None:
-        """The step's telemetry vector (see class docstring), or None without gradients."""
-        before, self._before = self._before, None
-        if before is None:
-            return None
-        grads = [_dense(p.grad) for p in self._params]
-        present = [i for i, g in enumerate(grads) if g is not None]
-        if not present:
-            return None
-        owners = self._owners if len(present) == len(grads) else self._owners_of(present)
-        grad_norms = self._norms([grads[i] for i in present])
-        grad_sample = self._sample([p.grad for p in self._params])
-        unclipped = self.clip.take()
-        old = before.weight_sample
-        diff = self._sample([p.detach() for p in self._params]) - old
-        moved = self._norms(torch.split(diff, self._sizes))
-        # Unsampled (stride 1), the sample is the weights: their norms are known.
-        size = before.weight_norms if self._stride == 1 else self._norms(
-            torch.split(old, self._sizes))
-        # One reduction per layer for the weights, the update, the sampled weights and, when
-        # every parameter has a gradient (no layer left without), the gradients.
-        rows = [before.weight_norms, moved, size] + ([grad_norms] if owners is self._owners
-                                                     else [])
-        weight, moved, size, *grads_per_layer = self._layer_squares(
-            torch.stack(rows), self._owners).sqrt_().unbind()
-        nan = torch.full((), math.nan, device=self.device)
-        layer_ratio = torch.where(size > 0, moved / size, nan)
-        old_norm = size.square().sum().sqrt()
-        ratio = torch.where(old_norm > 0, moved.square().sum().sqrt() / old_norm, nan)
-        # The cosine as F.cosine_similarity defines it (norms' product clamped at COS_EPS),
-        # from one dot product and the norms: a third of its cost on a large sample.
-        sample_norm = torch.linalg.vector_norm(grad_sample)
-        previous, self._previous_grad = self._previous_grad, (grad_sample, sample_norm)
-        cosine = (torch.dot(grad_sample, previous[0]) / (sample_norm * previous[1]).clamp_min(
-            COS_EPS) if previous is not None else nan)
-        head = {GRAD_NORM.name: torch.linalg.vector_norm(grad_norms), GRAD_COS.name: cosine,
-                UPDATE_RATIO.name: ratio}
-        per_layer = {LAYER_GRAD_NORM.name: (grads_per_layer[0] if grads_per_layer
-                                             else self._per_layer(grad_norms, owners)),
-                     WEIGHT_NORM.name: weight, LAYER_UPDATE_RATIO.name: layer_ratio}
-        unclipped = unclipped if unclipped is not None else nan
-        return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
-                         + [per_layer[name] for name in LAYER_STATS]
-                         + [unclipped.to(self.device).reshape(1)])
-
-    def unpack(self, values: Sequence[float]) -> tuple[dict[str, float], np.ndarray]:
-        """(scalars, per-layer float32 [L, len(LAYER_STATS)]) from an :meth:`after_step` vector;
-        the scalars add NONFINITE_GRAD, derived here from the gradient norm, and on clipped
-        steps GRAD_NORM_CLIPPED (GRAD_NORM being the norm before clipping)."""
-        head = len(TELEMETRY_SCALARS)
-        scalars = dict(zip(TELEMETRY_SCALARS, values[:head]))
-        unclipped = values[-1]
-        if not math.isnan(unclipped):
-            scalars[GRAD_NORM_CLIPPED] = scalars[GRAD_NORM.name]
-            scalars[GRAD_NORM.name] = unclipped
-        scalars[NONFINITE_GRAD.name] = 0.0 if math.isfinite(scalars[GRAD_NORM.name]) else 1.0
-        layers = np.asarray(values[head:-1], dtype=np.float32).reshape(
-            len(LAYER_STATS), len(self.layers)).T
-        return scalars, np.ascontiguousarray(layers)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sentrycam import capture
-from sentrycam.capture.telemetry import LAYER_STATS
+from sentrycam.capture.param_telemetry import LAYER_STATS
 from sentrycam.capture.transport import MemoryTransport
 
 STEPS = 150

@@ -9,6 +9,7 @@ from torch import nn
 
 from sentrycam import capture
 from sentrycam.capture.activations import STAT_NAMES, activation_stats, effective_rank
+from sentrycam.capture.param_telemetry import ParamTelemetry
 from sentrycam.capture.transport import MemoryTransport
 
 
@@ -63,6 +64,38 @@ def test_loss_lr_and_gradient_telemetry_match_a_manual_computation(make_model, d
                                                    dim=0)
     assert scalars[2].values["grad_cos"] == pytest.approx(cosine.item(), rel=1e-4)
     assert [scalars[s].values["lr"] for s in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+
+
+def test_sampled_telemetry_reads_every_stride_th_element_of_a_large_model(make_model, data):
+    # Over the sample limit, the update ratio and the gradient cosine come from every
+    # stride-th element of each parameter, the norms from the whole tensors.
+    model = make_model("cnn")
+    x, y = data("cnn")
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    telemetry = ParamTelemetry(model, sample_limit=total // 3)
+    stride = math.ceil(total / (total // 3))
+    assert stride > 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    samples = []
+    try:
+        for _ in range(3):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[:32]), y[:32]).backward()
+            samples.append(flat([p.grad.reshape(-1)[::stride] for p in params]))
+            before = flat([p.detach().reshape(-1)[::stride] for p in params]).clone()
+            telemetry.before_step()
+            optimizer.step()
+            scalars, _ = telemetry.unpack(telemetry.after_step().tolist())
+            after = flat([p.detach().reshape(-1)[::stride] for p in params])
+            assert scalars["update_ratio"] == pytest.approx(
+                ((after - before).norm() / before.norm()).item(), rel=1e-4)
+            assert scalars["grad_norm"] == pytest.approx(
+                flat([p.grad for p in params]).norm().item(), rel=1e-4)
+    finally:
+        telemetry.close()
+    cosine = nn.functional.cosine_similarity(samples[2], samples[1], dim=0)
+    assert scalars["grad_cos"] == pytest.approx(cosine.item(), rel=1e-4)
 
 
 def test_per_layer_norms_cover_every_module_with_parameters(make_model, data, train):
@@ -123,6 +156,29 @@ def test_activation_statistics_on_a_constructed_batch():
     tanh_like = torch.tensor([[0.995, -0.999], [0.5, 0.0]])
     sat = activation_stats(tanh_like, tanh_like, (-1.0, 1.0))[STAT_NAMES.index("sat_frac")]
     assert sat.item() == 0.5
+
+
+def test_activation_statistics_read_a_layer_in_place_as_its_unit_matrix():
+    # A conv map [N, C, H, W] read where it lies (units on axis 1) gives the statistics of its
+    # [N*H*W, C] unit matrix; with a NaN in it (the masked path) those of the other values.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 3, 4, generator=gen) * 2.0
+    x[:, 2] = -x[:, 2].abs()  # unit 2 never fires
+    pooled = x.flatten(2).mean(2)
+    unit_dim_stats = dict(zip(STAT_NAMES, activation_stats(x, pooled, None, 1).tolist()))
+    matrix = x.movedim(1, -1).reshape(-1, 5)
+    assert unit_dim_stats["act_mean"] == pytest.approx(matrix.mean().item(), abs=1e-6)
+    assert unit_dim_stats["act_std"] == pytest.approx(matrix.std().item(), rel=1e-5)
+    assert unit_dim_stats["dead_frac"] == pytest.approx(0.2)
+    assert unit_dim_stats["sat_frac"] == pytest.approx((matrix.abs() > 3).float().mean().item())
+    assert unit_dim_stats["nonfinite"] == 0.0
+    x[0, 0, 0, 0] = float("nan")
+    masked = dict(zip(STAT_NAMES, activation_stats(x, pooled, None, 1).tolist()))
+    finite = x[torch.isfinite(x)]
+    assert masked["act_mean"] == pytest.approx(finite.mean().item(), abs=1e-6)
+    assert masked["act_std"] == pytest.approx(finite.std().item(), rel=1e-5)
+    assert masked["dead_frac"] == pytest.approx(0.2)
+    assert masked["nonfinite"] == 1.0
 
 
 def test_effective_rank_of_known_matrices():

@@ -117,6 +117,32 @@ def test_dict_outputs_and_per_module_modes_are_restored(data):
     assert transport.of_kind("snapshot")[0].outputs["pred"].shape == (20,)
 
 
+class RecordsTrain(nn.Module):
+    """A model whose ``train`` override must run when the probe switches to eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+        self.modes: list[bool] = []
+
+    def train(self, mode: bool = True) -> "RecordsTrain":
+        self.modes.append(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def test_a_train_override_is_called_for_the_probe_pass(data):
+    x, y = data("mlp", n=20)
+    model = RecordsTrain()
+    run = capture.attach(model, probe=(x, y), transport=MemoryTransport())
+    model.modes.clear()
+    run.snapshot()
+    run.detach()
+    assert model.modes == [False] and model.training and model.fc.training
+
+
 @pytest.mark.parametrize("output", ["sequence", "scalar"])
 def test_outputs_are_skipped_when_the_model_output_is_not_2d(output):
     class Odd(nn.Module):
