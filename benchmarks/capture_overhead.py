@@ -23,6 +23,9 @@ core to spare, is this case); ``shared`` leaves the server and training on every
 torch's default threads: what a machine whose training fills every core pays for a local server
 beside it (see also ``local_server_cost.py``).
 
+Every round, plain ones included, runs under the malloc thresholds that ``attach`` fixes for
+the process (``capture/allocator.py``), so that no round gains or loses by glibc's adaptation.
+
 A round lasts ``--round-seconds`` of plain training (the step count is fixed per model from an
 untimed calibration round), so a 1 ms-step MLP and a 40 ms-step ResNet are both measured over
 runs of the same length in time. Models: the demo CNN and a tiny MLP on digits, a ResNet-style
@@ -57,6 +60,7 @@ from results import Recorder, add_json_argument, distribution  # noqa: E402
 
 from sentrycam import capture  # noqa: E402
 from sentrycam.capture import demo, launcher  # noqa: E402
+from sentrycam.capture.allocator import keep_freed_memory  # noqa: E402
 
 MODELS = ("cnn", "mlp", "resnet32", "transformer")
 #: Longest wait for the local server's projector to go idle before a round (seconds).
@@ -241,6 +245,9 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     recorder = Recorder("capture_overhead", args)
+    # attach fixes glibc's malloc thresholds for the rest of the process (capture/allocator.py);
+    # fixed from the start, every plain round runs under them too, the first one included
+    freed_memory = keep_freed_memory()
     server_cores, training_cores = placement_cores(args.placement)
     with local_server("overhead", server_cores) as db:
         if training_cores is not None:
@@ -254,7 +261,8 @@ def main() -> None:
               "per round", flush=True)
         rows = [dict(row, placement=args.where) for row in all_rows(args, db)]
     recorder.write(args.json, rows, threads=torch.get_num_threads(),
-                   server_cpus=sorted(server_cores) if server_cores else None)
+                   server_cpus=sorted(server_cores) if server_cores else None,
+                   freed_memory=freed_memory)
 
 
 if __name__ == "__main__":

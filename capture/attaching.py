@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sentrycam.capture.allocator import keep_freed_memory
 from sentrycam.capture.alert_actions import AlertCallback
 from sentrycam.capture.budget import check_schedule
 from sentrycam.capture.console import announce
@@ -117,7 +118,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
         "schedule": {"snapshot_every": every, "telemetry_every": 1, "stats_every": stats_every,
                      "adaptive": overhead_budget is not None},
         "overhead_budget": overhead_budget, "token_pool": token_pool, "seed": seed,
-        "rank": rank, "world_size": world_size}
+        "rank": rank, "world_size": world_size, "freed_memory": keep_freed_memory()}
     name = run_name or f"{type(model).__name__}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = Run(model, run_id=run_id, name=name, transport=transport, owns_transport=owns,
               url=url, guard=guard, taps=taps, runner=runner, every=every,

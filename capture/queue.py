@@ -137,6 +137,7 @@ class Progress:
         self.resolved = 0
         self.requested = 0
         self.answered = 0
+        self.waiters = 0  # threads in :meth:`wait` now (a flush, a detach)
 
     def publish(self, acked: int, resolved: int, answered: int = 0) -> None:
         with self._cond:
@@ -157,6 +158,10 @@ class Progress:
         with self._cond:
             self._cond.wait_for(lambda: self.requested > self.answered, timeout=timeout)
 
+    def awaited(self) -> bool:
+        """True while some thread waits for acks in :meth:`wait`."""
+        return self.waiters > 0
+
     def unanswered(self) -> int:
         """The newest flush request not dealt with yet, or 0 when there is none."""
         with self._cond:
@@ -169,7 +174,11 @@ class Progress:
             done = self.acked if acked_only else self.resolved
             return done >= target and self.answered >= request
         with self._cond:
-            return self._cond.wait_for(settled, timeout=max(0.0, timeout))
+            self.waiters += 1
+            try:
+                return self._cond.wait_for(settled, timeout=max(0.0, timeout))
+            finally:
+                self.waiters -= 1
 
 
 class InFlight(NamedTuple):

@@ -180,6 +180,8 @@ class SenderLoop:
             self.backlog = True
         while not self.stop.is_set() and self.retry_later is None:
             self._read_replies(ws, 0.0)
+            # Publish the acks just read before waiting on an idle queue: a flush waits on them.
+            self._settle(connected=True)
             room = self.window.room()
             if not room:
                 sent = 0
@@ -191,7 +193,10 @@ class SenderLoop:
             if not sent and self.window.frames:
                 self._read_replies(ws, ACK_POLL_S)
             elif 0 < sent < room and not self.backlog:
-                self.progress.pause(LINGER_S)
+                if self.progress.awaited():  # a flush waits: take its acks as they come
+                    self._read_replies(ws, LINGER_S)
+                else:
+                    self.progress.pause(LINGER_S)
 
     def _offline(self, delay: float) -> None:
         """Spool whatever arrives for ``delay`` s. A new flush request cuts the wait short, so the
