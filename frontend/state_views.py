@@ -305,6 +305,10 @@ class StatusView:
             text += f", {queued} snapshot(s) queued"
         if state.get("skipped"):
             text += f", {state['skipped']} skipped"
+        if state.get("waiting_for_cpu"):
+            text += ", maps wait while training uses every core"
+            if state.get("max_deferral_s"):
+                text += f" (at most {float(state['max_deferral_s']):g} s each)"
         return f"projector: {html.escape(text)}"
 
 
