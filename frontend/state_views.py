@@ -290,8 +290,10 @@ class StatusView:
             return "<span class='sc-waiting'>waiting for the first snapshot</span>"
         behind = v["snapshots"] - v["maps"]
         if not v["maps"]:
-            return (f"{plural(v['snapshots'], 'snapshot')}, no 2D map yet (projector warming "
-                    "up or absent)")
+            why = ("maps wait while training uses every core"
+                   if (v.get("projector") or {}).get("waiting_for_cpu")
+                   else "projector warming up or absent")
+            return f"{plural(v['snapshots'], 'snapshot')}, no 2D map yet ({why})"
         return f"{v['maps']} of {plural(v['snapshots'], 'snapshot')} mapped" + (
             f", projector behind by {behind}" if behind > 0 else "")
 
