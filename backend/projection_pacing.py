@@ -119,11 +119,11 @@ class CpuMeter:
 
     def free_cores(self) -> float | None:
         """Cores free over about the last :data:`WINDOW_S` (the projector's own use counted
-        free); None until the meter has samples that far apart."""
+        free); None until the meter has samples that far apart, or once it stopped sampling."""
         with self._lock:
             samples = list(self._samples)
-        if not samples:
-            return None
+        if not samples or time.monotonic() - samples[-1].at > 2 * WINDOW_S:
+            return None  # not sampling (stopped, or failed): no measure holds nothing back
         newest = samples[-1]
         older = [s for s in samples if newest.at - s.at >= WINDOW_S]
         if not older:

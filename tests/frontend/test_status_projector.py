@@ -7,7 +7,8 @@ from sentrycam.frontend.state_views import StatusView
 
 def test_the_status_line_says_maps_wait_while_training_uses_every_core():
     status = StatusView()
-    status.update(snapshots=1, maps=0, projector={"state": "ready", "queue_depth": 2, "waiting_for_cpu": True,
+    status.update(snapshots=1, maps=0,
+                  projector={"state": "ready", "queue_depth": 2, "waiting_for_cpu": True,
                              "deferred_s": 3.2, "max_deferral_s": 25.0})
     said = status.pane.object
     assert "1 snapshot, no 2D map yet (maps wait while training uses every core)" in said
