@@ -12,9 +12,9 @@ checkpoint, publish ``embedding``; then ask the same slot for the quality metric
 publish ``quality``. The server alone opens the store. A snapshot the projector refuses
 (NaN/Inf features, a dimension change) is marked not projectable; a job whose worker died is
 retried once on its replacement, then marked failed. numba is compiled once per worker at start
-(state ``warming``). With ``yield_max_wait_s`` (the server that ``attach`` starts) a job starts
-only while about a core is free, or once it has waited that long
-(:mod:`sentrycam.backend.projection_pacing`); ``state()`` says when jobs wait for CPU.
+(state ``warming``). With ``yield_max_wait_s`` (the server that ``attach`` starts) a job does
+not start while a run is training and less than about a core is free, until it has waited that
+long (:mod:`sentrycam.backend.projection_pacing`); ``state()`` says when jobs wait for CPU.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from sentrycam.backend.projection_queue import Job, JobQueue
 from sentrycam.backend.projection_work import (CpuShare, LayerKey, ProjectRequest, Resume,
                                                WorkerLost)
 from sentrycam.backend.store import Store
-from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.changes import INGEST_KINDS, ChangeKind
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class ProjectionWorker:
     :meth:`state` is what ``GET /api/projector`` shows. ``engine``: "thread", "pool" or "ray";
     ``workers``: the pool's processes or Ray's concurrent jobs (None: one per core, up to 4);
     ``cpu``: the threads and priority of the thread and pool engines; ``yield_max_wait_s``: hold
-    a job while less than about a core is free, at most that long (None: never hold; on a
-    system without ``/proc/stat`` no job is held either)."""
+    a job while a run trains and less than about a core is free, at most that long (None: never
+    hold; on a system without ``/proc/stat`` no job is held either)."""
 
     def __init__(self, store: Store, feed: ChangeFeed, *, device: str = "auto",
                  projector_settings: dict[str, Any] | None = None, max_layers: int = 2,
@@ -86,8 +86,8 @@ class ProjectionWorker:
         self._problems: deque[dict[str, Any]] = deque(maxlen=RECENT_PROBLEMS)
         self._threads: list[threading.Thread] = []
         self._subscription = None
-        self.yield_max_wait_s = yield_max_wait_s
-        self._gate: CpuGate | None = None
+        self._gate = (CpuGate(CpuMeter(self._own_tasks), yield_max_wait_s)
+                      if yield_max_wait_s is not None and cpu_measure_available() else None)
         self._held: dict[int, float] = {}  # slot -> queued_at of the job it holds for CPU
         self._draining = False  # stopping: no job is held any more
 
@@ -109,8 +109,7 @@ class ProjectionWorker:
 
     def start_threads(self) -> None:
         self.engine = make_engine(self.engine_kind, self.workers, self._stopping, self.cpu)
-        if self.yield_max_wait_s is not None and cpu_measure_available():
-            self._gate = CpuGate(CpuMeter(self._own_tasks), self.yield_max_wait_s)
+        if self._gate is not None:
             self._gate.start()
         self._warming = self.engine.slots
         for slot in range(self.engine.slots):
@@ -186,6 +185,12 @@ class ProjectionWorker:
 
     def _on_changes(self, changes: Any) -> None:
         for change in changes:
+            if self._gate is not None and change.kind in INGEST_KINDS:
+                with self._lock:
+                    if change.kind == ChangeKind.RUN_END:
+                        self._gate.run_ended(change.run_id)
+                    else:
+                        self._gate.saw_training(change.run_id)
             if change.kind != ChangeKind.SNAPSHOT or change.message is None:
                 continue
             snapshot = change.message
@@ -252,6 +257,8 @@ class ProjectionWorker:
     def _own_tasks(self) -> list[str]:
         """The stat files of what projects: the pool's worker processes, else the dispatch
         threads of this process (the thread engine projects on them)."""
+        if self.engine is None:
+            return []
         pids = getattr(self.engine, "pids", None)
         if pids is not None:
             return [f"/proc/{pid}/stat" for pid in pids()]

@@ -4,10 +4,12 @@ Linux's idle class does not protect training that keeps every core busy: torch's
 spin-wait for one another, so a projector thread that takes a core for a moment (on cycles that
 looked idle) delays a whole step, and every second of CPU the projector takes costs the trainer
 more than a second of wall time. So the server that ``attach`` starts does not *start* a
-projector job while the machine has less than about one core free (:class:`CpuGate`): the job
-waits, and runs once training stops or idles, or, at the latest, :data:`DEFAULT_MAX_WAIT_S`
-after it was queued or after the previous job, so that maps keep coming at a slow steady cadence
-while training saturates the machine. A job already running is not interrupted.
+projector job while a run is training (it sent something within :data:`TRAINING_QUIET_S`) and
+the machine has less than about one core free (:class:`CpuGate`): the job waits, and runs once
+training stops, ends or leaves a core free, or, at the latest, :data:`DEFAULT_MAX_WAIT_S` after
+it was queued or after the previous job, so that maps keep coming at a slow steady cadence
+while training saturates the machine. A job already running is not interrupted. With no run
+training there is nothing to yield to: a machine busy with other work does not hold maps back.
 
 Free CPU is measured from Linux's ``/proc/stat`` (idle and iowait time of all cores over the
 last :data:`WINDOW_S`) plus the CPU time the projector itself used meanwhile (its own work is
@@ -41,6 +43,9 @@ POLL_S = 0.5
 #: before it runs anyway: during saturated training a map every half minute or so, at a cost of
 #: one job's CPU per that period.
 DEFAULT_MAX_WAIT_S = 25.0
+#: A run counts as training while it sent anything this recently: a training run sends a status
+#: at least every 2 s (capture's ``STATUS_EVERY_S``), its scalars and statistics in between.
+TRAINING_QUIET_S = 6.0
 
 PROC_STAT = Path("/proc/stat")
 
@@ -137,18 +142,32 @@ class CpuMeter:
 class CpuGate:
     """Whether a projector job may start now (see module doc). ``max_wait_s``: the longest a
     job is held, counted from when it was queued or the previous job started or ended,
-    whichever is latest."""
+    whichever is latest. Not thread-safe: its owner serialises calls (the meter is)."""
 
     def __init__(self, meter: CpuMeter, max_wait_s: float = DEFAULT_MAX_WAIT_S,
                  min_free_cores: float = MIN_FREE_CORES) -> None:
         self.meter, self.max_wait_s, self.min_free_cores = meter, max_wait_s, min_free_cores
         self._last_activity = float("-inf")
+        self._runs: dict[str, float] = {}  # run id -> when it last sent something
 
     def start(self) -> None:
         self.meter.start()
 
     def stop(self) -> None:
         self.meter.stop()
+
+    def saw_training(self, run_id: str) -> None:
+        """``run_id`` sent something (a step's scalars, a status, a snapshot ...)."""
+        self._runs[run_id] = time.monotonic()
+
+    def run_ended(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+    def training(self) -> bool:
+        """Whether a run is training now (sent something within :data:`TRAINING_QUIET_S`)."""
+        now = time.monotonic()
+        self._runs = {run: at for run, at in self._runs.items() if now - at < TRAINING_QUIET_S}
+        return bool(self._runs)
 
     def note_activity(self) -> None:
         """A job started or ended: the next one's wait counts from now."""
@@ -159,9 +178,10 @@ class CpuGate:
         return max(0.0, time.monotonic() - max(queued_at, self._last_activity))
 
     def holds(self, queued_at: float) -> bool:
-        """True while the job queued at ``queued_at`` should wait: too little CPU is free and
-        it has not waited ``max_wait_s`` yet. No measure (yet) holds nothing."""
-        if self.held_for(queued_at) >= self.max_wait_s:
+        """True while the job queued at ``queued_at`` should wait: a run is training, too
+        little CPU is free and the job has not waited ``max_wait_s`` yet. No measure (yet)
+        holds nothing."""
+        if not self.training() or self.held_for(queued_at) >= self.max_wait_s:
             return False
         free = self.meter.free_cores()
         return free is not None and free < self.min_free_cores

@@ -1,20 +1,25 @@
-"""The local projector yields to training that fills every core: a job waits while less than
-about a core is free, and runs once the machine frees up or it has waited the longest allowed;
-``GET /api/projector`` says so. No timing is asserted beyond "eventually"."""
+"""The local projector yields to training that fills every core: while a run trains, a job waits
+as long as less than about a core is free, and runs once the machine frees up, the training
+stops or the job has waited the longest allowed; ``GET /api/projector`` says so. No timing is
+asserted beyond "eventually"."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from typing import Iterator
 
 import httpx
 import pytest
 
-from sentrycam.backend.feed import ChangeFeed
+from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.projection import ProjectionWorker
 from sentrycam.backend.projection_pacing import (DEFAULT_MAX_WAIT_S, MIN_FREE_CORES, CpuGate,
                                                  CpuMeter, cpu_measure_available)
 from sentrycam.backend.settings import ServerSettings
 from sentrycam.backend.testing import serve_in_thread
+from sentrycam.protocol.changes import ChangeKind
 
 from tests.backend.projection_feed import RUNS, WAIT_S, publish, start_runs
 from tests.cpu_priority import busy_cores
@@ -81,7 +86,7 @@ def test_the_meter_sees_every_core_busy_and_counts_its_own_tasks_free():
 
 
 @needs_proc_stat
-def test_the_gate_holds_a_job_on_a_busy_machine_until_its_longest_wait():
+def test_the_gate_holds_a_job_while_a_run_trains_on_a_busy_machine_until_its_longest_wait():
     gate = CpuGate(CpuMeter(lambda: []), max_wait_s=3.0)
     with busy_cores():
         gate.start()
@@ -89,10 +94,15 @@ def test_the_gate_holds_a_job_on_a_busy_machine_until_its_longest_wait():
             _eventually(lambda: (f := gate.meter.free_cores()) is not None
                         and f < MIN_FREE_CORES, SEE_S, "the meter saw the busy loops")
             queued_at = time.monotonic()
+            assert not gate.holds(queued_at)  # no run trains: nothing to yield to
+            gate.saw_training("run")
             assert gate.holds(queued_at)
-            _eventually(lambda: not gate.holds(queued_at), SEE_S, "the job went after 3 s")
+            _eventually(lambda: gate.saw_training("run") or not gate.holds(queued_at), SEE_S,
+                        "the job went after 3 s")
             gate.note_activity()  # a job ran: the next one waits its turn again
             assert gate.holds(queued_at) and gate.held_for(queued_at) < 3.0
+            gate.run_ended("run")  # the run is over: what is queued goes at once
+            assert not gate.holds(queued_at)
         finally:
             gate.stop()
 
@@ -101,27 +111,50 @@ def _projector(url: str) -> dict:
     return httpx.get(f"{url}/api/projector", timeout=10).json()
 
 
+@contextlib.contextmanager
+def training(feed: ChangeFeed, run_id: str) -> Iterator[None]:
+    """A run that trains, as the feed sees one: a status every second until the block exits,
+    then its end."""
+    done = threading.Event()
+
+    def send() -> None:
+        step = 0
+        while not done.wait(1.0):
+            step += 1
+            feed.publish([Change(run_id, ChangeKind.STATUS, step, None)])
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        feed.publish([Change(run_id, ChangeKind.RUN_END, None, None)])
+
+
 @pytest.mark.projector
 @needs_proc_stat
 def test_a_queued_snapshot_waits_while_every_core_is_busy_then_is_mapped(make_settings,
                                                                           store):
     settings = make_settings(projector=True, projector_engine="pool", projector_workers=1,
                              projector_threads=1, projector_priority="lowest",
-                             projector_yield_max_wait_s=60.0)
+                             projector_yield_max_wait_s=60.0, audit=False)
     labels = start_runs(store, RUNS[:1])
     with serve_in_thread(settings, store) as server:
         url = server.url
         _eventually(lambda: _projector(url)["state"] == "ready", WAIT_S, "the warm-up")
         assert _projector(url)["yields_to_training"] is True
-        with busy_cores():
+        feed = server.app.state.feed
+        with busy_cores(), training(feed, RUNS[0]):
             _eventually(lambda: (_projector(url)["free_cores"] or 9) < MIN_FREE_CORES, SEE_S,
                         "the server saw every core busy")
-            publish(server.app.state.feed, RUNS[0], 0, labels)
+            publish(feed, RUNS[0], 0, labels)
             held = _eventually(lambda: (s := _projector(url))["waiting_for_cpu"] and s, SEE_S,
                                "the job was held for CPU")
             assert held["queue_depth"] >= 1 and held["projected"] == 0, held
             assert 0.0 <= held["deferred_s"] <= held["max_deferral_s"] == 60.0, held
-        # Once the loops stop (or at the latest after 60 s) both layers are mapped.
+        # Once the loops and the run stop (or at the latest after 60 s) both layers are mapped.
         done = _eventually(lambda: (s := _projector(url))["projected"] == 2 and s, WAIT_S,
                            "the held snapshot was mapped")
         assert done["waiting_for_cpu"] is False and done["errors"] == 0, done
