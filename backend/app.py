@@ -77,7 +77,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                 app.state.store, app.state.feed, device=settings.projector_device,
                 max_layers=settings.projector_max_layers, max_backlog=settings.projector_backlog,
                 engine=settings.projector_engine, workers=settings.projector_workers,
-                cpu=settings.projector_cpu)
+                cpu=settings.projector_cpu, yield_max_wait_s=settings.projector_yield_wait_s)
             app.state.projection.start()
         log.info("sentrycam server ready: db %s", settings.db_path)
         try:

@@ -12,7 +12,9 @@ checkpoint, publish ``embedding``; then ask the same slot for the quality metric
 publish ``quality``. The server alone opens the store. A snapshot the projector refuses
 (NaN/Inf features, a dimension change) is marked not projectable; a job whose worker died is
 retried once on its replacement, then marked failed. numba is compiled once per worker at start
-(state ``warming``).
+(state ``warming``). With ``yield_max_wait_s`` (the server that ``attach`` starts) a job does
+not start while a run is training and less than about a core is free, until it has waited that
+long (:mod:`sentrycam.backend.projection_pacing`); ``state()`` says when jobs wait for CPU.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import numpy as np
 
 from sentrycam.backend.feed import Change, ChangeFeed
 from sentrycam.backend.projection_engines import Engine, make_engine
+from sentrycam.backend.projection_pacing import POLL_S, CpuGate, CpuMeter, cpu_measure_available
 from sentrycam.backend.projection_queue import Job, JobQueue
-from sentrycam.backend.projection_work import CpuShare, ProjectRequest, Resume, WorkerLost
+from sentrycam.backend.projection_work import (CpuShare, LayerKey, ProjectRequest, Resume,
+                                               WorkerLost)
 from sentrycam.backend.store import Store
-from sentrycam.protocol.changes import ChangeKind
+from sentrycam.protocol.changes import INGEST_KINDS, ChangeKind
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,15 @@ class ProjectionWorker:
     """Background projection of snapshots (see module doc). ``start()``/``stop(timeout)``;
     :meth:`state` is what ``GET /api/projector`` shows. ``engine``: "thread", "pool" or "ray";
     ``workers``: the pool's processes or Ray's concurrent jobs (None: one per core, up to 4);
-    ``cpu``: the threads and priority of the thread and pool engines."""
+    ``cpu``: the threads and priority of the thread and pool engines; ``yield_max_wait_s``: hold
+    a job while a run trains and less than about a core is free, at most that long (None: never
+    hold; on a system without ``/proc/stat`` no job is held either)."""
 
     def __init__(self, store: Store, feed: ChangeFeed, *, device: str = "auto",
                  projector_settings: dict[str, Any] | None = None, max_layers: int = 2,
                  max_backlog: int = 12, engine: str = "thread",
-                 workers: int | None = None, cpu: CpuShare = CpuShare()) -> None:
+                 workers: int | None = None, cpu: CpuShare = CpuShare(),
+                 yield_max_wait_s: float | None = None) -> None:
         self.store, self.feed, self.device = store, feed, device
         self.projector_settings = {**SERVER_PROJECTOR_SETTINGS, **(projector_settings or {})}
         self.max_layers = max_layers
@@ -79,6 +86,10 @@ class ProjectionWorker:
         self._problems: deque[dict[str, Any]] = deque(maxlen=RECENT_PROBLEMS)
         self._threads: list[threading.Thread] = []
         self._subscription = None
+        self._gate = (CpuGate(CpuMeter(self._own_tasks), yield_max_wait_s)
+                      if yield_max_wait_s is not None and cpu_measure_available() else None)
+        self._held: dict[int, float] = {}  # slot -> queued_at of the job it holds for CPU
+        self._draining = False  # stopping: no job is held any more
 
     @property
     def max_backlog(self) -> int:
@@ -98,6 +109,8 @@ class ProjectionWorker:
 
     def start_threads(self) -> None:
         self.engine = make_engine(self.engine_kind, self.workers, self._stopping, self.cpu)
+        if self._gate is not None:
+            self._gate.start()
         self._warming = self.engine.slots
         for slot in range(self.engine.slots):
             thread = threading.Thread(target=self._slot_loop, args=(slot,), daemon=True,
@@ -110,6 +123,9 @@ class ProjectionWorker:
         process. True if all was done."""
         if self._subscription is not None:
             self._subscription.close()
+        with self._lock:  # what is queued now gets the drain's time: nothing more will come
+            self._draining = True
+            self._lock.notify_all()
         drained = self.wait_idle(timeout)
         self._stopping.set()
         with self._lock:
@@ -120,6 +136,8 @@ class ProjectionWorker:
             thread.join(timeout=5.0)
             if thread.is_alive():  # e.g. still compiling numba: it is a daemon, let it go
                 log.warning("%s did not stop within 5 s", thread.name)
+        if self._gate is not None:
+            self._gate.stop()
         self._status = "stopped"
         if not drained:
             log.warning("projector stopped with work left: %s", self.state())
@@ -142,6 +160,8 @@ class ProjectionWorker:
             in_flight = [{"run_id": j.run_id, "layer": j.layer, "step": j.step}
                          for j in self._queue.in_flight.values()]
             engine = self.engine
+            held = [self._gate.held_for(queued_at) for queued_at in self._held.values()
+                    if self._gate is not None]
             return {
                 "state": "busy" if in_flight and self._status == "ready" else self._status,
                 "queue_depth": len(self._queue.pending),
@@ -153,6 +173,10 @@ class ProjectionWorker:
                 "worker_restarts": 0 if engine is None else engine.restarts,
                 "cpu": {"threads": self.cpu.threads,
                         "priority": "lowest" if self.cpu.lowest else "normal"},
+                "yields_to_training": self._gate is not None,
+                "waiting_for_cpu": bool(held), "deferred_s": max(held, default=0.0),
+                "max_deferral_s": None if self._gate is None else self._gate.max_wait_s,
+                "free_cores": None if self._gate is None else self._gate.meter.free_cores(),
                 "last_error": self._last_error, "last": self._last,
                 "problems": list(self._problems), "device": self.device,
             }
@@ -161,6 +185,12 @@ class ProjectionWorker:
 
     def _on_changes(self, changes: Any) -> None:
         for change in changes:
+            if self._gate is not None and change.kind in INGEST_KINDS:
+                with self._lock:
+                    if change.kind == ChangeKind.RUN_END:
+                        self._gate.run_ended(change.run_id)
+                    else:
+                        self._gate.saw_training(change.run_id)
             if change.kind != ChangeKind.SNAPSHOT or change.message is None:
                 continue
             snapshot = change.message
@@ -190,18 +220,50 @@ class ProjectionWorker:
             finally:
                 with self._lock:
                     self._queue.done(job)
+                    if self._gate is not None:
+                        self._gate.note_activity()
                     self._lock.notify_all()
 
     def _next_job(self, slot: int) -> Job | None:
-        """The slot's next job, waiting for one; None once stopping."""
+        """The slot's next job, waiting for one (and, with a gate, for free CPU); None once
+        stopping."""
         assert self.engine is not None
+
+        def accepts(key: LayerKey) -> bool:
+            return self.engine.accepts(slot, key)
+
         with self._lock:
-            while not self._stopping.is_set():
-                job = self._queue.take(lambda key: self.engine.accepts(slot, key))
-                if job is not None:
-                    return job
-                self._lock.wait(0.5)
-            return None
+            try:
+                while not self._stopping.is_set():
+                    job = self._queue.next_for(accepts)
+                    if job is None:
+                        self._held.pop(slot, None)
+                    elif not self._holds(job):
+                        if self._gate is not None:
+                            self._gate.note_activity()
+                        return self._queue.take(accepts)
+                    else:
+                        self._held[slot] = job.queued_at
+                    self._lock.wait(POLL_S)
+                return None
+            finally:
+                self._held.pop(slot, None)
+
+    def _holds(self, job: Job) -> bool:
+        """Whether the gate holds ``job`` back for now (caller holds the lock)."""
+        return (self._gate is not None and not self._draining
+                and self._gate.holds(job.queued_at))
+
+    def _own_tasks(self) -> list[str]:
+        """The stat files of what projects: the pool's worker processes, else the dispatch
+        threads of this process (the thread engine projects on them)."""
+        if self.engine is None:
+            return []
+        pids = getattr(self.engine, "pids", None)
+        if pids is not None:
+            return [f"/proc/{pid}/stat" for pid in pids()]
+        return [f"/proc/self/task/{thread.native_id}/stat" for thread in self._threads
+                if thread.native_id is not None]
 
     def _warm_up(self, slot: int) -> None:
         assert self.engine is not None

@@ -63,6 +63,15 @@ class JobQueue:
     def take(self, accepts: Callable[[LayerKey], bool]) -> Job | None:
         """The next job for a worker that ``accepts`` these layers (None: none now); it stays
         in flight until :meth:`done`."""
+        job = self.next_for(accepts)
+        if job is not None:
+            self.pending.remove(job)
+            self.in_flight[job.key] = job
+            self._last_served[job.run_id] = next(self._tick)
+        return job
+
+    def next_for(self, accepts: Callable[[LayerKey], bool]) -> Job | None:
+        """The job :meth:`take` would return now, left queued (None: none now)."""
         heads: dict[LayerKey, Job] = {}
         for job in self.pending:  # arrival order: the first job of a layer is its next step
             if job.key not in heads:
@@ -71,11 +80,7 @@ class JobQueue:
                  if key not in self.in_flight and accepts(key)]
         if not ready:
             return None
-        job = min(ready, key=lambda j: self._last_served.get(j.run_id, 0))
-        self.pending.remove(job)
-        self.in_flight[job.key] = job
-        self._last_served[job.run_id] = next(self._tick)
-        return job
+        return min(ready, key=lambda j: self._last_served.get(j.run_id, 0))
 
     def done(self, job: Job) -> None:
         self.in_flight.pop(job.key, None)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sentrycam.backend.projection_pacing import DEFAULT_MAX_WAIT_S
 from sentrycam.protocol.chunks import CHUNK_TARGET_BYTES, KEEPALIVE_TIMEOUT_S
 from sentrycam.protocol.server_info import info_file_path
 
@@ -125,6 +126,10 @@ class ServerSettings(BaseSettings):
     engine (None: left as they are); ``projector_priority`` "lowest" runs the projector at the
     lowest CPU priority (pool workers in Linux's idle class, the thread engine at nice 19), as
     the server that ``attach`` or ``sentrycam demo`` starts beside the training does.
+    ``projector_yield`` holds each projector job while less than about one core is free (training
+    that fills every core), for at most ``projector_yield_max_wait_s`` since it was queued or
+    since the previous job (see :mod:`sentrycam.backend.projection_pacing`; Linux only); None,
+    the default, turns it on exactly where ``projector_priority`` is "lowest".
     """
 
     model_config = SettingsConfigDict(env_prefix="SENTRYCAM_", extra="forbid",
@@ -155,6 +160,8 @@ class ServerSettings(BaseSettings):
     projector_workers: int | None = Field(None, ge=1)
     projector_threads: int | None = Field(None, ge=1)
     projector_priority: Literal["normal", "lowest"] = "normal"
+    projector_yield: bool | None = None
+    projector_yield_max_wait_s: float = Field(DEFAULT_MAX_WAIT_S, gt=0.0)
     audit: bool = True
     audit_engine: Literal["process", "thread"] = "process"
     alert_webhook_url: str | None = None
@@ -257,6 +264,13 @@ class ServerSettings(BaseSettings):
 
         return CpuShare(threads=self.projector_threads,
                         lowest=self.projector_priority == "lowest")
+
+    @property
+    def projector_yield_wait_s(self) -> float | None:
+        """The longest a projector job waits for free CPU; None where it does not wait."""
+        on = (self.projector_priority == "lowest" if self.projector_yield is None
+              else self.projector_yield)
+        return self.projector_yield_max_wait_s if on else None
 
     @property
     def token_required(self) -> bool:

@@ -290,8 +290,10 @@ class StatusView:
             return "<span class='sc-waiting'>waiting for the first snapshot</span>"
         behind = v["snapshots"] - v["maps"]
         if not v["maps"]:
-            return (f"{plural(v['snapshots'], 'snapshot')}, no 2D map yet (projector warming "
-                    "up or absent)")
+            why = ("maps wait while training uses every core"
+                   if (v.get("projector") or {}).get("waiting_for_cpu")
+                   else "projector warming up or absent")
+            return f"{plural(v['snapshots'], 'snapshot')}, no 2D map yet ({why})"
         return f"{v['maps']} of {plural(v['snapshots'], 'snapshot')} mapped" + (
             f", projector behind by {behind}" if behind > 0 else "")
 
@@ -305,6 +307,10 @@ class StatusView:
             text += f", {queued} snapshot(s) queued"
         if state.get("skipped"):
             text += f", {state['skipped']} skipped"
+        if state.get("waiting_for_cpu"):
+            text += ", maps wait while training uses every core"
+            if state.get("max_deferral_s"):
+                text += f" (at most {float(state['max_deferral_s']):g} s each)"
         return f"projector: {html.escape(text)}"
 
 

@@ -1,8 +1,14 @@
-"""What the kernel says about a process's threads: nice value and scheduling class (Linux)."""
+"""What the kernel says about a process's threads: nice value and scheduling class (Linux); and
+a machine made busy on purpose."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 #: Linux's scheduling class numbers (``/proc/<pid>/stat`` field 41).
 SCHED_OTHER, SCHED_IDLE = 0, 5
@@ -35,3 +41,18 @@ def children(pid: int) -> list[int]:
         if int(fields[4 - 3]) == pid:
             kids.append(int(entry.name))
     return kids
+
+
+@contextlib.contextmanager
+def busy_cores() -> Iterator[list[subprocess.Popen]]:
+    """One CPU-bound process per usable core (a Python busy loop at normal priority), as
+    training that fills every core; all of them killed when the block exits."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+             for _ in range(cores or 1)]
+    try:
+        yield loops
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()

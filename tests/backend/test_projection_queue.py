@@ -65,3 +65,15 @@ def test_beyond_the_backlog_the_oldest_waiting_snapshot_of_the_layer_is_skipped(
     skipped = queue.put(_job("run", "fc", 20))
     assert skipped is not None and skipped.step == 0
     assert _drain(queue) == [("run", "fc", 10), ("other", "fc", 0), ("run", "fc", 20)]
+
+
+def test_the_next_job_can_be_looked_at_without_taking_it():
+    """A worker holding a job back for CPU looks at it first; taking it later changes nothing
+    about the order."""
+    queue = JobQueue(max_backlog=5)
+    for run_id in ("a", "b"):
+        queue.put(_job(run_id, "fc", 0))
+    seen = queue.next_for(lambda key: True)
+    assert queue.next_for(lambda key: True) is seen and len(queue.pending) == 2
+    assert queue.take(lambda key: True) is seen and (seen.run_id, seen.step) == ("a", 0)
+    assert queue.next_for(lambda key: key[0] == "a") is None  # "a"'s layer has nothing left

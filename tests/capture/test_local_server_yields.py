@@ -1,5 +1,6 @@
 """The server that ``attach`` starts runs beside the training it watches: at nice 19, its
-projector worker in Linux's idle class with one compute thread per pool."""
+projector worker in Linux's idle class with one compute thread per pool, waiting for a free
+core before each job."""
 
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ def test_the_local_servers_projector_worker_runs_in_the_idle_class(tmp_path, mon
     expected = int(local_server_environment({})["SENTRYCAM_PROJECTOR_WORKERS"])
     assert (state["engine"], state["workers"]) == ("pool", expected)
     assert state["cpu"] == {"threads": 1, "priority": "lowest"}
+    # ... and its projector waits for a free core before each job (training may fill them all).
+    assert state["yields_to_training"] is True and state["max_deferral_s"] > 0, state
     assert len(workers) == expected, priorities  # each in the idle class, every thread
     # The other child is the audit process: the server's nice 19, in the normal class (it must
     # keep up with ingest, like the server).
