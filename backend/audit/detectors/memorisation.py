@@ -6,8 +6,8 @@ per-sample loss on its training-split samples at each snapshot):
 - :class:`RepeatedBatch`: a loader that serves the same batch again and again. Batch-to-batch
   sampling makes a minibatch loss zig-zag around its trend; on one repeated batch the loss
   falls smoothly, step after step (every step is gradient descent on the same sum). Measured as
-  the path efficiency of the log-loss over the last ``WINDOW`` steps: net change over the summed
-  absolute changes, 1 when it moves one way only. On the tuning splits' runs it stays below 0.5
+  the path efficiency of the log-loss over the last ``WINDOW`` steps: net fall over the summed
+  absolute changes, 1 when it only falls. On the tuning splits' runs it stays below 0.5
   in healthy runs and reaches 1.0 about 15 steps after the loader repeats.
 - :class:`TrainProbeGap`: the batch loss falls far below the loss of the same model, at the same
   step, on the probe's training-split samples (drawn from the same training set). The batches
@@ -37,9 +37,9 @@ from sentrycam.protocol.signals import LOSS
 
 #: Steps over which the batch loss's path efficiency is measured.
 WINDOW = 12
-#: Path efficiency from which the loss counts as moving one way only (exactly 1.0 on a
+#: Path efficiency from which the loss counts as falling without batch noise (exactly 1.0 on a
 #: repeated batch; healthy minibatch losses stay below 0.5 over 12 steps).
-ONE_WAY = 0.95
+FALLS_ONLY = 0.95
 #: Before judging, the run must have shown minibatch noise: the median efficiency over the
 #: trailing ``NOISE_HISTORY`` steps below this (full-batch training never qualifies).
 STOCHASTIC = 0.5
@@ -49,7 +49,7 @@ WARMUP = 80
 
 
 class RepeatedBatch(Detector):
-    """The batch loss moves one way only, step after step, in a run whose batches were noisy."""
+    """The batch loss only falls, step after step, in a run whose batches were noisy."""
 
     name = "repeated_batch"
     kinds = frozenset({ChangeKind.SCALARS})
@@ -76,20 +76,21 @@ class RepeatedBatch(Detector):
         path = np.abs(np.diff(self.logs)).sum()
         if not path > 0:  # a loss that does not move at all is stagnation's business
             return []
-        efficiency = abs(self.logs[-1] - self.logs[0]) / float(path)
+        # Falls only: a loss that climbs step after step is a blow-up (loss_divergence's).
+        efficiency = (self.logs[0] - self.logs[-1]) / float(path)
         noisy_before = (len(self.history) >= NOISE_HISTORY // 2
                         and float(np.median(self.history)) < STOCHASTIC)
         judged = self.count > WARMUP and noisy_before
-        one_way = judged and efficiency >= ONE_WAY
-        level = self.escalation.level(1.0 if one_way else None)
-        if not one_way:
+        falls_only = judged and efficiency >= FALLS_ONLY
+        level = self.escalation.level(1.0 if falls_only else None)
+        if not falls_only:
             self.history.append(efficiency)
         return [finding(
             self.name, item.step, level, efficiency,
             evidence={"steps": [item.step], "values": [round(efficiency, 4)],
                       "series": f"path efficiency of the batch log-loss over {WINDOW} steps",
                       "baseline": round(float(np.median(self.history)), 4)},
-            message=f"the batch loss has moved one way only for {WINDOW} steps (path "
+            message=f"the batch loss has only fallen for {WINDOW} steps (path "
                     f"efficiency {efficiency:.2f}; it was {np.median(self.history):.2f} before): "
                     "the model sees the same batch again and again",
             suggestion="the data loader repeats one batch (a stalled iterator, a cached batch, "
@@ -128,6 +129,7 @@ class TrainProbeGap(Detector):
         self.gaps: deque[float] = deque(maxlen=GAP_HISTORY)
         self.points: deque[tuple[int, float]] = deque(maxlen=40)
         self.escalation = Escalation(GAP_LEVELS)
+        self.batch = math.nan  # the recent batch log-loss at the previous snapshot
 
     def observe(self, kind: str, item: Scalars | ProbeView) -> list[Finding]:
         if kind == ChangeKind.SCALARS:
@@ -135,18 +137,26 @@ class TrainProbeGap(Detector):
             if loss is not None and math.isfinite(loss) and loss > 0:
                 self.recent.append(math.log(loss))
             return []
-        gap = self._gap(item)
-        if gap is None:
+        measured = self._gap(item)
+        if measured is None:
             return []
+        gap, batch = measured
         self.seen()
         self.points.append((item.step, gap))
+        previous, self.batch = self.batch, batch
         if len(self.gaps) < GAP_CALIBRATION:
             self.gaps.append(gap)
             return []
         center, scale = robust_center_scale(self.gaps, GAP_FLOOR)
         score = (gap - center) / scale
-        level = self.escalation.level(score)
-        if level == 0:
+        # The batches must have got easier: their loss fell since the last snapshot by at
+        # least half the gap's excess. A gap opened by the probe's loss rising instead is the
+        # model getting worse on data it does not train on right now (in eval mode: batch
+        # norm statistics lagging a fast-moving model, the healthy demo at 250 steps), not
+        # memorising its batches; the output detectors judge that.
+        fell = previous - batch >= 0.5 * (gap - center)
+        level = self.escalation.level(score if fell else None)
+        if score < GAP_LEVELS.develop:
             self.gaps.append(gap)  # an anomalous gap does not widen its own yardstick
         return [finding(
             self.name, item.step, level, score,
@@ -162,7 +172,8 @@ class TrainProbeGap(Detector):
                        "batch) and the model memorises it; check the sampler, use more data or "
                        "regularise, and watch the held-out loss", confidence=0.55)]
 
-    def _gap(self, view: ProbeView) -> float | None:
+    def _gap(self, view: ProbeView) -> tuple[float, float] | None:
+        """(gap, recent batch log-loss) at this snapshot, or None without the inputs."""
         losses = view.outputs.get("loss")
         if losses is None or len(self.recent) < RECENT_LOSSES // 2:
             return None
@@ -179,6 +190,6 @@ class TrainProbeGap(Detector):
         typical = float(np.median(means))
         if not typical > 0:
             return None
-        gap = math.log(typical) - float(np.median(self.recent))
+        batch = float(np.median(self.recent))
         self.recent.clear()  # the next snapshot compares with the batches after this one
-        return gap
+        return math.log(typical) - batch, batch
