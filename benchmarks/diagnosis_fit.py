@@ -76,13 +76,18 @@ def examples(pairs: Sequence[tuple[Path, Path]],
                               and i.confirmed_step >= run["injected_step"]), None)
                 if first is None:
                     continue
-                evidence = first.evidence(first.decision_step(window))
-                out.append({"scenario": run["scenario"], "seed": run["seed"],
-                            "kind": run["kind"], "family": FAMILY[run["kind"]],
-                            "evidence": [[e.detector, e.first_step, e.severity, e.layers]
-                                         for e in evidence],
-                            "features": features(evidence)})
+                out.append(_example(run["scenario"], run["seed"], run["kind"],
+                                    FAMILY[run["kind"]],
+                                    first.evidence(first.decision_step(window))))
     return out
+
+
+def _example(scenario: str, seed: int, kind: str, family: str,
+             evidence: Sequence[Evidence]) -> dict[str, Any]:
+    """One labelled example: the run's names, its incident's evidence and features."""
+    return {"scenario": scenario, "seed": seed, "kind": kind, "family": family,
+            "evidence": [[e.detector, e.first_step, e.severity, e.layers] for e in evidence],
+            "features": features(evidence)}
 
 
 def demo_examples(paths: Sequence[Path], window: int = DECISION_STEPS) -> list[dict[str, Any]]:
@@ -105,12 +110,8 @@ def demo_examples(paths: Sequence[Path], window: int = DECISION_STEPS) -> list[d
                 if first is None or not _jumped(store, run["run_id"], first.start_step - window,
                                                 first.decision_step(window)):
                     continue
-                evidence = first.evidence(first.decision_step(window))
-                out.append({"scenario": run["name"], "seed": seed, "kind": DEMO_KIND,
-                            "family": DEMO_FAMILY,
-                            "evidence": [[e.detector, e.first_step, e.severity, e.layers]
-                                         for e in evidence],
-                            "features": features(evidence)})
+                out.append(_example(run["name"], seed, DEMO_KIND, DEMO_FAMILY,
+                                    first.evidence(first.decision_step(window))))
     return out
 
 
