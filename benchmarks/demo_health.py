@@ -17,6 +17,7 @@ checked-out detectors (``scenario_replay.py``), without training.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import re
 import sys
@@ -39,11 +40,17 @@ from sentrycam.backend.store import Store  # noqa: E402
 from sentrycam.backend.testing import RunningServer, serve_in_thread  # noqa: E402
 from sentrycam.capture import demo  # noqa: E402
 
+DEMO_LR = inspect.signature(demo.train).parameters["lr"].default
+
 log = logging.getLogger("sentrycam.demo_health")
 
+#: The name of a demo run this benchmark trains (``demo-s{seed}-{steps}``, see :func:`run_one`).
+RUN_NAME = re.compile(r"demo-s(\d+)-(\d+)")
 
-def run_one(server: RunningServer, steps: int, seed: int) -> dict[str, Any]:
-    """Train the demo for ``steps`` with ``seed``; the row of its incidents and alerts."""
+
+def run_one(server: RunningServer, steps: int, seed: int, lr: float) -> dict[str, Any]:
+    """Train the demo for ``steps`` with ``seed`` at Adam's ``lr``; the row of its incidents
+    and alerts."""
     started = time.monotonic()
     runs: list[Any] = []
 
@@ -52,7 +59,7 @@ def run_one(server: RunningServer, steps: int, seed: int) -> dict[str, Any]:
                                    probe_size=DEMO_PROBE_SIZE, seed=seed, **parts))
         return runs[-1]
 
-    final = demo.train(steps, attach=attach, seed=seed)
+    final = demo.train(steps, attach=attach, seed=seed, lr=lr)
     settle(server)
     return health_row(server.store, runs[0].run_id, steps, seed, final,
                       time.monotonic() - started)
@@ -80,7 +87,7 @@ def stored_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     with Store(path, read_only=True) as store:
         for run in store.run_summaries():
-            found = re.fullmatch(r"demo-s(\d+)-(\d+)", run.get("name") or "")
+            found = RUN_NAME.fullmatch(run.get("name") or "")
             if found is None or run["last_step"] is None:
                 continue
             columns = store.scalars(run["run_id"], ["val_loss", "val_acc"])
@@ -100,7 +107,7 @@ def trained_rows(args: argparse.Namespace, recorder: Recorder) -> list[dict[str,
         with serve_in_thread(settings) as server:
             for steps in args.steps:
                 for seed in args.seeds:
-                    row = run_one(server, steps, seed)
+                    row = run_one(server, steps, seed, args.lr)
                     rows.append(row)
                     # Written after every run: a long benchmark stopped early keeps its rows.
                     recorder.write(args.json, rows, projector=args.projector)
@@ -115,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[300, 2000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lr", type=float, default=DEMO_LR,
+                        help="Adam's learning rate (the demo's own by default; the tuning "
+                             "split's demo-like runs use higher ones, see scenario_plan.py)")
     parser.add_argument("--stored", type=Path, nargs="+", default=None,
                         help="rows from demo runs kept in these files (audited again with "
                              "scenario_replay.py) instead of training")

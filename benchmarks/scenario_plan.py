@@ -17,6 +17,9 @@ optimizers, and the two disjoint splits (see docs/scenarios.md).
   eight designed after the constants were set), all four architectures (adding a small
   transformer on tokens), seeds 100 and up, schedules and optimizers rotated over the runs;
   healthy runs with every schedule and optimizer.
+- **Demo-like tuning runs** (:data:`DEMO_LIKE_SEEDS`, seeds 70-79): the demo CNN on digits
+  trained by ``benchmarks/demo_health.py`` (Adam at the demo's learning rate and higher), for
+  the diagnosis fit's examples of a late blow-up and a batch-norm spike.
 
 :func:`check_disjoint` asserts that no (kind, arch, seed) run is in both splits and that no
 seed is shared.
@@ -163,7 +166,15 @@ SPLITS: dict[str, tuple[Scenario, ...]] = {
     "tuning": TUNING, "tuning-diagnosis": TUNING_DIAGNOSIS, "test": TEST, "quick": QUICK}
 
 
+#: Seeds of the demo-like tuning runs (``demo_health.py --seeds``, the demo CNN at the demo's
+#: learning rate and higher ones): examples of a late blow-up and a batch-norm spike for the
+#: diagnosis fit (``diagnosis_fit.py --demo``). The demo health check itself uses seeds 0-2.
+DEMO_LIKE_SEEDS = range(70, 80)
+
+
 def check_disjoint() -> None:
-    """No seed (hence no run) is shared between a tuning split and the test split."""
-    shared = {s.seed for s in TUNING + TUNING_DIAGNOSIS} & {s.seed for s in TEST}
+    """No seed (hence no run) is shared between a tuning split (or the demo-like tuning runs)
+    and the test split."""
+    tuning = {s.seed for s in TUNING + TUNING_DIAGNOSIS} | set(DEMO_LIKE_SEEDS)
+    shared = tuning & {s.seed for s in TEST}
     assert not shared, f"seeds in both splits: {sorted(shared)}"

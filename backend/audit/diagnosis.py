@@ -73,13 +73,13 @@ CAUSES: tuple[Cause, ...] = (
         "the representation is collapsing (dead units, few directions, classes merging): "
         "lower the learning rate, use a leaky activation or normalisation, check "
         "initialisation"),
-    Cause("overfitting", frozenset({"overfitting"}),
+    Cause("overfitting", frozenset({"overfitting", "memorisation"}),
         "the model is memorising the training set: add data or augmentation, regularise "
         "(weight decay, dropout), or stop at the best validation checkpoint"),
     Cause("forgetting", frozenset({"falling_correct_rate", "class_loss_rise"}),
         "what was learned is being lost after a change of data: mix earlier data back in "
         "(replay), lower the learning rate, or regularise towards the earlier weights"),
-    Cause("data", frozenset({"loss_distribution_shift", "entropy_drift"}),
+    Cause("data", frozenset({"loss_distribution_shift", "entropy_drift", "repeated_batch"}),
         "the data changed: look for label noise or corruption, an input distribution shift, "
         "or a loader that stalls or repeats batches"),
     Cause("optimizer", frozenset({"optimizer_state"}),

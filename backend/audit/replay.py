@@ -8,7 +8,7 @@ detectors on recorded runs. :func:`replay_run` returns the alerts without writin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 from sentrycam.backend.audit.alerts import Alert
 from sentrycam.backend.audit.engine import RunAudit
@@ -31,11 +31,15 @@ class _MemoryAlerts:
         return alert_id
 
 
-def replay_run(store: Any, run_id: str, *, write: bool = False) -> tuple[list[Alert], dict]:
-    """Run every detector over the stored run; returns (alerts as finally folded, status)."""
+def replay_run(store: Any, run_id: str, *, write: bool = False,
+               detectors: Collection[str] | None = None) -> tuple[list[Alert], dict]:
+    """Run every detector (or only those named in ``detectors``) over the stored run; returns
+    (alerts as finally folded, status)."""
     final: dict[int, Alert] = {}
     target = store if write else _MemoryAlerts(store)
     audit = RunAudit(run_id, target, lambda alert: final.__setitem__(alert.alert_id, alert))
+    if detectors is not None:
+        audit.detectors = [d for d in audit.detectors if d.name in detectors]
     for change in stored_changes(store, run_id):
         audit.handle(change)
     for alert in audit.book.flush():

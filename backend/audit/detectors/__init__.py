@@ -13,6 +13,7 @@ from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, Opti
                                                          WeightDrift)
 from sentrycam.backend.audit.detectors.local import (DeadUnits, GradientFlow, Saturation,
                                                      WeightNormImbalance)
+from sentrycam.backend.audit.detectors.memorisation import RepeatedBatch, TrainProbeGap
 from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, Oscillation,
                                                     OutlierBatch, Stagnation)
 from sentrycam.backend.audit.detectors.outputs import (ClassLossRise, ConfidenceCollapse,
@@ -26,7 +27,7 @@ DETECTOR_TYPES: tuple[type[Detector], ...] = (
     DeadUnits, Saturation, GradientFlow, WeightNormImbalance,
     ConfidenceCollapse, EntropyDrift, FallingCorrectRate, ClassLossRise,
     LossDistributionShift,
-    Overfitting, GeometryDetector, MapGeometryDetector, AttentionCollapse,
+    Overfitting, RepeatedBatch, TrainProbeGap, GeometryDetector, MapGeometryDetector, AttentionCollapse,
 )
 
 

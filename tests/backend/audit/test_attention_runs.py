@@ -47,11 +47,7 @@ def test_an_injected_attention_collapse_is_stored_detected_and_diagnosed(scenari
     assert {a["layer"] for a in confirmed} <= set(HEADS)
     incidents = [i for i in _get(server, run_id, "incidents") if i["start_step"] >= AT - 5]
     assert incidents, "the collapse raised no incident"
-    if incidents[0]["diagnosis"] != "collapse":
-        # Known gap: refitted with the two attention_collapse tuning runs (both read as
-        # collapse in sample), the model still abstains on this seed (`unknown`, 2026-11-26):
-        # two examples are too few. Everything above is enforced.
-        pytest.xfail(f"diagnosed {incidents[0]['diagnosis']!r}, not 'collapse'")
+    assert incidents[0]["diagnosis"] == "collapse", incidents[0]
 
 
 def test_a_healthy_transformer_raises_no_attention_alert(scenario_server):
