@@ -36,13 +36,12 @@ from sentrycam.capture.spool import Spool
 
 logger = logging.getLogger(__name__)
 
-BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 5.0
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
 #: How long the sender waits for an ack when it has nothing else to do, and how long an idle
 #: sender waits for new messages before checking for stop and flush requests.
 ACK_POLL_S, IDLE_WAIT_S = 0.02, 0.1
-#: After sending all that was queued, the sender pauses this long (a flush ends the pause) so
-#: that messages and acks gather: else a message a step wakes it once or twice per message.
+#: After sending all that was queued, the sender pauses this long (a flush ends the pause; while
+#: one waits, it reads acks instead) so that messages and acks gather: else every message wakes it.
 LINGER_S = 0.05
 #: Websocket close code of a server refusing a frame over its size limit.
 MESSAGE_TOO_BIG = 1009
@@ -98,10 +97,8 @@ class SenderLoop:
             logger.warning("sentrycam sender failed while stopping", exc_info=True)
 
     def _cycle(self, delay: float) -> float:
-        """Connect and stream until the connection ends, or wait out ``delay`` offline.
-
-        Returns the backoff to use next time.
-        """
+        """Connect and stream until the connection ends, or wait out ``delay`` offline; returns
+        the backoff to use next time."""
         ws = self._connect()
         if ws is None:
             self._offline(delay)
@@ -180,8 +177,7 @@ class SenderLoop:
             self.backlog = True
         while not self.stop.is_set() and self.retry_later is None:
             self._read_replies(ws, 0.0)
-            # Publish the acks just read before waiting on an idle queue: a flush waits on them.
-            self._settle(connected=True)
+            self._settle(connected=True)  # acks just read, before an idle wait: a flush waits
             room = self.window.room()
             if not room:
                 sent = 0
@@ -192,11 +188,10 @@ class SenderLoop:
             self._settle(connected=True)
             if not sent and self.window.frames:
                 self._read_replies(ws, ACK_POLL_S)
+            elif 0 < sent < room and not self.backlog and self.progress.awaited():
+                self._read_replies(ws, LINGER_S)  # a flush waits: take its acks as they come
             elif 0 < sent < room and not self.backlog:
-                if self.progress.awaited():  # a flush waits: take its acks as they come
-                    self._read_replies(ws, LINGER_S)
-                else:
-                    self.progress.pause(LINGER_S)
+                self.progress.pause(LINGER_S)
 
     def _offline(self, delay: float) -> None:
         """Spool whatever arrives for ``delay`` s. A new flush request cuts the wait short, so the
