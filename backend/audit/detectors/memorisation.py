@@ -109,6 +109,9 @@ GAP_FLOOR = 0.25
 GAP_LEVELS = Levels(develop=2.0, confirm=4.0, critical=12.0, persist=2)
 #: Batch losses (the last ones before a snapshot) that stand for the model at the snapshot.
 RECENT_LOSSES = 10
+#: Batch losses kept by step: a spread snapshot arrives after the scalars of later steps (and
+#: quiet steps' scalars come in batches), so the ones at or before its step are picked by step.
+RECENT_KEPT = 256
 #: Probe samples per group when the probe's loss is summarised as a batch would see it (a
 #: common minibatch size; at least two groups are needed).
 GROUP = 32
@@ -125,7 +128,8 @@ class TrainProbeGap(Detector):
 
     def __init__(self) -> None:
         super().__init__()
-        self.recent: deque[float] = deque(maxlen=RECENT_LOSSES)
+        self.recent: deque[tuple[int, float]] = deque(maxlen=RECENT_KEPT)  # (step, log loss)
+        self.compared_through = -1  # the step of the last snapshot compared with the batches
         self.gaps: deque[float] = deque(maxlen=GAP_HISTORY)
         self.points: deque[tuple[int, float]] = deque(maxlen=40)
         self.escalation = Escalation(GAP_LEVELS)
@@ -135,7 +139,7 @@ class TrainProbeGap(Detector):
         if kind == ChangeKind.SCALARS:
             loss = item.values.get(LOSS.name)
             if loss is not None and math.isfinite(loss) and loss > 0:
-                self.recent.append(math.log(loss))
+                self.recent.append((item.step, math.log(loss)))
             return []
         measured = self._gap(item)
         if measured is None:
@@ -175,7 +179,9 @@ class TrainProbeGap(Detector):
     def _gap(self, view: ProbeView) -> tuple[float, float] | None:
         """(gap, recent batch log-loss) at this snapshot, or None without the inputs."""
         losses = view.outputs.get("loss")
-        if losses is None or len(self.recent) < RECENT_LOSSES // 2:
+        recent = sorted((step, value) for step, value in self.recent
+                        if self.compared_through < step <= view.step)[-RECENT_LOSSES:]
+        if losses is None or len(recent) < RECENT_LOSSES // 2:
             return None
         train = np.asarray(losses, dtype=np.float64)[train_rows(view)]
         train = train[np.isfinite(train)]
@@ -190,6 +196,6 @@ class TrainProbeGap(Detector):
         typical = float(np.median(means))
         if not typical > 0:
             return None
-        batch = float(np.median(self.recent))
-        self.recent.clear()  # the next snapshot compares with the batches after this one
+        batch = float(np.median([value for _, value in recent]))
+        self.compared_through = view.step  # the next snapshot compares with later batches
         return math.log(typical) - batch, batch
