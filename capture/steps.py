@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sentrycam.capture.telemetry import LossWatch, ParamTelemetry, learning_rates
+from sentrycam.capture.param_telemetry import ParamTelemetry
+from sentrycam.capture.telemetry import LossWatch, learning_rates
 from sentrycam.protocol.messages import LayerStats, Message, Scalars, ScalarSeries, Snapshot
 from sentrycam.protocol.signals import (ACTIVATION_STATS, LOSS, LR, NONFINITE, NONFINITE_GRAD,
                                         PARAMETER_STATS)

@@ -2,8 +2,8 @@
 
 - :class:`OptimizerWatch` finds the model's optimizer and calls back around each of its steps.
 - :class:`LossWatch` keeps the latest training loss from a hooked criterion (no host sync).
-- :class:`ParamTelemetry` (:mod:`sentrycam.capture.param_telemetry`, importable from here too)
-  reduces gradients and weights on their device.
+- :class:`~sentrycam.capture.param_telemetry.ParamTelemetry` (its own module) reduces gradients
+  and weights on their device.
 
 The per-step messages built from these are assembled in :mod:`sentrycam.capture.steps`.
 """
@@ -18,8 +18,6 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-# ParamTelemetry and LAYER_STATS are imported from here by the step reporter.
-from sentrycam.capture.param_telemetry import LAYER_STATS, ParamTelemetry  # noqa: F401
 from sentrycam.protocol.signals import LR
 
 

@@ -38,7 +38,7 @@ class Scope(str, Enum):
 class Source(str, Enum):
     """What produces a signal."""
 
-    PARAMETERS = "parameters"  # gradient and weight telemetry (capture/telemetry.py)
+    PARAMETERS = "parameters"  # gradient and weight telemetry (capture/param_telemetry.py)
     ACTIVATIONS = "activations"  # per-layer activation statistics (capture/activations.py)
     LOSS = "loss"  # the hooked criterion, or run.log(loss=...)
     OPTIMIZER = "optimizer"  # the optimizer's parameter groups
