@@ -57,8 +57,11 @@ def test_dashboard_follows_a_training_run_and_replays_earlier_snapshots(live_ser
     wait_until(lambda: len(_maps(live_server.url, run.run_id)) >= 3, MAP_TIMEOUT_S, "maps")
     # Until the classifier's input has a map the view may show another layer and then move
     # to it; read the layer shown only once both projected layers have maps.
-    wait_until(lambda: len({m["layer"] for m in _maps(live_server.url, run.run_id)}) >= 2,
-               MAP_TIMEOUT_S, "maps of both projected layers")
+    # Two maps of each: with one map of the layer shown the player already stands at its
+    # first position, so the replay below would change nothing and the view, still live,
+    # would move on to the layer's next map.
+    wait_until(lambda: _fewest_maps_per_layer(live_server.url, run.run_id, layers=2) >= 2,
+               MAP_TIMEOUT_S, "two maps of each of both projected layers")
     wait_until(lambda: points(page)["n"] == run.probe_size, what="the probe's points drawn")
     assert run.probe_size == 300
 
@@ -89,6 +92,14 @@ def test_dashboard_follows_a_training_run_and_replays_earlier_snapshots(live_ser
     finally:
         logging.getLogger(__name__).info("replay: %s", replayed)
     run.detach()
+
+
+def _fewest_maps_per_layer(url: str, run_id: str, layers: int) -> int:
+    """The fewest stored maps of any projected layer; 0 until ``layers`` layers have maps."""
+    counts: dict[str, int] = {}
+    for entry in _maps(url, run_id):
+        counts[entry["layer"]] = counts.get(entry["layer"], 0) + 1
+    return min(counts.values()) if len(counts) >= layers else 0
 
 
 def _replay_first_snapshot(page) -> None:
