@@ -137,7 +137,12 @@ def train(steps: int, *, attach: Callable[..., Any] | None = None, seed: int = 0
         run = attach(model, probe=(data.x_train, data.y_train), heldout=(data.x_val, data.y_val),
                      criterion=criterion, optimizer=optimizer)
     try:
-        _train_loop(model, optimizer, criterion, data, steps, batch_size, seed, run, on_epoch)
+        # Dropout draws from torch's global generator: seed it for this run only, so that two
+        # runs with the same seed train identically and the caller's generator is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _train_loop(model, optimizer, criterion, data, steps, batch_size, seed, run,
+                        on_epoch)
     except BaseException:
         if run is not None:
             run.detach(status="failed")

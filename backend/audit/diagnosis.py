@@ -60,7 +60,8 @@ class Cause:
 CAUSES: tuple[Cause, ...] = (
     Cause("instability", frozenset({
         "loss_divergence", "nonfinite", "gradient_explosion", "oscillation", "weight_drift",
-        "outlier_batch", "weight_norm_imbalance", "confidence_collapse"}),
+        "outlier_batch", "weight_norm_imbalance", "confidence_collapse",
+        "validation_divergence"}),
         "the step is too large for this phase of training: lower the learning rate (or add "
         "warm-up), clip gradients, and check for a schedule that jumps"),
     Cause("stalled", frozenset({

@@ -19,7 +19,7 @@ from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, O
 from sentrycam.backend.audit.detectors.outputs import (ClassLossRise, ConfidenceCollapse,
                                                        EntropyDrift, FallingCorrectRate,
                                                        LossDistributionShift)
-from sentrycam.backend.audit.detectors.overfitting import Overfitting
+from sentrycam.backend.audit.detectors.overfitting import Overfitting, ValidationDivergence
 
 DETECTOR_TYPES: tuple[type[Detector], ...] = (
     NonFinite, LossDivergence, OutlierBatch, Oscillation, Stagnation,
@@ -27,7 +27,8 @@ DETECTOR_TYPES: tuple[type[Detector], ...] = (
     DeadUnits, Saturation, GradientFlow, WeightNormImbalance,
     ConfidenceCollapse, EntropyDrift, FallingCorrectRate, ClassLossRise,
     LossDistributionShift,
-    Overfitting, RepeatedBatch, TrainProbeGap, GeometryDetector, MapGeometryDetector, AttentionCollapse,
+    Overfitting, ValidationDivergence, RepeatedBatch, TrainProbeGap,
+    GeometryDetector, MapGeometryDetector, AttentionCollapse,
 )
 
 

@@ -1,10 +1,16 @@
-"""Overfitting: the held-out loss rises above the lowest it reached while the training loss keeps
+"""Held-out loss detectors.
+
+Overfitting: the held-out loss rises above the lowest it reached while the training loss keeps
 improving, so the generalisation gap widens beyond its own history.
 
 Two sources, whichever the run provides: validation metrics logged with
 ``run.log(val_loss=...)`` (the training loss is averaged over the steps since the previous
 validation point), and the probe's held-out split at each snapshot (its mean per-sample loss
 against the training split's).
+
+Validation divergence: the validation loss leaves the basin the run had found, many times its
+lowest (whatever the training loss does: a model whose evaluation mode lags a fast optimiser,
+batch norm's running statistics, can fail on held-out data while its batches still look fine).
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import math
 import numpy as np
 
 from sentrycam.backend.audit.alerts import Finding
-from sentrycam.backend.audit.detectors.base import Detector, ProbeView, finding
+from sentrycam.backend.audit.detectors.base import (EVIDENCE_POINTS, Detector, ProbeView,
+                                                     finding)
 from sentrycam.backend.audit.detectors.outputs import snapshot_watch
 from sentrycam.protocol.changes import ChangeKind
 from sentrycam.protocol.messages import Scalars
@@ -29,6 +36,14 @@ PRACTICAL = 0.05
 #: demo at 2,000 steps moves between 0.002 and 0.01 for hundreds of steps, several times its
 #: best, at 99.9% held-out accuracy.
 PRACTICAL_NATS = 0.01
+#: The validation loss at least this many times its lowest so far: developing, confirmed,
+#: critical. On the tuning splits no healthy run passed 1.2x, and of the failure kinds only
+#: instability ones (and a corrupted optimizer state) passed 7x; forgetting, label noise and
+#: class switches reached 4-7x over their whole runs (docs/scenarios.md).
+DIVERGENCE_FACTORS = (5.0, 10.0, 100.0)
+#: ... and at least this many nats above it: a converged loss of 0.002 rising to 0.01 is
+#: a wander (see PRACTICAL_NATS), not a divergence.
+DIVERGENCE_NATS = 0.1
 
 
 class GapTrack:
@@ -39,7 +54,10 @@ class GapTrack:
     self-calibrating: the held-out loss has stayed above its best for several consecutive
     observations without falling back below where it first rose to, while the training loss
     is no worse than at the best and the gap is wider than it was then. The reported magnitude
-    is the rise in units of the held-out loss's own recent movement.
+    is the rise in units of the held-out loss's own recent movement. Once confirmed, the
+    episode stays open (developing) until the held-out loss comes back to within 5% of its
+    best: a plateau above the best that wiggles is one overfitting, not a new one at each
+    rise.
     """
 
     def __init__(self) -> None:
@@ -47,14 +65,15 @@ class GapTrack:
         self.at_best: tuple[float, float] | None = None  # (train, gap) when heldout was best
         self.above = 0
         self.first_above = math.nan
+        self.confirmed = False  # an episode was confirmed and the loss has not come back since
 
     def add(self, step: int, heldout: float, train: float) -> tuple[int, float | None, float]:
         gap = heldout - train
         score = self.heldout.score(heldout)
         best = self.heldout.baseline.best
         # Beyond its own recent movement, and by a practically significant fraction.
-        worse = (score is not None and score >= 1.0
-                 and heldout > max(best * (1 + PRACTICAL), best + PRACTICAL_NATS))
+        held_above = heldout > max(best * (1 + PRACTICAL), best + PRACTICAL_NATS)
+        worse = score is not None and score >= 1.0 and held_above
         if worse and self.at_best is not None:
             train_at_best, gap_at_best = self.at_best
             worse = train <= train_at_best * (1 + PRACTICAL) and gap > gap_at_best
@@ -64,6 +83,10 @@ class GapTrack:
             self.first_above = heldout
         self.above = self.above + 1 if worse else 0
         level = 2 if self.above >= CONFIRM_AFTER else (1 if self.above >= DEVELOP_AFTER else 0)
+        came_back = heldout <= best * (1 + PRACTICAL)  # the nats floor is for confirming
+        self.confirmed = level == 2 or (self.confirmed and not came_back)
+        if self.confirmed:
+            level = max(level, 1)
         if not math.isfinite(best) or heldout <= best:
             self.at_best = (train, gap)
         self.heldout.baseline.update(heldout, anomalous=worse)
@@ -121,9 +144,52 @@ class Overfitting(Detector):
         return finding(
             self.name, step, level, score, layer=None,
             evidence=track.heldout.evidence(series=what, source=source, gap=round(gap, 5)),
-            message=f"{what} has stayed above its lowest for {track.above} observations "
-                    f"({score or 0:.1f} noise units now) while the training loss kept improving "
-                    f"(gap now {gap:.3g})",
+            message=(f"{what} has stayed above its lowest for {track.above} observations "
+                     f"({score or 0:.1f} noise units now) while the training loss kept "
+                     f"improving (gap now {gap:.3g})" if track.above >= DEVELOP_AFTER else
+                     f"{what} has not come back to its lowest since overfitting was confirmed "
+                     f"(gap now {gap:.3g})"),
             suggestion="the model is memorising the training set; more data or augmentation, "
                        "stronger regularisation (weight decay, dropout) or early stopping",
             confidence=0.6)
+
+
+class ValidationDivergence(Detector):
+    """The validation loss (``run.log(val_loss=...)``) many times the lowest this run reached:
+    one observation is enough (validation points are few, and a jump of 10x is not noise)."""
+
+    name = "validation_divergence"
+    kinds = frozenset({ChangeKind.SCALARS})
+    waiting_for = "no validation metric yet (call run.log(val_loss=...))"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.best = math.inf
+        self.points: list[tuple[int, float]] = []
+
+    def observe(self, kind: str, item: Scalars) -> list[Finding]:
+        val = item.values.get(VAL_LOSS.name)
+        if val is None:
+            return []
+        self.seen()
+        best = self.best
+        if math.isfinite(val):
+            self.best = min(best, val)
+        self.points = (self.points + [(item.step, val)])[-EVIDENCE_POINTS:]
+        if not math.isfinite(best):
+            return []
+        factor = val / best if best > 0 and math.isfinite(val) else math.inf
+        level = (sum(factor >= f for f in DIVERGENCE_FACTORS)
+                 if not val - best < DIVERGENCE_NATS else 0)  # a NaN loss counts as above
+        return [finding(
+            self.name, item.step, level, factor, layer=None,
+            evidence={"steps": [s for s, _ in self.points],
+                      "values": [v if math.isfinite(v) else None for _, v in self.points],
+                      "series": "validation loss", "best": best,
+                      "factor": round(factor, 1) if math.isfinite(factor) else None},
+            message=(f"validation loss {val:.4g} is {factor:.0f}x" if math.isfinite(factor)
+                     else f"validation loss is {val}, far above") + f" the lowest this run "
+                    f"reached ({best:.4g})",
+            suggestion="the step is too large for this phase of training (or evaluation mode "
+                       "lags training: batch norm's running statistics); lower the learning "
+                       "rate, add warm-up or clip gradients", confidence=0.6)]

@@ -12,7 +12,7 @@ from sentrycam.backend.audit.detectors.gradients import (GradientExplosion, Opti
                                                          WeightDrift)
 from sentrycam.backend.audit.detectors.loss import (LossDivergence, NonFinite, Oscillation,
                                                     OutlierBatch, Stagnation)
-from sentrycam.backend.audit.detectors.overfitting import Overfitting
+from sentrycam.backend.audit.detectors.overfitting import Overfitting, ValidationDivergence
 from tests.backend.audit.streams import (first_confirmed, healthy_loss, layer_stats, levels,
                                          lognormal, max_level, scalars)
 
@@ -195,8 +195,48 @@ def test_overfitting_ignores_a_converged_model_wandering_near_zero_loss():
         is not None
 
 
+def test_overfitting_is_one_episode_until_the_heldout_loss_comes_back():
+    # The healthy demo at 2,000 steps, seed 1: the validation loss creeps above its best,
+    # falls back part of the way (still above it), creeps up again: one overfitting, not two.
+    epochs = 48
+    train = healthy_loss(epochs * 20, noise=0.05) * 0.01
+    wander = 0.025 + 0.0004 * np.random.default_rng(3).standard_normal(10)
+    plateau = [0.03, 0.034, 0.038, 0.042, 0.029, 0.028, 0.03, 0.029, 0.028, 0.029, 0.034, 0.038,
+               0.042]  # the dip lasts longer than the 5 quiet observations that close an alert
+    val = np.r_[np.linspace(0.3, 0.026, 15), wander, plateau, np.full(10, 0.025)]
+    found = levels(Overfitting(), "scalars", _epochs(train, val))
+    confirmed, back = first_confirmed(found), 19 + 20 * (25 + len(plateau))
+    assert confirmed is not None and confirmed < back
+    assert min(level for step, level in found.items() if confirmed <= step < back) >= 1
+    assert max(level for step, level in found.items() if step >= back) == 0
+
+
 def test_overfitting_says_why_it_is_inactive():
     detector = Overfitting()
     levels(detector, "scalars", scalars(30, loss=healthy_loss(30)))
     status = detector.status()
     assert not status["active"] and "val_loss" in status["reason"]
+
+
+#: The healthy demo CNN's validation loss, 300 steps, seed 0 (one point per 22 steps): batch
+#: norm's running statistics lag Adam and the held-out loss jumps 13x, then 143x, its best
+#: (0.0094) while the training batches' loss stays under 0.05; it recovers by itself.
+DEMO_WOBBLE = np.array([1.785, 0.1999, 0.064, 0.0882, 0.0274, 0.0126, 0.0169, 0.0094, 0.0114,
+                        0.1242, 1.351, 0.0721, 0.0373])
+
+
+def test_validation_divergence_confirms_a_jump_to_ten_times_the_best():
+    train = healthy_loss(len(DEMO_WOBBLE) * 20, noise=0.05) * 0.01
+    found = levels(ValidationDivergence(), "scalars", _epochs(train, DEMO_WOBBLE))
+    assert first_confirmed(found) == 10 * 20 - 1  # the 0.124 point, 13x the best
+    assert max_level(found) == 3  # 143x: critical
+    assert max(level for step, level in found.items() if step > 11 * 20) == 0  # recovered
+
+
+def test_validation_divergence_quiet_on_a_fall_and_a_converged_wander():
+    train = healthy_loss(40 * 20, noise=0.05) * 0.01
+    val = np.r_[np.linspace(2.3, 0.002, 15), 0.002 + 0.0015 * np.arange(1, 6),
+                np.full(20, 0.004)]  # 5x its best near zero: under 0.1 nats above it
+    assert max_level(levels(ValidationDivergence(), "scalars", _epochs(train, val))) == 0
+    val[-1] = np.inf  # a validation pass that overflowed
+    assert max_level(levels(ValidationDivergence(), "scalars", _epochs(train, val))) == 3
