@@ -86,6 +86,17 @@ TABLES: dict[str, list[Column]] = {
         ("per step (us)", lambda r: num(r["us_per_step"], 1)),
         ("share of plain training CPU", lambda r: f"{r['share']:.2%}"),
         ("calls", lambda r: num(r["calls"], 0))],
+    "floor_cost": [
+        ("model", lambda r: r["model"]), ("run steps", lambda r: num(r["run_steps"], 0)),
+        ("plain step (ms CPU)", lambda r: num(r["step_ms"], 3)),
+        ("floor maps x bare map (ms)", lambda r: f"{r['maps']} x {num(r['map_ms'], 3)}"),
+        ("floor telemetry x bare firing (us)",
+         lambda r: f"{r['telemetry_firings']} x {num(r['telemetry_us'], 1)}"),
+        ("bare floor / training (ms)",
+         lambda r: f"{num(r['floor_ms'], 1)} / {num(r['training_ms'], 0)}"),
+        ("share of training", lambda r: f"{r['floor_share']:.2%}"),
+        ("within the budget", lambda r: f"{'yes' if r['fits'] else 'no'} "
+                                        f"({r['budget']:.0%})")],
     "framework_overhead": [
         ("model", lambda r: r["model"]), ("setting", lambda r: r["setting"]),
         ("plain step p50 / p95 (ms)", lambda r: f"{num(r['median_ms'], 3)} / "
