@@ -8,9 +8,9 @@ just after it (averaged). The capture code's entry points are wrapped to read
 changes it far less than wall time, though not to nothing: under load a plain CNN step took
 14-15 ms of CPU against 10.4 ms on a quiet machine, from cache contention) on entry and exit; each
 activity is charged its own time, without the time of the activities it calls. Beside them:
-the sender thread's CPU time, the whole training thread's CPU time with and without capture
-(their difference is capture's whole cost, the hooks' calls and what no wrapper sees
-included), and per activity the number of calls. Torch runs on one thread, so that the
+the sender thread's CPU time and wake-ups, the whole training thread's CPU time with and
+without capture (their difference is capture's whole cost, the hooks' calls and what no
+wrapper sees included), and per activity the number of calls. Torch runs on one thread, so that the
 training thread's CPU time is all of training's.
 
 Part of the difference no wrapper sees is the allocator's: glibc hands a freed block at the top
@@ -32,6 +32,7 @@ import ctypes
 import functools
 import resource
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -140,6 +141,22 @@ def _thread_usage() -> tuple[float, int]:
     return usage.ru_stime, usage.ru_minflt
 
 
+def _sender_wakeups() -> int | None:
+    """How often the sender thread went to sleep and woke up so far (its voluntary context
+    switches; None where /proc does not tell): each wake-up takes the trainer's core for a
+    moment when the two share it."""
+    for thread in threading.enumerate():
+        if thread.name == "sentrycam-sender" and thread.native_id is not None:
+            try:
+                status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            except OSError:
+                return None
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    return None
+
+
 def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
     """Train ``work`` for ``steps`` steps (watched when ``db`` is given); returns the training
     thread's CPU seconds over the loop and what the run measured: ``sys_ms_per_step`` and
@@ -164,7 +181,8 @@ def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
                   "faults_per_step": (faults_end - faults_start) / steps}
     if run is not None:
         info.update(agent_overhead=run.overhead, probe_size=run.probe_size,
-                    sender_cpu_s=run.counters().sender_cpu_seconds)
+                    sender_cpu_s=run.counters().sender_cpu_seconds,
+                    sender_wakeups=_sender_wakeups())
         run.detach()
     return cpu, info
 
@@ -207,7 +225,8 @@ def table_rows(summary: dict) -> list[dict]:
     whole = (summary["watched_cpu_ms_per_step"] - summary["plain_cpu_ms_per_step"]) * steps
     spent = [(activity, ms, summary["calls"][activity])
              for activity, ms in summary["activities_ms"].items()]
-    spent += [("sender thread", 1e3 * summary["sender_cpu_s"], None),
+    spent += [("sender thread (calls: its wake-ups)", 1e3 * summary["sender_cpu_s"],
+               summary["sender_wakeups"]),
               ("all of capture (training thread, watched - plain)", whole, None)]
     return [{"model": summary["model"], "activity": activity, "cpu_ms": ms,
              "us_per_step": 1e3 * ms / steps, "share": ms / plain, "calls": calls,
