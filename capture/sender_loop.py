@@ -46,7 +46,8 @@ ACK_POLL_S, IDLE_WAIT_S = 0.02, 0.1
 #: sender shares the trainer's cores: each wake-up (its own, and the websocket reader's for the
 #: ack it brings) takes CPU time and a context switch from training, so it wakes at most about
 #: 1 / LINGER_S times a second while messages keep coming (a run's scalars wait up to
-#: BATCH_SECONDS in the step reporter anyway). At 50 ms the demo CNN's sender took twice the CPU.
+#: BATCH_SECONDS in the step reporter anyway). At 50 ms the demo CNN's sender took about twice the
+#: CPU and woke 3-4 times as often (docs/benchmarks.md).
 LINGER_S = 0.25
 #: Websocket close code of a server refusing a frame over its size limit.
 MESSAGE_TOO_BIG = 1009
