@@ -8,9 +8,9 @@ just after it (averaged). The capture code's entry points are wrapped to read
 changes it far less than wall time, though not to nothing: under load a plain CNN step took
 14-15 ms of CPU against 10.4 ms on a quiet machine, from cache contention) on entry and exit; each
 activity is charged its own time, without the time of the activities it calls. Beside them:
-the sender thread's CPU time, the whole training thread's CPU time with and without capture
-(their difference is capture's whole cost, the hooks' calls and what no wrapper sees
-included), and per activity the number of calls. Torch runs on one thread, so that the
+the sender thread's CPU time and wake-ups, the whole training thread's CPU time with and
+without capture (their difference is capture's whole cost, the hooks' calls and what no
+wrapper sees included), and per activity the number of calls. Torch runs on one thread, so that the
 training thread's CPU time is all of training's.
 
 Part of the difference no wrapper sees is the allocator's: glibc hands a freed block at the top
@@ -21,8 +21,13 @@ training thread's system time and page faults are reported per step for both run
 ``--allocator fixed`` keeps freed memory in the process (glibc's ``mallopt``) for both runs,
 leaving capture's own work in the difference.
 
+``--paired`` measures instead what each kind of watched step costs: a plain and a watched model
+train step by step in turn, and each watched step's CPU time is compared with the plain step's
+beside it (:func:`paired`); the watched run's own overhead figure means little there (its
+step times include the plain model's steps).
+
     python benchmarks/capture_breakdown.py [--steps 300] [--models cnn mlp] \
-        [--allocator system|fixed] [--json OUT]
+        [--allocator system|fixed] [--paired] [--json OUT]
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ import ctypes
 import functools
 import resource
 import sys
+import threading
 import time
 from collections import defaultdict
+from statistics import fmean, median
 from pathlib import Path
 from typing import Any, Callable
 
@@ -140,10 +147,25 @@ def _thread_usage() -> tuple[float, int]:
     return usage.ru_stime, usage.ru_minflt
 
 
-def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
-    """Train ``work`` for ``steps`` steps (watched when ``db`` is given); returns the training
-    thread's CPU seconds over the loop and what the run measured: ``sys_ms_per_step`` and
-    ``faults_per_step`` of the training thread, and for a watched run the agent's figures."""
+def _sender_wakeups() -> int | None:
+    """How often the sender thread went to sleep and woke up so far (its voluntary context
+    switches; None where /proc does not tell): each wake-up takes the trainer's core for a
+    moment when the two share it."""
+    for thread in threading.enumerate():
+        if thread.name == "sentrycam-sender" and thread.native_id is not None:
+            try:
+                status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+            except OSError:
+                return None
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    return None
+
+
+def _trainer(work: Workload, db: Path | None) -> tuple[Run | None, Callable[..., None]]:
+    """A fresh seeded model of ``work`` (watched at attach's defaults when ``db`` is given):
+    its run (None unwatched) and a function that takes one training step on a batch."""
     model = work.build(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     criterion = nn.CrossEntropyLoss()
@@ -151,20 +173,32 @@ def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
     if db is not None:
         run = capture.attach(model, probe=(work.x, work.y), criterion=criterion, db=db,
                              run_name=f"breakdown-{work.name}")
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        criterion(model(xb), yb).backward()
+        optimizer.step()
+    return run, step
+
+
+def _train(work: Workload, steps: int, db: Path | None) -> tuple[float, dict]:
+    """Train ``work`` for ``steps`` steps (watched when ``db`` is given); returns the training
+    thread's CPU seconds over the loop and what the run measured: ``sys_ms_per_step`` and
+    ``faults_per_step`` of the training thread, and for a watched run the agent's figures."""
+    run, step = _trainer(work, db)
     data = demo.batches(work.x, work.y, batch_size=work.batch_size, seed=0)
     sys_start, faults_start = _thread_usage()
     start = time.thread_time()
     for _, (xb, yb, _) in zip(range(steps), data):
-        optimizer.zero_grad(set_to_none=True)
-        criterion(model(xb), yb).backward()
-        optimizer.step()
+        step(xb, yb)
     cpu = time.thread_time() - start
     sys_end, faults_end = _thread_usage()
     info: dict = {"sys_ms_per_step": 1e3 * (sys_end - sys_start) / steps,
                   "faults_per_step": (faults_end - faults_start) / steps}
     if run is not None:
         info.update(agent_overhead=run.overhead, probe_size=run.probe_size,
-                    sender_cpu_s=run.counters().sender_cpu_seconds)
+                    sender_cpu_s=run.counters().sender_cpu_seconds,
+                    sender_wakeups=_sender_wakeups())
         run.detach()
     return cpu, info
 
@@ -195,6 +229,65 @@ def breakdown(work: Workload, steps: int, db: Path) -> dict:
             "plain_faults_per_step": plain_info["faults_per_step"], **info}
 
 
+#: What a watched step does, as :func:`paired` classes it before the step (in this order).
+STEP_CLASSES = ("quiet", "snapshot slice", "telemetry", "statistics", "full")
+
+
+def _step_class(run: Run) -> str:
+    """What ``run``'s coming step does: quiet (the hooks' shortest path), a slice of a spread
+    snapshot, telemetry, activation statistics, or a full step with none of them (the
+    schedule's boundary, a batch of held steps sent, hooks armed for the next telemetry)."""
+    if run._steps < run._quiet_until and time.perf_counter() < run._quiet_deadline:
+        return "quiet"
+    if run._pacer.pending is not None:
+        return "snapshot slice"
+    if run._telemetry_due():
+        return "telemetry"
+    return "statistics" if run._stats_armed else "full"
+
+
+def paired(work: Workload, steps: int, db: Path) -> dict:
+    """A plain and a watched copy of ``work`` train on the same batches step by step in turn
+    (which goes first alternates), each step's training-thread CPU time read: what the
+    machine's other work does to a step falls on both alike. Per class of watched step: its
+    share of the steps and the extra CPU of a watched step over the plain step beside it
+    (median and mean, us), and that extra spread over all steps; beside them the sender
+    thread's CPU per step and its wake-ups."""
+    _train(work, 20, None)  # first allocations and kernels, outside the figures
+    (_, plain), (run, watched) = _trainer(work, None), _trainer(work, db)
+    classes, extra = [], []
+    data = demo.batches(work.x, work.y, batch_size=work.batch_size, seed=0)
+    for index, (xb, yb, _) in zip(range(steps), data):
+        classes.append(_step_class(run))
+        cpu = {}
+        for name, step in ((("plain", plain), ("watched", watched)) if index % 2 == 0
+                           else (("watched", watched), ("plain", plain))):
+            start = time.thread_time()
+            step(xb, yb)
+            cpu[name] = time.thread_time() - start
+        extra.append(cpu["watched"] - cpu["plain"])
+    sender_cpu, wakeups = run.counters().sender_cpu_seconds, _sender_wakeups()
+    run.detach()
+    found = {}
+    for name in STEP_CLASSES:
+        spent = [e for c, e in zip(classes, extra) if c == name]
+        if spent:
+            found[name] = {"share": len(spent) / steps, "median_us": 1e6 * median(spent),
+                           "mean_us": 1e6 * fmean(spent), "per_step_us": 1e6 * sum(spent) / steps}
+    return {"model": work.name, "steps": steps, "classes": found,
+            "sender_cpu_us_per_step": 1e6 * sender_cpu / steps, "sender_wakeups": wakeups}
+
+
+def _print_paired(summary: dict) -> None:
+    print(f"{summary['model']}: {summary['steps']} paired steps; sender thread "
+          f"{summary['sender_cpu_us_per_step']:.0f} us of CPU a step, "
+          f"{summary['sender_wakeups']} wake-ups", flush=True)
+    for name, found in summary["classes"].items():
+        print(f"  {name:<16} {found['share']:6.1%} of steps  extra CPU median "
+              f"{found['median_us']:+8.1f} us  mean {found['mean_us']:+8.1f} us  "
+              f"-> {found['per_step_us']:+7.1f} us a step", flush=True)
+
+
 #: The training thread's system time and page faults per step, plain and watched.
 USAGE_KEYS = ("plain_sys_ms_per_step", "plain_faults_per_step", "sys_ms_per_step",
               "faults_per_step")
@@ -207,7 +300,8 @@ def table_rows(summary: dict) -> list[dict]:
     whole = (summary["watched_cpu_ms_per_step"] - summary["plain_cpu_ms_per_step"]) * steps
     spent = [(activity, ms, summary["calls"][activity])
              for activity, ms in summary["activities_ms"].items()]
-    spent += [("sender thread", 1e3 * summary["sender_cpu_s"], None),
+    spent += [("sender thread (calls: its wake-ups)", 1e3 * summary["sender_cpu_s"],
+               summary["sender_wakeups"]),
               ("all of capture (training thread, watched - plain)", whole, None)]
     return [{"model": summary["model"], "activity": activity, "cpu_ms": ms,
              "us_per_step": 1e3 * ms / steps, "share": ms / plain, "calls": calls,
@@ -238,6 +332,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["cnn", "mlp"])
     parser.add_argument("--allocator", choices=("system", "fixed"), default="system",
                         help="fixed: keep freed memory in the process (see the docstring)")
+    parser.add_argument("--paired", action="store_true",
+                        help="train plain and watched step by step in turn; CPU per step class")
     add_json_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -247,6 +343,12 @@ def main() -> None:
     rows, summaries = [], []
     with local_server("breakdown") as db:
         for work in workloads(tuple(args.models)):
+            if args.paired:
+                summaries.append(paired(work, args.steps, db))
+                rows += [{"model": work.name, "class": name, **found}
+                         for name, found in summaries[-1]["classes"].items()]
+                _print_paired(summaries[-1])
+                continue
             summaries.append(breakdown(work, args.steps, db))
             rows += table_rows(summaries[-1])
             _print(rows[-len(summaries[-1]["activities_ms"]) - 2:])

@@ -153,10 +153,17 @@ class Progress:
             self._cond.notify_all()  # ends a :meth:`pause`
             return self.requested
 
-    def pause(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s, less when a flush request is or becomes unanswered."""
+    def pause(self, timeout: float, stop: threading.Event) -> None:
+        """Wait up to ``timeout`` s, less when a flush request is or becomes unanswered or
+        ``stop`` is or becomes set (whoever sets it calls :meth:`wake`)."""
         with self._cond:
-            self._cond.wait_for(lambda: self.requested > self.answered, timeout=timeout)
+            self._cond.wait_for(lambda: self.requested > self.answered or stop.is_set(),
+                                timeout=timeout)
+
+    def wake(self) -> None:
+        """Have a :meth:`pause` look at its conditions again."""
+        with self._cond:
+            self._cond.notify_all()
 
     def awaited(self) -> bool:
         """True while some thread waits for acks in :meth:`wait`."""

@@ -181,6 +181,7 @@ class WebSocketTransport:
         deadline = time.monotonic() + timeout
         self.flush(timeout * 0.7)
         self._stop.set()
+        self._progress.wake()  # ends a linger
         self._queue.wake()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():

@@ -37,12 +37,18 @@ from sentrycam.capture.spool import Spool
 logger = logging.getLogger(__name__)
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
-#: How long the sender waits for an ack when it has nothing else to do, and how long an idle
-#: sender waits for new messages before checking for stop and flush requests.
+#: How long the sender waits for an ack when it has nothing else to do (or a flush waits for
+#: acks), and how long an idle sender waits for new messages before checking for stop and flush
+#: requests.
 ACK_POLL_S, IDLE_WAIT_S = 0.02, 0.1
-#: After sending all that was queued, the sender pauses this long (a flush ends the pause; while
-#: one waits, it reads acks instead) so that messages and acks gather: else every message wakes it.
-LINGER_S = 0.05
+#: After sending all that was queued, the sender pauses this long (a flush or a stop ends the
+#: pause; while a flush waits, it reads acks instead) so that messages and acks gather. The
+#: sender shares the trainer's cores: each wake-up (its own, and the websocket reader's for the
+#: ack it brings) takes CPU time and a context switch from training, so it wakes at most about
+#: 1 / LINGER_S times a second while messages keep coming (a run's scalars wait up to
+#: BATCH_SECONDS in the step reporter anyway). At 50 ms the demo CNN's sender took about twice the
+#: CPU and woke 3-4 times as often (docs/benchmarks.md).
+LINGER_S = 0.25
 #: Websocket close code of a server refusing a frame over its size limit.
 MESSAGE_TOO_BIG = 1009
 
@@ -189,9 +195,9 @@ class SenderLoop:
             if not sent and self.window.frames:
                 self._read_replies(ws, ACK_POLL_S)
             elif 0 < sent < room and not self.backlog and self.progress.awaited():
-                self._read_replies(ws, LINGER_S)  # a flush waits: take its acks as they come
+                self._read_replies(ws, ACK_POLL_S)  # a flush waits: take its acks as they come
             elif 0 < sent < room and not self.backlog:
-                self.progress.pause(LINGER_S)
+                self.progress.pause(LINGER_S, self.stop)
 
     def _offline(self, delay: float) -> None:
         """Spool whatever arrives for ``delay`` s. A new flush request cuts the wait short, so the

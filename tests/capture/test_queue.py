@@ -131,3 +131,17 @@ def test_a_flush_request_waits_for_its_answer_even_when_already_resolved():
     assert p.wait(5, timeout=0.0, request=first) and p.unanswered() == second
     threading.Timer(0.05, p.publish, kwargs={"acked": 0, "resolved": 5, "answered": second}).start()
     assert p.wait(5, timeout=30.0, request=second) and p.unanswered() == 0
+
+
+@pytest.mark.parametrize("end", ["flush", "stop"])
+def test_a_linger_ends_at_a_flush_request_or_a_stop(end):
+    p, stop = Progress(), threading.Event()
+    pauser = threading.Thread(target=p.pause, args=(60.0, stop))
+    pauser.start()
+    if end == "flush":
+        p.request_flush()
+    else:
+        stop.set()
+        p.wake()
+    pauser.join(30.0)  # far less than the pause asked for: only an ended pause returns
+    assert not pauser.is_alive()
