@@ -16,6 +16,7 @@ batch norm's running statistics, can fail on held-out data while its batches sti
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -165,7 +166,7 @@ class ValidationDivergence(Detector):
     def __init__(self) -> None:
         super().__init__()
         self.best = math.inf
-        self.points: list[tuple[int, float]] = []
+        self.points: deque[tuple[int, float]] = deque(maxlen=EVIDENCE_POINTS)
 
     def observe(self, kind: str, item: Scalars) -> list[Finding]:
         val = item.values.get(VAL_LOSS.name)
@@ -175,12 +176,12 @@ class ValidationDivergence(Detector):
         best = self.best
         if math.isfinite(val):
             self.best = min(best, val)
-        self.points = (self.points + [(item.step, val)])[-EVIDENCE_POINTS:]
+        self.points.append((item.step, val))
         if not math.isfinite(best):
             return []
         factor = val / best if best > 0 and math.isfinite(val) else math.inf
-        level = (sum(factor >= f for f in DIVERGENCE_FACTORS)
-                 if not val - best < DIVERGENCE_NATS else 0)  # a NaN loss counts as above
+        far_enough = not math.isfinite(val) or val - best >= DIVERGENCE_NATS  # NaN: above
+        level = sum(factor >= f for f in DIVERGENCE_FACTORS) if far_enough else 0
         return [finding(
             self.name, item.step, level, factor, layer=None,
             evidence={"steps": [s for s, _ in self.points],
