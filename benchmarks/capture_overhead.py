@@ -32,11 +32,14 @@ runs of the same length in time. Models: the demo CNN and a tiny MLP on digits, 
 CNN on 3x32x32 inputs and a small transformer (``overhead_workloads.py``). The "defaults, 300
 steps" rows are short runs of the CNN and the MLP, where the minimum cadence (capture/budget.py)
 decides the schedule (issue 16: at least 6 maps and telemetry on half of the steps).
+``--budget-alone`` adds to each cycle a watched round at the defaults but without that minimum
+cadence (``attach(minimum_cadence=False)``): what the budget holds when it decides alone.
 
     python benchmarks/capture_overhead.py [--round-seconds 12] [--cycles 2] [--json OUT]
     python benchmarks/capture_overhead.py --placement shared --models cnn [--json OUT]
     python benchmarks/capture_overhead.py --quick [--json OUT]   # short: figures are rough
     python benchmarks/capture_overhead.py --quick --models mlp --cadence-steps 0  # a smoke run
+    python benchmarks/capture_overhead.py --models cnn --budget-alone --cycles 8  # the floor's share
 """
 
 from __future__ import annotations
@@ -138,14 +141,17 @@ def calibrate(work: Workload, seconds: float, url: str) -> int:
 
 
 def rounds(work: Workload, steps: int, cycles: int, db: Path, url: str,
-           **attach_kwargs) -> dict[str, list[Round]]:
-    """``cycles`` cycles A, W, B (B, W, A every other cycle), each round ``steps`` steps."""
-    done: dict[str, list[Round]] = {"A": [], "W": [], "B": []}
+           watched: dict[str, dict]) -> dict[str, list[Round]]:
+    """``cycles`` cycles A, then one watched round per entry of ``watched`` (its key names the
+    kind, its value gives the attach arguments), then B; every other cycle in reverse order.
+    Each round ``steps`` steps."""
+    order = ["A", *watched, "B"]
+    done: dict[str, list[Round]] = {kind: [] for kind in order}
     for cycle in range(cycles):
-        for kind in ("A", "W", "B") if cycle % 2 == 0 else ("B", "W", "A"):
+        for kind in order if cycle % 2 == 0 else order[::-1]:
             settle(url)
-            done[kind].append(one_round(work, steps, db if kind == "W" else None,
-                                        **attach_kwargs))
+            done[kind].append(one_round(work, steps, db if kind in watched else None,
+                                        **watched.get(kind, {})))
     return done
 
 
@@ -182,12 +188,19 @@ def ratio_row(model: str, setting: str, steps: int, watched: list[Round],
                    telemetry_share=min(i["telemetry_share"] for i in infos))
 
 
+#: The watched setting of ``--budget-alone``: attach's defaults but the minimum cadence.
+BUDGET_ALONE = ("defaults, no minimum cadence", {"minimum_cadence": False})
+
+
 def measure(work: Workload, setting: str, steps: int, cycles: int, db: Path, url: str,
-            aa: bool = True, **attach_kwargs) -> list[OverheadRow]:
-    """The A/A row (with ``aa``) and the watched row of ``work``."""
-    done = rounds(work, steps, cycles, db, url, **attach_kwargs)
+            aa: bool = True, budget_alone: bool = False, **attach_kwargs) -> list[OverheadRow]:
+    """The A/A row (with ``aa``), the watched row of ``work`` and with ``budget_alone`` the
+    :data:`BUDGET_ALONE` row, its rounds in the same cycles."""
+    watched = {setting: attach_kwargs} | (dict([BUDGET_ALONE]) if budget_alone else {})
+    done = rounds(work, steps, cycles, db, url, watched)
     rows = [ratio_row(work.name, "A/A (no capture)", steps, done["B"], [done["A"]])] if aa else []
-    return rows + [ratio_row(work.name, setting, steps, done["W"], [done["A"], done["B"]])]
+    return rows + [ratio_row(work.name, kind, steps, done[kind], [done["A"], done["B"]])
+                   for kind in watched]
 
 
 def _report(row: OverheadRow, placement: str) -> dict:
@@ -202,8 +215,8 @@ def all_rows(args: argparse.Namespace, db: Path) -> list[dict]:
     rows = []
     for work in workloads(tuple(args.models)):
         steps = calibrate(work, args.round_seconds, url)
-        rows += [_report(row, args.where)
-                 for row in measure(work, "defaults", steps, args.cycles, db, url)]
+        rows += [_report(row, args.where) for row in measure(
+            work, "defaults", steps, args.cycles, db, url, budget_alone=args.budget_alone)]
     for work in workloads(("cnn", "mlp") if args.cadence_steps else ()):
         # a short run: the minimum cadence at work
         rows += [_report(row, args.where) for row in measure(
@@ -234,6 +247,9 @@ def main() -> None:
                         help="add the Lightning and Hugging Face callback rows (slow)")
     parser.add_argument("--budget", type=float,
                         help="a non-default budget to check on the CNN and the MLP")
+    parser.add_argument("--budget-alone", action="store_true",
+                        help="add watched rounds without the minimum cadence "
+                             "(attach(minimum_cadence=False)) to each model's cycles")
     parser.add_argument("--placement", choices=("split", "shared"), default="split",
                         help="the server on its own CPU, training on the rest (split), or both "
                              "on every CPU (shared)")

@@ -38,7 +38,7 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
            overhead_budget: float | None = 0.01, heldout: Any = None, probe_size: int = 2000,
            token: str | None = None, transport: Transport | None = None, seed: int = 0,
            token_pool: str = "mean", stats_every: int = DEFAULT_STATS_EVERY,
-           on_alert: AlertCallback | None = None) -> Run:
+           on_alert: AlertCallback | None = None, minimum_cadence: bool = True) -> Run:
     """Watch ``model`` while it trains; returns the :class:`Run` handle.
 
     ``model``: the module, or its ``torch.compile`` or ``DistributedDataParallel`` wrapper
@@ -57,7 +57,11 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     ``url`` (or env ``SENTRYCAM_URL``): stream to that server; ``db``: a DuckDB file served by a
     local server started on demand; neither: ``./sentrycam-runs/sentrycam.duckdb``. ``token`` (or
     env ``SENTRYCAM_TOKEN``): the server's token. ``overhead_budget``: fraction of step time that
-    capture may use (None: fixed schedule). ``token_pool``: ``"mean"`` or ``"cls"`` for token
+    capture may use (None: fixed schedule); it holds on the run's total, what a warm-up or the
+    minimum cadence spent beyond it being paid back later. ``minimum_cadence``: True (default),
+    the budget never spaces snapshots, statistics and telemetry past a floor (see
+    :data:`sentrycam.capture.budget.CADENCE_FLOOR`), so that a short run still gets maps even
+    where they cost more than the budget; False, the budget alone decides. ``token_pool``: ``"mean"`` or ``"cls"`` for token
     sequences. ``stats_every``: minimum interval of activation statistics.
     ``transport`` (advanced): a Transport to use instead of a server. ``on_alert`` (opt-in):
     ``callback(alert, control)`` called on the training thread for each alert the server's audit
@@ -75,6 +79,8 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     every = check_schedule(every, overhead_budget, stats_every, DEFAULT_EVERY)
     check_probe_arguments(probe, heldout, probe_size)
     check_token_pool(token_pool)
+    if not isinstance(minimum_cadence, bool):
+        raise ValueError("minimum_cadence must be True or False")
     if on_alert is not None and not callable(on_alert):
         raise ValueError("on_alert must be a callable taking (alert, control)")
     if transport is not None and not isinstance(transport, Transport):
@@ -116,13 +122,15 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
         "probe_size": len(probe_set) if probe_set is not None else 0,
         "heldout_size": int(probe_set.split.sum()) if probe_set is not None else 0,
         "schedule": {"snapshot_every": every, "telemetry_every": 1, "stats_every": stats_every,
-                     "adaptive": overhead_budget is not None},
+                     "adaptive": overhead_budget is not None,
+                     "minimum_cadence": minimum_cadence},
         "overhead_budget": overhead_budget, "token_pool": token_pool, "seed": seed,
         "rank": rank, "world_size": world_size, "freed_memory": keep_freed_memory()}
     name = run_name or f"{type(model).__name__}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = Run(model, run_id=run_id, name=name, transport=transport, owns_transport=owns,
               url=url, guard=guard, taps=taps, runner=runner, every=every,
-              stats_every=stats_every, budget=overhead_budget, criterion=criterion,
+              stats_every=stats_every, budget=overhead_budget,
+              minimum_cadence=minimum_cadence, criterion=criterion,
               optimizer=optimizer, config=config, on_alert=on_alert)
     if url is not None:
         announce(f"sentrycam: dashboard at {url} (run {run_id})")

@@ -12,6 +12,10 @@ Budget split: the always-on path is paid first; the rest is shared between activ
 proportion to ``shares``, and an activity that needs less than its share at its minimum
 interval gives the remainder to the others (water filling). An activity whose cost is not
 measured yet takes no share and runs at its minimum interval.
+
+The budget holds on the run's total: what capture spent beyond it so far (a first firing's
+warm-up, firings the minimum cadence forced) is a debt, paid back from the activities' grants
+over as many steps as the run has taken, so that the mean comes back to the budget.
 """
 
 from __future__ import annotations
@@ -252,6 +256,15 @@ class OverheadController:
         return (self._last[1] - self._first[1]) / (self._last[0] - self._first[0])
 
     @property
+    def debt(self) -> float:
+        """Capture seconds spent beyond the budget since the first step boundary (0 when within
+        it): what the grants still have to pay back."""
+        if self.budget is None or self._first is None:
+            return 0.0
+        wall, capture = self._last[0] - self._first[0], self._last[1] - self._first[1]
+        return max(capture - self.budget * wall, 0.0)
+
+    @property
     def over_budget(self) -> bool:
         """True when the measured overhead exceeds the budget (the minimum cadence costs more
         than the budget on this model, or a warm-up firing is not paid off yet)."""
@@ -265,9 +278,10 @@ class OverheadController:
             return False  # stays dirty: retried at the next boundary
         self._dirty = False
         allowed = self.budget * self.step_time
-        # When the always-on path alone spends the budget, activities still get a sliver, so
-        # that they become rare rather than disappear.
-        available = max(allowed - self.fixed_cost, 1e-3 * allowed)
+        # When the always-on path and the debt take the whole budget, activities still get a
+        # sliver, so that they become rare rather than disappear.
+        repay = self.debt / max(self._steps - self._first_steps, RECOMPUTE_EVERY)
+        available = max(allowed - self.fixed_cost - repay, 1e-3 * allowed)
         demands = {a: cost / self.min_intervals.get(a, 1.0) for a, cost in self.cost.items()}
         self._granted = allocate(demands, self.shares, available)
         for activity, seconds in self._granted.items():
@@ -278,12 +292,16 @@ class OverheadController:
 
 class Schedule:
     """When each activity fires next: never more often than its minimum interval (``every``,
-    in steps), and at least :meth:`OverheadController.gap` steps apart. ``next`` holds the step
-    of each activity's next firing, so that the per-step check is one comparison."""
+    in steps), and at least :meth:`OverheadController.gap` steps apart, but with
+    ``minimum_cadence`` never further apart than its :data:`CADENCE_FLOOR` gap. ``next`` holds
+    the step of each activity's next firing, so that the per-step check is one comparison."""
 
-    def __init__(self, controller: OverheadController, every: Mapping[str, int]) -> None:
+    def __init__(self, controller: OverheadController, every: Mapping[str, int],
+                 minimum_cadence: bool = True) -> None:
         self.controller = controller
         self.every = dict(every)
+        #: the budget may stretch an activity no further than its :data:`CADENCE_FLOOR` gap
+        self.minimum_cadence = minimum_cadence
         self.last: dict[str, int | None] = {activity: None for activity in every}
         self.next: dict[str, int] = {activity: 0 for activity in every}
 
@@ -312,7 +330,7 @@ class Schedule:
 
     def _after(self, activity: str, last: int) -> int:
         return next_due(last, self.every[activity], self.controller.gap(activity),
-                        floor_gap(activity, last))
+                        floor_gap(activity, last) if self.minimum_cadence else MAX_GAP)
 
 
 def floor_text() -> str:
@@ -321,6 +339,13 @@ def floor_text() -> str:
     return (f"a snapshot at least once per {CADENCE_FLOOR['snapshot'][1]:.0%} of the steps "
             f"taken, telemetry at least every {CADENCE_FLOOR['telemetry'][0]:g} steps up to "
             f"step {FLOOR_RUN_STEPS}, then ever further apart")
+
+
+def cadence_text(schedule: Schedule) -> str:
+    """What bounds the budget's spacing, in words: the minimum cadence, or its absence."""
+    if schedule.minimum_cadence:
+        return f"the minimum cadence: {floor_text()}"
+    return "no minimum cadence: attach(minimum_cadence=False)"
 
 
 def cadence_notices(schedule: Schedule, ending: bool,
@@ -342,20 +367,20 @@ def cadence_notices(schedule: Schedule, ending: bool,
         spacing = " and ".join(f"{activity} every {steps} steps"
                                for activity, steps in apart.items())
         notices.append(("budget_stretched " + " ".join(apart), "budget_stretched", (
-            f"the {budget} overhead budget spaces capture out on this model: {spacing} (the "
-            f"minimum cadence: {floor_text()}); for more, pass a larger "
+            f"the {budget} overhead budget spaces capture out on this model: {spacing} "
+            f"({cadence_text(schedule)}); for more, pass a larger "
             f"attach(overhead_budget=...) or None for a fixed schedule")))
     if reduced is not None:
         notices.append(("probe_reduced", "probe_reduced", (
             f"the {budget} overhead budget pays for maps of {reduced[0]} of the {reduced[1]} "
-            f"probe samples on this model at the minimum cadence ({floor_text()}), so maps "
+            f"probe samples on this model ({cadence_text(schedule)}), so maps "
             f"show that many (class proportions kept; never fewer than {MIN_MAP_SAMPLES}); "
             f"for maps of the whole probe, pass a larger attach(overhead_budget=...) or None "
             f"for a fixed schedule")))
     if ending and controller.over_budget:
         notices.append(("over_budget", "over_budget", (
             f"capture took {controller.overhead:.1%} of the training time, over the {budget} "
-            f"budget: on this model the minimum cadence ({floor_text()}) and the first "
-            f"firings' warm-up cost more than that; attach(overhead_budget=None) fixes the "
-            f"schedule at the given every")))
+            f"budget: the run ended before capture had paid back what it spent beyond the "
+            f"budget ({cadence_text(schedule)}; the first firings' warm-up); "
+            f"attach(overhead_budget=None) fixes the schedule at the given every")))
     return notices

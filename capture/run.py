@@ -5,10 +5,8 @@ rate, telemetry, snapshots), forward hooks on the captured layers (idle except o
 statistics steps and during the probe forward) and a forward hook on the criterion. Every hook
 body is wrapped: the first exception logs one warning, sends an ``Event("capture_disabled")`` and
 sets a flag that every hook checks first (:class:`Guard`); nothing ever raises into the
-training loop.
-
-A snapshot's probe pass runs in slices over the steps after its step, at the weights of that
-step (:mod:`sentrycam.capture.pacing`).
+training loop. A snapshot's probe pass runs in slices over the steps after its step, at the
+weights of that step (:mod:`sentrycam.capture.pacing`).
 
 The only module-level state is ``ACTIVE``, a ``weakref.WeakKeyDictionary`` from a model to a
 weak reference to its active run: attaching again to the same model (a re-run notebook cell)
@@ -60,7 +58,8 @@ class Run:
     def __init__(self, model: nn.Module, *, run_id: str, name: str, transport: Transport,
                  owns_transport: bool, url: str | None, guard: Guard, taps: list[LayerTap],
                  runner: ProbeRunner | None, every: int | str,
-                 stats_every: int, budget: float | None, criterion: nn.Module | None,
+                 stats_every: int, budget: float | None, minimum_cadence: bool,
+                 criterion: nn.Module | None,
                  optimizer: torch.optim.Optimizer | None, config: dict[str, Any],
                  on_alert: AlertCallback | None = None) -> None:
         self.run_id, self.url, self._model = run_id, url, model
@@ -79,7 +78,7 @@ class Run:
         minimum = {"snapshot": 1 if every == "epoch" else every, "telemetry": 1,
                    "activations": stats_every}
         self._controller = OverheadController(budget, minimum)
-        self._schedule = Schedule(self._controller, minimum)
+        self._schedule = Schedule(self._controller, minimum, minimum_cadence)
         self._outbox = Outbox(run_id, transport, self._schedule)
         self._send, self._send_all = self._outbox.send, self._outbox.send_all
         self._pacer = SnapshotPacer(run_id, runner, self._schedule, every == "epoch",

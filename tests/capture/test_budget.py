@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from sentrycam import capture
-from sentrycam.capture.budget import OverheadController, Schedule, allocate, next_due
+from sentrycam.capture.budget import (OverheadController, Schedule, allocate, floor_gap,
+                                      next_due)
 from sentrycam.capture.transport import MemoryTransport
 
 EVERY = {"snapshot": 10, "telemetry": 1, "activations": 10}
@@ -41,16 +42,61 @@ def test_allocate_gives_cheap_activities_their_need_and_splits_the_rest():
 
 
 def test_expensive_snapshots_are_stretched_to_fit_the_budget():
-    controller = synthetic_run(OverheadController(0.01, EVERY), steps=20, step_seconds=0.01,
+    # long enough for 1% of the training time to pay back the warm-up (1.05 s in 210 s)
+    controller = synthetic_run(OverheadController(0.01, EVERY), steps=21_000, step_seconds=0.01,
                                costs={"snapshot": 0.05})
+    assert controller.debt == 0
     # 1% of a 10 ms step is 100 us per step; a 50 ms snapshot fits once every 500 steps
     assert controller.gap("snapshot") == pytest.approx(500, rel=1e-6)
     schedule = Schedule(controller, EVERY)
     schedule.fired("snapshot", 4000)  # far enough into the run for the floor to allow it
     assert schedule.interval("snapshot") in (500, 510)
     assert schedule.stretched("snapshot")
-    # the measured overhead counts the warm-up: 1.05 s of capture in 20 steps of 10 ms
-    assert controller.overhead == pytest.approx(1.05 / 1.25)
+    # the measured overhead counts the warm-up
+    assert controller.overhead == pytest.approx(1.05 / (1.05 + 210))
+
+
+def simulated_run(steps: int, minimum_cadence: bool, warmup: float = 0.5,
+                  cost: float = 0.02) -> tuple[OverheadController, list[int]]:
+    """``steps`` training steps of 10 ms at a 1% budget; each snapshot due fires and costs
+    ``cost`` s (the first ``warmup`` s). Returns the controller and the snapshot steps."""
+    controller = OverheadController(0.01, EVERY)
+    schedule = Schedule(controller, EVERY, minimum_cadence)
+    now, fired = 0.0, []
+    for step in range(steps):  # in the order of Run's post-hook: the boundary, then firings
+        now += 0.01
+        if controller.step_boundary(now):
+            schedule.refresh()
+        if schedule.due("snapshot", step):
+            seconds = warmup if not fired else cost
+            schedule.fired("snapshot", step)
+            controller.charge("snapshot", seconds)
+            now += seconds
+            fired.append(step)
+    return controller, fired
+
+
+def test_the_budget_holds_on_the_total_and_pays_back_a_warm_up():
+    controller, fired = simulated_run(100_000, minimum_cadence=False)
+    # the 0.5 s warm-up put the run far over budget at once: after the second snapshot (the
+    # first whose cost is known) the next waited while most of it was paid back (0.5 s at
+    # 100 us a step is 5,000 steps), then they came closer ...
+    assert fired[:2] == [0, 10] and fired[2] > 2_000
+    gaps = [b - a for a, b in zip(fired[2:], fired[3:])]
+    assert gaps[:10] == sorted(gaps[:10], reverse=True)
+    # ... to the budget's rate: 20 ms at 100 us a step; the run's mean is within the budget
+    assert controller.debt == 0 and controller.overhead <= 0.01
+    assert controller.gap("snapshot") == pytest.approx(200, rel=0.01)
+    assert set(gaps[-5:]) <= {200, 210}
+
+
+def test_the_minimum_cadence_fires_through_a_debt_and_the_mean_returns_later():
+    controller, fired = simulated_run(100_000, minimum_cadence=True)
+    # the floor fires the early snapshots whatever the debt ...
+    assert fired[:6] == [0, 10, 20, 30, 40, 50]
+    # ... and once past it, the run's mean comes back to the budget
+    assert controller.overhead <= 0.0101
+    assert len(fired) < len(simulated_run(100_000, minimum_cadence=False)[1]) + 60
 
 
 def test_the_warm_up_firing_does_not_set_the_cost():
@@ -62,7 +108,8 @@ def test_the_warm_up_firing_does_not_set_the_cost():
 
 
 def test_cheap_activities_keep_their_minimum_interval():
-    controller = synthetic_run(OverheadController(0.01, EVERY), steps=20, step_seconds=0.01,
+    # long enough to pay back the warm-ups (2 s in 300 s of training at 1%)
+    controller = synthetic_run(OverheadController(0.01, EVERY), steps=30_000, step_seconds=0.01,
                                costs={"snapshot": 0.001, "telemetry": 1e-6})
     schedule = Schedule(controller, EVERY)
     schedule.fired("snapshot", 1000)
@@ -102,11 +149,12 @@ def test_the_minimum_cadence_thins_out_in_a_long_run():
     telemetry = fired["telemetry"]
     # issue 16's short-run figures hold: every second step up to step 300
     assert telemetry[:151] == list(range(0, 301, 2))
-    # then the floor fades: a 100 times longer run gets fewer than twice the firings, and in
-    # the end the budget's own gap spaces them
+    # then the floor fades: a 100 times longer run gets fewer than twice the firings (this
+    # controller never sees its warm-up's debt paid back, so the floor spaces them to the end)
     assert telemetry[151:155] == [302, 305, 308, 311]
     assert len(telemetry) < 2 * 151
-    assert telemetry[-1] - telemetry[-2] == math.ceil(controller.gap("telemetry"))
+    assert controller.debt > 0
+    assert telemetry[-1] - telemetry[-2] == math.ceil(floor_gap("telemetry", telemetry[-2]))
     assert 25 <= len(fired["snapshot"]) <= 35  # 6 by step 250, then a quarter further each
 
 
