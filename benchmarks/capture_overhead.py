@@ -176,9 +176,12 @@ def ratio_row(model: str, setting: str, steps: int, watched: list[Round],
     w = distribution(t for r in watched for t in r.steps)
     p = distribution(t for kind in plain for r in kind for t in r.steps)
     ratios = {f"{key}_ratio": w[key] / p[key] for key in ("p50", "p95", "p99", "max")}
+    cycles = [w.wall / statistics.mean(kind[i].wall for kind in plain)
+              for i, w in enumerate(watched)]
+    se = statistics.stdev(cycles) / len(cycles) ** 0.5 if len(cycles) > 1 else None
     row = OverheadRow(model, setting, 1e3 * p["p50"], 1e3 * p["p95"],
                       mean_ratio=sum(r.wall for r in watched) / plain_wall, round_steps=steps,
-                      **ratios)
+                      mean_ratio_se=se, **ratios)
     infos = [r.info for r in watched if r.info]
     if not infos:
         return row

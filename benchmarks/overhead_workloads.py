@@ -45,6 +45,9 @@ class OverheadRow:
     snapshots: int | None = None
     telemetry_share: float | None = None
     round_steps: int | None = None  # steps per round, where rounds have a fixed length
+    #: standard error of the mean ratio: of the per-cycle ratios (watched round over its
+    #: cycle's plain rounds), where there are at least two cycles
+    mean_ratio_se: float | None = None
     #: where the local server ran: "own core" (pinned apart from training) or "shared"
     placement: str = "shared"
 
@@ -55,8 +58,9 @@ class OverheadRow:
         stored = ("" if self.snapshots is None else f"  snapshots {self.snapshots}  telemetry "
                   f"on {self.telemetry_share:.0%} of steps")
         steps = "" if self.round_steps is None else f"  {self.round_steps} steps/round"
-        return (f"{self.model + ' ' + self.setting:<30} server {self.placement:<8} plain {self.median_ms:7.3f} ms  mean "
-                f"{self.mean_ratio:.4f}  median {self.p50_ratio:.4f}  p95/p99/max "
+        se = "" if self.mean_ratio_se is None else f" +- {self.mean_ratio_se:.4f}"
+        return (f"{self.model + ' ' + self.setting:<30} server {self.placement:<8} plain "
+                f"{self.median_ms:7.3f} ms  mean {self.mean_ratio:.4f}{se}  median {self.p50_ratio:.4f}  p95/p99/max "
                 f"{self.p95_ratio:.3f}/{self.p99_ratio:.3f}/{self.max_ratio:.3f}  agent "
                 f"{self.overhead:.4f}  dropped {self.dropped}{stored}{steps}")
 

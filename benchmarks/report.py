@@ -72,7 +72,8 @@ TABLES: dict[str, list[Column]] = {
         ("plain step p50 / p95 (ms)", lambda r: f"{num(r['median_ms'], 3)} / "
                                                f"{num(r['p95_ms'], 3)}"),
         ("step-time ratio p50", lambda r: num(r["p50_ratio"], 4)),
-        ("mean ratio", lambda r: num(r["mean_ratio"], 4)),
+        ("mean ratio", lambda r: num(r["mean_ratio"], 4) + (
+            "" if r.get("mean_ratio_se") is None else f" ± {num(r['mean_ratio_se'], 4)}")),
         ("p95 / p99 / max ratio", lambda r: spread(r, ("p95", "p99", "max"), 3, "_ratio")),
         ("agent-measured overhead", lambda r: num(r["overhead"], 4)),
         ("dropped", lambda r: num(r["dropped"], 0)),
