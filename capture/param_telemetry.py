@@ -123,7 +123,10 @@ class ParamTelemetry:
 
     def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction."""
-        norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+        return self._stacked(torch._foreach_norm(list(tensors), 2, dtype=torch.float32))
+
+    def _stacked(self, norms: Sequence[torch.Tensor]) -> torch.Tensor:
+        """0-d norms as one float32 [len(norms)] on ``self.device``."""
         if self._uniform:
             return torch.stack(norms)
         return torch.stack([n.to(self.device) for n in norms])
@@ -201,10 +204,12 @@ class ParamTelemetry:
         if not present:
             return None
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
-        grad_norms = self._norms([grads[i] for i in present])
+        # The clip watch noted these norms as backward ended; unchanged gradients keep them.
+        unclipped, noted = self.clip.take_noted()
+        grad_norms = (self._stacked(noted) if noted is not None
+                      else self._norms([grads[i] for i in present]))
         self._grad_slot = GRAD_SLOTS[0] + GRAD_SLOTS[1] - self._grad_slot  # keep the previous
         grad_sample = self._sample([p.grad for p in self._params], self._grad_slot)
-        unclipped = self.clip.take()
         old = self._slot(WEIGHT_SLOT)[1]
         # Unsampled (stride 1), the sample is the weights: their norms are known.
         size = before.weight_norms if self._stride == 1 else self._norms(old)
