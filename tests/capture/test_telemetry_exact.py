@@ -24,46 +24,74 @@ def norms(tensors):
 
 
 def per_layer(values, owners, layers):
-    """float32 [L]: root of the summed squares of ``values`` [P] per owning layer."""
-    squares = torch.zeros(layers).index_add_(0, owners, values.square())
-    return squares.sqrt()
+    """float32 [L]: root of the summed squares of ``values`` [P] per owning layer ``owners``
+    [P] (int64), NaN for a layer that owns none of them."""
+    squares = torch.zeros(layers).index_add_(0, owners, values.square()).sqrt()
+    owned = torch.zeros(layers, dtype=torch.bool)
+    owned[owners] = True
+    return torch.where(owned, squares, torch.tensor(math.nan))
 
 
-def reference(before, after, grads, previous_grads, owners, layers, unclipped):
-    """The telemetry vector of one step from its weights before and after, and gradients."""
+def sampled(tensors, stride):
+    """Every ``stride``-th element of each tensor, each as a contiguous float32 [size_i]."""
+    return [t.reshape(-1)[::stride].contiguous() for t in tensors]
+
+
+def reference(before, after, grads, previous, owners, layers, unclipped, stride):
+    """The telemetry vector of one step from the weights before and after it and the gradients
+    (None for a parameter without one); ``previous``: the last step's gradient sample."""
     nan = torch.tensor(math.nan)
-    grad_norms, weight = norms(grads), per_layer(norms(before), owners, layers)
-    update = [b - a for b, a in zip(before, after)]
-    moved = per_layer(norms(update), owners, layers)
-    ratio_den = weight.square().sum().sqrt()
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    present = [i for i, g in enumerate(grads) if g is not None]
+    grad_norms = norms([grads[i] for i in present])
+    weight = per_layer(norms(before), owners, layers)
+    size = per_layer(norms(sampled(before, stride)), owners, layers)
+    moved = per_layer(norms([b - a for b, a in zip(sampled(before, stride),
+                                                   sampled(after, stride))]), owners, layers)
+    sample = torch.cat([torch.zeros(math.ceil(b.numel() / stride)) if g is None else piece
+                        for b, g, piece in zip(before, grads, sampled(
+                            [g if g is not None else b for b, g in zip(before, grads)],
+                            stride))])
     cosine = nan
-    if previous_grads is not None:
-        old = torch.cat([g.reshape(-1) for g in previous_grads])
-        cosine = torch.dot(flat, old) / (torch.linalg.vector_norm(flat)
-                                         * torch.linalg.vector_norm(old)).clamp_min(COS_EPS)
+    if previous is not None:
+        cosine = torch.dot(sample, previous) / (torch.linalg.vector_norm(sample)
+                                                * torch.linalg.vector_norm(previous)
+                                                ).clamp_min(COS_EPS)
+    old_norm = size.square().sum().sqrt()
     head = {GRAD_NORM.name: torch.linalg.vector_norm(grad_norms), GRAD_COS.name: cosine,
-            UPDATE_RATIO.name: torch.where(ratio_den > 0, moved.square().sum().sqrt()
-                                           / ratio_den, nan)}
-    rows = {LAYER_GRAD_NORM.name: per_layer(grad_norms, owners, layers), WEIGHT_NORM.name: weight,
-            LAYER_UPDATE_RATIO.name: torch.where(weight > 0, moved / weight, nan)}
-    return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
-                     + [rows[name] for name in LAYER_STATS]
-                     + [(unclipped if unclipped is not None else nan).reshape(1)])
+            UPDATE_RATIO.name: torch.where(old_norm > 0, moved.square().sum().sqrt()
+                                           / old_norm, nan)}
+    rows = {LAYER_GRAD_NORM.name: per_layer(grad_norms, owners[present], layers),
+            WEIGHT_NORM.name: weight,
+            LAYER_UPDATE_RATIO.name: torch.where(size > 0, moved / size, nan)}
+    vector = torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
+                       + [rows[name] for name in LAYER_STATS]
+                       + [(unclipped if unclipped is not None else nan).reshape(1)])
+    return vector, sample
 
 
 def bits(vector):
     return vector.view(torch.int32).tolist()
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+#: (model, sample stride, a parameter left without gradients)
+CASES = {"mlp": ("mlp", 1, False), "cnn": ("cnn", 1, False), "cnn-sampled": ("cnn", 3, False),
+         "mlp-frozen": ("mlp", 1, True)}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("noted", [True, False], ids=["noted-norms", "fresh-norms"])
-def test_the_vector_is_bit_identical_to_its_definition(make_model, data, kind, noted):
+def test_the_vector_is_bit_identical_to_its_definition(make_model, data, case, noted):
+    kind, stride, frozen = CASES[case]
     model = make_model(kind)
     x, y = data(kind)
+    if frozen:  # a layer whose weight (not bias) has no gradient: a partial per-layer sum
+        next(model.parameters()).requires_grad_(False)
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    telemetry = ParamTelemetry(model, clip_due=None if noted else (lambda: False))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
+                                momentum=0.9)
+    total = sum(p.numel() for p in model.parameters())
+    telemetry = ParamTelemetry(model, sample_limit=math.ceil(total / stride),
+                               clip_due=None if noted else (lambda: False))
     params = telemetry._params
     owners = torch.tensor([telemetry.layers.index(name) for name in owner_names(model, telemetry)])
     gen = torch.Generator().manual_seed(0)
@@ -76,14 +104,13 @@ def test_the_vector_is_bit_identical_to_its_definition(make_model, data, kind, n
         if step == 3:  # a clipped step: the norm before clipping is the vector's last value
             unclipped = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
         before = [p.detach().clone() for p in params]
-        grads = [p.grad.clone() for p in params]
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
         telemetry.before_step()
         optimizer.step()
         got = telemetry.after_step()
-        want = reference(before, [p.detach() for p in params], grads, previous, owners,
-                         len(telemetry.layers), unclipped if noted else None)
+        want, previous = reference(before, [p.detach() for p in params], grads, previous, owners,
+                                   len(telemetry.layers), unclipped if noted else None, stride)
         assert bits(got) == bits(want), f"step {step}"
-        previous = grads
     telemetry.close()
 
 
