@@ -147,17 +147,9 @@ class ClipWatch:
         """The gradients' total norm after the last backward pass (float32 0-d, on the first
         gradient's device) when they changed in place since, i.e. were clipped; None when
         they did not, or were not all noted. Forgets the note: a later step never reports it."""
-        return self.take_noted()[0]
-
-    def take_noted(self) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
-        """(:meth:`take`'s norm, the noted per-gradient norms when the gradients are still
-        the ones noted and unchanged, else None): float32 0-d each, on each gradient's device,
-        in parameter order over the parameters with a gradient. They are the values a fresh
-        ``torch._foreach_norm(grads, 2, dtype=torch.float32)`` would give (the same kernels on
-        the same, unchanged tensors), so a caller need not compute them again."""
         seen, self._seen = self._seen, None
         if seen is None:
-            return None, None
+            return None
         changed = False
         norms = []
         for param, entry in zip(self._params, seen):
@@ -165,13 +157,13 @@ class ClipWatch:
             if grad is None:
                 continue
             if entry is None:
-                return None, None  # a gradient backward did not leave: cannot tell
+                return None  # a gradient backward did not leave: cannot tell
             norm, ref, version = entry
             changed = changed or ref() is not grad or grad._version != version
             norms.append(norm)
         if not changed:
-            return None, norms
+            return None
         device = norms[0].device
         total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
         scale = running_loss_scale()  # backward's gradients were scaled, these are not
-        return (total if scale is None else total / scale.to(device).reshape(())), None
+        return total if scale is None else total / scale.to(device).reshape(())

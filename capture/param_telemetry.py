@@ -134,13 +134,9 @@ class ParamTelemetry:
         return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers) + 1
 
     def _norms(self, tensors: Sequence[torch.Tensor], row: int | None = None) -> torch.Tensor:
-        """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction (see
-        :meth:`_stacked` for ``row``)."""
-        return self._stacked(torch._foreach_norm(list(tensors), 2, dtype=torch.float32), row)
-
-    def _stacked(self, norms: Sequence[torch.Tensor], row: int | None = None) -> torch.Tensor:
-        """0-d norms as one float32 [len(norms)] on ``self.device``; written into row ``row``
-        of the norm rows (one per parameter, returned) unless None."""
+        """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction; written into
+        norm row ``row`` (one per parameter, returned) unless None."""
+        norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
         out = None if row is None else self._row_views[row]
         if self._uniform:
             return torch.stack(norms, out=out)
@@ -219,17 +215,14 @@ class ParamTelemetry:
         if not present:
             return None
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
-        # The clip watch noted these norms as backward ended; unchanged gradients keep them.
         # Rows of per-tensor norms (_row_views): 0 the weights (before_step), 1 the update,
         # 2 the gradients when every parameter has one (no layer left without), then the
         # sampled weights unless the sample is the weights (stride 1: their norms are known).
-        unclipped, noted = self.clip.take_noted()
         rows = 3 if owners is self._owners else 2
-        grad_row = 2 if rows == 3 else None
-        grad_norms = (self._stacked(noted, grad_row) if noted is not None
-                      else self._norms([grads[i] for i in present], grad_row))
+        grad_norms = self._norms([grads[i] for i in present], 2 if rows == 3 else None)
         self._grad_slot = GRAD_SLOTS[0] + GRAD_SLOTS[1] - self._grad_slot  # keep the previous
         grad_sample = self._sample([p.grad for p in self._params], self._grad_slot)
+        unclipped = self.clip.take()
         old = self._slot(WEIGHT_SLOT)[1]
         if self._stride > 1:
             self._norms(old, row=rows)
