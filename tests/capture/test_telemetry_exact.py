@@ -73,14 +73,16 @@ def bits(vector):
     return vector.view(torch.int32).tolist()
 
 
-#: (model, sample stride, a parameter left without gradients)
-CASES = {"mlp": ("mlp", 1, False), "cnn": ("cnn", 1, False), "cnn-sampled": ("cnn", 3, False),
-         "mlp-frozen": ("mlp", 1, True)}
+#: (model, sample stride, a parameter left without gradients, gradients unscaled in place by
+#: a GradScaler, which leaves their version counters alone)
+CASES = {"mlp": ("mlp", 1, False, False), "cnn": ("cnn", 1, False, False),
+         "cnn-sampled": ("cnn", 3, False, False), "mlp-frozen": ("mlp", 1, True, False),
+         "mlp-scaled": ("mlp", 1, False, True)}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_vector_is_bit_identical_to_its_definition(make_model, data, case):
-    kind, stride, frozen = CASES[case]
+    kind, stride, frozen, scaled = CASES[case]
     model = make_model(kind)
     x, y = data(kind)
     if frozen:  # a layer whose weight (not bias) has no gradient: a partial per-layer sum
@@ -92,20 +94,29 @@ def test_the_vector_is_bit_identical_to_its_definition(make_model, data, case):
     telemetry = ParamTelemetry(model, sample_limit=math.ceil(total / stride))
     params = telemetry._params
     owners = torch.tensor([telemetry.layers.index(name) for name in owner_names(model, telemetry)])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     gen = torch.Generator().manual_seed(0)
     previous = None
     for step in range(6):
         idx = torch.randint(0, len(y), (32,), generator=gen)
         optimizer.zero_grad()
-        criterion(model(x[idx]), y[idx]).backward()
+        loss = criterion(model(x[idx]), y[idx])
+        if scaled:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         unclipped = None
-        if step == 3:  # a clipped step: the norm before clipping is the vector's last value
+        if step == 3 and not scaled:  # a clipped step: the norm before clipping is the last
+            # value (with a scaler, only its own step() tells the scale: test_clipping.py)
             unclipped = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
         before = [p.detach().clone() for p in params]
         grads = [None if p.grad is None else p.grad.clone() for p in params]
         telemetry.before_step()
         optimizer.step()
         got = telemetry.after_step()
+        if scaled:
+            scaler.update()
         want, previous = reference(before, [p.detach() for p in params], grads, previous, owners,
                                    len(telemetry.layers), unclipped, stride)
         assert bits(got) == bits(want), f"step {step}"
