@@ -31,6 +31,9 @@ SAMPLE_LIMIT = 1_000_000
 COS_EPS = 1e-8
 #: Sample buffers of :class:`ParamTelemetry`: the weights, and two for the gradients.
 WEIGHT_SLOT, GRAD_SLOTS = 0, (1, 2)
+#: Rows of per-tensor norms reduced per layer at once: the weights, the update, the gradients
+#: and the sampled weights (the last two only where needed).
+ROWS = 4
 
 
 def parameter_owners(model: nn.Module) -> tuple[list[str], list[nn.Parameter], list[int]]:
@@ -102,6 +105,15 @@ class ParamTelemetry:
         #: samples in turn, this step's and the previous one's (at _grad_slot and the other).
         self._buffers: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = [None] * 3
         self._grad_slot = GRAD_SLOTS[0]
+        #: per-tensor norms float32 [ROWS, P] written in place (see after_step), its rows [P]
+        #: and its first K rows at [K]; views made once, as each costs a call into torch.
+        norm_rows = torch.empty(ROWS, len(self._params), device=self.device)
+        self._row_views = norm_rows.unbind()
+        self._first_rows = [norm_rows[:k] for k in range(ROWS + 1)]
+        zeros = torch.zeros(ROWS, len(self.layers), device=self.device)  # never written to
+        self._zero_squares = [zeros[:k] for k in range(ROWS + 1)]
+        self._nan = torch.full((), math.nan, device=self.device)  # never written to
+        self._nan_row = self._nan.reshape(1)
         #: the gradient norm before clipping; its owner plans its hooks (ClipWatch.plan)
         self.clip = ClipWatch(self._params, due=clip_due)
 
@@ -121,17 +133,19 @@ class ParamTelemetry:
     def vector_size(self) -> int:
         return len(TELEMETRY_SCALARS) + len(LAYER_STATS) * len(self.layers) + 1
 
-    def _norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction."""
+    def _norms(self, tensors: Sequence[torch.Tensor], row: int | None = None) -> torch.Tensor:
+        """Per-tensor 2-norms, float32 [len(tensors)], in one batched reduction; written into
+        norm row ``row`` (one per parameter, returned) unless None."""
         norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+        out = None if row is None else self._row_views[row]
         if self._uniform:
-            return torch.stack(norms)
-        return torch.stack([n.to(self.device) for n in norms])
+            return torch.stack(norms, out=out)
+        return torch.stack([n.to(self.device) for n in norms], out=out)
 
     def _layer_squares(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
-        """Summed squares per layer of per-tensor norms: float32 [K, P] -> [K, L]."""
-        return torch.zeros(norms.shape[0], len(self.layers), device=self.device).index_add_(
-            1, owners, norms.square())
+        """Summed squares per layer of per-tensor norms: float32 [K, P] -> [K, L], K <= ROWS
+        (added to zeros in ``owners`` order, as ``index_add_`` on a fresh zero tensor)."""
+        return torch.index_add(self._zero_squares[norms.shape[0]], 1, owners, norms.square())
 
     def _per_layer(self, norms: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
         """Root of summed squares per layer; NaN for layers with no entry. float32 [L]."""
@@ -187,7 +201,7 @@ class ParamTelemetry:
         """Weights not yet updated: measure them, keep a sample. The gradients are read in
         :meth:`after_step`: an ``optimizer.step(closure)`` (Lightning, LBFGS) computes them
         after this pre-hook, and the update leaves them as the optimizer used them."""
-        self._before = _Before(weight_norms=self._norms(self._params),
+        self._before = _Before(weight_norms=self._norms(self._params, row=0),
                                weight_sample=self._sample(self._params, WEIGHT_SLOT))
 
     @torch.no_grad()
@@ -201,23 +215,26 @@ class ParamTelemetry:
         if not present:
             return None
         owners = self._owners if len(present) == len(grads) else self._owners_of(present)
-        grad_norms = self._norms([grads[i] for i in present])
+        # Rows of per-tensor norms (_row_views): 0 the weights (before_step), 1 the update,
+        # 2 the gradients when every parameter has one (no layer left without), then the
+        # sampled weights unless the sample is the weights (stride 1: their norms are known).
+        rows = 3 if owners is self._owners else 2
+        grad_norms = self._norms([grads[i] for i in present], 2 if rows == 3 else None)
         self._grad_slot = GRAD_SLOTS[0] + GRAD_SLOTS[1] - self._grad_slot  # keep the previous
         grad_sample = self._sample([p.grad for p in self._params], self._grad_slot)
         unclipped = self.clip.take()
         old = self._slot(WEIGHT_SLOT)[1]
-        # Unsampled (stride 1), the sample is the weights: their norms are known.
-        size = before.weight_norms if self._stride == 1 else self._norms(old)
+        if self._stride > 1:
+            self._norms(old, row=rows)
+            rows += 1
         torch._foreach_sub_(old, self._params if self._whole  # the update, in place
                             else self._pieces(self._params))
-        moved = self._norms(old)
-        # One reduction per layer for the weights, the update, the sampled weights and, when
-        # every parameter has a gradient (no layer left without), the gradients.
-        rows = [before.weight_norms, moved, size] + ([grad_norms] if owners is self._owners
-                                                     else [])
-        weight, moved, size, *grads_per_layer = self._layer_squares(
-            torch.stack(rows), self._owners).sqrt_().unbind()
-        nan = torch.full((), math.nan, device=self.device)
+        self._norms(old, row=1)
+        # One reduction per layer for all rows.
+        weight, moved, *more = self._layer_squares(
+            self._first_rows[rows], self._owners).sqrt_().unbind()
+        size = more.pop() if self._stride > 1 else weight
+        nan = self._nan
         layer_ratio = torch.where(size > 0, moved / size, nan)
         old_norm = size.square().sum().sqrt()
         ratio = torch.where(old_norm > 0, moved.square().sum().sqrt() / old_norm, nan)
@@ -229,13 +246,13 @@ class ParamTelemetry:
             COS_EPS) if previous is not None else nan)
         head = {GRAD_NORM.name: torch.linalg.vector_norm(grad_norms), GRAD_COS.name: cosine,
                 UPDATE_RATIO.name: ratio}
-        per_layer = {LAYER_GRAD_NORM.name: (grads_per_layer[0] if grads_per_layer
+        per_layer = {LAYER_GRAD_NORM.name: (more[0] if more
                                              else self._per_layer(grad_norms, owners)),
                      WEIGHT_NORM.name: weight, LAYER_UPDATE_RATIO.name: layer_ratio}
-        unclipped = unclipped if unclipped is not None else nan
         return torch.cat([torch.stack([head[name] for name in TELEMETRY_SCALARS])]
                          + [per_layer[name] for name in LAYER_STATS]
-                         + [unclipped.to(self.device).reshape(1)])
+                         + [self._nan_row if unclipped is None
+                            else unclipped.to(self.device).reshape(1)])
 
     def unpack(self, values: Sequence[float]) -> tuple[dict[str, float], np.ndarray]:
         """(scalars, per-layer float32 [L, len(LAYER_STATS)]) from an :meth:`after_step` vector;

@@ -1,12 +1,15 @@
 """The binary frame format: every message kind round-trips; damaged frames are refused clearly."""
 
 import math
+from enum import Enum
+from types import MappingProxyType
 
 import numpy as np
 import pytest
 
 from sentrycam.protocol import messages as m
 from sentrycam.protocol import wire
+from sentrycam.protocol.container import JS_NONFINITE, json_safe
 
 
 def _examples(rng: np.random.Generator) -> list:
@@ -86,3 +89,21 @@ def test_unknown_kind_is_refused():
     header["kind"] = "mystery"
     with pytest.raises(wire.FrameError, match="unknown message kind"):
         wire.build_message(header, arrays)
+
+
+def test_json_safe_spells_a_value_the_same_whatever_python_type_carries_it():
+    class Kind(str, Enum):
+        A = "a"
+
+    nested = {"f": 1.5, "nan": math.nan, "inf": math.inf, "ninf": -math.inf, "i": 3, "b": True,
+              "none": None, "enum": Kind.A, 4: "key", "seq": (1, [math.inf, 2.0])}
+    as_numpy = {"f": np.float64(1.5), "nan": np.float32(math.nan), "inf": np.float64(math.inf),
+                "ninf": np.float32(-math.inf), "i": np.int64(3), "b": np.bool_(True),
+                "none": None, "enum": Kind.A, 4: "key",
+                "seq": np.array([1, 2]), "more": [np.array([math.inf, 2.0])]}
+    want = {"f": 1.5, "nan": "nan", "inf": "inf", "ninf": "-inf", "i": 3, "b": True,
+            "none": None, "enum": Kind.A, "4": "key", "seq": [1, ["inf", 2.0]]}
+    assert json_safe(nested) == want
+    assert json_safe(MappingProxyType(nested)) == want  # any mapping, not only a dict
+    assert json_safe(as_numpy) == {**want, "seq": [1, 2], "more": [["inf", 2.0]]}
+    assert json_safe([math.nan, -math.inf], JS_NONFINITE) == ["NaN", "-Infinity"]
