@@ -61,8 +61,9 @@ def attach(model: nn.Module, probe: Any = None, *, layers: list[str] | None = No
     minimum cadence spent beyond it being paid back later. ``minimum_cadence``: True (default),
     the budget never spaces snapshots, statistics and telemetry past a floor (see
     :data:`sentrycam.capture.budget.CADENCE_FLOOR`), so that a short run still gets maps even
-    where they cost more than the budget; False, the budget alone decides. ``token_pool``: ``"mean"`` or ``"cls"`` for token
-    sequences. ``stats_every``: minimum interval of activation statistics.
+    where they cost more than the budget; False, the budget alone decides. ``token_pool``:
+    ``"mean"`` or ``"cls"`` for token sequences. ``stats_every``: minimum interval of
+    activation statistics.
     ``transport`` (advanced): a Transport to use instead of a server. ``on_alert`` (opt-in):
     ``callback(alert, control)`` called on the training thread for each alert the server's audit
     engine raises on this run; ``control.lower_lr(f)`` / ``control.stop()`` (see
