@@ -39,7 +39,7 @@ cadence (``attach(minimum_cadence=False)``): what the budget holds when it decid
     python benchmarks/capture_overhead.py --placement shared --models cnn [--json OUT]
     python benchmarks/capture_overhead.py --quick [--json OUT]   # short: figures are rough
     python benchmarks/capture_overhead.py --quick --models mlp --cadence-steps 0  # a smoke run
-    python benchmarks/capture_overhead.py --models cnn --budget-alone --cycles 8  # the floor's share
+    python benchmarks/capture_overhead.py --models cnn --budget-alone --cycles 8  # floor's share
 """
 
 from __future__ import annotations

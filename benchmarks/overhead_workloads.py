@@ -60,8 +60,8 @@ class OverheadRow:
         steps = "" if self.round_steps is None else f"  {self.round_steps} steps/round"
         se = "" if self.mean_ratio_se is None else f" +- {self.mean_ratio_se:.4f}"
         return (f"{self.model + ' ' + self.setting:<30} server {self.placement:<8} plain "
-                f"{self.median_ms:7.3f} ms  mean {self.mean_ratio:.4f}{se}  median {self.p50_ratio:.4f}  p95/p99/max "
-                f"{self.p95_ratio:.3f}/{self.p99_ratio:.3f}/{self.max_ratio:.3f}  agent "
+                f"{self.median_ms:7.3f} ms  mean {self.mean_ratio:.4f}{se}  median "
+                f"{self.p50_ratio:.4f}  p95/p99/max {self.p95_ratio:.3f}/{self.p99_ratio:.3f}/{self.max_ratio:.3f}  agent "
                 f"{self.overhead:.4f}  dropped {self.dropped}{stored}{steps}")
 
 
