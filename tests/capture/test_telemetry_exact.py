@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from sentrycam.capture.layers import ROOT_NAME
 from sentrycam.capture.param_telemetry import COS_EPS, LAYER_STATS, ParamTelemetry
 from sentrycam.protocol.signals import (GRAD_COS, GRAD_NORM, LAYER_GRAD_NORM, LAYER_UPDATE_RATIO,
                                         TELEMETRY_SCALARS, UPDATE_RATIO, WEIGHT_NORM)
