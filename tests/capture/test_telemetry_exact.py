@@ -126,6 +126,6 @@ def test_the_vector_is_bit_identical_to_its_definition(make_model, data, case):
 
 def owner_names(model, telemetry):
     """The owning layer's name of each of ``telemetry``'s parameters, found independently."""
-    by_id = {id(p): (name or "(model)") for name, module in model.named_modules()
+    by_id = {id(p): (name or ROOT_NAME) for name, module in model.named_modules()
              for p in module.parameters(recurse=False)}
     return [by_id[id(p)] for p in telemetry._params]
